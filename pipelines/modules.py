@@ -189,7 +189,8 @@ def _signature_info(name: str, fn: Any) -> SignatureInfo:
     return SignatureInfo(name, inputs, outputs)
 
 
-def _manifest(path: str) -> dict[str, Any]:
+def read_manifest(path: str) -> dict[str, Any]:
+    """Returns a module directory's `module.json` manifest, or {} if it has none (or an unreadable one)."""
     try:
         with open(os.path.join(path, handles.MANIFEST_NAME)) as f:
             return json.load(f)
@@ -206,7 +207,7 @@ def inspect_loaded(loaded: Any, resolved: handles.ResolvedModule) -> ModuleInfo:
     trainable_vars = getattr(loaded, "trainable_variables", None)
     reusable = trainable_vars is not None and hasattr(loaded, "variables") and callable(loaded)
     num_trainable = len(trainable_vars) if trainable_vars is not None else 0
-    manifest = _manifest(resolved.path)
+    manifest = read_manifest(resolved.path)
     return ModuleInfo(
         handle=resolved.handle,
         path=resolved.path,
