@@ -1,0 +1,840 @@
+"""Export any trained model as a verified, versioned, reusable TF Hub module.
+
+`export_module(source, root, name)` turns one of
+
+* a Keras 3 model (`keras.Model`, TensorFlow backend),
+* a tf_keras model (`tf_keras.Model`),
+* a `tf.Module` whose signatures are `tf.function`s with an `input_signature`,
+* an existing SavedModel: a directory path, or an object returned by
+  `pipelines.modules.load` / `hub.load` (its variables may have been trained
+  since it was loaded), or a `.keras` (Keras 3) / `.h5` (tf_keras) model file,
+
+into a reusable TF2 SavedModel at `<root>/<name>/<version>/`:
+
+* named signatures, `default` always present. Every signature returns a dict
+  (a single tensor becomes `{"default": tensor}`); the `default` signature's
+  dict must have a `default` key.
+* the root object is callable: `hub.load(path)(inputs, training=False)`
+  returns the `default` output tensor of the `default` signature. `inputs` is
+  a tensor when that signature has one input, else a dict keyed by input name.
+  `training` is a Python bool passed on to the model (dropout etc.); a
+  SavedModel source passes it on only if it was itself reusable.
+* `variables`, `trainable_variables` and `regularization_losses` (always empty)
+  on the root, so `hub.KerasLayer(path, trainable=True)` trains the weights.
+* lookup tables and `tf.saved_model.Asset`s the source tracks are saved, their
+  files copied into `assets/`, so preprocessing runs in-graph after export.
+* `module.json` (see `export_module`) with the content fingerprint of
+  `handles.fingerprint_dir`.
+
+Publishing is atomic and verified: the module is written to a hidden
+`<root>/<name>/.export-*` directory, reloaded with `modules.load`, and every
+signature (and `__call__`) is compared with the in-memory source on probe
+inputs. Only if the largest absolute difference is at most `atol` is the
+directory renamed to its version; otherwise `ExportVerificationError` is raised
+and nothing is published. Exports of one name are serialized by an `fcntl`
+lock on `<root>/<name>/.lock` (released by the kernel if the holder dies), so
+concurrent exporters get distinct versions and an existing version is never
+overwritten. `root` must be a local filesystem; `pack=True` also writes
+`<root>/<name>/<version>.tar.gz`, which any http(s)/gs/s3 handle can serve.
+
+CLI: `python -m pipelines.export --source PATH --root ROOT --name NAME
+[--version N] [--pack]` prints the written path and fingerprint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import fcntl
+import importlib.metadata
+import inspect
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+import uuid
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from pipelines import archives, handles, modules
+
+DEFAULT_SIGNATURE = modules.DEFAULT_SIGNATURE
+DEFAULT_OUTPUT_KEY = modules.DEFAULT_OUTPUT_KEY
+DEFAULT_ATOL = 1e-5
+PACKAGE = "hub-embed"
+SOURCE_KINDS = ("keras", "tf_keras", "tf_module", "saved_model")
+# Synthetic probe inputs: strings cycle through these; unknown dimensions get PROBE_SIZE.
+PROBE_TEXTS = ("The quick brown fox jumps over the lazy dog.", "", "naïve café, 東京 and emoji 🙂", "a")
+PROBE_SIZE = 3
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_TEMP_PREFIX = ".export-"
+_LOCK_NAME = ".lock"
+_REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ExportError(ValueError):
+    """An export that cannot be done: bad source, signature, name or version."""
+
+
+class ExportVerificationError(ExportError):
+    """The written module does not reproduce the in-memory model; nothing was published."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    """An explicit signature: a callable and the specs of its inputs.
+
+    Attributes:
+      fn: called as `fn(inputs)` or, if it has a `training` parameter,
+        `fn(inputs, training=<bool>)`; `inputs` is a tensor when there is one
+        input, else a dict keyed by input name. Returns a tensor or a dict of
+        tensors. Every variable and resource it uses must be tracked by the
+        export's `source`.
+      inputs: input name -> `tf.TensorSpec`.
+    """
+
+    fn: Callable[..., Any]
+    inputs: Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleRef:
+    """Identifies a module version, e.g. the parent of a fine-tuned export.
+
+    Attributes:
+      handle: the handle it was resolved from (credentials are redacted when written).
+      fingerprint: content fingerprint of the module's files.
+      name: module name from its manifest, if any.
+      version: module version from its manifest, if any.
+    """
+
+    handle: str
+    fingerprint: str
+    name: str | None = None
+    version: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "fingerprint": self.fingerprint,
+            "handle": handles.redact(self.handle),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """A published module version.
+
+    Attributes:
+      path: the version directory, `<root>/<name>/<version>`.
+      version: the version number.
+      fingerprint: `handles.fingerprint_dir(path)`.
+      manifest: the contents of its `module.json`.
+      tar_path: `<root>/<name>/<version>.tar.gz` when packed, else None.
+    """
+
+    path: str
+    version: int
+    fingerprint: str
+    manifest: dict[str, Any]
+    tar_path: str | None = None
+
+
+def module_ref(handle: str) -> ModuleRef:
+    """Resolves a module handle and reads its identity (for `export_module(parent=...)`).
+
+    Raises:
+      handles.HandleError: the handle cannot be resolved.
+    """
+    resolved = handles.resolve(handle)
+    manifest = modules.read_manifest(resolved.path)
+    return ModuleRef(handle, resolved.fingerprint, manifest.get("name"), manifest.get("version"))
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def version_dir(root: str, name: str, version: int) -> str:
+    """Returns `<root>/<name>/<version>`."""
+    return os.path.join(root, name, str(version))
+
+
+def list_versions(root: str, name: str) -> list[int]:
+    """Returns the published versions of `name` under `root`, ascending."""
+    try:
+        entries = os.listdir(os.path.join(root, name))
+    except FileNotFoundError:
+        return []
+    return sorted(int(e) for e in entries if e.isdigit() and os.path.isdir(os.path.join(root, name, e)))
+
+
+def latest_version(root: str, name: str) -> int | None:
+    """Returns the highest published version of `name`, or None if there is none."""
+    versions = list_versions(root, name)
+    return versions[-1] if versions else None
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME_RE.match(name) or name.isdigit():
+        raise ExportError(
+            f"Invalid module name {name!r}: use letters, digits, '.', '_' or '-' (starting with a letter or "
+            "digit, not only digits, at most 128 characters)."
+        )
+
+
+def _choose_version(root: str, name: str, version: int | None) -> int:
+    """Picks the version to write (caller holds the name lock)."""
+    if version is None:
+        return (latest_version(root, name) or 0) + 1
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ExportError(f"Module version must be a positive integer, got {version!r}.")
+    if os.path.exists(version_dir(root, name, version)):
+        raise ExportError(
+            f"Version {version} of module {name!r} already exists at {version_dir(root, name, version)}; "
+            "versions are never overwritten (omit the version to write the next one)."
+        )
+    return version
+
+
+@contextlib.contextmanager
+def _name_lock(name_dir: str) -> Iterator[None]:
+    """Holds an exclusive flock on `<name_dir>/.lock` (blocking); the kernel releases it if we die."""
+    fd = os.open(os.path.join(name_dir, _LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temps(name_dir: str) -> None:
+    """Deletes temp dirs of crashed exports (safe: the caller holds the name lock)."""
+    for entry in os.listdir(name_dir):
+        if entry.startswith(_TEMP_PREFIX):
+            shutil.rmtree(os.path.join(name_dir, entry), ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@dataclasses.dataclass(frozen=True)
+class _Endpoint:
+    """One function to export: `call(inputs_by_name, training) -> outputs_by_key`."""
+
+    call: Callable[[dict[str, Any], bool], dict[str, Any]]
+    inputs: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    """A source reduced to what gets saved: endpoints plus the state they use."""
+
+    kind: str
+    description: str
+    signatures: dict[str, _Endpoint]
+    call: _Endpoint
+    variables: list[Any]
+    trainable_variables: list[Any]
+    resources: list[Any]
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+def _is_instance(obj: Any, module_name: str, class_name: str) -> bool:
+    """isinstance check that never imports `module_name` (an object of it implies it is imported)."""
+    module = sys.modules.get(module_name)
+    return module is not None and isinstance(obj, getattr(module, class_name))
+
+
+def _is_keras3_model(obj: Any) -> bool:
+    return _is_instance(obj, "keras", "Model")
+
+
+def _is_tf_keras_model(obj: Any) -> bool:
+    return _is_instance(obj, "tf_keras", "Model")
+
+
+def _is_loaded_saved_model(obj: Any) -> bool:
+    tf = _tf()
+    return isinstance(obj, tf.__internal__.tracking.Trackable) and isinstance(getattr(obj, "signatures", None), Mapping)
+
+
+def source_kind(source: Any) -> str:
+    """Returns the kind of an in-memory source, one of `SOURCE_KINDS`.
+
+    Raises:
+      ExportError: `source` is none of the supported kinds.
+    """
+    if _is_keras3_model(source):
+        return "keras"
+    if _is_tf_keras_model(source):
+        return "tf_keras"
+    if isinstance(source, _tf().Module):
+        return "tf_module"
+    if _is_loaded_saved_model(source):
+        return "saved_model"
+    raise ExportError(
+        f"Cannot export a {type(source).__module__}.{type(source).__qualname__}: expected a Keras 3 or tf_keras "
+        "model, a tf.Module, a loaded SavedModel, or a path to a SavedModel directory or .keras/.h5 file."
+    )
+
+
+def load_source(path: str) -> Any:
+    """Loads a model file or SavedModel directory for export.
+
+    Args:
+      path: a SavedModel directory (TF2, loaded with `modules.load`), a `.keras`
+        file (Keras 3) or a `.h5` file (tf_keras).
+
+    Raises:
+      ExportError: the path does not exist, is not one of those, or cannot be loaded.
+    """
+    if os.path.isdir(path):
+        if not handles.is_module_dir(path):
+            raise ExportError(f"Source {path!r} is a directory but not a SavedModel (no saved_model.pb).")
+        try:
+            return modules.load(path)
+        except modules.ModuleError as e:
+            raise ExportError(str(e)) from e
+    if not os.path.exists(path):
+        raise ExportError(f"Source {path!r} does not exist.")
+    if path.endswith(".keras"):
+        import keras as loader
+    elif path.endswith(".h5"):
+        import tf_keras as loader
+    else:
+        raise ExportError(f"Source {path!r} is a file but not a .keras or .h5 model (nor a SavedModel directory).")
+    try:
+        return loader.models.load_model(path, compile=False)
+    except Exception as e:  # Keras raises many unrelated types for unreadable files.
+        raise ExportError(f"Source {path!r} could not be loaded as a Keras model: {type(e).__name__}: {e}") from e
+
+
+def _pack_inputs(tensors: Mapping[str, Any]) -> Any:
+    """The call convention of exported functions: one input as a tensor, several as a dict."""
+    return next(iter(tensors.values())) if len(tensors) == 1 else dict(tensors)
+
+
+def _as_outputs(result: Any) -> dict[str, Any]:
+    if isinstance(result, Mapping):
+        return {str(k): v for k, v in result.items()}
+    if isinstance(result, (list, tuple)):
+        raise ExportError(
+            "A signature returned a list/tuple of outputs; return a tensor or a dict of named tensors instead."
+        )
+    return {DEFAULT_OUTPUT_KEY: result}
+
+
+def _accepts_training(fn: Any) -> bool:
+    try:
+        return "training" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _spec(shape: Any, dtype: Any, name: str) -> Any:
+    tf = _tf()
+    return tf.TensorSpec(tf.TensorShape(shape), tf.as_dtype(dtype), name=name)
+
+
+def _explicit_endpoint(signature: Signature) -> _Endpoint:
+    fn = signature.fn
+    inputs = {name: _spec(s.shape, s.dtype, name) for name, s in signature.inputs.items()}
+    if not inputs:
+        raise ExportError("A Signature needs at least one input spec.")
+    if _accepts_training(fn):
+        return _Endpoint(lambda x, training: _as_outputs(fn(_pack_inputs(x), training=training)), inputs)
+    return _Endpoint(lambda x, training: _as_outputs(fn(_pack_inputs(x))), inputs)
+
+
+def _keras_endpoint(model: Any) -> _Endpoint:
+    tensors = getattr(model, "inputs", None)
+    if not tensors:
+        raise ExportError(
+            f"Keras model {model.name!r} has no defined inputs (subclassed or unbuilt); build it from "
+            "keras.Input(...) or pass signatures={'default': Signature(fn, inputs)}."
+        )
+    inputs = {}
+    for tensor in tensors:
+        name = tensor.name.split(":")[0]
+        inputs[name] = _spec(tensor.shape, tensor.dtype, name)
+    return _Endpoint(lambda x, training: _as_outputs(model(_pack_inputs(x), training=training)), inputs)
+
+
+def _function_endpoint(fn: Any) -> _Endpoint:
+    """A tf.function with an input_signature; a `training` parameter is fed a Python bool."""
+    if fn.input_signature is None:
+        raise ExportError(f"tf.function {fn.name!r} has no input_signature; give it one so it can be exported.")
+    params = list(inspect.signature(fn).parameters)
+    specs = dict(zip(params, fn.input_signature))
+    inputs = {name: _spec(s.shape, s.dtype, name) for name, s in specs.items() if name != "training"}
+    names = list(inputs)  # positional order; the dict a caller passes may be ordered differently
+    if "training" in params:
+        return _Endpoint(lambda x, training: _as_outputs(fn(*[x[n] for n in names], training=training)), inputs)
+    return _Endpoint(lambda x, training: _as_outputs(fn(*[x[n] for n in names])), inputs)
+
+
+def _concrete_endpoint(fn: Any) -> _Endpoint:
+    """A signature-style ConcreteFunction (keyword inputs), e.g. from a loaded SavedModel's `.signatures`."""
+    args, kwargs = fn.structured_input_signature
+    if args or not kwargs:
+        raise ExportError(
+            "A ConcreteFunction signature must take named (keyword) inputs only, like a loaded SavedModel's "
+            "`.signatures`; pass the tf.function itself instead."
+        )
+    inputs = {name: _spec(s.shape, s.dtype, name) for name, s in kwargs.items()}
+    return _Endpoint(lambda x, training: _as_outputs(fn(**x)), inputs)
+
+
+def _endpoint(obj: Any) -> _Endpoint:
+    """Normalizes anything accepted as a signature to an `_Endpoint`."""
+    tf = _tf()
+    if isinstance(obj, Signature):
+        return _explicit_endpoint(obj)
+    if _is_keras3_model(obj) or _is_tf_keras_model(obj):
+        return _keras_endpoint(obj)
+    if isinstance(obj, tf.types.experimental.ConcreteFunction):
+        return _concrete_endpoint(obj)
+    if isinstance(obj, tf.types.experimental.PolymorphicFunction):
+        return _function_endpoint(obj)
+    raise ExportError(
+        f"Unsupported signature {type(obj).__qualname__}: expected a Keras model, a tf.function with an "
+        "input_signature, a signature ConcreteFunction, or export.Signature(fn, inputs)."
+    )
+
+
+def _default_signatures(source: Any, kind: str) -> dict[str, Any]:
+    """The signatures a source exports when none are given."""
+    if kind in ("keras", "tf_keras"):
+        return {DEFAULT_SIGNATURE: source}
+    if kind == "tf_module":
+        call = getattr(source, "__call__", None)
+        if getattr(call, "input_signature", None) is None:
+            raise ExportError(
+                f"tf.Module {type(source).__qualname__} has no tf.function __call__ with an input_signature; pass "
+                "signatures={'default': module.some_tf_function, ...}."
+            )
+        return {DEFAULT_SIGNATURE: call}
+    signatures = dict(source.signatures)
+    if DEFAULT_SIGNATURE not in signatures and "serving_default" in signatures:
+        signatures[DEFAULT_SIGNATURE] = signatures.pop("serving_default")
+    return signatures
+
+
+def _call_endpoint(source: Any, kind: str, default: _Endpoint) -> _Endpoint:
+    """The endpoint behind the exported `__call__`: the default signature, or a reusable source's own call."""
+    if kind == "saved_model" and callable(source) and _accepts_training(source.__call__):
+        return _explicit_endpoint(Signature(source.__call__, default.inputs))
+    return default
+
+
+def _unwrap_variable(variable: Any) -> Any:
+    """A Keras 3 variable's backing tf.Variable; tf.Variables pass through."""
+    tf = _tf()
+    return variable if isinstance(variable, tf.Variable) else variable.value
+
+
+def _state(source: Any) -> tuple[list[Any], list[Any], list[Any]]:
+    """Variables, trainable variables and resources (lookup tables, assets) of a source."""
+    tf = _tf()
+    from tensorflow.saved_model.experimental import TrackableResource
+
+    variables = getattr(source, "variables", None)
+    if variables is None:  # A non-reusable SavedModel: what its signatures capture.
+        variables = list({id(v): v for fn in source.signatures.values() for v in fn.variables}.values())
+    variables = [_unwrap_variable(v) for v in variables]
+    trainable = getattr(source, "trainable_variables", None)
+    trainable = [v for v in variables if v.trainable] if trainable is None else [_unwrap_variable(v) for v in trainable]
+    resources = [
+        d
+        for d in tf.train.TrackableView(source).descendants()
+        if isinstance(d, (TrackableResource, tf.saved_model.Asset))
+    ]
+    return variables, trainable, resources
+
+
+def _describe_source(source: Any, kind: str) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return handles.redact(os.fspath(source))
+    label = getattr(source, "name", None)
+    cls = f"{type(source).__module__}.{type(source).__qualname__}"
+    return f"{cls} {label!r}" if isinstance(label, str) else cls
+
+
+def _prepare(source: Any, signatures: Mapping[str, Any] | None, description: str | None) -> _Prepared:
+    obj = load_source(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else source
+    kind = source_kind(obj)
+    endpoints = {name: _endpoint(s) for name, s in (signatures or _default_signatures(obj, kind)).items()}
+    if DEFAULT_SIGNATURE not in endpoints:
+        raise ExportError(
+            f"Signatures {sorted(endpoints)} have no {DEFAULT_SIGNATURE!r} signature; a hub module must have one."
+        )
+    variables, trainable, resources = _state(obj)
+    return _Prepared(
+        kind=kind,
+        description=description or _describe_source(source, kind),
+        signatures=endpoints,
+        call=_call_endpoint(obj, kind, endpoints[DEFAULT_SIGNATURE]),
+        variables=variables,
+        trainable_variables=trainable,
+        resources=resources,
+    )
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def _signature_function(endpoint: _Endpoint) -> Any:
+    """A ConcreteFunction with keyword inputs returning a dict, for `tf.saved_model.save(signatures=...)`."""
+    tf = _tf()
+
+    def serve(**inputs: Any) -> dict[str, Any]:
+        return endpoint.call(inputs, False)
+
+    return tf.function(serve).get_concrete_function(**endpoint.inputs)
+
+
+def _call_function(endpoint: _Endpoint) -> Any:
+    """The root's `__call__(inputs, training=False)`, traced for both values of `training`."""
+    tf = _tf()
+    names = list(endpoint.inputs)
+
+    def call(inputs: Any, training: bool = False) -> Any:
+        by_name = inputs if isinstance(inputs, Mapping) else {names[0]: inputs}
+        return endpoint.call(dict(by_name), training)[DEFAULT_OUTPUT_KEY]
+
+    function = tf.function(call)
+    spec = _pack_inputs(endpoint.inputs)
+    for training in (False, True):
+        function.get_concrete_function(spec, training=training)
+    return function
+
+
+def _save(prepared: _Prepared, path: str) -> None:
+    tf = _tf()
+    signatures = {name: _signature_function(e) for name, e in prepared.signatures.items()}
+    outputs = signatures[DEFAULT_SIGNATURE].structured_outputs
+    if DEFAULT_OUTPUT_KEY not in outputs:
+        raise ExportError(
+            f"The {DEFAULT_SIGNATURE!r} signature returns {sorted(outputs)} without a {DEFAULT_OUTPUT_KEY!r} key."
+        )
+    root = tf.__internal__.tracking.AutoTrackable()
+    root.variables = list(prepared.variables)
+    root.trainable_variables = list(prepared.trainable_variables)
+    root.regularization_losses = []
+    root.resources = list(prepared.resources)
+    root.__call__ = _call_function(prepared.call)
+    try:
+        tf.saved_model.save(root, path, signatures=signatures)
+    except (AssertionError, TypeError, ValueError) as e:  # e.g. a variable or table the source does not track
+        raise ExportError(f"The SavedModel could not be written: {type(e).__name__}: {e}") from e
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def synthetic_probe(inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Deterministic probe values for input specs: texts, floats in [0, 1), ints/bools in {0, 1}.
+
+    Unknown dimensions get size `PROBE_SIZE`.
+
+    Raises:
+      ExportError: an input of unknown rank or unsupported dtype (pass `probe_inputs`).
+    """
+    tf = _tf()
+    rng = np.random.default_rng(0)
+    probe = {}
+    for name, spec in inputs.items():
+        if spec.shape.rank is None:
+            raise ExportError(f"Input {name!r} has unknown rank; pass probe_inputs for it.")
+        shape = [PROBE_SIZE if d is None else d for d in spec.shape.as_list()]
+        if spec.dtype == tf.string:
+            probe[name] = np.resize(np.array(PROBE_TEXTS, dtype=object), shape)
+        elif spec.dtype.is_floating:
+            probe[name] = rng.random(shape).astype(spec.dtype.as_numpy_dtype)
+        elif spec.dtype.is_integer or spec.dtype == tf.bool:
+            probe[name] = rng.integers(0, 2, shape).astype(spec.dtype.as_numpy_dtype)
+        else:
+            raise ExportError(f"No synthetic probe for input {name!r} of dtype {spec.dtype.name}; pass probe_inputs.")
+    return probe
+
+
+def _max_abs_diff(expected: Any, actual: Any) -> float:
+    """Largest absolute difference (inf for mismatched shapes or unequal non-float values)."""
+    a, b = np.asarray(expected), np.asarray(actual)
+    if a.shape != b.shape:
+        return float("inf")
+    if not (np.issubdtype(a.dtype, np.floating) and np.issubdtype(b.dtype, np.floating)):
+        return 0.0 if np.array_equal(a, b) else float("inf")
+    if a.size == 0:
+        return 0.0
+    diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    return float(np.max(np.where(np.isnan(a) & np.isnan(b), 0.0, diff)))
+
+
+def _compare(what: str, expected: Mapping[str, Any], actual: Mapping[str, Any]) -> float:
+    if set(expected) != set(actual):
+        raise ExportVerificationError(f"{what}: reloaded outputs {sorted(actual)} differ from {sorted(expected)}.")
+    return max((_max_abs_diff(expected[k], actual[k]) for k in expected), default=0.0)
+
+
+def _verify(prepared: _Prepared, loaded: Any, probes: Mapping[str, Mapping[str, Any]], atol: float) -> dict[str, float]:
+    """Compares every reloaded signature and `__call__` with the in-memory source.
+
+    Returns:
+      Max abs difference per signature (and `__call__`).
+
+    Raises:
+      ExportVerificationError: a difference above `atol`, or different outputs.
+    """
+    tf = _tf()
+    diffs = {}
+    for name, endpoint in prepared.signatures.items():
+        probe = {k: tf.constant(v) for k, v in probes[name].items()}
+        expected = endpoint.call(probe, False)
+        diffs[name] = _compare(f"Signature {name!r}", expected, loaded.signatures[name](**probe))
+    call_probe = {k: tf.constant(v) for k, v in probes[DEFAULT_SIGNATURE].items()}
+    expected = prepared.call.call(call_probe, False)[DEFAULT_OUTPUT_KEY]
+    diffs["__call__"] = _max_abs_diff(expected, loaded(_pack_inputs(call_probe)))
+    failed = {k: v for k, v in diffs.items() if not v <= atol}
+    if failed:
+        raise ExportVerificationError(
+            f"The reloaded module does not reproduce the model (max abs diff must be <= {atol:g}): "
+            + ", ".join(f"{k}: {v:.3g}" for k, v in sorted(failed.items()))
+        )
+    return diffs
+
+
+def _probes(prepared: _Prepared, probe_inputs: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    given = dict(probe_inputs or {})
+    unknown = set(given) - set(prepared.signatures)
+    if unknown:
+        raise ExportError(f"probe_inputs for unknown signatures {sorted(unknown)}; signatures: {sorted(prepared.signatures)}.")
+    return {
+        name: dict(given[name]) if name in given else synthetic_probe(endpoint.inputs)
+        for name, endpoint in prepared.signatures.items()
+    }
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _git(*args: str) -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", *args],
+            cwd=_REPO_DIR,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def _package_version() -> str | None:
+    """The installed package's version, else the one in the source tree's pyproject.toml."""
+    try:
+        return importlib.metadata.version(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        with open(os.path.join(_REPO_DIR, "pyproject.toml"), "rb") as f:
+            return tomllib.load(f)["project"]["version"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return None
+
+
+def code_version() -> dict[str, Any]:
+    """The exporting code: package version, git commit and whether the work tree had local changes."""
+    commit = _git("rev-parse", "HEAD")
+    dirty = None if commit is None else bool(_git("status", "--porcelain", "--untracked-files=no"))
+    return {"package": PACKAGE, "version": _package_version(), "git_commit": commit, "git_dirty": dirty}
+
+
+def _redact_urls(value: Any) -> Any:
+    """Drops credentials from every URL-like string in a JSON-like value."""
+    if isinstance(value, str):
+        return handles.redact(value) if "://" in value else value
+    if isinstance(value, Mapping):
+        return {str(k): _redact_urls(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact_urls(v) for v in value]
+    return value
+
+
+def _manifest(
+    name: str,
+    version: int,
+    info: modules.ModuleInfo,
+    prepared: _Prepared,
+    parent: ModuleRef | None,
+    diffs: Mapping[str, float],
+    atol: float,
+    extra: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "version": version,
+        "fingerprint": info.fingerprint,
+        "format": info.format,
+        "reusable": info.reusable,
+        "num_variables": info.num_variables,
+        "num_trainable_variables": info.num_trainable_variables,
+        "signatures": {k: v.to_dict() for k, v in sorted(info.signatures.items())},
+        "source": {"kind": prepared.kind, "description": handles.redact(prepared.description)},
+        "parent": parent.to_dict() if parent else None,
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "code_version": code_version(),
+        "verification": {"atol": atol, "max_abs_diff": dict(sorted(diffs.items()))},
+        "extra": _redact_urls(dict(extra or {})),
+    }
+
+
+def _write_json(path: str, data: Mapping[str, Any]) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True, allow_nan=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_module(
+    source: Any,
+    root: str,
+    name: str,
+    *,
+    signatures: Mapping[str, Any] | None = None,
+    version: int | None = None,
+    parent: ModuleRef | None = None,
+    probe_inputs: Mapping[str, Mapping[str, Any]] | None = None,
+    source_description: str | None = None,
+    extra_manifest: Mapping[str, Any] | None = None,
+    pack: bool = False,
+    atol: float = DEFAULT_ATOL,
+) -> ExportResult:
+    """Exports `source` as a verified, reusable TF Hub module version `<root>/<name>/<version>/`.
+
+    Args:
+      source: a Keras 3 or tf_keras model, a `tf.Module`, a loaded SavedModel,
+        or a path (SavedModel directory, `.keras` or `.h5` file); see the module
+        docstring. It must track every variable and resource its signatures use.
+      root: local directory holding all modules.
+      name: module name (letters, digits, `.`, `_`, `-`).
+      signatures: signature name -> Keras model, tf.function with an
+        input_signature, signature ConcreteFunction or `Signature`; must include
+        `default`. Defaults: a Keras model is the `default` signature; a
+        `tf.Module`'s `__call__` tf.function is; a SavedModel keeps its
+        signatures (`serving_default` becomes `default` if there is none).
+      version: version to write; must not exist. Default: highest existing + 1.
+      parent: the module this one derives from (see `module_ref`), recorded in the manifest.
+      probe_inputs: signature name -> {input name: array} used for verification;
+        signatures not listed get `synthetic_probe` inputs.
+      source_description: how to describe the source in the manifest (default:
+        its path or class and name).
+      extra_manifest: JSON-serializable data stored under `extra` in the
+        manifest (e.g. data hash, hyperparameters, metrics); credentials in URLs
+        are redacted.
+      pack: also write `<root>/<name>/<version>.tar.gz`.
+      atol: largest absolute difference allowed by verification.
+
+    Returns:
+      The published version. Its `module.json` holds: name, version,
+      fingerprint, format, reusable, num_variables, num_trainable_variables,
+      signatures (input/output specs as in `modules.SignatureInfo.to_dict`),
+      source {kind, description}, parent {name, version, fingerprint, handle}
+      or null, created_at (UTC ISO 8601), code_version {package, version,
+      git_commit, git_dirty}, verification {atol, max_abs_diff per signature
+      and `__call__`}, extra.
+
+    Raises:
+      ExportError: bad source, signatures, name, version or probe inputs.
+      ExportVerificationError: the reloaded module does not reproduce the
+        source within `atol`. No version is left behind (nor on any other error).
+    """
+    _check_name(name)
+    prepared = _prepare(source, signatures, source_description)
+    probes = _probes(prepared, probe_inputs)
+    name_dir = os.path.join(root, name)
+    os.makedirs(name_dir, exist_ok=True)
+    with _name_lock(name_dir):
+        _remove_stale_temps(name_dir)
+        chosen = _choose_version(root, name, version)
+        temp = os.path.join(name_dir, f"{_TEMP_PREFIX}{chosen}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            manifest = _write_verified(prepared, temp, name, chosen, probes, parent, atol, extra_manifest)
+            final = version_dir(root, name, chosen)
+            os.rename(temp, final)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+        tar_path = archives.pack_dir(final, f"{final}.tar.gz") if pack else None
+    return ExportResult(final, chosen, manifest["fingerprint"], manifest, tar_path)
+
+
+def _write_verified(
+    prepared: _Prepared,
+    path: str,
+    name: str,
+    version: int,
+    probes: Mapping[str, Mapping[str, Any]],
+    parent: ModuleRef | None,
+    atol: float,
+    extra: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """Saves, reloads, verifies and writes the manifest into `path`; returns the manifest."""
+    _save(prepared, path)
+    loaded = modules.load(path)
+    diffs = _verify(prepared, loaded, probes, atol)
+    info = modules.inspect_loaded(loaded, handles.ResolvedModule(path, path, handles.fingerprint_dir(path)))
+    manifest = _manifest(name, version, info, prepared, parent, diffs, atol, extra)
+    _write_json(os.path.join(path, handles.MANIFEST_NAME), manifest)
+    return manifest
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.export",
+        description="Export a SavedModel or Keras model file as a verified, reusable TF Hub module version.",
+    )
+    parser.add_argument("--source", required=True, help="SavedModel directory, .keras (Keras 3) or .h5 (tf_keras) file")
+    parser.add_argument("--root", required=True, help="modules root; the module is written to ROOT/NAME/VERSION")
+    parser.add_argument("--name", required=True, help="module name")
+    parser.add_argument("--version", type=int, help="version to write (default: next free one)")
+    parser.add_argument("--pack", action="store_true", help="also write ROOT/NAME/VERSION.tar.gz")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; prints `<path> <fingerprint>` (and the archive path when packed)."""
+    args = _parse_args(argv)
+    try:
+        result = export_module(args.source, args.root, args.name, version=args.version, pack=args.pack)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{result.path} {result.fingerprint}")
+    if result.tar_path:
+        print(result.tar_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
