@@ -332,6 +332,15 @@ def _extract_into(tar_path: str, staging: str, handle: str) -> None:
         raise HandleError(str(e)) from e
 
 
+def compressed_url(url: str) -> str:
+    """Applies TF Hub's convention: a model URL that is not an archive gets `?tf-hub-format=compressed`."""
+    parts = urllib.parse.urlsplit(url)
+    if archives.is_archive_name(parts.path) or "tf-hub-format=" in parts.query:
+        return url
+    query = f"{parts.query}&tf-hub-format=compressed" if parts.query else "tf-hub-format=compressed"
+    return urllib.parse.urlunsplit(parts._replace(query=query))
+
+
 class HttpArchiveResolver(Resolver):
     """`http(s)://` URL to a module `.tar.gz` (TF Hub's compressed format)."""
 
@@ -344,7 +353,7 @@ class HttpArchiveResolver(Resolver):
     def _fetch(self, handle: str, staging: str, timeout_s: float) -> None:
         download = os.path.join(staging, "download.tar.gz")
         shown = redact(handle)
-        request = urllib.request.Request(handle, headers={"User-Agent": "hub-embed"})
+        request = urllib.request.Request(compressed_url(handle), headers={"User-Agent": "hub-embed"})
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as response, open(download, "wb") as out:
                 expected = response.headers.get("Content-Length")
@@ -384,12 +393,14 @@ class BeamFileSystemResolver(Resolver):
         return _cached_resolve(handle, self._fetch, timeout_s)
 
     def _fetch(self, handle: str, staging: str) -> None:
+        from apache_beam.io.filesystem import CompressionTypes
         from apache_beam.io.filesystems import FileSystems
 
+        _ensure_filesystem_options()
         try:
             if archives.is_archive_name(handle):
                 download = os.path.join(staging, "download.tar.gz")
-                with FileSystems.open(handle, compression_type="application/octet-stream") as src, open(
+                with FileSystems.open(handle, compression_type=CompressionTypes.UNCOMPRESSED) as src, open(
                     download, "wb"
                 ) as out:
                     shutil.copyfileobj(src, out, _CHUNK)
@@ -413,10 +424,25 @@ class BeamFileSystemResolver(Resolver):
             if not dest.startswith(os.path.realpath(target) + os.sep):
                 raise HandleError(f"Module handle {handle!r} has an object outside the module: {rel!r}.")
             os.makedirs(os.path.dirname(dest), exist_ok=True)
-            with FileSystems.open(item.path, compression_type="application/octet-stream") as src, open(
+            with FileSystems.open(item.path, compression_type=CompressionTypes.UNCOMPRESSED) as src, open(
                 dest, "wb"
             ) as out:
                 shutil.copyfileobj(src, out, _CHUNK)
+
+
+def _ensure_filesystem_options() -> None:
+    """Gives Beam's filesystems default options when no pipeline has set them yet.
+
+    Beam's S3 filesystem refuses to work without options; a running pipeline
+    sets its own (with e.g. `--s3_endpoint_url`) through `FileSystems.set_options`.
+    Outside a pipeline, boto3 and google-cloud-storage read their settings from
+    the environment (`AWS_ENDPOINT_URL`, `STORAGE_EMULATOR_HOST`, credentials).
+    """
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    if getattr(FileSystems, "_pipeline_options", None) is None:
+        FileSystems.set_options(PipelineOptions([]))
 
 
 RESOLVERS: list[Resolver] = [LocalResolver(), HttpArchiveResolver(), BeamFileSystemResolver()]

@@ -1,0 +1,67 @@
+"""`python -m pipelines.inspect HANDLE [--json]`: what a module is and offers.
+
+Prints the module's fingerprint, format (TF2 SavedModel or TF1 Hub format),
+whether it is reusable/trainable, and a table of its signatures with their
+inputs and outputs. Exits with status 2 and a one-line message when the handle
+cannot be resolved or the module cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pipelines import handles, modules
+
+FORMAT_NAMES = {"tf2": "TF2 SavedModel", "tf1_hub": "TF1 Hub format"}
+
+
+def _shape(shape: tuple[int | None, ...]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def render_text(info: modules.ModuleInfo) -> str:
+    """Renders a module description as a human-readable report."""
+    lines = [
+        f"handle:       {handles.redact(info.handle)}",
+        f"path:         {info.path}",
+        f"fingerprint:  {info.fingerprint}",
+        f"format:       {FORMAT_NAMES.get(info.format, info.format)}",
+        f"reusable:     {'yes' if info.reusable else 'no'}",
+        f"trainable:    {'yes' if info.trainable else 'no'} "
+        f"({info.num_trainable_variables} trainable of {info.num_variables} variables)",
+    ]
+    if info.name is not None:
+        lines.append(f"name/version: {info.name}/{info.version}")
+    rows = [("signature", "kind", "name", "dtype", "shape")]
+    for sig_name, sig in sorted(info.signatures.items()):
+        for kind, tensors in (("input", sig.inputs), ("output", sig.outputs)):
+            for tensor in tensors:
+                rows.append((sig_name, kind, tensor.name, tensor.dtype, _shape(tensor.shape)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines.append("")
+    for i, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the inspect command; returns the process exit status."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.inspect", description=__doc__.split("\n\n")[0])
+    parser.add_argument("handle", help=f"module handle: {handles.SUPPORTED_FORMS}")
+    parser.add_argument("--json", action="store_true", help="print the description as JSON")
+    args = parser.parse_args(argv)
+    try:
+        info = modules.describe(args.handle)
+    except (handles.HandleError, modules.ModuleError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(info.to_dict(), indent=2, sort_keys=True) if args.json else render_text(info))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny real modules, an isolated module cache, local servers."""
+
+from __future__ import annotations
+
+import os
+import types
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(autouse=True)
+def module_cache(tmp_path, monkeypatch):
+    """Every test resolves remote modules into its own, empty cache."""
+    path = tmp_path / "module-cache"
+    monkeypatch.setenv("HUB_EMBED_CACHE_DIR", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """Paths of tiny real modules, built once per test session."""
+    from tests.fixtures import tiny_modules as tm
+
+    root = tmp_path_factory.mktemp("tiny-modules")
+    return types.SimpleNamespace(
+        text=tm.build_text_module(str(root / "text")),
+        tf1=tm.build_tf1_hub_module(str(root / "tf1")),
+        image=tm.build_image_module(str(root / "image"), 8, 8),
+        image_open=tm.build_image_module(str(root / "image-open"), None, None),
+        plain=tm.build_plain_module(str(root / "plain")),
+    )
+
+
+@pytest.fixture
+def http_server():
+    from tests.fixtures.servers import HttpServer
+
+    server = HttpServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def _s3_server():
+    from tests.fixtures.servers import S3Server
+
+    server = S3Server()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def s3_server(_s3_server, monkeypatch):
+    for key, value in _s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    return _s3_server
+
+
+@pytest.fixture(scope="session")
+def _gcs_server():
+    from tests.fixtures.servers import GcsServer
+
+    server = GcsServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def gcs_server(_gcs_server, monkeypatch):
+    for key, value in _gcs_server.env().items():
+        monkeypatch.setenv(key, value)
+    return _gcs_server
