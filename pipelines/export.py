@@ -464,9 +464,9 @@ def _state(source: Any) -> tuple[list[Any], list[Any], list[Any]]:
     return variables, trainable, resources
 
 
-def _describe_source(source: Any, kind: str) -> str:
+def _describe_source(source: Any) -> str:
     if isinstance(source, (str, os.PathLike)):
-        return handles.redact(os.fspath(source))
+        return os.fspath(source)
     label = getattr(source, "name", None)
     cls = f"{type(source).__module__}.{type(source).__qualname__}"
     return f"{cls} {label!r}" if isinstance(label, str) else cls
@@ -483,7 +483,7 @@ def _prepare(source: Any, signatures: Mapping[str, Any] | None, description: str
     variables, trainable, resources = _state(obj)
     return _Prepared(
         kind=kind,
-        description=description or _describe_source(source, kind),
+        description=description or _describe_source(source),
         signatures=endpoints,
         call=_call_endpoint(obj, kind, endpoints[DEFAULT_SIGNATURE]),
         variables=variables,
