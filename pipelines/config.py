@@ -1,0 +1,626 @@
+"""Embedding job configuration: frozen dataclasses, YAML + flags, and all their validation.
+
+A job is described by an `EmbedConfig`: one frozen dataclass per pipeline stage
+(`source`, `preprocess`, `model`, `sink`) plus the Beam pipeline options.
+
+Values come from, in increasing precedence: the defaults here, a YAML file
+(`--config`, read with `yaml.safe_load`), and command-line flags. Every flag is
+also a YAML key: `--input-format` is `input_format:` (the YAML file is flat).
+Flags this module does not define are Beam pipeline options (`--runner`,
+`--direct_num_workers`, Dataflow options); a YAML file lists them under
+`beam:`. An unknown key, an unknown flag, a wrong type or an invalid value is a
+`ConfigError` naming the value and listing the valid ones.
+
+`load()` checks everything that needs no I/O. `check_paths()` then checks the
+file system: the input matches files, the output is not inside the input glob
+and does not already hold a table (unless `overwrite`). `model_spec()` checks
+the config against the module's signature. The defaults are the bundled sample
+job: the sample corpus embedded with all-MiniLM-L6-v2 into `output/sample/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import fnmatch
+import hashlib
+import importlib.resources
+import json
+import os
+import typing
+import urllib.parse
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import yaml
+
+if TYPE_CHECKING:
+    from pipelines.modules import ModuleInfo, SignatureInfo
+
+FORMATS = ("txt", "jsonl", "csv", "parquet", "tfrecord", "image")
+_EXTENSIONS = {
+    ".txt": "txt",
+    ".text": "txt",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".tfrecord": "tfrecord",
+    ".tfrecords": "tfrecord",
+    ".jpg": "image",
+    ".jpeg": "image",
+    ".png": "image",
+}
+DEFAULT_MODULE = "build/modules/all-minilm-l6-v2/1"
+SAMPLE_INPUT = str(importlib.resources.files("pipelines.data") / "sample.txt")
+SAMPLE_OUTPUT = "output/sample"
+DEFAULT_BATCH_SIZE = {"text": 256, "image": 32}
+TABLE_COLUMNS = ("id", "embedding")
+SUCCESS_FILE = "_SUCCESS"
+ERRORS_DIR = "errors"
+TMP_PREFIX = ".tmp-"
+
+
+class ConfigError(ValueError):
+    """An invalid job configuration; the message names the value and the valid ones."""
+
+
+def _option(default: Any, help: str) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceConfig:
+    """Where records come from and how they are read."""
+
+    input: str = _option(SAMPLE_INPUT, "input file or glob (local, gs://, s3://); default: the bundled sample")
+    input_format: str | None = _option(None, f"one of {', '.join(FORMATS)}; default: from the input's extension")
+    text_field: str = _option("text", "field holding the text (jsonl, csv, parquet, tfrecord)")
+    id_field: str | None = _option(None, "field holding the record id; default: <file>:<line or record number>")
+    passthrough: tuple[str, ...] = _option((), "fields copied to the output table, comma-separated")
+
+    @property
+    def kind(self) -> str:
+        """"image" for image sets, else "text"."""
+        return "image" if self.input_format == "image" else "text"
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    """Limits and shapes applied before the module sees a record."""
+
+    image_size: tuple[int, int] | None = _option(
+        None, "HEIGHT,WIDTH to resize images to when the module's input size is open"
+    )
+    max_text_bytes: int = _option(1 << 20, "longer texts (UTF-8 bytes) are dead-lettered")
+    max_image_pixels: int = _option(50_000_000, "larger images are dead-lettered (decompression-bomb guard)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Which module, signature and output embed the records."""
+
+    module: str = _option(DEFAULT_MODULE, "module handle: directory, .tar.gz, file://, http(s)://, gs://, s3://")
+    signature: str = _option("default", "signature to call")
+    output_key: str = _option("default", "output of the signature to store")
+    batch_size: int | None = _option(
+        None, f"rows per module call; default: {DEFAULT_BATCH_SIZE['text']} texts, {DEFAULT_BATCH_SIZE['image']} images"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkConfig:
+    """Where the table goes and when a run counts as failed."""
+
+    output: str | None = _option(None, f"output directory; default with the sample input: {SAMPLE_OUTPUT}")
+    overwrite: bool = _option(False, "replace a table already committed at --output")
+    max_error_fraction: float = _option(0.01, "fail the run (no _SUCCESS) when more records than this fail")
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedConfig:
+    """A validated embedding job.
+
+    Attributes:
+      source: input files and how to read them.
+      preprocess: text/image limits and image size.
+      model: module handle, signature, output key, batch size.
+      sink: output directory, overwrite, error budget.
+      beam_args: Beam pipeline options, as command-line flags.
+    """
+
+    source: SourceConfig = SourceConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    model: ModelConfig = ModelConfig()
+    sink: SinkConfig = SinkConfig()
+    beam_args: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat key -> value view (YAML keys), with secrets dropped from the module handle."""
+        from pipelines.handles import redact
+
+        flat = {}
+        for group in _GROUPS:
+            for field in dataclasses.fields(group):
+                value = getattr(getattr(self, _GROUPS[group]), field.name)
+                flat[field.name] = list(value) if isinstance(value, tuple) else value
+        flat["module"] = redact(flat["module"])
+        return flat
+
+    def config_hash(self) -> str:
+        """`sha256:<hex>` of everything that decides the table's content (not where it goes)."""
+        sink_keys = {f.name for f in dataclasses.fields(SinkConfig)}
+        content = {k: v for k, v in self.to_dict().items() if k not in sink_keys}
+        return "sha256:" + hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+_GROUPS = {SourceConfig: "source", PreprocessConfig: "preprocess", ModelConfig: "model", SinkConfig: "sink"}
+_KEYS: dict[str, tuple[type, dataclasses.Field, Any]] = {
+    field.name: (group, field, typing.get_type_hints(group)[field.name])
+    for group in _GROUPS
+    for field in dataclasses.fields(group)
+}
+
+
+def _suggest(value: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(value, valid, n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+# --------------------------------------------------------------------------- types
+
+
+def _type_error(key: str, expected: str, value: Any) -> ConfigError:
+    return ConfigError(f"{key} must be {expected}, got {value!r} ({type(value).__name__}).")
+
+
+def _coerce(key: str, value: Any, from_flag: bool) -> Any:
+    """Checks (YAML) or parses (flag text) one value against its field's type."""
+    hint = _KEYS[key][2]
+    args = typing.get_args(hint)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise _type_error(key, "set", value)
+    base = next((a for a in args if a is not type(None)), hint) if type(None) in args else hint
+    origin = typing.get_origin(base)
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise _type_error(key, "true or false", value)
+    if base in (int, float):
+        if from_flag and isinstance(value, str):
+            try:
+                return base(value)
+            except ValueError:
+                raise _type_error(key, f"a{'n integer' if base is int else ' number'}", value) from None
+        if isinstance(value, bool) or not isinstance(value, (int, float) if base is float else int):
+            raise _type_error(key, "an integer" if base is int else "a number", value)
+        return base(value)
+    if base is str:
+        if isinstance(value, str):
+            return value
+        raise _type_error(key, "a string", value)
+    if origin is tuple and typing.get_args(base)[-1] is Ellipsis:  # tuple[str, ...]
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+            raise _type_error(key, "a list of strings or a comma-separated string", value)
+        return tuple(i.strip() for i in items if i.strip())
+    if origin is tuple:  # tuple[int, int]: image size
+        return _image_size(key, value)
+    raise AssertionError(f"unhandled type {hint} for {key}")  # a new field needs a rule here
+
+
+def _image_size(key: str, value: Any) -> tuple[int, int]:
+    """`224`, `"224"`, `"224,160"`, `"224x160"` or `[224, 160]` -> (height, width)."""
+    items = value.replace("x", ",").split(",") if isinstance(value, str) else value
+    items = items if isinstance(items, list) else [items]
+    sizes = []
+    for item in items:
+        if isinstance(item, str) and item.strip().isdigit():
+            item = int(item)
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise _type_error(key, "HEIGHT,WIDTH (or one size for both)", value)
+        sizes.append(item)
+    if len(sizes) not in (1, 2):
+        raise _type_error(key, "HEIGHT,WIDTH (or one size for both)", value)
+    return (sizes[0], sizes[-1])
+
+
+# --------------------------------------------------------------------------- sources of values
+
+
+def _flag_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.embed",
+        description="Embed a text corpus or an image set with a TF Hub module into a Parquet table. "
+        "Flags not listed here are Beam pipeline options (--runner, --direct_num_workers, ...).",
+        allow_abbrev=False,
+        exit_on_error=False,
+    )
+    parser.add_argument("--config", help="YAML job file; its keys are these flags' names with underscores")
+    for key, (_, field, hint) in _KEYS.items():
+        flags = [f"--{key.replace('_', '-')}"] + ([f"--{key}"] if "_" in key else [])
+        if hint is bool:
+            parser.add_argument(*flags, dest=key, action=argparse.BooleanOptionalAction, default=None, help=field.metadata["help"])
+        else:
+            parser.add_argument(*flags, dest=key, default=None, metavar=key.upper(), help=field.metadata["help"])
+    return parser
+
+
+def usage() -> str:
+    """The `--help` text."""
+    return _flag_parser().format_help()
+
+
+def _read_yaml(path: str) -> tuple[dict[str, Any], list[str]]:
+    """Returns the flat keys and the Beam flags (from `beam:`) of a YAML job file."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"Config file {path!r} cannot be read: {e.strerror}.") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Config file {path!r} is not valid YAML: {e}") from None
+    if data is None:
+        return {}, []
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path!r} must hold a mapping of keys to values, got {type(data).__name__}.")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    beam = data.pop("beam", None) or {}
+    if not isinstance(beam, dict):
+        raise ConfigError(f"'beam' in {path!r} must be a mapping of Beam option names to values.")
+    return data, _beam_flags(beam)
+
+
+def _beam_flags(options: Mapping[str, Any]) -> list[str]:
+    """Turns a YAML `beam:` mapping into command-line flags (lists repeat the flag)."""
+    flags = []
+    for name, value in options.items():
+        if value is False:
+            raise ConfigError(
+                f"beam option {name}: false is ambiguous; leave it out, or set the flag that "
+                f"disables it (e.g. no_use_public_ips: true)."
+            )
+        if value is True:
+            flags.append(f"--{name}")
+        elif isinstance(value, dict):
+            flags.append(f"--{name}={json.dumps(value)}")
+        else:
+            flags += [f"--{name}={item}" for item in (value if isinstance(value, list) else [value])]
+    return flags
+
+
+def _check_beam_flags(flags: Sequence[str]) -> None:
+    """Rejects flags that are neither ours nor a Beam pipeline option."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    known = PipelineOptions([]).get_all_options()
+    given = PipelineOptions(list(flags)).get_all_options(retain_unknown_options=True, display_warnings=False)
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        ours = [k.replace("_", "-") for k in _KEYS]
+        name = unknown[0]
+        raise ConfigError(
+            f"Unknown flag --{name}: not a hub-embed flag nor a Beam pipeline option; "
+            f"{_suggest(name.replace('_', '-'), ours) or _suggest(name, list(known))}"
+            f"hub-embed flags: {', '.join('--' + k for k in ours)}."
+        )
+
+
+def load(argv: Sequence[str] = ()) -> EmbedConfig:
+    """Parses command-line flags (and the YAML file `--config` names) into a validated config.
+
+    Args:
+      argv: command-line arguments, without the program name.
+
+    Returns:
+      The validated config; flags that are not hub-embed flags are in `beam_args`.
+
+    Raises:
+      ConfigError: an unknown key or flag, a wrong type, or an invalid value.
+    """
+    try:
+        flags, rest = _flag_parser().parse_known_args(list(argv))
+    except argparse.ArgumentError as e:
+        raise ConfigError(str(e)) from None
+    values: dict[str, Any] = {}
+    beam_args: list[str] = []
+    if flags.config:
+        values, beam_args = _read_yaml(flags.config)
+        _check_keys(values, where=f"in {flags.config}")
+        values = {k: _coerce(k, v, from_flag=False) for k, v in values.items()}
+    for key, value in vars(flags).items():
+        if key != "config" and value is not None:
+            values[key] = _coerce(key, value, from_flag=True)
+    beam_args += rest
+    _check_beam_flags(beam_args)
+    return _build(values, beam_args)
+
+
+def _check_keys(values: Mapping[str, Any], where: str) -> None:
+    for key in values:
+        if key not in _KEYS:
+            raise ConfigError(
+                f"Unknown config key {key!r} {where}; {_suggest(key, list(_KEYS))}"
+                f"valid keys: {', '.join(sorted(_KEYS))}, beam."
+            )
+
+
+def from_dict(values: Mapping[str, Any], beam_args: Sequence[str] = ()) -> EmbedConfig:
+    """Builds a validated config from flat keys (the YAML keys), as tests and DAGs do.
+
+    Raises:
+      ConfigError: an unknown key, a wrong type, or an invalid value.
+    """
+    _check_keys(values, where="")
+    return _build({k: _coerce(k, v, from_flag=False) for k, v in values.items()}, beam_args)
+
+
+def _build(values: Mapping[str, Any], beam_args: Sequence[str]) -> EmbedConfig:
+    """The validated config from checked, typed flat values."""
+    groups: dict[type, dict[str, Any]] = {group: {} for group in _GROUPS}
+    for key, value in values.items():
+        groups[_KEYS[key][0]][key] = value
+    cfg = EmbedConfig(**{name: group(**groups[group]) for group, name in _GROUPS.items()}, beam_args=tuple(beam_args))
+    return _validate(cfg)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def infer_format(path: str) -> str | None:
+    """The input format an input path's extension implies (compression suffixes skipped), or None."""
+    from apache_beam.io.filesystem import CompressionTypes
+
+    root, ext = os.path.splitext(path.lower())
+    if CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED:
+        ext = os.path.splitext(root)[1]
+    return _EXTENSIONS.get(ext)
+
+
+def _validate(cfg: EmbedConfig) -> EmbedConfig:
+    source, pre, model, sink = cfg.source, cfg.preprocess, cfg.model, cfg.sink
+    if not source.input.strip():
+        raise ConfigError("input must name a file or glob, got ''.")
+    input_format = source.input_format or infer_format(source.input)
+    if input_format is None:
+        raise ConfigError(
+            f"Cannot tell the input format of {source.input!r} from its extension; set input_format to one of: "
+            f"{', '.join(FORMATS)}."
+        )
+    if input_format not in FORMATS:
+        raise ConfigError(
+            f"input_format {input_format!r} is not supported; {_suggest(input_format, FORMATS)}"
+            f"valid formats: {', '.join(FORMATS)}."
+        )
+    source = dataclasses.replace(source, input_format=input_format)
+    if input_format in ("txt", "image"):
+        ids = "<file>:<line>" if input_format == "txt" else "the file path"
+        for key in ("id_field", "passthrough"):
+            if getattr(source, key):
+                raise ConfigError(f"{key} does not apply to {input_format} input (records have no fields; ids are {ids}).")
+    elif not source.text_field:
+        raise ConfigError(f"text_field must name the field holding the text of each {input_format} record.")
+    for name in source.passthrough:
+        if name in TABLE_COLUMNS:
+            raise ConfigError(f"passthrough column {name!r} clashes with the table's own columns {TABLE_COLUMNS}.")
+    if len(set(source.passthrough)) != len(source.passthrough):
+        raise ConfigError(f"passthrough lists a column twice: {list(source.passthrough)}.")
+    _positive("max_text_bytes", pre.max_text_bytes)
+    _positive("max_image_pixels", pre.max_image_pixels)
+    for size in pre.image_size or ():
+        _positive("image_size", size)
+    for key in ("module", "signature", "output_key"):
+        if not getattr(model, key).strip():
+            raise ConfigError(f"{key} must not be empty.")
+    batch_size = DEFAULT_BATCH_SIZE[source.kind] if model.batch_size is None else model.batch_size
+    _positive("batch_size", batch_size)
+    output = sink.output
+    if output is None:
+        if source.input != SAMPLE_INPUT:
+            raise ConfigError("output is required: the directory the embedding table is written to.")
+        output = SAMPLE_OUTPUT
+    if not output.strip():
+        raise ConfigError("output must name a directory, got ''.")
+    if not 0.0 <= sink.max_error_fraction <= 1.0:
+        raise ConfigError(f"max_error_fraction must be between 0 and 1, got {sink.max_error_fraction}.")
+    _check_output_outside_input(source.input, output)
+    return dataclasses.replace(
+        cfg,
+        source=source,
+        model=dataclasses.replace(model, batch_size=batch_size),
+        sink=dataclasses.replace(sink, output=output),
+    )
+
+
+def _positive(key: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"{key} must be a positive integer, got {value}.")
+
+
+def is_local(path: str) -> bool:
+    """True for plain paths and file:// URLs, False for gs://, s3:// and other URLs."""
+    return urllib.parse.urlsplit(path).scheme in ("", "file")
+
+
+def _normalize(path: str) -> str:
+    if path.startswith("file://"):
+        path = urllib.parse.urlsplit(path).path
+    return os.path.abspath(path) if is_local(path) else path.rstrip("/")
+
+
+def _check_output_outside_input(input_pattern: str, output: str) -> None:
+    """Rejects an output whose files the input glob would read back (a re-run would embed the table)."""
+    pattern, out = _normalize(input_pattern), _normalize(output)
+    written = [f"{out}/part-0.parquet", f"{out}/{ERRORS_DIR}/part-0.parquet", f"{out}/{SUCCESS_FILE}",
+               f"{out}/{TMP_PREFIX}0/part-0.parquet"]
+    hits = [p for p in written if fnmatch.fnmatchcase(p, pattern)]
+    if hits or out == pattern:
+        raise ConfigError(
+            f"output {output!r} is inside the input {input_pattern!r}: the input would match files the job "
+            f"writes (e.g. {hits[0] if hits else out}). Choose an output outside the input."
+        )
+
+
+def check_paths(cfg: EmbedConfig) -> None:
+    """Checks the file system: the input matches files and the output may be written.
+
+    An output directory may be new, hold only what an interrupted run left
+    (parts without `_SUCCESS`, `.tmp-*`), or hold a committed table when
+    `overwrite` is set. Anything else is refused.
+
+    Raises:
+      ConfigError: naming the path and what is wrong with it.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = cfg.source.input
+    try:
+        matched = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+    except Exception as e:  # Beam raises BeamIOError, or a backend's own error for remote paths.
+        raise ConfigError(f"input {pattern!r} cannot be listed: {e}") from None
+    if is_local(pattern):
+        matched = [p for p in matched if not os.path.isdir(p)]
+    if not matched:
+        raise ConfigError(f"input {pattern!r} matches no files.")
+    output = cfg.sink.output
+    if is_local(output):
+        _check_local_output(_normalize(output), cfg.sink.overwrite)
+    elif FileSystems.exists(FileSystems.join(output, SUCCESS_FILE)) and not cfg.sink.overwrite:
+        raise ConfigError(f"output {output!r} already holds a table (it has {SUCCESS_FILE}); pass --overwrite to replace it.")
+
+
+def _check_local_output(output: str, overwrite: bool) -> None:
+    if not os.path.exists(output):
+        return
+    if not os.path.isdir(output):
+        raise ConfigError(f"output {output!r} exists and is not a directory.")
+    entries = sorted(os.listdir(output))
+    if SUCCESS_FILE in entries and not overwrite:
+        raise ConfigError(f"output {output!r} already holds a table (it has {SUCCESS_FILE}); pass --overwrite to replace it.")
+    foreign = [e for e in entries if not _is_table_entry(e)]
+    if foreign:
+        raise ConfigError(
+            f"output {output!r} holds files that are not part of an embedding table: {foreign[:5]}; "
+            f"choose an empty or new directory."
+        )
+
+
+def _is_table_entry(name: str) -> bool:
+    return (
+        name in (SUCCESS_FILE, ERRORS_DIR)
+        or name.startswith(TMP_PREFIX)
+        or (name.startswith("part-") and name.endswith(".parquet"))
+    )
+
+
+# --------------------------------------------------------------------------- against the module
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """How to call the selected signature, derived from the config and the module.
+
+    Attributes:
+      kind: "text" or "image".
+      inputs: the signature's input names: `(text,)` for a 1-D string input,
+        `(tokens, sequence_len)` for ELMo-style pre-tokenized input, `(images,)`.
+      input_dtypes: their dtypes ("string", "int32", "float32", ...).
+      output_key: the stored output.
+      dim: embedding dimension (last axis of the output).
+      sequence: the output is per token (`[N, T, D]`) rather than pooled.
+      mask_key: an int/bool `[N, T]` output marking real tokens, if any.
+      image_size: (height, width) images are resized to.
+      batch_size: rows per module call.
+    """
+
+    kind: str
+    inputs: tuple[str, ...]
+    input_dtypes: tuple[str, ...]
+    output_key: str
+    dim: int | None
+    sequence: bool
+    mask_key: str | None
+    image_size: tuple[int, int] | None
+    batch_size: int
+
+    @property
+    def tokenized(self) -> bool:
+        """True for ELMo-style signatures fed whitespace tokens and their counts."""
+        return len(self.inputs) == 2
+
+
+def _describe_inputs(sig: SignatureInfo) -> str:
+    return ", ".join(f"{t.name}: {t.dtype}{list(t.shape)}" for t in sig.inputs) or "none"
+
+
+def model_spec(cfg: EmbedConfig, info: ModuleInfo) -> ModelSpec:
+    """Checks that the module's signature and output suit the input, and says how to call it.
+
+    Text formats need a signature taking one 1-D string input, or an ELMo-style
+    pair (a 2-D string `tokens` input and a 1-D int `sequence_len` input).
+    Images need one float32 `[N, H, W, 3]` input; open H/W need `image_size`.
+    The output must be `[N, D]` (pooled) or `[N, T, D]` (per token).
+
+    Raises:
+      ConfigError: naming the mismatch, the signature's inputs/outputs, and the
+        valid signatures or output keys.
+    """
+    from pipelines import modules
+
+    try:
+        sig = modules.select(info, cfg.model.signature, cfg.model.output_key)
+    except modules.ModuleError as e:
+        raise ConfigError(str(e)) from None
+    kind = cfg.source.kind
+    inputs = sorted(sig.inputs, key=lambda t: (len(t.shape), t.name))
+    where = f"Signature {sig.name!r} of module {info.handle!r} takes {_describe_inputs(sig)}"
+    image_size = None
+    if kind == "text":
+        strings = [t for t in inputs if t.dtype == "string"]
+        ints = [t for t in inputs if t.dtype.startswith("int")]
+        if len(inputs) == 1 and strings and len(strings[0].shape) == 1:
+            chosen = strings
+        elif len(inputs) == 2 and len(strings) == 1 and len(strings[0].shape) == 2 and len(ints) == 1 and len(ints[0].shape) == 1:
+            chosen = [strings[0], ints[0]]
+        else:
+            raise ConfigError(
+                f"{where}; {cfg.source.input_format} input needs one 1-D string input "
+                f"(or a 2-D string tokens input with a 1-D int sequence_len input)."
+            )
+    else:
+        shape = inputs[0].shape if len(inputs) == 1 else ()
+        if len(inputs) != 1 or inputs[0].dtype != "float32" or len(shape) != 4 or shape[3] not in (3, None):
+            raise ConfigError(f"{where}; image input needs one float32 [N, height, width, 3] input.")
+        chosen = inputs
+        module_size = shape[1:3]
+        image_size = cfg.preprocess.image_size or (module_size if None not in module_size else None)
+        if image_size is None:
+            raise ConfigError(f"{where}: its input size is open; set image_size (e.g. --image-size 224,224).")
+        if None not in module_size and tuple(module_size) != tuple(image_size):
+            raise ConfigError(f"{where}; image_size {list(image_size)} does not match it.")
+    out = sig.output(cfg.model.output_key)
+    if len(out.shape) not in (2, 3) or not out.dtype.startswith("float"):
+        raise ConfigError(
+            f"Output {out.name!r} of signature {sig.name!r} is {out.dtype}{list(out.shape)}; an embedding output is "
+            f"float [N, D] or [N, T, D]. Outputs: {', '.join(f'{t.name}: {t.dtype}{list(t.shape)}' for t in sig.outputs)}."
+        )
+    sequence = len(out.shape) == 3
+    masks = [
+        t.name for t in sig.outputs
+        if t.name != out.name and len(t.shape) == 2 and (t.dtype == "bool" or t.dtype.startswith("int"))
+    ]
+    masks.sort(key=lambda name: ("mask" not in name, name))
+    return ModelSpec(
+        kind=kind,
+        inputs=tuple(t.name for t in chosen),
+        input_dtypes=tuple(t.dtype for t in chosen),
+        output_key=out.name,
+        dim=out.shape[-1],
+        sequence=sequence,
+        mask_key=masks[0] if sequence and masks else None,
+        image_size=tuple(image_size) if image_size else None,
+        batch_size=cfg.model.batch_size,
+    )

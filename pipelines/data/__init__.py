@@ -1,0 +1,1 @@
+"""Data shipped with the package: the sample corpus (`sample.txt`, see `build_sample`)."""

@@ -1,0 +1,196 @@
+"""Config: YAML + flags, types, every validation rule, path checks, and checks against a module."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pipelines import config
+from pipelines.config import ConfigError
+
+
+def _yaml(tmp_path, text: str) -> str:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_no_arguments_is_the_bundled_sample_job():
+    cfg = config.load([])
+    assert cfg.source.input == config.SAMPLE_INPUT and os.path.isfile(cfg.source.input)
+    assert cfg.source.input_format == "txt"
+    assert cfg.sink.output == config.SAMPLE_OUTPUT
+    assert cfg.model.module == config.DEFAULT_MODULE
+    assert cfg.model.batch_size == config.DEFAULT_BATCH_SIZE["text"]
+    with open(cfg.source.input) as f:
+        lines = f.read().splitlines()
+    assert 300 <= len(lines) <= 500 and all(line.strip() for line in lines)
+
+
+def test_flags_override_yaml_which_overrides_defaults(tmp_path):
+    path = _yaml(
+        tmp_path,
+        "input: data/*.jsonl\noutput: out/a\nbatch_size: 64\npassthrough: [title, url]\n"
+        "beam:\n  runner: DirectRunner\n  direct_num_workers: 2\n",
+    )
+    cfg = config.load(["--config", path, "--output", "out/b", "--direct_running_mode=multi_processing"])
+    assert cfg.sink.output == "out/b"
+    assert cfg.model.batch_size == 64
+    assert cfg.source.passthrough == ("title", "url")
+    assert cfg.source.input_format == "jsonl"
+    assert cfg.beam_args == ("--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing")
+
+
+def test_flags_parse_values_and_accept_underscore_spelling():
+    cfg = config.load(
+        ["--input", "x.csv", "--output", "o", "--batch_size", "8", "--passthrough", "a, b", "--image-size", "32x48",
+         "--max-error-fraction", "0.5", "--overwrite"]
+    )
+    assert (cfg.model.batch_size, cfg.source.passthrough, cfg.preprocess.image_size) == (8, ("a", "b"), (32, 48))
+    assert cfg.sink.max_error_fraction == 0.5 and cfg.sink.overwrite is True
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("outptu: x\n", "Unknown config key 'outptu' in .*did you mean 'output'.*valid keys: batch_size"),
+        ("batch_size: many\n", "batch_size must be an integer, got 'many'"),
+        ("batch_size: true\n", "batch_size must be an integer, got True"),
+        ("overwrite: 'yes'\n", "overwrite must be true or false"),
+        ("passthrough: [1, 2]\n", "passthrough must be a list of strings"),
+        ("image_size: [1, 2, 3]\n", "image_size must be HEIGHT,WIDTH"),
+        ("max_error_fraction: lots\n", "max_error_fraction must be a number"),
+        ("- just\n- a list\n", "must hold a mapping"),
+        ("input: [unclosed\n", "not valid YAML"),
+        ("beam:\n  use_public_ips: false\n", "false is ambiguous"),
+        ("!!python/object/apply:os.system ['echo hacked']\n", "not valid YAML"),
+    ],
+)
+def test_bad_yaml_is_a_clear_error(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load(["--config", _yaml(tmp_path, text)])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--ouput", "x"], r"Unknown flag --ouput.*did you mean 'output'"),
+        (["--batch-size", "x"], "batch_size must be an integer, got 'x'"),
+        (["--input", "x.bin", "--output", "o"], "Cannot tell the input format of 'x.bin'.*txt, jsonl, csv, parquet"),
+        (["--input", "x.txt", "--output", "o", "--input-format", "jsonn"], "did you mean 'jsonl'.*valid formats"),
+        (["--input", "x.txt", "--output", "o", "--id-field", "id"], "id_field does not apply to txt input"),
+        (["--input", "x.jpg", "--output", "o", "--passthrough", "a"], "passthrough does not apply to image input"),
+        (["--input", "x.csv", "--output", "o", "--passthrough", "id"], "clashes with the table's own columns"),
+        (["--input", "x.csv", "--output", "o", "--passthrough", "a,a"], "passthrough lists a column twice"),
+        (["--input", "x.csv"], "output is required"),
+        (["--input", "x.csv", "--output", "o", "--batch-size", "0"], "batch_size must be a positive integer"),
+        (["--input", "x.csv", "--output", "o", "--max-error-fraction", "2"], "max_error_fraction must be between 0 and 1"),
+        (["--input", "x.csv", "--output", "o", "--signature", " "], "signature must not be empty"),
+        (["--input", "data/*", "--input-format", "image", "--output", "data/out"], "output 'data/out' is inside the input 'data/\\*'"),
+        (["--input", "corpus/**", "--input-format", "jsonl", "--output", "corpus/2026/embedded"], "is inside the input"),
+    ],
+)
+def test_bad_flags_are_clear_errors(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load(argv)
+
+
+def test_format_is_inferred_through_compression_suffixes():
+    assert config.infer_format("gs://b/docs-*.jsonl.gz") == "jsonl"
+    assert config.infer_format("photos/*.JPEG") == "image"
+    assert config.infer_format("data/part-*.tfrecords") == "tfrecord"
+    assert config.infer_format("notes") is None
+
+
+def test_output_beside_input_is_fine():
+    cfg = config.load(["--input", "data/*.jsonl", "--output", "data/embeddings"])
+    assert cfg.sink.output == "data/embeddings"
+
+
+def test_config_hash_ignores_where_the_table_goes():
+    a = config.from_dict({"input": "x.txt", "output": "o1"})
+    b = config.from_dict({"input": "x.txt", "output": "o2", "overwrite": True})
+    c = config.from_dict({"input": "x.txt", "output": "o1", "batch_size": 3})
+    assert a.config_hash() == b.config_hash() != c.config_hash()
+
+
+def test_to_dict_drops_secrets_from_the_module_handle():
+    cfg = config.from_dict({"module": "https://user:pw@example.com/m.tar.gz?token=s3cret", "output": "o"})
+    assert cfg.to_dict()["module"] == "https://example.com/m.tar.gz"
+
+
+# --------------------------------------------------------------------------- file system
+
+
+def test_check_paths(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("hello\n")
+    out = tmp_path / "out"
+    cfg = config.from_dict({"input": str(tmp_path / "in" / "*.txt"), "output": str(out)})
+    config.check_paths(cfg)  # new output
+
+    out.mkdir()
+    (out / ".tmp-20260101T000000Z-dead").mkdir()
+    (out / "part-00000-20260101T000000Z-dead.parquet").write_bytes(b"")
+    config.check_paths(cfg)  # only what an interrupted run leaves
+
+    (out / "_SUCCESS").write_text("{}")
+    with pytest.raises(ConfigError, match="already holds a table.*--overwrite"):
+        config.check_paths(cfg)
+    config.check_paths(config.from_dict({**cfg.to_dict(), "overwrite": True}))
+
+    (out / "notes.md").write_text("mine")
+    with pytest.raises(ConfigError, match=r"not part of an embedding table: \['notes.md'\]"):
+        config.check_paths(config.from_dict({**cfg.to_dict(), "overwrite": True}))
+
+    with pytest.raises(ConfigError, match="matches no files"):
+        config.check_paths(config.from_dict({"input": str(tmp_path / "in" / "*.csv"), "output": str(tmp_path / "o2")}))
+
+
+# --------------------------------------------------------------------------- against the module
+
+
+def _spec(tiny_path, **values):
+    from pipelines import modules
+
+    cfg = config.from_dict({"output": "o", **values, "module": tiny_path})
+    return config.model_spec(cfg, modules.describe(tiny_path))
+
+
+def test_model_spec_for_text_modules(tiny):
+    pooled = _spec(tiny.text, input="x.txt")
+    assert (pooled.kind, pooled.inputs, pooled.dim, pooled.sequence, pooled.tokenized) == ("text", ("text",), 8, False, False)
+    tokens = _spec(tiny.text, input="x.txt", signature="tokens", output_key="elmo")
+    assert tokens.inputs == ("tokens", "sequence_len") and tokens.input_dtypes == ("string", "int32")
+    assert tokens.sequence and tokens.tokenized and tokens.mask_key is None and tokens.dim == 8
+    tf1 = _spec(tiny.tf1, input="x.txt")
+    assert (tf1.inputs, tf1.dim) == (("text",), 6)
+
+
+def test_model_spec_for_image_modules(tiny):
+    fixed = _spec(tiny.image, input="x.png")
+    assert (fixed.kind, fixed.image_size, fixed.batch_size) == ("image", (8, 8), config.DEFAULT_BATCH_SIZE["image"])
+    assert _spec(tiny.image_open, input="x.png", image_size=5).image_size == (5, 5)
+    with pytest.raises(ConfigError, match="input size is open; set image_size"):
+        _spec(tiny.image_open, input="x.png")
+    with pytest.raises(ConfigError, match=r"image_size \[4, 4\] does not match"):
+        _spec(tiny.image, input="x.png", image_size=4)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"input": "x.txt", "signature": "serving"}, "Signature 'serving' not found.*valid signatures: 'default', 'tokens'"),
+        ({"input": "x.txt", "output_key": "pooled"}, "Output key 'pooled' not found.*valid output keys: 'default'"),
+        ({"input": "x.png"}, "image input needs one float32"),
+    ],
+)
+def test_model_spec_rejects_what_the_module_cannot_do(tiny, values, message):
+    with pytest.raises(ConfigError, match=message):
+        _spec(tiny.text, **values)
+
+
+def test_model_spec_rejects_text_input_for_image_module(tiny):
+    with pytest.raises(ConfigError, match=r"takes images: float32\[None, 8, 8, 3\].*needs one 1-D string input"):
+        _spec(tiny.image, input="x.txt")
