@@ -1,0 +1,431 @@
+"""WriteEmbeddingTable: embedded records and failures -> Parquet parts, committed atomically.
+
+Layout of an output directory:
+
+    part-00000-<run_id>.parquet ...         the table
+    errors/part-00000-<run_id>.parquet ...  dead letters: id, source, stage, error
+    _SUCCESS                                JSON manifest, written last
+    .tmp-<run_id>/                          a run's parts before its commit
+
+Table columns: `id` (string), `embedding` (`fixed_size_list<float32>[D]`, or
+`list<fixed_size_list<float32>[D]>` for per-token outputs), then the
+passthrough columns (strings). Every part's schema metadata `hub_embed` holds
+JSON: module handle (without secrets), fingerprint, name and version, signature,
+output key, dimension, config hash, code version, run id and the part's
+`row_count`. The manifest holds the same plus the table's counts and its files
+with their row counts.
+
+How a run commits, and why it is safe:
+
+1. Workers write parts under `.tmp-<run_id>/` with unique names and report
+   (name, rows). A retried bundle writes new files; only the attempt Beam
+   commits is reported, so the orphans of failed attempts are never used.
+2. One commit step runs after every part is written (it takes them as side
+   inputs). It checks `rows_in == rows_embedded + rows_failed`, and the error
+   fraction against `max_error_fraction`; either failing fails the run before
+   anything moves (the dead letters stay under `.tmp-<run_id>/errors/`).
+3. It moves the parts into place under names carrying the run id, so they
+   never replace an old table's files, then writes `_SUCCESS` (temp file +
+   rename). That rename is the commit: before it the old manifest still names
+   exactly the old table, after it the new manifest names exactly the new one.
+4. It deletes parts no manifest names and every `.tmp-*` directory.
+
+A run killed at any point leaves no new `_SUCCESS`; what it wrote is not named
+by any manifest and is removed by the next commit to the same output. Readers
+should read the files the manifest names (`read_table`), not every file in the
+directory. One job at a time may write to an output directory.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import subprocess
+import uuid
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindows
+
+from pipelines.config import ERRORS_DIR, SUCCESS_FILE, TMP_PREFIX, SinkConfig, is_local
+from pipelines.records import METRICS_NAMESPACE, Failure, Record
+
+METADATA_KEY = "hub_embed"
+MANIFEST_FORMAT = "hub-embed-table/1"
+ROWS_PER_BATCH = 4096
+PART_BYTES = 64 << 20
+ERROR_SCHEMA = pa.schema([(name, pa.string()) for name in Failure._fields])
+_LOG = logging.getLogger(__name__)
+
+
+class CommitError(RuntimeError):
+    """The run cannot be committed: counts do not add up, or too many records failed."""
+
+
+class PartFile(NamedTuple):
+    """A written part: its path relative to the run's temp dir, and its row count."""
+
+    name: str
+    rows: int
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC time + random suffix."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+def code_version() -> str:
+    """The installed hub-embed version, plus the git commit when running from a checkout."""
+    try:
+        version = importlib.metadata.version("hub-embed")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return version
+    return f"{version}+g{sha}" if sha else version
+
+
+def table_schema(dim: int, sequence: bool, passthrough: Sequence[str], metadata: dict[str, Any]) -> pa.Schema:
+    """The table's Arrow schema, with `metadata` under the `hub_embed` key."""
+    vector = pa.list_(pa.float32(), dim)
+    fields = [("id", pa.string()), ("embedding", pa.list_(vector) if sequence else vector)]
+    fields += [(name, pa.string()) for name in passthrough]
+    return pa.schema(fields, metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+
+
+def _table_batch(schema: pa.Schema, rows: list[Record]) -> pa.RecordBatch:
+    """Embedded records (payload = `[D]` or `[T, D]` float32) as a record batch."""
+    embedding_type = schema.field("embedding").type
+    if pa.types.is_fixed_size_list(embedding_type):
+        dim = embedding_type.list_size
+        flat = np.stack([r.payload for r in rows]).reshape(-1)
+        embeddings: pa.Array = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
+    else:
+        dim = embedding_type.value_type.list_size
+        offsets = np.zeros(len(rows) + 1, np.int32)
+        np.cumsum([len(r.payload) for r in rows], out=offsets[1:])
+        flat = np.concatenate([r.payload for r in rows]).reshape(-1) if rows else np.zeros(0, np.float32)
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
+        embeddings = pa.ListArray.from_arrays(pa.array(offsets), vectors)
+    columns = [pa.array([r.id for r in rows], pa.string()), embeddings]
+    columns += [pa.array([r.passthrough[k] for r in rows], pa.string()) for k in range(len(schema.names) - 2)]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _error_batch(schema: pa.Schema, rows: list[Failure]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([pa.array(column, pa.string()) for column in zip(*rows)], schema=schema)
+
+
+def _with_row_count(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with `schema`'s `hub_embed` metadata plus the part's `row_count` (schemas without it stay bare)."""
+    if not schema.metadata:
+        return table
+    metadata = json.loads(schema.metadata[METADATA_KEY.encode()])
+    return table.replace_schema_metadata({METADATA_KEY: json.dumps({**metadata, "row_count": table.num_rows}, sort_keys=True)})
+
+
+class _WriteParts(beam.DoFn):
+    """Buffers rows into Arrow batches and batches into parts of about `PART_BYTES`; writes each part once."""
+
+    def __init__(self, tmp_dir: str, schema: pa.Schema, to_batch: Callable[[pa.Schema, list], pa.RecordBatch], counter: str):
+        self._tmp_dir = tmp_dir
+        self._schema = schema
+        self._to_batch = to_batch
+        self._counter = counter
+
+    def setup(self) -> None:
+        self._rows_counter = beam.metrics.Metrics.counter(METRICS_NAMESPACE, self._counter)
+
+    def start_bundle(self) -> None:
+        self._rows: list = []
+        self._batches: list[pa.RecordBatch] = []
+        self._bytes = 0
+
+    def process(self, row: Any) -> Iterator[PartFile]:
+        self._rows.append(row)
+        if len(self._rows) >= ROWS_PER_BATCH:
+            self._seal_batch()
+            if self._bytes >= PART_BYTES:
+                yield self._write_part()
+
+    def finish_bundle(self) -> Iterator[Any]:
+        self._seal_batch()
+        if self._batches:
+            yield GlobalWindows.windowed_value(self._write_part())
+
+    def _seal_batch(self) -> None:
+        if not self._rows:
+            return
+        batch = self._to_batch(self._schema, self._rows)
+        self._count(self._rows)
+        self._rows = []
+        self._batches.append(batch)
+        self._bytes += batch.nbytes
+
+    def _count(self, rows: list) -> None:
+        self._rows_counter.inc(len(rows))
+
+    def _write_part(self) -> PartFile:
+        table = pa.Table.from_batches(self._batches, self._schema)
+        self._batches, self._bytes = [], 0
+        name = f"part-{uuid.uuid4().hex}.parquet"
+        with FileSystems.create(FileSystems.join(self._tmp_dir, name), compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            pq.write_table(_with_row_count(table, self._schema), f)
+        return PartFile(name, table.num_rows)
+
+
+class _WriteErrorParts(_WriteParts):
+    """Also counts failures per stage (`rows_failed_<stage>`)."""
+
+    def _count(self, rows: list) -> None:
+        super()._count(rows)
+        for stage, n in collections.Counter(r.stage for r in rows).items():
+            beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"rows_failed_{stage}").inc(n)
+
+
+def read_manifest(output: str) -> dict[str, Any] | None:
+    """The committed manifest of an output directory, or None when it holds no committed table."""
+    path = FileSystems.join(output, SUCCESS_FILE)
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return json.loads(f.read())
+
+
+def _read_files(output: str, names: Iterable[str], schema: pa.Schema | None = None) -> pa.Table:
+    tables = []
+    for name in names:
+        with FileSystems.open(FileSystems.join(output, name), compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            tables.append(pq.read_table(f))
+    if not tables:
+        return schema.empty_table()
+    return pa.concat_tables(tables, promote_options="none")
+
+
+def read_table(output: str) -> pa.Table:
+    """Reads the committed embedding table (the parts `_SUCCESS` names).
+
+    Raises:
+      FileNotFoundError: the directory holds no committed table.
+    """
+    manifest = read_manifest(output)
+    if manifest is None:
+        raise FileNotFoundError(f"{output} holds no committed table (no {SUCCESS_FILE}).")
+    return _read_files(output, [f["path"] for f in manifest["files"]])
+
+
+def read_errors(output: str) -> pa.Table:
+    """Reads the committed dead-letter table (id, source, stage, error)."""
+    manifest = read_manifest(output)
+    if manifest is None:
+        raise FileNotFoundError(f"{output} holds no committed table (no {SUCCESS_FILE}).")
+    return _read_files(output, [f["path"] for f in manifest["error_files"]], ERROR_SCHEMA)
+
+
+class _Commit(beam.DoFn):
+    """Checks the counts, moves the run's parts into place and writes `_SUCCESS` (see the module docstring)."""
+
+    def __init__(self, cfg: SinkConfig, run_id: str, schema: pa.Schema, manifest: dict[str, Any]):
+        self._cfg = cfg
+        self._run_id = run_id
+        self._schema = schema
+        self._manifest = {"format": MANIFEST_FORMAT, "run_id": run_id, **manifest}
+
+    def process(
+        self, _: Any, parts: list[PartFile], error_parts: list[PartFile], rows_in: int,
+        failed_by_stage: dict[str, int], examples: list[Failure],
+    ) -> Iterator[dict[str, Any]]:
+        output = self._cfg.output
+        tmp = FileSystems.join(output, TMP_PREFIX + self._run_id)
+        committed = read_manifest(output)
+        if committed and committed.get("run_id") == self._run_id:  # A retry of a commit that got this far.
+            self._remove_debris(output, _manifest_paths(committed))
+            yield committed
+            return
+        embedded = sum(p.rows for p in parts)
+        failed = sum(p.rows for p in error_parts)
+        if rows_in != embedded + failed:
+            raise CommitError(
+                f"Row counts do not add up: rows_in={rows_in} but rows_embedded={embedded} + rows_failed={failed} "
+                f"= {embedded + failed}. Nothing was committed to {output}."
+            )
+        fraction = failed / rows_in if rows_in else 0.0
+        if fraction > self._cfg.max_error_fraction:
+            shown = "; ".join(f"{f.source} ({f.stage}): {f.error[:200]}" for f in examples)
+            raise CommitError(
+                f"{failed} of {rows_in} records failed ({fraction:.2%}), more than max_error_fraction="
+                f"{self._cfg.max_error_fraction}; nothing was committed to {output}. Failures by stage: "
+                f"{dict(sorted(failed_by_stage.items()))}. First failures: {shown}. All of them: "
+                f"{FileSystems.join(tmp, ERRORS_DIR)}."
+            )
+        if not parts:  # An empty table still has its schema.
+            parts = [self._write_empty(tmp)]
+        files = self._move(tmp, "", parts)
+        error_files = self._move(tmp, ERRORS_DIR, error_parts)
+        manifest = {
+            **self._manifest,
+            "committed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "counts": {
+                "rows_in": rows_in,
+                "rows_embedded": embedded,
+                "rows_failed": failed,
+                "balanced": True,
+                "error_fraction": fraction,
+                "max_error_fraction": self._cfg.max_error_fraction,
+                "failed_by_stage": dict(sorted(failed_by_stage.items())),
+            },
+            "files": files,
+            "error_files": error_files,
+        }
+        manifest["table"] = {**manifest["table"], "row_count": embedded}
+        staged = FileSystems.join(tmp, SUCCESS_FILE)
+        with FileSystems.create(staged, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.write(json.dumps(manifest, indent=2, sort_keys=True).encode())
+        FileSystems.rename([staged], [FileSystems.join(output, SUCCESS_FILE)])
+        self._remove_debris(output, _manifest_paths(manifest))
+        yield manifest
+
+    def _write_empty(self, tmp: str) -> PartFile:
+        name = f"part-{uuid.uuid4().hex}.parquet"
+        with FileSystems.create(FileSystems.join(tmp, name), compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            pq.write_table(_with_row_count(self._schema.empty_table(), self._schema), f)
+        return PartFile(name, 0)
+
+    def _move(self, tmp: str, subdir: str, parts: list[PartFile]) -> list[dict[str, Any]]:
+        """Renames parts to `[subdir/]part-NNNNN-<run_id>.parquet` in the output; returns manifest entries."""
+        parts = sorted(parts)
+        names = [f"part-{i:05d}-{self._run_id}.parquet" for i in range(len(parts))]
+        relative = [f"{subdir}/{n}" if subdir else n for n in names]
+        target = FileSystems.join(self._cfg.output, subdir) if subdir else self._cfg.output
+        sources = [FileSystems.join(tmp, subdir, p.name) if subdir else FileSystems.join(tmp, p.name) for p in parts]
+        targets = [FileSystems.join(target, n) for n in names]
+        pending = [(s, t) for s, t in zip(sources, targets) if FileSystems.exists(s) or not FileSystems.exists(t)]
+        if pending:  # On a retried commit, parts already moved are skipped; a part in neither place fails.
+            _mkdirs(target)
+            FileSystems.rename([s for s, _ in pending], [t for _, t in pending])
+        return [{"path": r, "rows": p.rows} for r, p in zip(relative, parts)]
+
+    def _remove_debris(self, output: str, keep: set[str]) -> None:
+        """Deletes parts no manifest names and every `.tmp-*` directory (this run's included).
+
+        Best effort: the table is committed already, and the next commit retries.
+        """
+        try:
+            self._delete_debris(output, keep)
+        except Exception as e:  # pylint: disable=broad-except
+            _LOG.warning("Committed %s, but could not remove leftovers: %s", output, e)
+
+    def _delete_debris(self, output: str, keep: set[str]) -> None:
+        stale = [
+            m.path
+            for pattern in ("part-*.parquet", f"{ERRORS_DIR}/part-*.parquet")
+            for m in _match(output, pattern)
+            if _relative(m.path, output) not in keep
+        ]
+        # Matches list files only: directories left empty are found by listing where there are directories.
+        tmp_names = {_relative(m.path, output).split("/")[0] for m in _match(output, TMP_PREFIX + "*/**")}
+        if is_local(output):
+            tmp_names.update(name for name in os.listdir(output) if name.startswith(TMP_PREFIX))
+        if stale:
+            FileSystems.delete(stale)
+        for name in sorted(tmp_names):
+            _delete_tree(FileSystems.join(output, name))
+
+
+def _manifest_paths(manifest: dict[str, Any]) -> set[str]:
+    return {f["path"] for f in manifest["files"] + manifest["error_files"]}
+
+
+def _delete_tree(path: str) -> None:
+    """Deletes a directory and everything under it (Beam's local delete keeps directories)."""
+    if is_local(path):
+        shutil.rmtree(path)
+    else:
+        FileSystems.delete([path.rstrip("/") + "/"])
+
+
+def _match(output: str, pattern: str) -> list[Any]:
+    return FileSystems.match([FileSystems.join(output, pattern)])[0].metadata_list
+
+
+def _relative(path: str, output: str) -> str:
+    return os.path.relpath(path, output).replace(os.sep, "/")
+
+
+def _mkdirs(path: str) -> None:
+    try:
+        FileSystems.mkdirs(path)
+    except IOError:  # Beam's local file system refuses to create an existing directory.
+        if not FileSystems.exists(path):
+            raise
+
+
+class WriteEmbeddingTable(beam.PTransform):
+    """Writes embedded records and failures as a table, then commits it (see the module docstring).
+
+    Input: a dict with `records` (embedded `Record`s), `failures` (`Failure`s)
+    and `rows_in` (a single count of all records read).
+
+    Returns:
+      A PCollection with the committed manifest (one dict).
+    """
+
+    def __init__(self, cfg: SinkConfig, run_id: str, schema: pa.Schema, manifest: dict[str, Any]):
+        """Initializes the transform.
+
+        Args:
+          cfg: output directory and error budget.
+          run_id: this run's id (see `new_run_id`).
+          schema: the table schema (see `table_schema`).
+          manifest: what `_SUCCESS` records besides counts and files: at least
+            `table` (the `hub_embed` metadata) and `config`.
+        """
+        super().__init__()
+        self._cfg = cfg
+        self._run_id = run_id
+        self._schema = schema
+        self._manifest = manifest
+
+    def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
+        tmp = FileSystems.join(self._cfg.output, TMP_PREFIX + self._run_id)
+        parts = inputs["records"] | "WriteParts" >> beam.ParDo(
+            _WriteParts(tmp, self._schema, _table_batch, "rows_embedded")
+        )
+        failures = inputs["failures"]
+        error_parts = failures | "WriteErrorParts" >> beam.ParDo(
+            _WriteErrorParts(FileSystems.join(tmp, ERRORS_DIR), ERROR_SCHEMA, _error_batch, "rows_failed")
+        )
+        by_stage = failures | "StageOf" >> beam.Map(lambda f: f.stage) | "CountByStage" >> beam.combiners.Count.PerElement()
+        examples = failures | "FirstFailures" >> beam.combiners.Top.Smallest(3)
+        return (
+            inputs["rows_in"].pipeline
+            | "CommitTrigger" >> beam.Create([None])
+            | "Commit" >> beam.ParDo(
+                _Commit(self._cfg, self._run_id, self._schema, self._manifest),
+                beam.pvalue.AsList(parts),
+                beam.pvalue.AsList(error_parts),
+                beam.pvalue.AsSingleton(inputs["rows_in"]),
+                beam.pvalue.AsDict(by_stage),
+                beam.pvalue.AsSingleton(examples),
+            )
+        )
