@@ -1,0 +1,244 @@
+"""HubModelHandler: runs a TF Hub module's signature on batches of records inside Beam's RunInference.
+
+* `load_model` resolves the handle, checks the module is the one described at
+  launch (same fingerprint), loads it and binds the signature. RunInference
+  holds the result in a process-wide `Shared` handle, so each worker process
+  loads the module once, whatever the number of bundles or threads.
+* Texts arrive in windows of `WINDOW_BATCHES * batch_size` records; each window
+  is sorted by length and cut into module calls of `batch_size` rows, so rows
+  of a call pad to similar lengths. Images are called `batch_size` at a time.
+* A call that raises is split in halves until the failing rows are isolated:
+  only the rows the module rejects (e.g. over-long inputs) are dead-lettered,
+  with the module's error. Rows with NaN/inf values are dead-lettered too. An
+  output whose rank or dimension differs from the one described at launch
+  fails the run (`OutputShapeError`): it means the module is not what was checked.
+* Per-token outputs `[N, T, D]` are trimmed to each row's real tokens: by the
+  signature's int/bool `[N, T]` mask output when it has one (e.g. MiniLM's
+  `token_mask`), by the token counts fed to ELMo-style `tokens`/`sequence_len`
+  signatures, and otherwise all T positions are kept.
+* `tf_threads` caps TensorFlow's thread pools per process, so that several
+  worker processes do not oversubscribe the machine's cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
+
+from pipelines.config import ModelSpec
+from pipelines.records import FAILURES, METRICS_NAMESPACE, Record, Stage, failed
+
+WINDOW_BATCHES = 8
+PROGRESS_INTERVAL_S = 30.0
+_LOG = logging.getLogger(__name__)
+
+
+class OutputShapeError(RuntimeError):
+    """The module returned an output whose shape differs from its described signature."""
+
+
+class ModuleChangedError(RuntimeError):
+    """The module a worker resolved is not the one that was checked at launch."""
+
+
+class EmbedFailure(NamedTuple):
+    """The inference result of a row the module could not embed."""
+
+    error: str
+
+
+@dataclasses.dataclass
+class LoadedModule:
+    """A loaded module and its bound signature (the module object keeps the signature alive)."""
+
+    module: Any
+    call: Callable[[dict[str, Any]], dict[str, np.ndarray]]
+
+
+def _configure_threads(threads: int | None) -> None:
+    if not threads:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+    except RuntimeError:  # TensorFlow already started in this process (in-process runner): keep its pools.
+        pass
+
+
+class _Progress:
+    """Logs rows embedded and rows/s at most every `PROGRESS_INTERVAL_S` seconds."""
+
+    def __init__(self) -> None:
+        self._start = self._last = time.monotonic()
+        self._rows = 0
+
+    def add(self, rows: int) -> None:
+        self._rows += rows
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_INTERVAL_S:
+            self._last = now
+            _LOG.info("hub_embed: %d rows embedded by this worker, %.1f rows/s", self._rows, self._rows / (now - self._start))
+
+
+class HubModelHandler(ModelHandler[Record, PredictionResult, LoadedModule]):
+    """Embeds `Record`s (payload: text or float32 image) with one signature output of a TF Hub module.
+
+    Each `PredictionResult` carries the record as its example and, as its
+    inference, a float32 `[D]` vector (`[T, D]` for per-token outputs) or an
+    `EmbedFailure`.
+    """
+
+    def __init__(self, handle: str, signature: str, fingerprint: str, spec: ModelSpec, tf_threads: int | None = None):
+        """Initializes the handler.
+
+        Args:
+          handle: module handle, resolved on each worker.
+          signature: signature to call.
+          fingerprint: the module's fingerprint at launch; workers refuse another.
+          spec: how to call the signature (see `config.model_spec`).
+          tf_threads: TensorFlow intra-op threads per process; None leaves TF's default.
+        """
+        window = spec.batch_size * (WINDOW_BATCHES if spec.kind == "text" else 1)
+        super().__init__(min_batch_size=window, max_batch_size=window)
+        self._handle = handle
+        self._signature = signature
+        self._fingerprint = fingerprint
+        self._spec = spec
+        self._tf_threads = tf_threads
+        self._progress: _Progress | None = None
+
+    def load_model(self) -> LoadedModule:
+        from pipelines import handles, modules
+
+        _configure_threads(self._tf_threads)
+        resolved = handles.resolve(self._handle)
+        if resolved.fingerprint != self._fingerprint:
+            raise ModuleChangedError(
+                f"Module {handles.redact(self._handle)!r} changed since the job was launched: fingerprint "
+                f"{resolved.fingerprint}, expected {self._fingerprint}."
+            )
+        module = modules.load(resolved.path)
+        keys = (self._spec.output_key,) + ((self._spec.mask_key,) if self._spec.mask_key else ())
+        return LoadedModule(module, modules.bind_outputs(module, self._signature, keys))
+
+    def run_inference(
+        self, batch: Sequence[Record], model: LoadedModule, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[PredictionResult]:
+        results: list[Any] = [None] * len(batch)
+        order = range(len(batch))
+        if self._spec.kind == "text":
+            order = np.argsort(np.fromiter((len(r.payload) for r in batch), np.int64, len(batch)), kind="stable")
+        size = self._spec.batch_size
+        for start in range(0, len(batch), size):
+            self._embed(batch, [int(i) for i in order[start:start + size]], model, results)
+        if self._progress is None:
+            self._progress = _Progress()
+        self._progress.add(len(batch))
+        return [PredictionResult(record, result) for record, result in zip(batch, results)]
+
+    def _embed(self, batch: Sequence[Record], rows: list[int], model: LoadedModule, results: list[Any]) -> None:
+        """Fills `results[i]` for `rows`, halving the call until a failing row stands alone."""
+        inputs, lengths = self._inputs([batch[i].payload for i in rows])
+        try:
+            outputs = model.call(inputs)
+        except Exception as e:  # The module rejected some input in this call.
+            if len(rows) == 1:
+                results[rows[0]] = EmbedFailure(f"{type(e).__name__}: {e}")
+                return
+            half = len(rows) // 2
+            self._embed(batch, rows[:half], model, results)
+            self._embed(batch, rows[half:], model, results)
+            return
+        embeddings = self._check_shape(outputs[self._spec.output_key], len(rows))
+        masks = np.asarray(outputs[self._spec.mask_key]).astype(bool) if self._spec.mask_key else None
+        for j, i in enumerate(rows):
+            row = embeddings[j]
+            if masks is not None:
+                row = row[masks[j]]
+            elif self._spec.sequence and lengths is not None:
+                row = row[: lengths[j]]
+            results[i] = row if np.isfinite(row).all() else EmbedFailure("embedding has NaN or inf values")
+
+    def _inputs(self, payloads: list[Any]) -> tuple[dict[str, Any], list[int] | None]:
+        """The signature's keyword inputs for a call, and the token counts of tokenized text."""
+        import tensorflow as tf
+
+        spec = self._spec
+        if spec.kind == "image":
+            return {spec.inputs[0]: tf.constant(np.stack(payloads))}, None
+        if not spec.tokenized:
+            return {spec.inputs[0]: tf.constant(payloads, dtype=tf.string)}, None
+        tokens = [text.split() for text in payloads]
+        lengths = [len(t) for t in tokens]
+        width = max(lengths)
+        padded = [t + [""] * (width - len(t)) for t in tokens]
+        return {
+            spec.inputs[0]: tf.constant(padded, dtype=tf.string),
+            spec.inputs[1]: tf.constant(lengths, dtype=spec.input_dtypes[1]),
+        }, lengths
+
+    def _check_shape(self, embeddings: np.ndarray, rows: int) -> np.ndarray:
+        rank = 3 if self._spec.sequence else 2
+        if embeddings.ndim != rank or embeddings.shape[0] != rows or embeddings.shape[-1] != self._spec.dim:
+            expected = f"[{rows}, {'T, ' if self._spec.sequence else ''}{self._spec.dim}]"
+            raise OutputShapeError(
+                f"Output {self._spec.output_key!r} of {self._signature!r} has shape {list(embeddings.shape)}, "
+                f"expected {expected}: the module's output changed its dimension or rank."
+            )
+        return embeddings.astype(np.float32, copy=False)
+
+    def probe_dim(self, example: Any) -> int:
+        """Loads the module, calls it on one example and returns the size of its output's last axis.
+
+        For signatures whose spec leaves the embedding dimension open.
+        """
+        model = self.load_model()
+        inputs, _ = self._inputs([example])
+        return int(model.call(inputs)[self._spec.output_key].shape[-1])
+
+    def get_num_bytes(self, batch: Sequence[Record]) -> int:
+        if self._spec.kind == "image":
+            return sum(r.payload.nbytes for r in batch)
+        return sum(len(r.payload) for r in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return METRICS_NAMESPACE
+
+
+class _SplitResults(beam.DoFn):
+    """Embedded rows go on as `Record`s whose payload is the embedding; failures are tagged."""
+
+    def process(self, result: PredictionResult) -> Iterable[Any]:
+        record, inference = result.example, result.inference
+        if isinstance(inference, EmbedFailure):
+            yield failed(record.id, record.source, Stage.EMBED, inference.error)
+        else:
+            yield record._replace(payload=inference)
+
+
+class Embed(beam.PTransform):
+    """RunInference with a `HubModelHandler`, split into embedded records and failures.
+
+    Returns:
+      A `DoOutputsTuple`: `.records` (payload = embedding) and `.failures`.
+    """
+
+    def __init__(self, handler: HubModelHandler):
+        super().__init__()
+        self._handler = handler
+
+    def expand(self, records: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return (
+            records
+            | "RunInference" >> RunInference(self._handler)
+            | "Split" >> beam.ParDo(_SplitResults()).with_outputs(FAILURES, main="records")
+        )
+

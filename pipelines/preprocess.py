@@ -1,0 +1,121 @@
+"""Preprocessing: validate texts and decode images before the module sees them.
+
+Texts: an empty or whitespace-only text, or one longer than `max_text_bytes`
+UTF-8 bytes, is dead-lettered (stage `validate`) in every input format. Other
+texts pass unchanged (NUL and control characters included: the module's own
+tokenizer decides what they mean).
+
+Images: the file is decoded with Pillow (format from content, not extension),
+EXIF orientation applied, converted to RGB (grayscale and palette expanded,
+CMYK converted, transparency composited over white), resized (stretched) to
+the module's height x width with bilinear filtering and scaled to float32
+[0, 1]. Images with more than `max_image_pixels` pixels are refused before
+their pixels are decoded (decompression bombs). Empty, truncated or
+unidentifiable files are dead-lettered (stage `decode`).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Iterator
+
+import apache_beam as beam
+import numpy as np
+
+from pipelines.config import ModelSpec, PreprocessConfig
+from pipelines.records import FAILURES, Record, Stage, failed
+
+
+def check_text(text: str, max_bytes: int) -> str | None:
+    """Returns why `text` cannot be embedded, or None when it can."""
+    if not text.strip():
+        return "empty or whitespace-only text"
+    if len(text) * 4 > max_bytes:  # Only texts that might be too long are encoded to count their bytes.
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > max_bytes:
+            return f"text is {size} bytes, over max_text_bytes={max_bytes}"
+    return None
+
+
+class ImageError(ValueError):
+    """An image refused before decoding (too many pixels)."""
+
+
+def decode_image(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+    """Decodes an encoded image into a float32 `[height, width, 3]` array in [0, 1].
+
+    Args:
+      data: the encoded file (JPEG, PNG, or any format Pillow reads).
+      size: (height, width) to resize to.
+      max_pixels: larger images raise `ImageError` before decoding their pixels.
+
+    Raises:
+      ImageError: too many pixels.
+      PIL.UnidentifiedImageError, OSError, ValueError: not an image, truncated, corrupt.
+    """
+    from PIL import Image, ImageOps
+
+    height, width = size
+    with Image.open(io.BytesIO(data)) as image:
+        pixels = image.width * image.height
+        if pixels > max_pixels:
+            raise ImageError(f"image is {image.width}x{image.height} = {pixels} pixels, over max_image_pixels={max_pixels}")
+        side = max(height, width)  # Either orientation: EXIF rotation comes after.
+        image.draft("RGB", (side, side))  # JPEG: decode at a reduced scale that still covers the target.
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, image.convert("RGBA"))
+        image = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+        return np.asarray(image, dtype=np.float32) / np.float32(255.0)
+
+
+class _ValidateText(beam.DoFn):
+    def __init__(self, max_bytes: int):
+        self._max_bytes = max_bytes
+
+    def process(self, record: Record) -> Iterator[Any]:
+        problem = check_text(record.payload, self._max_bytes)
+        if problem:
+            yield failed(record.id, record.source, Stage.VALIDATE, problem)
+        else:
+            yield record
+
+
+class _DecodeImage(beam.DoFn):
+    def __init__(self, size: tuple[int, int], max_pixels: int):
+        self._size = size
+        self._max_pixels = max_pixels
+
+    def process(self, record: Record) -> Iterator[Any]:
+        from apache_beam.io.filesystem import CompressionTypes
+        from apache_beam.io.filesystems import FileSystems
+
+        try:
+            with FileSystems.open(record.payload, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                data = f.read()
+            image = decode_image(data, self._size, self._max_pixels)
+        except Exception as e:  # Pillow raises many types for bad files; each is this record's failure.
+            yield failed(record.id, record.source, Stage.DECODE, e)
+            return
+        yield record._replace(payload=image)
+
+
+class Preprocess(beam.PTransform):
+    """Validates texts or decodes images.
+
+    Returns:
+      A `DoOutputsTuple`: `.records` ready for the module and `.failures`.
+    """
+
+    def __init__(self, cfg: PreprocessConfig, spec: ModelSpec):
+        super().__init__()
+        self._cfg = cfg
+        self._spec = spec
+
+    def expand(self, records: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        if self._spec.kind == "image":
+            fn: beam.DoFn = _DecodeImage(self._spec.image_size, self._cfg.max_image_pixels)
+        else:
+            fn = _ValidateText(self._cfg.max_text_bytes)
+        return records | beam.ParDo(fn).with_outputs(FAILURES, main="records")
