@@ -297,7 +297,10 @@ def _check_beam_flags(flags: Sequence[str]) -> None:
     from apache_beam.options.pipeline_options import PipelineOptions
 
     known = PipelineOptions([]).get_all_options()
-    given = PipelineOptions(list(flags)).get_all_options(retain_unknown_options=True, display_warnings=False)
+    try:
+        given = PipelineOptions(list(flags)).get_all_options(retain_unknown_options=True, display_warnings=False)
+    except SystemExit:  # Beam's parser has printed why (e.g. a missing value) and tried to exit.
+        raise ConfigError(f"Invalid Beam pipeline options {list(flags)}: see the error above.") from None
     unknown = sorted(set(given) - set(known))
     if unknown:
         ours = [k.replace("_", "-") for k in _KEYS]

@@ -40,12 +40,10 @@ from __future__ import annotations
 
 import collections
 import datetime
-import importlib.metadata
 import json
 import logging
 import os
 import shutil
-import subprocess
 import uuid
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
@@ -83,26 +81,6 @@ def new_run_id() -> str:
     """A sortable, unique run id: UTC time + random suffix."""
     now = datetime.datetime.now(datetime.timezone.utc)
     return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-
-
-def code_version() -> str:
-    """The installed hub-embed version, plus the git commit when running from a checkout."""
-    try:
-        version = importlib.metadata.version("hub-embed")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=os.path.dirname(os.path.abspath(__file__)),
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return version
-    return f"{version}+g{sha}" if sha else version
 
 
 def table_schema(dim: int, sequence: bool, passthrough: Sequence[str], metadata: dict[str, Any]) -> pa.Schema:

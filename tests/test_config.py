@@ -194,3 +194,9 @@ def test_model_spec_rejects_what_the_module_cannot_do(tiny, values, message):
 def test_model_spec_rejects_text_input_for_image_module(tiny):
     with pytest.raises(ConfigError, match=r"takes images: float32\[None, 8, 8, 3\].*needs one 1-D string input"):
         _spec(tiny.image, input="x.txt")
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(os.path.dirname(__file__), "..", "configs"))))
+def test_every_shipped_config_is_valid(name):
+    cfg = config.load(["--config", os.path.join(os.path.dirname(__file__), "..", "configs", name)])
+    assert cfg.sink.output and cfg.source.input_format in config.FORMATS

@@ -1,0 +1,94 @@
+"""`python -m pipelines.embed`: embed a text corpus or an image set into a Parquet table.
+
+With no arguments it embeds the bundled sample corpus (400 sentences) with the
+default all-MiniLM-L6-v2 module into `output/sample/`. See `config` for the
+flags and YAML keys; flags it does not define are Beam pipeline options.
+
+Exit status: 0 committed, 1 the run failed (nothing committed), 2 invalid
+config, input, output or module (checked before anything runs).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Sequence
+
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
+
+from pipelines import config, pipeline, sinks
+from pipelines.handles import HandleError
+from pipelines.modules import ModuleError
+
+_LOG = logging.getLogger("hub_embed")
+
+
+def _summary(cfg: config.EmbedConfig, manifest: dict, seconds: float) -> str:
+    counts = manifest["counts"]
+    table = manifest["table"]
+    lines = [
+        f"Embedding table: {cfg.sink.output}  ({len(manifest['files'])} part files; manifest {cfg.sink.output}/_SUCCESS)",
+        f"  module {table['module']} ({table['signature']}/{table['output_key']}, dim {table['dimension']}"
+        f"{', per token' if table['sequence'] else ''})",
+        f"  rows in {counts['rows_in']}, embedded {counts['rows_embedded']}, failed {counts['rows_failed']}"
+        f" in {seconds:.1f}s ({counts['rows_in'] / max(seconds, 1e-9):.1f} rows/s)",
+    ]
+    if counts["rows_failed"]:
+        lines.append(f"  failures by stage {counts['failed_by_stage']}: {cfg.sink.output}/errors/")
+    lines.append(f"  read it with: pipelines.sinks.read_table({cfg.sink.output!r})")
+    return "\n".join(lines)
+
+
+def _root_cause(error: BaseException) -> str:
+    """The CommitError message when the runner wrapped one, else the error itself."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, sinks.CommitError):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = str(error)
+    marker = "CommitError: "
+    return text[text.rindex(marker) + len(marker):].splitlines()[0] if marker in text else f"{type(error).__name__}: {text}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one embedding job; returns the process exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        cfg = config.load(argv)
+        config.check_paths(cfg)
+        job = pipeline.prepare(cfg)
+    except (config.ConfigError, HandleError, ModuleError) as e:
+        print(f"hub-embed: error: {e}", file=sys.stderr)
+        return 2
+    options = PipelineOptions(list(cfg.beam_args))
+    if "Dataflow" in (options.view_as(StandardOptions).runner or ""):
+        local = [path for path in (cfg.source.input, cfg.sink.output, cfg.model.module) if config.is_local(path)]
+        if local:
+            _LOG.warning("Dataflow workers cannot read local paths %s; use gs:// paths.", local)
+    _LOG.info("Embedding %s (%s) with %s into %s, run %s", cfg.source.input, cfg.source.input_format, cfg.model.module, cfg.sink.output, job.run_id)
+    start = time.monotonic()
+    p = pipeline.new_pipeline(options)
+    pipeline.build_pipeline(p, cfg, job)
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    except Exception as e:  # The runner reports a failed job by raising; say why in one line.
+        print(f"hub-embed: run failed, nothing committed: {_root_cause(e)}", file=sys.stderr)
+        return 1
+    if options.view_as(TestOptions).dry_run:
+        print("Dry run: the job graph was built and not submitted.")
+        return 0
+    manifest = sinks.read_manifest(cfg.sink.output)
+    if manifest is None or manifest["run_id"] != job.run_id:
+        print(f"hub-embed: run ended in state {result.state} without committing {cfg.sink.output}.", file=sys.stderr)
+        return 1
+    print(_summary(cfg, manifest, time.monotonic() - start))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

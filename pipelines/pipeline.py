@@ -1,0 +1,141 @@
+"""build_pipeline(p, cfg): the embedding job's graph, wired from the stage transforms.
+
+    Read ─▶ DedupeIds ─▶ Preprocess ─▶ Embed ─▶ WriteTable (parts, dead letters, commit)
+      └────────┴────────────┴───────────┴──── failures ──▶┘
+
+Step labels are stable (tests and Dataflow job updates rely on them):
+`Read`, `CountRowsIn`, `DedupeIds`, `Preprocess`, `Embed`, `AllFailures`, `WriteTable`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+from pipelines import config, export, modules, sinks
+from pipelines.config import EmbedConfig, ModelSpec
+from pipelines.handles import redact
+from pipelines.model_handler import Embed, HubModelHandler
+from pipelines.preprocess import Preprocess
+from pipelines.sources import DedupeIds, ReadRecords
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What a run needs besides its config, settled once at launch.
+
+    Attributes:
+      module: the module's description (handle, fingerprint, signatures).
+      spec: how to call the selected signature.
+      run_id: this run's id (temp dir and part names).
+      metadata: the table's `hub_embed` metadata.
+    """
+
+    module: modules.ModuleInfo
+    spec: ModelSpec
+    run_id: str
+    metadata: dict[str, Any]
+
+
+def prepare(cfg: EmbedConfig, module: modules.ModuleInfo | None = None) -> Job:
+    """Describes the module and checks the config against it, before any graph is built.
+
+    Args:
+      cfg: a validated config.
+      module: the module's description, when the caller already has it.
+
+    Raises:
+      ConfigError: the signature or output key does not exist or does not suit the input.
+      HandleError, ModuleError: the module cannot be resolved or loaded.
+    """
+    module = module or modules.describe(cfg.model.module)
+    spec = config.model_spec(cfg, module)
+    if spec.dim is None:  # The signature leaves the dimension open: ask the module.
+        example = np.zeros((*spec.image_size, 3), np.float32) if spec.kind == "image" else "dimension probe"
+        spec = dataclasses.replace(spec, dim=_handler(cfg, module, spec).probe_dim(example))
+    run_id = sinks.new_run_id()
+    metadata = {
+        "module": redact(cfg.model.module),
+        "fingerprint": module.fingerprint,
+        "module_name": module.name,
+        "module_version": module.version,
+        "module_format": module.format,
+        "signature": cfg.model.signature,
+        "output_key": spec.output_key,
+        "dimension": spec.dim,
+        "sequence": spec.sequence,
+        "config_hash": cfg.config_hash(),
+        "code_version": export.code_version(),
+        "run_id": run_id,
+    }
+    return Job(module, spec, run_id, metadata)
+
+
+def tf_threads(options: PipelineOptions) -> int | None:
+    """TensorFlow threads per worker process: the cores shared out among processes.
+
+    Multi-process DirectRunner: cores / workers. Dataflow runs one SDK process
+    per vCPU: 1. Otherwise (one process): TensorFlow's default.
+    """
+    runner = options.view_as(StandardOptions).runner or ""
+    if "Dataflow" in runner:
+        return 1
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode == "multi_processing":
+        workers = direct.direct_num_workers or os.cpu_count() or 1
+        return max(1, (os.cpu_count() or 1) // workers)
+    return None
+
+
+def new_pipeline(options: PipelineOptions) -> beam.Pipeline:
+    """A pipeline whose DirectRunner honors `--direct_num_workers` and `--direct_running_mode`.
+
+    Beam 2.77's DirectRunner hands batch jobs to the Prism runner whenever it
+    can download it, and Prism ignores those two options; without network
+    access it falls back to its FnApiRunner. For DirectRunner jobs this uses
+    that FnApiRunner, configured as the DirectRunner configures it, so a run
+    behaves the same on every machine. Other runners are left to Beam.
+    """
+    if (options.view_as(StandardOptions).runner or "DirectRunner") not in ("DirectRunner", "direct"):
+        return beam.Pipeline(options=options)
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    return beam.Pipeline(runner=fn_runner.FnApiRunner(provision_info=provision), options=options)
+
+
+def _handler(cfg: EmbedConfig, module: modules.ModuleInfo, spec: ModelSpec, threads: int | None = None) -> HubModelHandler:
+    return HubModelHandler(cfg.model.module, cfg.model.signature, module.fingerprint, spec, threads)
+
+
+def build_pipeline(p: beam.Pipeline, cfg: EmbedConfig, job: Job | None = None) -> beam.PCollection:
+    """Adds the embedding job to `p`.
+
+    Args:
+      p: the pipeline (its options decide TensorFlow threads per process).
+      cfg: a validated config (see `config.load`; `config.check_paths` for the file system).
+      job: the result of `prepare(cfg)`; prepared here when absent.
+
+    Returns:
+      The PCollection holding the committed manifest (one dict).
+    """
+    job = job or prepare(cfg)
+    read = p | "Read" >> ReadRecords(cfg.source)
+    rows_in = (read.records, read.failures) | "AllRead" >> beam.Flatten() | "CountRowsIn" >> beam.combiners.Count.Globally()
+    unique = read.records | "DedupeIds" >> DedupeIds()
+    ready = unique.records | "Preprocess" >> Preprocess(cfg.preprocess, job.spec)
+    embedded = ready.records | "Embed" >> Embed(_handler(cfg, job.module, job.spec, tf_threads(p.options)))
+    failures = (read.failures, unique.failures, ready.failures, embedded.failures) | "AllFailures" >> beam.Flatten()
+    schema = sinks.table_schema(job.spec.dim, job.spec.sequence, cfg.source.passthrough, job.metadata)
+    manifest = {"table": job.metadata, "config": cfg.to_dict()}
+    return {"records": embedded.records, "failures": failures, "rows_in": rows_in} | "WriteTable" >> sinks.WriteEmbeddingTable(
+        cfg.sink, job.run_id, schema, manifest
+    )
