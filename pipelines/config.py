@@ -496,10 +496,15 @@ def check_paths(cfg: EmbedConfig) -> None:
 
 
 def _check_local_output(output: str, overwrite: bool) -> None:
-    if not os.path.exists(output):
+    existing = output
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"output {output!r} cannot be a directory: {existing!r} is a file.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output {output!r} cannot be written: {existing!r} is not writable.")
+    if existing != output:
         return
-    if not os.path.isdir(output):
-        raise ConfigError(f"output {output!r} exists and is not a directory.")
     entries = sorted(os.listdir(output))
     if SUCCESS_FILE in entries and not overwrite:
         raise ConfigError(f"output {output!r} already holds a table (it has {SUCCESS_FILE}); pass --overwrite to replace it.")
@@ -572,6 +577,7 @@ def model_spec(cfg: EmbedConfig, info: ModuleInfo) -> ModelSpec:
         valid signatures or output keys.
     """
     from pipelines import modules
+    from pipelines.handles import redact
 
     try:
         sig = modules.select(info, cfg.model.signature, cfg.model.output_key)
@@ -579,7 +585,7 @@ def model_spec(cfg: EmbedConfig, info: ModuleInfo) -> ModelSpec:
         raise ConfigError(str(e)) from None
     kind = cfg.source.kind
     inputs = sorted(sig.inputs, key=lambda t: (len(t.shape), t.name))
-    where = f"Signature {sig.name!r} of module {info.handle!r} takes {_describe_inputs(sig)}"
+    where = f"Signature {sig.name!r} of module {redact(info.handle)!r} takes {_describe_inputs(sig)}"
     image_size = None
     if kind == "text":
         strings = [t for t in inputs if t.dtype == "string"]

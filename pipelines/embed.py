@@ -11,6 +11,7 @@ config, input, output or module (checked before anything runs).
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import Sequence
@@ -22,6 +23,7 @@ from pipelines.handles import HandleError
 from pipelines.modules import ModuleError
 
 _LOG = logging.getLogger("hub_embed")
+_ERROR_LINE = re.compile(r"^\s*[\w.]*(Error|Exception): ")
 
 
 def _summary(cfg: config.EmbedConfig, manifest: dict, seconds: float) -> str:
@@ -41,15 +43,10 @@ def _summary(cfg: config.EmbedConfig, manifest: dict, seconds: float) -> str:
 
 
 def _root_cause(error: BaseException) -> str:
-    """The CommitError message when the runner wrapped one, else the error itself."""
-    seen = error
-    while seen is not None:
-        if isinstance(seen, sinks.CommitError):
-            return str(seen)
-        seen = seen.__cause__ or seen.__context__
-    text = str(error)
-    marker = "CommitError: "
-    return text[text.rindex(marker) + len(marker):].splitlines()[0] if marker in text else f"{type(error).__name__}: {text}"
+    """The last `SomeError: message` line of a failure (runners wrap worker errors in long traces)."""
+    text = f"{type(error).__name__}: {error}"
+    causes = [line.strip() for line in text.splitlines() if _ERROR_LINE.match(line)]
+    return causes[-1] if causes else text.splitlines()[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,7 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         local = [path for path in (cfg.source.input, cfg.sink.output, cfg.model.module) if config.is_local(path)]
         if local:
             _LOG.warning("Dataflow workers cannot read local paths %s; use gs:// paths.", local)
-    _LOG.info("Embedding %s (%s) with %s into %s, run %s", cfg.source.input, cfg.source.input_format, cfg.model.module, cfg.sink.output, job.run_id)
+    _LOG.info(
+        "Embedding %s (%s) with %s into %s, run %s",
+        cfg.source.input, cfg.source.input_format, job.metadata["module"], cfg.sink.output, job.run_id,
+    )
     start = time.monotonic()
     p = pipeline.new_pipeline(options)
     pipeline.build_pipeline(p, cfg, job)

@@ -61,6 +61,23 @@ class LoadedModule:
     call: Callable[[dict[str, Any]], dict[str, np.ndarray]]
 
 
+_LOADED: dict[str, Any] = {}
+
+
+def load_module(resolved: Any) -> Any:
+    """Loads a resolved module once per process, keyed by its content fingerprint.
+
+    The launcher loads the module to check its signature before the pipeline
+    runs; the in-process runner's workers then reuse that copy instead of
+    loading a second one.
+    """
+    from pipelines import modules
+
+    if resolved.fingerprint not in _LOADED:
+        _LOADED[resolved.fingerprint] = modules.load(resolved.path)
+    return _LOADED[resolved.fingerprint]
+
+
 def _configure_threads(threads: int | None) -> None:
     if not threads:
         return
@@ -125,7 +142,7 @@ class HubModelHandler(ModelHandler[Record, PredictionResult, LoadedModule]):
                 f"Module {handles.redact(self._handle)!r} changed since the job was launched: fingerprint "
                 f"{resolved.fingerprint}, expected {self._fingerprint}."
             )
-        module = modules.load(resolved.path)
+        module = load_module(resolved)
         keys = (self._spec.output_key,) + ((self._spec.mask_key,) if self._spec.mask_key else ())
         return LoadedModule(module, modules.bind_outputs(module, self._signature, keys))
 

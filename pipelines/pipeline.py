@@ -17,10 +17,10 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipelines import config, export, modules, sinks
+from pipelines import config, export, handles, modules, sinks
 from pipelines.config import EmbedConfig, ModelSpec
 from pipelines.handles import redact
-from pipelines.model_handler import Embed, HubModelHandler
+from pipelines.model_handler import Embed, HubModelHandler, load_module
 from pipelines.preprocess import Preprocess
 from pipelines.sources import DedupeIds, ReadRecords
 
@@ -53,7 +53,9 @@ def prepare(cfg: EmbedConfig, module: modules.ModuleInfo | None = None) -> Job:
       ConfigError: the signature or output key does not exist or does not suit the input.
       HandleError, ModuleError: the module cannot be resolved or loaded.
     """
-    module = module or modules.describe(cfg.model.module)
+    if module is None:  # modules.describe, with the loaded module kept for in-process workers
+        resolved = handles.resolve(cfg.model.module)
+        module = modules.inspect_loaded(load_module(resolved), resolved)
     spec = config.model_spec(cfg, module)
     if spec.dim is None:  # The signature leaves the dimension open: ask the module.
         example = np.zeros((*spec.image_size, 3), np.float32) if spec.kind == "image" else "dimension probe"

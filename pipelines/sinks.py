@@ -61,7 +61,7 @@ from pipelines.records import METRICS_NAMESPACE, Failure, Record
 METADATA_KEY = "hub_embed"
 MANIFEST_FORMAT = "hub-embed-table/1"
 ROWS_PER_BATCH = 4096
-PART_BYTES = 64 << 20
+PART_BYTES = 16 << 20
 ERROR_SCHEMA = pa.schema([(name, pa.string()) for name in Failure._fields])
 _LOG = logging.getLogger(__name__)
 

@@ -144,6 +144,14 @@ def test_check_paths(tmp_path):
     with pytest.raises(ConfigError, match=r"not part of an embedding table: \['notes.md'\]"):
         config.check_paths(config.from_dict({**cfg.to_dict(), "overwrite": True}))
 
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="cannot be a directory: '.*file' is a file"):
+        config.check_paths(config.from_dict({**cfg.to_dict(), "output": str(tmp_path / "file" / "out")}))
+    if os.geteuid() != 0:  # root may write anywhere
+        (tmp_path / "locked").mkdir(mode=0o555)
+        with pytest.raises(ConfigError, match="cannot be written"):
+            config.check_paths(config.from_dict({**cfg.to_dict(), "output": str(tmp_path / "locked" / "out")}))
+
     with pytest.raises(ConfigError, match="matches no files"):
         config.check_paths(config.from_dict({"input": str(tmp_path / "in" / "*.csv"), "output": str(tmp_path / "o2")}))
 
