@@ -1,0 +1,21 @@
+"""Scheduled embedding jobs: one DAG `embed__<config>` per `configs/*.yaml` with a `schedule:` section.
+
+Each run: `plan` (this run's output directory) -> `embed` (`python -m
+pipelines.embed` through the Beam provider, DirectRunner or DataflowRunner)
+-> `record_table` (Asset event of the table with the manifest's counts).
+"""
+
+from __future__ import annotations
+
+import common
+from airflow.sdk import DAG
+
+for job in common.discover():
+    with DAG(
+        dag_id=job.dag_id,
+        schedule=job.cron,
+        start_date=job.start_date,
+        description=f"Embed with {job.path} ({job.runner})",
+        **common.dag_kwargs(),
+    ):
+        common.scheduled_embedding(job)

@@ -1,0 +1,27 @@
+"""Re-embed with a new module version: runs when a `hub-module://<name>` Asset gets an event.
+
+`module_updates` reads the newest version per module from the triggering
+events; each scheduled config that embeds with an updated module re-runs
+(`<config>.plan` -> `<config>.embed` -> `<config>.record_table`) with the
+event's handle, into `<output>/<module>-v<version>/<run stamp>`. Configs of
+other modules are skipped; earlier tables are never touched.
+"""
+
+from __future__ import annotations
+
+import common
+from airflow.sdk import DAG, AssetAny
+
+jobs = [job for job in common.discover() if job.module_name]
+module_names = sorted({job.module_name for job in jobs})
+
+with DAG(
+    dag_id="reembed_on_module_update",
+    schedule=AssetAny(*map(common.module_asset, module_names)) if module_names else None,
+    start_date=common.DEFAULT_START_DATE,
+    description="Re-run the embedding jobs of a module when a new version of it is published",
+    **common.dag_kwargs(),
+):
+    updates = common.module_updates()
+    for job in jobs:
+        common.reembedding(job, updates)

@@ -1,0 +1,216 @@
+"""The Airflow DAGs: integrity, `dag.test()` runs on tiny modules, and one run with real Airflow processes.
+
+Everything runs offline against a temp AIRFLOW_HOME with SQLite
+(`tests.fixtures.airflow_env`); the DAGs read their configs from a temp
+folder through `HUB_EMBED_CONFIGS_DIR`.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.fixtures import airflow_env
+
+airflow_env.activate()  # before anything imports airflow
+
+pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
+
+EXPECTED_TASKS = {
+    "embed__tiny": {"plan", "embed", "record_table"},
+    "embed__cloud": {"plan", "embed", "record_table"},
+    "finetune_and_reexport": {"finetune", "validate", "publish"},
+    "reembed_on_module_update": {
+        "module_updates", "tiny.plan", "tiny.embed", "tiny.record_table", "cloud.plan", "cloud.embed", "cloud.record_table",
+    },
+}
+TEXTS = [f"sentence number {i} about {'apples and pears' if i % 2 else 'cars and trucks'}" for i in range(12)]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def write_config(folder, name: str, **values) -> str:
+    """Writes `<folder>/<name>.yaml` from keyword values (a `schedule` section included if given)."""
+    import yaml
+
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{name}.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(values, f)
+    return path
+
+
+def write_lines(path, lines) -> str:
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return str(path)
+
+
+def dagbag():
+    """Parses dags/ the way the dag-processor does (the folder on sys.path for `import common`)."""
+    from airflow.dag_processing.dagbag import BundleDagBag
+
+    return BundleDagBag(dag_folder=airflow_env.DAGS_FOLDER, bundle_path=airflow_env.DAGS_FOLDER, bundle_name="dags-folder")
+
+
+def asset_events(session, uri: str) -> list[dict]:
+    """Extras of the events of the asset with `uri`, oldest first."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from sqlalchemy import select
+
+    rows = session.scalars(
+        select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id).where(AssetModel.uri == uri).order_by(AssetEvent.id)
+    )
+    return [dict(row.extra) for row in rows]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """Creates the metadata DB once per session (SQLite in the temp AIRFLOW_HOME)."""
+    from airflow.utils import db
+
+    db.initdb()
+    return os.path.join(airflow_env.activate(), "airflow.db")
+
+
+@pytest.fixture
+def configs(tmp_path, monkeypatch):
+    """An empty configs folder the DAGs read (HUB_EMBED_CONFIGS_DIR)."""
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    monkeypatch.setenv("HUB_EMBED_CONFIGS_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
+def job_configs(configs, tmp_path):
+    """A local DirectRunner job for module `tiny` and a Dataflow job, both scheduled."""
+    write_config(
+        configs, "tiny",
+        input=write_lines(tmp_path / "in.txt", TEXTS), output=str(tmp_path / "tables" / "tiny"),
+        module=str(tmp_path / "modules" / "tiny" / "latest"), batch_size=4, schedule={"cron": "@daily"},
+    )
+    write_config(
+        configs, "cloud",
+        input="gs://bucket/in/*.txt", output="gs://bucket/tables/cloud", module="gs://bucket/modules/enc/3.tar.gz",
+        passthrough=["lang", "source"], beam={"max_num_workers": 4},
+        schedule={"cron": None, "runner": "DataflowRunner",
+                  "dataflow": {"project": "proj", "region": "europe-west1", "temp_location": "gs://bucket/tmp"}},
+    )
+    write_config(configs, "unscheduled", input="x.txt", output="y")
+    return configs
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def test_dagbag_has_the_dags_and_tasks(job_configs):
+    bag = dagbag()
+    assert bag.import_errors == {}
+    assert {dag_id: set(dag.task_ids) for dag_id, dag in bag.dags.items()} == EXPECTED_TASKS
+    for dag in bag.dags.values():
+        dag.check_cycle()  # raises on a cycle
+        for t in dag.tasks:
+            assert t.owner == "hub-embed" and t.retries >= 1, (dag.dag_id, t.task_id)
+            assert t.retry_delay.total_seconds() > 0
+
+
+def test_embedding_tasks_are_wired_from_the_config(job_configs):
+    bag = dagbag()
+    local = bag.dags["embed__tiny"]
+    embed = local.get_task("embed")
+    assert type(embed).__mro__[1].__name__ == "BeamRunPythonPipelineOperator"
+    assert (embed.py_file, embed.py_options, embed.runner, embed.py_interpreter) == (
+        "pipelines.embed", ["-m"], "DirectRunner", sys.executable)
+    assert embed.pipeline_options["batch_size"] == "4" and embed.pipeline_options["overwrite"] is True
+    assert "ti.xcom_pull(task_ids='plan')['output']" in embed.pipeline_options["output"]
+    assert local.timetable.summary == "0 0 * * *" if hasattr(local.timetable, "summary") else True
+    assert [a.name for a in local.get_task("record_table").outlets] == ["hub-embed-table://tiny"]
+
+    cloud = bag.dags["embed__cloud"].get_task("embed")
+    assert cloud.runner == "DataflowRunner"
+    assert cloud.dataflow_config == {"job_name": "embed-cloud", "project_id": "proj", "location": "europe-west1"}
+    assert cloud.pipeline_options["temp_location"] == "gs://bucket/tmp"
+    assert cloud.pipeline_options["passthrough"] == "lang,source" and cloud.pipeline_options["max_num_workers"] == 4
+
+    reembed = bag.dags["reembed_on_module_update"]
+    assert sorted(a.uri for a in reembed.timetable.asset_condition.objects) == ["hub-module://enc/", "hub-module://tiny/"]
+    assert "task_ids='tiny.plan'" in reembed.get_task("tiny.embed").pipeline_options["module"]
+
+
+def test_bad_scheduled_config_is_an_import_error_naming_the_file(configs):
+    path = write_config(configs, "broken", input="a.txt", output="b", schedule={"cron": "@daily", "runner": "FlinkRunner"})
+    errors = dagbag().import_errors
+    assert any(path in message and "FlinkRunner" in message for message in errors.values()), errors
+
+
+PARSE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    from airflow.dag_processing.dagbag import BundleDagBag
+    folder = sys.argv[1]
+    start = time.perf_counter()
+    bag = BundleDagBag(dag_folder=folder, bundle_path=folder, bundle_name="dags-folder")
+    seconds = time.perf_counter() - start
+    heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "apache_beam", "tensorflow_hub", "keras"))
+    print(json.dumps({"seconds": seconds, "heavy": heavy, "dags": sorted(bag.dags), "errors": bag.import_errors}))
+    """
+)
+
+
+def test_parsing_is_fast_and_imports_no_tensorflow(job_configs):
+    """A fresh interpreter (Airflow imported first) parses the whole folder in < 2 s without TF or Beam."""
+    out = subprocess.run(
+        [sys.executable, "-c", PARSE_SCRIPT, airflow_env.DAGS_FOLDER], capture_output=True, text=True, check=True, timeout=120
+    )
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["errors"] == {}
+    assert set(report["dags"]) == set(EXPECTED_TASKS)
+    assert report["heavy"] == []
+    assert report["seconds"] < 2.0, report
+
+
+def test_repo_configs_parse(monkeypatch):
+    """The DAGs of the configs shipped in configs/ load without errors."""
+    monkeypatch.delenv("HUB_EMBED_CONFIGS_DIR", raising=False)
+    bag = dagbag()
+    assert bag.import_errors == {}
+    assert {"finetune_and_reexport", "reembed_on_module_update"} <= set(bag.dags)
+
+
+# --------------------------------------------------------------------------- dag.test(): embedding
+
+
+@pytest.mark.slow
+def test_embedding_dag_writes_a_table_and_an_asset_event(airflow_db, configs, tmp_path, tiny):
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+
+    from pipelines import sinks
+
+    output = tmp_path / "tables" / "tiny"
+    write_config(configs, "tiny", input=write_lines(tmp_path / "in.txt", TEXTS), output=str(output),
+                 module=tiny.text, batch_size=4, schedule={"cron": "@daily"})
+    run = dagbag().dags["embed__tiny"].test()
+    assert run.state == DagRunState.SUCCESS
+
+    (table_dir,) = glob.glob(str(output / "*" / "_SUCCESS"))
+    table_dir = os.path.dirname(table_dir)
+    manifest = sinks.read_manifest(table_dir)
+    assert manifest["counts"]["rows_in"] == manifest["counts"]["rows_embedded"] == len(TEXTS)
+    assert sinks.read_table(table_dir).num_rows == len(TEXTS)
+    with create_session() as session:
+        (event,) = asset_events(session, f"file://{output}")
+    assert event["path"] == table_dir
+    assert (event["rows_in"], event["rows_embedded"], event["rows_failed"]) == (len(TEXTS), len(TEXTS), 0)
+    assert event["fingerprint"] == manifest["table"]["fingerprint"]
