@@ -113,7 +113,9 @@ class ModelConfig:
 class SinkConfig:
     """Where the table goes and when a run counts as failed."""
 
-    output: str | None = _option(None, f"output directory; default with the sample input: {SAMPLE_OUTPUT}")
+    output: str | None = _option(
+        None, f"output directory; default with the sample input: {SAMPLE_OUTPUT} (replaced on every run)"
+    )
     overwrite: bool = _option(False, "replace a table already committed at --output")
     max_error_fraction: float = _option(0.01, "fail the run (no _SUCCESS) when more records than this fail")
 
@@ -247,11 +249,6 @@ def _flag_parser() -> argparse.ArgumentParser:
         else:
             parser.add_argument(*flags, dest=key, default=None, metavar=key.upper(), help=field.metadata["help"])
     return parser
-
-
-def usage() -> str:
-    """The `--help` text."""
-    return _flag_parser().format_help()
 
 
 def _read_yaml(path: str) -> tuple[dict[str, Any], list[str]]:
@@ -420,11 +417,11 @@ def _validate(cfg: EmbedConfig) -> EmbedConfig:
             raise ConfigError(f"{key} must not be empty.")
     batch_size = DEFAULT_BATCH_SIZE[source.kind] if model.batch_size is None else model.batch_size
     _positive("batch_size", batch_size)
-    output = sink.output
-    if output is None:
+    output, overwrite = sink.output, sink.overwrite
+    if output is None:  # The sample job's own output: no one else's table to protect, so each run replaces it.
         if source.input != SAMPLE_INPUT:
             raise ConfigError("output is required: the directory the embedding table is written to.")
-        output = SAMPLE_OUTPUT
+        output, overwrite = SAMPLE_OUTPUT, True
     if not output.strip():
         raise ConfigError("output must name a directory, got ''.")
     if not 0.0 <= sink.max_error_fraction <= 1.0:
@@ -434,7 +431,7 @@ def _validate(cfg: EmbedConfig) -> EmbedConfig:
         cfg,
         source=source,
         model=dataclasses.replace(model, batch_size=batch_size),
-        sink=dataclasses.replace(sink, output=output),
+        sink=dataclasses.replace(sink, output=output, overwrite=overwrite),
     )
 
 

@@ -105,7 +105,11 @@ class _ReadFields(_ReadFile):
             if isinstance(value, int) and not isinstance(value, bool):
                 value = str(value)
             if not isinstance(value, str) or not value:
-                problem = "is missing" if value is _MISSING else f"is {_kind(value)}, not a string or integer"
+                problem = (
+                    "is missing" if value is _MISSING
+                    else "is empty" if value == ""
+                    else f"is {_kind(value)}, not a string or integer"
+                )
                 return failed(source, source, Stage.READ, f"id field {self._cfg.id_field!r} {problem}")
             record_id = value
         text = get(self._cfg.text_field)

@@ -20,7 +20,7 @@ def test_no_arguments_is_the_bundled_sample_job():
     cfg = config.load([])
     assert cfg.source.input == config.SAMPLE_INPUT and os.path.isfile(cfg.source.input)
     assert cfg.source.input_format == "txt"
-    assert cfg.sink.output == config.SAMPLE_OUTPUT
+    assert cfg.sink.output == config.SAMPLE_OUTPUT and cfg.sink.overwrite  # `make run` can run again
     assert cfg.model.module == config.DEFAULT_MODULE
     assert cfg.model.batch_size == config.DEFAULT_BATCH_SIZE["text"]
     with open(cfg.source.input) as f:
