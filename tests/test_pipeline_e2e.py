@@ -37,6 +37,19 @@ def errors_by_source(output) -> dict[str, dict]:
     return {r["source"]: r for r in sinks.read_errors(str(output)).to_pylist()}
 
 
+@pytest.fixture
+def src(tmp_path):
+    """A txt input with the TEXTS, one per line."""
+    path = tmp_path / "in.txt"
+    path.write_text("\n".join(TEXTS) + "\n")
+    return path
+
+
+def per_line(path, vectors) -> dict[str, np.ndarray]:
+    """Expected rows of a txt input: id `<file>:<line>` -> vector."""
+    return {f"{path}:{i + 1}": vector for i, vector in enumerate(vectors)}
+
+
 def assert_embeddings(rows: dict[str, dict], expected: dict[str, np.ndarray], atol: float = 1e-5) -> None:
     assert sorted(rows) == sorted(expected)
     for key, vector in expected.items():
@@ -125,12 +138,10 @@ def write_inputs(root, fmt: str) -> str:
     return path
 
 
-def test_txt_with_the_default_signature(tiny, tmp_path):
-    src = tmp_path / "in.txt"
-    src.write_text("\n".join(TEXTS) + "\n")
+def test_txt_with_the_default_signature(tiny, tmp_path, src):
     assert run("--input", str(src), "--module", tiny.text, output=tmp_path / "out") == 0
     expected = tm.text_module_reference(TEXTS)
-    assert_embeddings(table_by_id(tmp_path / "out"), {f"{src}:{i + 1}": expected[i] for i in range(len(TEXTS))})
+    assert_embeddings(table_by_id(tmp_path / "out"), per_line(src, expected))
     manifest = sinks.read_manifest(str(tmp_path / "out"))
     assert manifest["counts"]["rows_in"] == manifest["counts"]["rows_embedded"] == len(TEXTS)
     table = manifest["table"]
@@ -152,18 +163,14 @@ def test_each_record_format_with_ids_and_passthrough(tiny, tmp_path, fmt):
     assert schema.field("embedding").type == pa.list_(pa.float32(), 8)
 
 
-def test_tf1_hub_format_module(tiny, tmp_path):
-    src = tmp_path / "in.txt"
-    src.write_text("\n".join(TEXTS) + "\n")
+def test_tf1_hub_format_module(tiny, tmp_path, src):
     assert run("--input", str(src), "--module", tiny.tf1, output=tmp_path / "out") == 0
     expected = tm.tf1_module_reference(TEXTS)
-    assert_embeddings(table_by_id(tmp_path / "out"), {f"{src}:{i + 1}": expected[i] for i in range(len(TEXTS))})
+    assert_embeddings(table_by_id(tmp_path / "out"), per_line(src, expected))
     assert sinks.read_manifest(str(tmp_path / "out"))["table"]["module_format"] == "tf1_hub"
 
 
-def test_sequence_output_of_an_elmo_style_tokens_signature(tiny, tmp_path):
-    src = tmp_path / "in.txt"
-    src.write_text("\n".join(TEXTS) + "\n")
+def test_sequence_output_of_an_elmo_style_tokens_signature(tiny, tmp_path, src):
     out = tmp_path / "out"
     assert run("--input", str(src), "--module", tiny.text, "--signature", "tokens", "--output-key", "elmo", output=out) == 0
     rows = table_by_id(out)
@@ -177,9 +184,7 @@ def test_sequence_output_of_an_elmo_style_tokens_signature(tiny, tmp_path):
     )
 
 
-def test_sequence_output_is_trimmed_with_the_mask_output(own, tmp_path):
-    src = tmp_path / "in.txt"
-    src.write_text("\n".join(TEXTS) + "\n")
+def test_sequence_output_is_trimmed_with_the_mask_output(own, tmp_path, src):
     out = tmp_path / "out"
     args = ("--input", str(src), "--module", own["masked"], "--signature", "tokens", "--output-key", "token_embeddings")
     assert run(*args, output=out) == 0
@@ -284,9 +289,7 @@ def test_config_and_module_errors_exit_2_before_running(tiny, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_commit_refuses_to_clobber_overwrites_on_request_and_recovers_from_a_killed_run(tiny, tmp_path, capsys):
-    src = tmp_path / "in.txt"
-    src.write_text("\n".join(TEXTS) + "\n")
+def test_commit_refuses_to_clobber_overwrites_on_request_and_recovers_from_a_killed_run(tiny, tmp_path, src, capsys):
     out = tmp_path / "out"
     # A killed earlier run: its temp dir and parts it had moved, but no _SUCCESS.
     (out / ".tmp-20260101T000000Z-dead").mkdir(parents=True)
