@@ -214,3 +214,81 @@ def test_embedding_dag_writes_a_table_and_an_asset_event(airflow_db, configs, tm
     assert event["path"] == table_dir
     assert (event["rows_in"], event["rows_embedded"], event["rows_failed"]) == (len(TEXTS), len(TEXTS), 0)
     assert event["fingerprint"] == manifest["table"]["fingerprint"]
+
+
+# --------------------------------------------------------------------------- dag.test(): fine-tune and release
+
+
+@pytest.fixture(scope="module")
+def parent_root(tmp_path_factory, tiny):
+    """A modules root with `tiny/1`, the tiny text module exported with a module.json."""
+    from tests.fixtures import release
+
+    root = str(tmp_path_factory.mktemp("released"))
+    release.export_parent(tiny.text, root)
+    return root
+
+
+@pytest.fixture
+def release_run(airflow_db, configs, parent_root, tmp_path, monkeypatch):
+    """A fresh copy of the modules root and the conf of a fine-tune run on it (no retries)."""
+    from tests.fixtures import release
+
+    monkeypatch.setenv("HUB_EMBED_RETRIES", "0")
+    root = release.copy_root(parent_root, tmp_path / "modules")
+    conf = {"module": os.path.join(root, "tiny", "1"), "data": release.write_labeled(str(tmp_path / "data.jsonl")),
+            "output_root": root, "steps": 3}
+    return root, conf
+
+
+def module_events() -> list[dict]:
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return asset_events(session, "hub-module://tiny/")
+
+
+@pytest.mark.slow
+def test_finetune_dag_publishes_the_next_version(release_run):
+    from airflow.utils.state import DagRunState
+
+    from pipelines import modules
+
+    root, conf = release_run
+    before = len(module_events())
+    run = dagbag().dags["finetune_and_reexport"].test(run_conf=conf)
+    assert run.state == DagRunState.SUCCESS
+    version = os.path.join(root, "tiny", "2")
+    manifest = modules.read_manifest(version)
+    assert manifest["parent"]["version"] == 1
+    assert os.readlink(os.path.join(root, "tiny", "latest")) == "2"
+    events = module_events()
+    assert len(events) == before + 1
+    assert events[-1] == {"name": "tiny", "version": 2, "fingerprint": manifest["fingerprint"], "handle": version}
+
+
+@pytest.mark.slow
+def test_finetune_dag_with_a_broken_export_publishes_nothing(release_run, monkeypatch, tmp_path):
+    """The export has the wrong output dimension: validate fails, nothing moves, no event."""
+    from airflow.utils.state import DagRunState, TaskInstanceState
+
+    from pipelines import export, module_release
+    from tests.fixtures import tiny_modules as tm
+
+    root, conf = release_run
+
+    def broken_finetune(cmd):
+        narrow = tm.build_text_module(str(tmp_path / "narrow"), dim=4)
+        return export.export_module(narrow, root, "tiny", parent=export.module_ref(conf["module"])).path
+
+    monkeypatch.setattr(module_release, "run_finetune", broken_finetune)
+    before = len(module_events())
+    run = dagbag().dags["finetune_and_reexport"].test(run_conf=conf)
+    assert run.state == DagRunState.FAILED
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states == {"finetune": TaskInstanceState.SUCCESS, "validate": TaskInstanceState.FAILED,
+                      "publish": TaskInstanceState.UPSTREAM_FAILED}
+    assert not os.path.lexists(os.path.join(root, "tiny", "latest"))
+    assert export.list_versions(root, "tiny") == [1]
+    assert [e for e in os.listdir(os.path.join(root, "tiny")) if e.startswith(".rejected-2-")]
+    assert len(module_events()) == before
