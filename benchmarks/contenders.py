@@ -116,7 +116,8 @@ def runinference_times(result: Any) -> dict[str, float | int]:
 
     Returns:
       `load_s`: the slowest worker's model load (workers load side by side);
-      `inference_s`: time inside `run_inference`, summed over workers;
+      `inference_s`: time inside the handler's `run_inference` (module calls
+        and the handler's own Python work), summed over workers;
       `inference_batches`: how many `run_inference` calls there were.
     """
     loads = beam_distributions(result, "load_model_latency_milli_secs")
@@ -167,8 +168,10 @@ def _pipeline(inputs: Inputs, beam_args: Iterable[str] = ()) -> dict[str, Any]:
     """`pipelines.embed`'s job on DirectRunner, in this process: input JSONL to a committed table.
 
     The timed seconds are the run's wall time less the model load inside the
-    workers (Beam's RunInference metric). Preparing the job (which loads the
-    module once to check its signature) is reported apart as `prepare_s`.
+    workers (Beam's RunInference metric, `worker_load_s`). Preparing the job
+    loads the module to check its signature (in-process workers reuse that
+    copy); it is not timed either and is reported as `prepare_s`. `load_s` is
+    the sum of the two.
     """
     configure_tf_threads(inputs.intra_op, inputs.inter_op)
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -189,11 +192,15 @@ def _pipeline(inputs: Inputs, beam_args: Iterable[str] = ()) -> dict[str, Any]:
         raise RuntimeError(f"the pipeline did not commit a table at {output} (state {result.state})")
     save_embeddings(inputs, table_embeddings(sinks.read_table(output), ids))
     times = runinference_times(result)
+    worker_load_s = times.pop("load_s")
     return {
         "rows": len(ids),
-        "seconds": run_s - times["load_s"],
-        "run_s": run_s,
+        "seconds": run_s - worker_load_s,
+        "load_s": prepare_s + worker_load_s,
         "prepare_s": prepare_s,
+        "worker_load_s": worker_load_s,
+        "run_s": run_s,
+        "outside_inference_s": run_s - worker_load_s - times["inference_s"],
         "counts": manifest["counts"],
         "batch_size": cfg.model.batch_size,
         **times,

@@ -30,8 +30,10 @@ or failed; `errors` says why): `raw_rows_per_s`, `pipeline_rows_per_s`,
 `beam_mltransform_rows_per_s`, `pipeline_vs_raw`,
 `pipeline_vs_sentence_transformers`, `pipeline_vs_beam_mltransform`,
 `mp_vs_single`, `overhead_us_per_row`, `load_s`, `peak_rss_mb_n`,
-`peak_rss_mb_10n`, `rss_10n_vs_n`; plus `targets`, `meta`, `contenders`
-(every contender's full result) and `errors`.
+`peak_rss_mb_10n`, `rss_10n_vs_n`, `pipeline_marginal_rows_per_s` (the rows
+between the N and 10 x N runs over the extra seconds: throughput without fixed
+costs); plus `targets`, `meta`, `contenders` (every contender's full result:
+load, warm-up and RunInference times, peak RSS, `min_cosine_vs_raw`) and `errors`.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import corpus
+from benchmarks import contenders, corpus
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MODULE = os.path.join("build", "modules", "all-minilm-l6-v2", "1")
@@ -60,6 +62,7 @@ DEFAULT_BENCH_PYTHON = os.path.join(".venv-bench", "bin", "python")
 DEFAULT_TIMEOUT_S = 3600
 LOG_TAIL_LINES = 15
 BUSY_LOAD_PER_CORE = 0.3
+PYCACHE_DIR = os.path.join("build", "bench-pycache")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,11 +119,18 @@ def default_bench_python() -> str | None:
 
 
 def contender_env(intra_op: int, inter_op: int) -> dict[str, str]:
-    """The environment of a contender process: thread counts, offline model hubs, `benchmarks` importable."""
+    """The environment of a contender process.
+
+    Thread counts, offline model hubs, `benchmarks` importable, and bytecode
+    cached (under `build/`, outside the virtual environments) so that Beam's
+    worker processes start as they would on a user's machine.
+    """
     env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # else every worker process compiles TensorFlow's sources anew
     path = env.get("PYTHONPATH")
     env.update(
         PYTHONPATH=REPO_ROOT + (os.pathsep + path if path else ""),
+        PYTHONPYCACHEPREFIX=os.path.join(REPO_ROOT, PYCACHE_DIR),
         TF_NUM_INTRAOP_THREADS=str(intra_op),
         TF_NUM_INTEROP_THREADS=str(inter_op),
         OMP_NUM_THREADS=str(intra_op),
@@ -216,7 +226,15 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         peak_rss_mb_10n=value("pipeline_10n", "peak_rss_mb"),
     )
     metrics["rss_10n_vs_n"] = _ratio(metrics["peak_rss_mb_10n"], metrics["peak_rss_mb_n"])
+    metrics["pipeline_marginal_rows_per_s"] = marginal_rate(results.get("pipeline", {}), results.get("pipeline_10n", {}))
     return metrics
+
+
+def marginal_rate(small: dict[str, Any], large: dict[str, Any]) -> float | None:
+    """Rows/s of the extra rows between two runs: per-row cost without fixed costs (startup, warm-up)."""
+    if "seconds" not in small or "seconds" not in large or large["seconds"] <= small["seconds"]:
+        return None
+    return (large["rows"] - small["rows"]) / (large["seconds"] - small["seconds"])
 
 
 def check_targets(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -273,6 +291,23 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _time_split(results: dict[str, dict[str, Any]]) -> list[str]:
+    """Where the pipelines' wall time went: model load, inside RunInference, everything else."""
+    lines = []
+    for name in ("pipeline", "pipeline_mp", "pipeline_10n"):
+        result = results.get(name, {})
+        if "run_s" in result:
+            lines.append(
+                f"  {name}: prepare {result['prepare_s']:.2f}s, then run {result['run_s']:.2f}s = "
+                f"load {result['worker_load_s']:.2f}s + inference "
+                f"{result['inference_s']:.2f}s (summed over workers) + the rest {result['outside_inference_s']:.2f}s"
+            )
+    first_call = results.get("raw", {}).get("first_call_s")
+    if first_call is not None:
+        lines.append(f"  raw: the module's first (warm-up) call took {first_call:.2f}s")
+    return ([""] + lines) if lines else []
+
+
 def format_table(report: dict[str, Any]) -> str:
     """The printed report: one line per contender, then the ratios against their targets."""
     meta = report["meta"]
@@ -295,12 +330,13 @@ def format_table(report: dict[str, Any]) -> str:
             f"{task.label:<26}{result['rows']:>8}{_fmt(result['rows_per_s']):>10}{_fmt(result['seconds'], 2):>10}"
             f"{_fmt(result.get('load_s'), 2):>9}{_fmt(rss, 0):>13}{_fmt(result.get('min_cosine_vs_raw'), 6):>16}"
         )
+    lines += _time_split(report["contenders"])
     lines += ["", f"{'metric':<36}{'value':>10}  target"]
     for key, check in report["targets"].items():
         verdict = {True: "met", False: "NOT met", None: "not measured"}[check["met"]]
         lines.append(f"{key:<36}{_fmt(check['value'], 3):>10}  {check['target']} ({verdict})")
     lines.append(f"{'overhead_us_per_row':<36}{_fmt(report['overhead_us_per_row']):>10}")
-    for key in ("peak_rss_mb_n", "peak_rss_mb_10n"):
+    for key in ("peak_rss_mb_n", "peak_rss_mb_10n", "pipeline_marginal_rows_per_s"):
         lines.append(f"{key:<36}{_fmt(report[key], 0):>10}")
     if meta["load_average_at_start"] > BUSY_LOAD_PER_CORE * (meta["cores"] or 1):
         lines.append("\nWARNING: the machine was busy when the benchmark started; timings are noisy.")
@@ -352,8 +388,9 @@ def run_all(args: argparse.Namespace, workdir: str) -> dict[str, dict[str, Any]]
         if python is None:
             results[name] = {"error": f"sentence-transformers is not installed; see `make bench` ({DEFAULT_BENCH_PYTHON})"}
             continue
-        print(f"running {name} on {rows} rows ...", file=sys.stderr, flush=True)
-        results[name] = run_task(name, python, inputs[rows], args, workdir)
+        print(f"running {name} on {rows} rows ...", end=" ", file=sys.stderr, flush=True)
+        (results[name], seconds) = contenders.timed(lambda: run_task(name, python, inputs[rows], args, workdir))
+        print(f"{'failed' if 'error' in results[name] else 'done'} in {seconds:.0f}s", file=sys.stderr, flush=True)
     add_parity(results)
     return results
 

@@ -67,11 +67,11 @@ def test_read_texts_reads_jsonl_and_plain_text_and_repeats(tmp_path):
 def test_summarize_computes_the_issue_ratios():
     results = {
         "raw": {"rows_per_s": 500.0},
-        "pipeline": {"rows_per_s": 400.0, "load_s": 3.0, "peak_rss_mb": 1000.0},
+        "pipeline": {"rows": 100, "seconds": 0.25, "rows_per_s": 400.0, "load_s": 3.0, "peak_rss_mb": 1000.0},
         "pipeline_mp": {"rows_per_s": 380.0},
         "sentence_transformers": {"rows_per_s": 200.0},
         "beam_mltransform": {"error": "boom"},
-        "pipeline_10n": {"peak_rss_mb": 1100.0},
+        "pipeline_10n": {"rows": 1000, "seconds": 2.05, "peak_rss_mb": 1100.0},
     }
     metrics = run.summarize(results)
     assert metrics["pipeline_vs_raw"] == pytest.approx(0.8)
@@ -80,6 +80,7 @@ def test_summarize_computes_the_issue_ratios():
     assert metrics["mp_vs_single"] == pytest.approx(0.95)
     assert metrics["overhead_us_per_row"] == pytest.approx(500.0)  # 1/400 - 1/500 s
     assert metrics["rss_10n_vs_n"] == pytest.approx(1.1)
+    assert metrics["pipeline_marginal_rows_per_s"] == pytest.approx(500.0)  # 900 rows in 1.8 s more
     targets = run.check_targets(metrics)
     assert targets["pipeline_vs_raw"]["met"] is False and targets["rss_10n_vs_n"]["met"] is True
     assert targets["pipeline_vs_beam_mltransform"]["met"] is None
