@@ -12,7 +12,9 @@
    encoder and head together (Adam, sparse categorical cross-entropy);
 4. exports the fine-tuned **encoder** (the loaded module object, its
    variables now trained; the head is dropped) with `export.export_module` as
-   the next version `<output_root>/<name>/<version>/`. Re-saving the loaded
+   the next version `<output_root>/<name>/<version>/`: the parent's version
+   + 1, or the next free one if `<output_root>` already has a higher version
+   of `<name>` (a different `name` starts at its own next free version). Re-saving the loaded
    object keeps every signature of the parent (those we did not write too,
    e.g. a `tokens` signature) and its `__call__`; the export is verified
    against the in-memory fine-tuned encoder (max abs diff 1e-5) before it is
@@ -27,7 +29,11 @@ fine-tuned encoder, so the two encoders are compared with the same head.
 
 Runs are deterministic for a given `seed` on CPU: the seed drives the split,
 the head's initialization and the shuffling, and op determinism is enabled
-(`tf.config.experimental.enable_op_determinism`, process-wide).
+(`tf.config.experimental.enable_op_determinism`, process-wide). A module whose
+graph has unseeded random ops (dropout traced without a seed) cannot be run
+deterministically in training mode, so such a module is fine-tuned in
+inference mode: no dropout, its weights still train
+(`metrics.training.module_training_mode` says which).
 
 CLI: `python -m pipelines.finetune --module HANDLE --data PATH --task
 classification --output-root ROOT [--name NAME] [--epochs N | --steps N]
@@ -56,6 +62,11 @@ DEFAULT_EPOCHS = 3
 DEFAULT_LEARNING_RATES = {"text": 5e-5, "image": 1e-3}
 PROBE_L2 = 1.0
 VERIFY_EXAMPLES = 8
+# Stateful random ops: with `seed` and `seed2` both 0 in a saved graph they draw from a random seed.
+_STATEFUL_RANDOM_OPS = frozenset({
+    "Multinomial", "ParameterizedTruncatedNormal", "RandomGamma", "RandomPoisson", "RandomPoissonV2",
+    "RandomShuffle", "RandomStandardNormal", "RandomUniform", "RandomUniformInt", "TruncatedNormal",
+})
 
 
 class FinetuneError(ValueError):
@@ -160,6 +171,27 @@ def module_input(info: modules.ModuleInfo) -> ModuleInput:
     )
 
 
+def unseeded_random_ops(path: str) -> list[str]:
+    """Names of the stateful random ops without a seed in a SavedModel's graph and functions.
+
+    Such ops (typically dropout in a module traced without a global seed) cannot
+    be made deterministic from outside, and TensorFlow refuses to run them when
+    op determinism is enabled.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        saved_model.ParseFromString(f.read())
+    found = []
+    for meta_graph in saved_model.meta_graphs:
+        graph = meta_graph.graph_def
+        for node in [*graph.node, *(n for function in graph.library.function for n in function.node_def)]:
+            if node.op in _STATEFUL_RANDOM_OPS and node.attr["seed"].i == 0 and node.attr["seed2"].i == 0:
+                found.append(node.name)
+    return found
+
+
 def set_seed(seed: int) -> None:
     """Seeds Python, NumPy and TensorFlow and makes TensorFlow ops deterministic (process-wide)."""
     import tensorflow as tf
@@ -172,15 +204,20 @@ def set_seed(seed: int) -> None:
 # --------------------------------------------------------------------------- model
 
 
-def build_classifier(encoder: Any, module_in: ModuleInput, num_classes: int) -> tuple[Any, Any]:
+def build_classifier(
+    encoder: Any, module_in: ModuleInput, num_classes: int, encoder_training_mode: bool = True
+) -> tuple[Any, Any]:
     """Wires `encoder` (a tf_keras layer) and a dense head into `(classifier, encoder_model)`.
 
-    `classifier` maps inputs to logits; `encoder_model` shares its encoder and maps inputs to embeddings.
+    `classifier` maps inputs to logits; `encoder_model` shares its encoder and
+    maps inputs to embeddings. With `encoder_training_mode=False` the encoder
+    always runs in inference mode (no dropout), also while training; its
+    weights still train.
     """
     import tf_keras
 
     inputs = tf_keras.Input(shape=module_in.shape, dtype=module_in.dtype, name="inputs")
-    embeddings = encoder(inputs)
+    embeddings = encoder(inputs) if encoder_training_mode else encoder(inputs, training=False)
     logits = tf_keras.layers.Dense(num_classes, name="head")(embeddings)
     return tf_keras.Model(inputs, logits, name="classifier"), tf_keras.Model(inputs, embeddings, name="encoder")
 
@@ -266,7 +303,7 @@ def finetune(
     Args:
       module: handle of a reusable, trainable module (any `handles.resolve` form).
       data: labeled data (see `pipelines.labeled`); its kind follows the module's input.
-      output_root: modules root; the new version is `<output_root>/<name>/<next version>`.
+      output_root: modules root; the new version is `<output_root>/<name>/<next version>` (see the module docstring).
       task: only "classification".
       name: module name to publish under (default: the parent's manifest name).
       hparams: training settings.
@@ -300,8 +337,9 @@ def finetune(
     splits = {split: (x, y) for split, (x, y) in splits.items() if len(y)}
 
     set_seed(hparams.seed)
+    training_mode = not unseeded_random_ops(resolved.path)
     encoder = hub.KerasLayer(loaded, trainable=True, output_key=_output_key(loaded, examples.inputs[:1]), name="module")
-    classifier, encoder_model = build_classifier(encoder, module_in, len(examples.classes))
+    classifier, encoder_model = build_classifier(encoder, module_in, len(examples.classes), training_mode)
 
     def embed_splits() -> dict[str, np.ndarray]:
         return {split: embed(encoder_model, x, hparams.batch_size) for split, (x, _) in splits.items()}
@@ -312,13 +350,14 @@ def finetune(
     seconds = time.monotonic() - start
     labels = {split: y for split, (_, y) in splits.items()}
     metrics = _metrics(classifier, len(examples.classes), labels, embed_splits(), parent_embeddings)
-    metrics["training"] = {"steps": steps, "seconds": round(seconds, 3)}
+    metrics["training"] = {"steps": steps, "seconds": round(seconds, 3), "module_training_mode": training_mode}
     parent = export.ModuleRef(module, resolved.fingerprint, info.name, info.version)
     probe_name = info.signature(modules.DEFAULT_SIGNATURE).inputs[0].name
     published = export.export_module(
         loaded,
         output_root,
         name,
+        version=_version(output_root, name, info),
         parent=parent,
         probe_inputs={modules.DEFAULT_SIGNATURE: {probe_name: examples.inputs[:VERIFY_EXAMPLES]}},
         source_description=f"fine-tuned {handles.redact(module)}",
@@ -326,6 +365,17 @@ def finetune(
         pack=pack,
     )
     return FinetuneResult(published, metrics, loaded, examples.classes)
+
+
+def _version(output_root: str, name: str, parent: modules.ModuleInfo) -> int | None:
+    """The parent's version + 1 when `output_root` has no version of `name` that high yet.
+
+    Otherwise None: the export tool then picks the next free version under its lock.
+    """
+    if name != parent.name or parent.version is None:
+        return None
+    latest = export.latest_version(output_root, name) or 0
+    return parent.version + 1 if latest <= parent.version else None
 
 
 def _output_key(loaded: Any, example: np.ndarray) -> str | None:
@@ -413,6 +463,8 @@ def _summary_lines(result: FinetuneResult) -> list[str]:
             f"probe (same ridge head, held-out accuracy): parent {probe['parent_holdout_accuracy']:.4f} -> "
             f"fine-tuned {probe['finetuned_holdout_accuracy']:.4f}",
         ]
+    if not metrics["training"]["module_training_mode"]:
+        lines.append("note: the module has unseeded random ops (dropout); it was fine-tuned in inference mode")
     lines.append(f"wrote {result.export.path} {result.export.fingerprint}")
     return lines
 

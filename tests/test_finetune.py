@@ -15,7 +15,7 @@ import tensorflow_hub as hub
 import tf_keras
 
 from pipelines import export, finetune, handles, labeled, modules
-from pipelines.models import digits
+from pipelines.models import build_minilm, digits
 from tests.fixtures import finetune_data as fd
 from tests.fixtures import tiny_modules as tm
 
@@ -142,9 +142,50 @@ def test_same_seed_gives_the_same_module(digits_v1, tmp_path):
     parent, data = digits_v1
     hparams = finetune.Hyperparameters(steps=4, seed=7)
     runs = [finetune.finetune(parent.path, data, str(tmp_path / f"run{i}"), hparams=hparams) for i in range(2)]
+    assert [run.export.version for run in runs] == [2, 2]  # the parent's version + 1, also in a new root
     assert runs[0].metrics["holdout"] == runs[1].metrics["holdout"]
     first, second = (hub.load(run.export.path).variables for run in runs)
     assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(first, second))
+
+
+def test_a_higher_version_in_the_output_root_is_never_overwritten(root, digits_v2):
+    """Fine-tuning v1 again while v2 exists publishes v3."""
+    hparams = finetune.Hyperparameters(steps=1)
+    result = finetune.finetune(digits_v2.parent.path, digits_v2.data, root, hparams=hparams)
+    assert result.export.version == 3 and result.export.manifest["parent"]["version"] == 1
+    assert handles.fingerprint_dir(digits_v2.result.export.path) == digits_v2.result.export.fingerprint
+
+
+class DropoutImageModule(tf.Module):
+    """Channel means -> dropout (training only) -> linear map.
+
+    The dropout's random op has seed = seed2 = 0, as in a module traced without
+    a global seed (most published ones); a raw op, since this process may have
+    set a global seed already.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.w = tf.Variable(np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32))
+
+    def embed(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
+        features = tf.reduce_mean(images, axis=[1, 2])
+        if training:
+            keep = tf.raw_ops.RandomUniform(shape=tf.shape(features), dtype=tf.float32) >= 0.5
+            features = tf.where(keep, features * 2.0, 0.0)
+        return features @ self.w
+
+
+def test_module_with_unseeded_dropout_is_fine_tuned_in_inference_mode(digits_v2, tmp_path):
+    module = DropoutImageModule()
+    spec = {"images": tf.TensorSpec([None, 8, 8, 3], tf.float32)}
+    parent = export.export_module(module, str(tmp_path), "noisy", signatures={"default": export.Signature(module.embed, spec)})
+    assert finetune.unseeded_random_ops(parent.path)
+    data = fd.image_folder(str(tmp_path / "images"), per_label=3)
+    result = finetune.finetune(parent.path, data, str(tmp_path), hparams=finetune.Hyperparameters(steps=2))
+    assert result.metrics["training"]["module_training_mode"] is False
+    assert finetune.unseeded_random_ops(digits_v2.parent.path) == []
+    assert digits_v2.result.metrics["training"]["module_training_mode"] is True
 
 
 # --------------------------------------------------------------------------- the Lambda failure mode
@@ -197,6 +238,39 @@ def test_non_trainable_module_is_refused(tmp_path):
     data.write_text(fd._jsonl(*fd.small_text_rows()))
     with pytest.raises(finetune.FinetuneError, match="not a reusable module with trainable variables"):
         finetune.finetune(plain, str(data), str(tmp_path / "out"), name="plain")
+
+
+def _minilm_parent(tmp_path) -> str:
+    """The default module as `make setup` builds it, else built here from the installed weights."""
+    if os.path.isfile(os.path.join(build_minilm.DEFAULT_HANDLE, handles.MANIFEST_NAME)):
+        return build_minilm.DEFAULT_HANDLE
+    try:
+        return build_minilm.build(str(tmp_path / "minilm-root"))
+    except FileNotFoundError as e:
+        pytest.skip(f"all-MiniLM-L6-v2 weights not installed: {e}")
+
+
+@pytest.mark.slow
+def test_minilm_fine_tune_reexports_both_signatures(tmp_path):
+    parent = _minilm_parent(tmp_path)
+    parent_fingerprint = handles.fingerprint_dir(parent)
+    data = fd.docstrings_jsonl(str(tmp_path / "docs.jsonl"), per_label=6)
+    hparams = finetune.Hyperparameters(steps=3, batch_size=8, learning_rate=1e-4)
+    result = finetune.finetune(parent, data, str(tmp_path / "out"), hparams=hparams)
+    assert result.export.version == 2 and result.export.manifest["parent"]["fingerprint"] == parent_fingerprint
+    assert handles.fingerprint_dir(parent) == parent_fingerprint
+    assert result.export.manifest["signatures"] == modules.read_manifest(parent)["signatures"]
+    assert result.metrics["training"]["module_training_mode"] is False  # its dropout ops are unseeded
+
+    texts = tf.constant(fd.TEXTS)
+    child, original = hub.load(result.export.path), hub.load(parent)
+    tuned = result.encoder(texts).numpy()
+    np.testing.assert_allclose(child(texts).numpy(), tuned, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(tuned, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(original(texts).numpy(), tuned, atol=1e-4)
+    expected_tokens = result.encoder.signatures["tokens"](text=texts)
+    for key, value in child.signatures["tokens"](text=texts).items():
+        np.testing.assert_allclose(value.numpy(), expected_tokens[key].numpy(), atol=1e-5)
 
 
 # --------------------------------------------------------------------------- bad data
