@@ -55,9 +55,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks import contenders, corpus
+from pipelines.config import DEFAULT_MODULE
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_MODULE = os.path.join("build", "modules", "all-minilm-l6-v2", "1")
 DEFAULT_BENCH_PYTHON = os.path.join(".venv-bench", "bin", "python")
 DEFAULT_TIMEOUT_S = 3600
 LOG_TAIL_LINES = 15
