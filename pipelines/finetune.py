@@ -403,7 +403,8 @@ def _metrics(
         return metrics
 
     def probe(embeddings: dict[str, np.ndarray]) -> float:
-        return probe_accuracy(embeddings["train"], labels["train"], embeddings["holdout"], labels["holdout"], num_classes)
+        train, holdout = embeddings["train"], embeddings["holdout"]
+        return probe_accuracy(train, labels["train"], holdout, labels["holdout"], num_classes)
 
     metrics["probe"] = {
         "head": f"ridge(l2={PROBE_L2:g}) on train-split embeddings, held-out accuracy",
@@ -438,7 +439,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Fine-tune a reusable TF Hub module on labeled data; export the encoder as the next version.",
     )
     parser.add_argument("--module", required=True, help="handle of the module to fine-tune")
-    parser.add_argument("--data", required=True, help="text .jsonl/.csv (text,label); images: folder per label or .jsonl (path,label)")
+    parser.add_argument(
+        "--data", required=True, help="text: .jsonl/.csv (text, label); images: a folder per label or .jsonl (path, label)"
+    )
     parser.add_argument("--task", default="classification", choices=TASKS)
     parser.add_argument("--output-root", required=True, help="modules root; writes ROOT/NAME/NEXT_VERSION")
     parser.add_argument("--name", help="module name (default: the parent's)")
@@ -470,7 +473,8 @@ def _summary_lines(result: FinetuneResult) -> list[str]:
 
 
 def _format(split_metrics: dict[str, float]) -> str:
-    return f"examples {split_metrics['examples']}  loss {split_metrics['loss']:.4f}  accuracy {split_metrics['accuracy']:.4f}"
+    m = split_metrics
+    return f"examples {m['examples']}  loss {m['loss']:.4f}  accuracy {m['accuracy']:.4f}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

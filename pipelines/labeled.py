@@ -92,7 +92,7 @@ def read(path: str, kind: str, image_size: tuple[int, int] | None = None) -> Lab
         raise DataError(f"{path}: no examples (empty file or folder).")
     classes = tuple(sorted(set(labels)))
     if len(classes) < 2:
-        raise DataError(f"{path}: every example has the label {classes[0]!r}; classification needs at least two labels.")
+        raise DataError(f"{path}: every example has the label {classes[0]!r}; classification needs two labels or more.")
     index = {label: i for i, label in enumerate(classes)}
     return LabeledData(
         kind=kind,

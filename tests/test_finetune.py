@@ -121,7 +121,7 @@ def test_parent_is_untouched_and_linked_from_the_manifest(tuned):
 
 
 def test_digits_v2_embeddings_beat_the_parents_under_the_same_head(digits_v2, capsys):
-    """A ridge head on the train split; held-out accuracy with v2 embeddings vs the parent's, from the reloaded modules."""
+    """Held-out accuracy of a ridge head fitted on train-split embeddings of the reloaded parent and v2."""
     data = labeled.read(digits_v2.data, "image", digits.IMAGE_SIZE)
     train, holdout = labeled.split(data, DIGITS_HPARAMS.holdout_fraction, DIGITS_HPARAMS.seed)
     accuracy = {}
@@ -179,7 +179,8 @@ class DropoutImageModule(tf.Module):
 def test_module_with_unseeded_dropout_is_fine_tuned_in_inference_mode(digits_v2, tmp_path):
     module = DropoutImageModule()
     spec = {"images": tf.TensorSpec([None, 8, 8, 3], tf.float32)}
-    parent = export.export_module(module, str(tmp_path), "noisy", signatures={"default": export.Signature(module.embed, spec)})
+    signatures = {"default": export.Signature(module.embed, spec)}
+    parent = export.export_module(module, str(tmp_path), "noisy", signatures=signatures)
     assert finetune.unseeded_random_ops(parent.path)
     data = fd.image_folder(str(tmp_path / "images"), per_label=3)
     result = finetune.finetune(parent.path, data, str(tmp_path), hparams=finetune.Hyperparameters(steps=2))
@@ -235,7 +236,7 @@ def test_module_without_manifest_with_dict_outputs_and_no_holdout(raw_text_modul
 def test_non_trainable_module_is_refused(tmp_path):
     plain = tm.build_plain_module(str(tmp_path / "plain"))
     data = tmp_path / "data.jsonl"
-    data.write_text(fd._jsonl(*fd.small_text_rows()))
+    data.write_text(fd.jsonl_text(*fd.small_text_rows()))
     with pytest.raises(finetune.FinetuneError, match="not a reusable module with trainable variables"):
         finetune.finetune(plain, str(data), str(tmp_path / "out"), name="plain")
 
@@ -307,7 +308,7 @@ def _missing_in_list(folder: str) -> tuple[str, str]:
     fd.image_folder(folder)
     listing = os.path.join(folder, "images.jsonl")
     with open(listing, "w") as f:
-        f.write(fd._jsonl({"path": "a/0.png", "label": "a"}, {"path": "a/gone.png", "label": "a"}))
+        f.write(fd.jsonl_text({"path": "a/0.png", "label": "a"}, {"path": "a/gone.png", "label": "a"}))
     return listing, f"{os.path.join(folder, 'a', 'gone.png')} (listed at {listing}:2): unreadable image"
 
 
@@ -333,7 +334,8 @@ def test_bad_image_data_fails_before_training(make, digits_v1, tmp_path, no_trai
 def test_image_list_reads_like_a_folder(tmp_path):
     folder = fd.image_folder(str(tmp_path / "images"))
     listing = tmp_path / "list.jsonl"
-    listing.write_text(fd._jsonl(*({"path": f"images/{label}/{i}.png", "label": label} for label in "ab" for i in range(2))))
+    rows = [{"path": f"images/{label}/{i}.png", "label": label} for label in "ab" for i in range(2)]
+    listing.write_text(fd.jsonl_text(*rows))
     from_folder = labeled.read(folder, "image", (4, 4))
     from_list = labeled.read(str(listing), "image", (4, 4))
     np.testing.assert_array_equal(from_folder.inputs, from_list.inputs)
@@ -344,13 +346,13 @@ def test_image_list_reads_like_a_folder(tmp_path):
 
 def test_content_hash_follows_the_bytes(tmp_path):
     path = tmp_path / "data.jsonl"
-    path.write_text(fd._jsonl(*fd.small_text_rows()))
+    path.write_text(fd.jsonl_text(*fd.small_text_rows()))
     first = labeled.read(str(path), "text").content_hash
     copy = tmp_path / "copy.jsonl"
     shutil.copy(path, copy)
     assert labeled.read(str(copy), "text").content_hash != first  # the file name is hashed too
     assert labeled.read(str(path), "text").content_hash == first
-    path.write_text(fd._jsonl(*fd.small_text_rows(("a", "c"))))
+    path.write_text(fd.jsonl_text(*fd.small_text_rows(("a", "c"))))
     assert labeled.read(str(path), "text").content_hash != first
 
 
