@@ -73,6 +73,7 @@ _DATAFLOW_CONFIG_FIELDS = (
 _DATAFLOW_ALIASES = {"project": "project_id", "region": "location"}
 _DATAFLOW_REQUIRED = ("project_id", "location", "temp_location")
 _LOCAL_PATH_KEYS = ("input", "output", "module")
+_BEAM_FILE_OPTIONS = ("setup_file", "requirements_file", "extra_package", "extra_packages")
 _RUN_KEYS = ("module", "output", "overwrite")  # set per run by `pipeline_options`
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
@@ -124,6 +125,13 @@ def _absolute(path: str) -> str:
     return os.path.normpath(os.path.join(PROJECT_ROOT, path))
 
 
+def _absolute_paths(value: Any) -> Any:
+    """`_absolute` of a path or of each path in a list."""
+    if isinstance(value, list):
+        return [_absolute_paths(v) for v in value]
+    return _absolute(value) if isinstance(value, str) else value
+
+
 def module_name_of(handle: str) -> str | None:
     """The module name a handle points at: `<...>/<name>/<version|latest>[.tar.gz]`, else None."""
     path = urllib.parse.urlsplit(handle).path.rstrip("/")
@@ -142,9 +150,9 @@ def join(base: str, *parts: str) -> str:
 
 
 def run_stamp(dag_run: Any) -> str:
-    """`YYYYmmddTHHMMSS` of the run's logical date, or of `run_after` for asset-triggered runs (no logical date)."""
+    """`YYYYmmddTHHMMSS[-ffffff]` of the run's logical date, or of `run_after` when it has none (asset-triggered runs)."""
     when = getattr(dag_run, "logical_date", None) or dag_run.run_after
-    return when.strftime("%Y%m%dT%H%M%S")
+    return when.strftime("%Y%m%dT%H%M%S") + (f"-{when.microsecond:06d}" if when.microsecond else "")
 
 
 # --------------------------------------------------------------------------- discovery
@@ -259,7 +267,8 @@ def _read_job(path: str) -> ScheduledJob | None:
     beam.pop("runner", None)
     if runner not in RUNNERS:
         raise ConfigDiscoveryError(f"{path}: schedule.runner must be one of {', '.join(RUNNERS)}, got {runner!r}.")
-    config, options = _split_dataflow(path, runner, schedule.get("dataflow") or {}, name)
+    beam = {k: (_absolute_paths(v) if k in _BEAM_FILE_OPTIONS else v) for k, v in beam.items()}
+    config, options = _split_dataflow(path, runner, schedule.get("dataflow") or {}, beam, name)
     module = values.get("module") or _absolute(DEFAULT_MODULE)
     return ScheduledJob(
         name=name,
@@ -275,8 +284,10 @@ def _read_job(path: str) -> ScheduledJob | None:
     )
 
 
-def _split_dataflow(path: str, runner: str, section: Any, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """`schedule.dataflow` -> (DataflowConfiguration fields, Beam options)."""
+def _split_dataflow(
+    path: str, runner: str, section: Any, beam: Mapping[str, Any], name: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`schedule.dataflow` -> (DataflowConfiguration fields, Beam options); project/region may also come from `beam:`."""
     if not isinstance(section, dict):
         raise ConfigDiscoveryError(f"{path}: schedule.dataflow must be a mapping.")
     if runner != "DataflowRunner":
@@ -288,9 +299,14 @@ def _split_dataflow(path: str, runner: str, section: Any, name: str) -> tuple[di
     for key, value in section.items():
         key = _DATAFLOW_ALIASES.get(key, key)
         (config if key in _DATAFLOW_CONFIG_FIELDS else options)[key] = value
-    missing = [k for k in _DATAFLOW_REQUIRED if not {**config, **options}.get(k)]
+    for beam_key, field in (("project", "project_id"), ("region", "location")):
+        if beam.get(beam_key):
+            config.setdefault(field, beam[beam_key])
+    missing = [k for k in _DATAFLOW_REQUIRED if not {**beam, **config, **options}.get(k)]
     if missing:
-        raise ConfigDiscoveryError(f"{path}: DataflowRunner needs schedule.dataflow {missing} (project, region, temp_location).")
+        raise ConfigDiscoveryError(
+            f"{path}: DataflowRunner needs {missing}: set project, region and temp_location in schedule.dataflow (or beam)."
+        )
     return config, options
 
 

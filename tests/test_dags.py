@@ -10,9 +10,11 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -77,10 +79,15 @@ def asset_events(session, uri: str) -> list[dict]:
 @pytest.fixture(scope="session")
 def airflow_db():
     """Creates the metadata DB once per session (SQLite in the temp AIRFLOW_HOME)."""
+    import sqlite3
+
     from airflow.utils import db
 
     db.initdb()
-    return os.path.join(airflow_env.activate(), "airflow.db")
+    path = os.path.join(airflow_env.activate(), "airflow.db")
+    with sqlite3.connect(path) as live, sqlite3.connect(path + ".template") as copy:
+        live.backup(copy)  # a fresh DB for the real-processes test
+    return path
 
 
 @pytest.fixture
@@ -103,9 +110,9 @@ def job_configs(configs, tmp_path):
     write_config(
         configs, "cloud",
         input="gs://bucket/in/*.txt", output="gs://bucket/tables/cloud", module="gs://bucket/modules/enc/3.tar.gz",
-        passthrough=["lang", "source"], beam={"max_num_workers": 4},
-        schedule={"cron": None, "runner": "DataflowRunner",
-                  "dataflow": {"project": "proj", "region": "europe-west1", "temp_location": "gs://bucket/tmp"}},
+        passthrough=["lang", "source"],
+        beam={"runner": "DataflowRunner", "region": "europe-west1", "max_num_workers": 4, "setup_file": "./pyproject.toml"},
+        schedule={"cron": None, "dataflow": {"project": "proj", "temp_location": "gs://bucket/tmp"}},
     )
     write_config(configs, "unscheduled", input="x.txt", output="y")
     return configs
@@ -134,7 +141,7 @@ def test_embedding_tasks_are_wired_from_the_config(job_configs):
         "pipelines.embed", ["-m"], "DirectRunner", sys.executable)
     assert embed.pipeline_options["batch_size"] == "4" and embed.pipeline_options["overwrite"] is True
     assert "ti.xcom_pull(task_ids='plan')['output']" in embed.pipeline_options["output"]
-    assert local.timetable.summary == "0 0 * * *" if hasattr(local.timetable, "summary") else True
+    assert local.schedule == "@daily" and bag.dags["embed__cloud"].schedule is None
     assert [a.name for a in local.get_task("record_table").outlets] == ["hub-embed-table://tiny"]
 
     cloud = bag.dags["embed__cloud"].get_task("embed")
@@ -142,6 +149,8 @@ def test_embedding_tasks_are_wired_from_the_config(job_configs):
     assert cloud.dataflow_config == {"job_name": "embed-cloud", "project_id": "proj", "location": "europe-west1"}
     assert cloud.pipeline_options["temp_location"] == "gs://bucket/tmp"
     assert cloud.pipeline_options["passthrough"] == "lang,source" and cloud.pipeline_options["max_num_workers"] == 4
+    assert cloud.pipeline_options["setup_file"] == os.path.join(airflow_env.REPO, "pyproject.toml")
+    assert "runner" not in cloud.pipeline_options
 
     reembed = bag.dags["reembed_on_module_update"]
     assert sorted(a.uri for a in reembed.timetable.asset_condition.objects) == ["hub-module://enc/", "hub-module://tiny/"]
@@ -214,6 +223,23 @@ def test_embedding_dag_writes_a_table_and_an_asset_event(airflow_db, configs, tm
     assert event["path"] == table_dir
     assert (event["rows_in"], event["rows_embedded"], event["rows_failed"]) == (len(TEXTS), len(TEXTS), 0)
     assert event["fingerprint"] == manifest["table"]["fingerprint"]
+
+
+@pytest.mark.slow
+def test_reembed_plans_only_the_jobs_of_the_updated_module(airflow_db, job_configs, tmp_path, monkeypatch):
+    """A manual run naming module `tiny` plans tiny's re-embedding (Beam marked done) and skips the other job."""
+    from airflow.utils.state import TaskInstanceState
+
+    monkeypatch.setenv("HUB_EMBED_RETRIES", "0")
+    update = {"name": "tiny", "version": 3, "handle": "/modules/tiny/3", "fingerprint": "sha256:x"}
+    run = dagbag().dags["reembed_on_module_update"].test(run_conf=update, mark_success_pattern=r".*\.(embed|record_table)")
+    tis = {ti.task_id: ti for ti in run.get_task_instances()}
+    assert tis["module_updates"].xcom_pull(task_ids="module_updates") == {"tiny": update}
+    plan = tis["tiny.plan"].xcom_pull(task_ids="tiny.plan")
+    assert plan["module"] == "/modules/tiny/3"
+    assert os.path.dirname(plan["output"]) == str(tmp_path / "tables" / "tiny" / "tiny-v3")
+    assert tis["cloud.plan"].state == TaskInstanceState.SUCCESS and not tis["cloud.plan"].xcom_pull(task_ids="cloud.plan")
+    assert (tis["cloud.embed"].state, tis["cloud.record_table"].state) == (TaskInstanceState.SKIPPED,) * 2
 
 
 # --------------------------------------------------------------------------- dag.test(): fine-tune and release
@@ -292,3 +318,57 @@ def test_finetune_dag_with_a_broken_export_publishes_nothing(release_run, monkey
     assert export.list_versions(root, "tiny") == [1]
     assert [e for e in os.listdir(os.path.join(root, "tiny")) if e.startswith(".rejected-2-")]
     assert len(module_events()) == before
+
+
+# --------------------------------------------------------------------------- real Airflow processes
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(330)
+def test_module_event_triggers_reembedding_in_a_running_airflow(airflow_db, tmp_path, tiny):
+    """API server + scheduler + dag-processor on 127.0.0.1: a `hub-module://tiny` event re-embeds the tiny job."""
+    home = tmp_path / "airflow-home"
+    home.mkdir()
+    shutil.copy(airflow_db + ".template", home / "airflow.db")
+    configs, base = tmp_path / "configs", tmp_path / "tables" / "tiny"
+    write_config(configs, "tiny", input=write_lines(tmp_path / "in.txt", TEXTS), output=str(base),
+                 module=str(tmp_path / "modules" / "tiny" / "latest"), batch_size=4, schedule={"cron": None})
+    old_table = base / "20240101T000000"
+    old_table.mkdir(parents=True)
+    (old_table / "_SUCCESS").write_text("{}")  # an earlier table: must stay as it is
+    airflow = airflow_env.AirflowProcesses(str(home), {"HUB_EMBED_CONFIGS_DIR": str(configs), "HUB_EMBED_RETRIES": "0"})
+    deadline = time.monotonic() + 240
+
+    def module_asset_id():
+        status, body = airflow.api("GET", "assets?uri_pattern=hub-module://tiny")
+        return status == 200 and next((a["id"] for a in body["assets"] if a["uri"] == "hub-module://tiny/"), None)
+
+    def dag_active():
+        status, body = airflow.api("GET", "dags/reembed_on_module_update")
+        return status == 200 and not body["is_paused"] and not body.get("is_stale")
+
+    def finished_run():
+        status, body = airflow.api("GET", "dags/reembed_on_module_update/dagRuns")
+        runs = body.get("dag_runs", []) if status == 200 else []
+        return next((run for run in runs if run["state"] in ("success", "failed")), None)
+
+    airflow.start()
+    try:
+        airflow.wait_for("the API server", lambda: airflow.api("GET", "monitor/health")[0] == 200, deadline)
+        asset_id = airflow.wait_for("the module asset", module_asset_id, deadline)
+        airflow.wait_for("reembed_on_module_update", dag_active, deadline)
+        extra = {"name": "tiny", "version": 7, "fingerprint": "sha256:test", "handle": tiny.text}
+        status, event = airflow.api("POST", "assets/events", {"asset_id": asset_id, "extra": extra})
+        assert status == 200, event
+        run = airflow.wait_for("the re-embedding run", finished_run, deadline, interval=3)
+        assert run["state"] == "success", "\n".join(airflow.logs(n) for n in airflow.COMPONENTS)
+    finally:
+        airflow.stop()
+
+    (success,) = glob.glob(str(base / "tiny-v7" / "*" / "_SUCCESS"))
+    from pipelines import sinks
+
+    manifest = sinks.read_manifest(os.path.dirname(success))
+    assert manifest["counts"]["rows_embedded"] == len(TEXTS)
+    assert manifest["table"]["module"] == tiny.text
+    assert os.listdir(old_table) == ["_SUCCESS"] and (old_table / "_SUCCESS").read_text() == "{}"
