@@ -70,7 +70,8 @@ class Dense(tf.Module):
             self.bias = tf.Variable(tf.zeros([units_out]), name="bias")
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
-        return tf.matmul(x, self.kernel) + self.bias
+        # BiasAdd (not AddV2) lets grappler fuse it into the matmul.
+        return tf.nn.bias_add(tf.matmul(x, self.kernel), self.bias)
 
     def hf_weights(self, prefix: str) -> dict[str, tuple[tf.Variable, bool]]:
         return {f"{prefix}.weight": (self.kernel, True), f"{prefix}.bias": (self.bias, False)}
