@@ -1,9 +1,9 @@
 """Shared wiring of the hub-embed DAGs: defaults, config discovery, the embedding job's tasks, Asset names.
 
 DAG files are declarations; everything they share lives here, once. This
-module imports Airflow and PyYAML only: TensorFlow and Beam are imported by
-the task callables (in `pipelines.*`) when a task runs, never while a DAG
-file is parsed.
+module imports Airflow, PyYAML and `pipelines.config` (stdlib + PyYAML) only:
+TensorFlow and Beam are imported by the task callables (in `pipelines.*`)
+when a task runs, never while a DAG file is parsed.
 
 Config discovery: every `*.yaml` / `*.yml` in the configs folder (env
 `HUB_EMBED_CONFIGS_DIR`, default `<project>/configs`) that has a `schedule:`
@@ -20,11 +20,14 @@ section is a scheduled embedding job. The section is Airflow-only metadata;
         region: europe-west1    # -> dataflow_config.location
         temp_location: gs://my-bucket/tmp   # anything not a DataflowConfiguration field is a Beam option
         gcp_conn_id: google_cloud_default
+    # project, region and temp_location may instead be Beam options under `beam:`.
 
 The rest of the file is the job: its keys are passed to `python -m
 pipelines.embed` as flags (same names), its `beam:` mapping as Beam options.
-`output` is the base directory: each run writes its own table under it (see
-`plan_output`), so runs never touch each other's tables.
+`output` is the base directory: a scheduled run writes its own table to
+`<output>/<run stamp>`, a re-embedding to `<output>/<module>-v<version>/<run stamp>`,
+so runs never touch each other's tables. Relative local paths (input, output,
+module, Beam file options) are relative to the project root.
 """
 
 from __future__ import annotations
@@ -320,7 +323,7 @@ def _start_date(path: str, value: Any) -> datetime.datetime:
     raise ConfigDiscoveryError(f"{path}: schedule.start_date must be a date (YYYY-MM-DD), got {value!r}.")
 
 
-# --------------------------------------------------------------------------- tasks
+# --------------------------------------------------------------------------- operator
 
 
 class _GoogleProviderCheckedAtRun(beam_operators.BeamDataflowMixin):
@@ -356,6 +359,8 @@ class EmbedPipelineOperator(beam_operators.BeamRunPythonPipelineOperator, _Googl
             )
         return super().execute(context)
 
+
+# --------------------------------------------------------------------------- tasks
 
 
 @task

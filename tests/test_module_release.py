@@ -61,7 +61,7 @@ def test_validate_rejects_a_worse_probe_metric(root, labeled):
     module_release.validate(path, probe_data=labeled, tolerance=1.0)  # within a loose tolerance
 
 
-def test_validate_rejects_changed_files_and_other_dims(root, tiny, tmp_path):
+def test_validate_rejects_changed_files_and_other_dims(root, tmp_path):
     from pipelines import export
     from tests.fixtures import tiny_modules as tm
 
