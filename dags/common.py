@@ -121,18 +121,18 @@ def python() -> str:
     return os.environ.get(PYTHON_ENV) or sys.executable
 
 
-def _absolute(path: str) -> str:
-    """Local relative paths are relative to the project root (Airflow workers run anywhere)."""
+def absolute(path: str) -> str:
+    """Local relative paths are relative to the project root (Airflow workers run anywhere); URLs pass."""
     if urllib.parse.urlsplit(path).scheme or os.path.isabs(path):
         return path
     return os.path.normpath(os.path.join(PROJECT_ROOT, path))
 
 
 def _absolute_paths(value: Any) -> Any:
-    """`_absolute` of a path or of each path in a list."""
+    """`absolute` of a path or of each path in a list."""
     if isinstance(value, list):
         return [_absolute_paths(v) for v in value]
-    return _absolute(value) if isinstance(value, str) else value
+    return absolute(value) if isinstance(value, str) else value
 
 
 def module_name_of(handle: str) -> str | None:
@@ -200,7 +200,7 @@ class ScheduledJob:
     @property
     def module(self) -> str:
         """The config's module handle (the pipeline's default module when it names none)."""
-        return self.values.get("module") or _absolute(DEFAULT_MODULE)
+        return self.values.get("module") or absolute(DEFAULT_MODULE)
 
     def pipeline_options(self, module: str, output: str) -> dict[str, Any]:
         """The `pipelines.embed` flags for one run (operator `pipeline_options`; may hold templates).
@@ -265,14 +265,14 @@ def _read_job(path: str) -> ScheduledJob | None:
         raise ConfigDiscoveryError(f"{path}: unknown schedule keys {unknown}; valid: {', '.join(SCHEDULE_KEYS)}.")
     if not data.get("output"):
         raise ConfigDiscoveryError(f"{path}: a scheduled config needs 'output', the base directory of its tables.")
-    values = {k: (_absolute(v) if k in _LOCAL_PATH_KEYS and isinstance(v, str) else v) for k, v in data.items()}
+    values = {k: (absolute(v) if k in _LOCAL_PATH_KEYS and isinstance(v, str) else v) for k, v in data.items()}
     runner = schedule.get("runner") or beam.get("runner") or "DirectRunner"
     beam.pop("runner", None)
     if runner not in RUNNERS:
         raise ConfigDiscoveryError(f"{path}: schedule.runner must be one of {', '.join(RUNNERS)}, got {runner!r}.")
     beam = {k: (_absolute_paths(v) if k in _BEAM_FILE_OPTIONS else v) for k, v in beam.items()}
     config, options = _split_dataflow(path, runner, schedule.get("dataflow") or {}, beam, name)
-    module = values.get("module") or _absolute(DEFAULT_MODULE)
+    module = values.get("module") or absolute(DEFAULT_MODULE)
     return ScheduledJob(
         name=name,
         path=path,

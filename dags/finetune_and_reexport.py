@@ -35,12 +35,21 @@ PARAMS = {
 }
 
 
+_PATH_PARAMS = ("module", "data", "output_root", "probe_data")
+
+
+def _params() -> dict[str, Any]:
+    """The run's params, relative local paths made relative to the project root."""
+    params = dict(get_current_context()["params"])
+    return {k: common.absolute(v) if k in _PATH_PARAMS and v else v for k, v in params.items()}
+
+
 @task
 def finetune() -> str:
     """Fine-tunes and exports the next version; returns its directory."""
     from pipelines import module_release
 
-    p = get_current_context()["params"]
+    p = _params()
     cmd = module_release.finetune_command(
         p["module"], p["data"], p["output_root"], name=p["name"], task=p["task"], steps=p["steps"],
         epochs=p["epochs"], seed=p["seed"], python=common.python(),
@@ -53,7 +62,7 @@ def validate(path: str) -> dict[str, Any]:
     """Validates the new version against its parent; on failure moves it aside and fails for good."""
     from pipelines import module_release
 
-    p = get_current_context()["params"]
+    p = _params()
     try:
         return module_release.validate(
             path, parent=p["module"], probe_data=p["probe_data"] or p["data"], tolerance=p["tolerance"], seed=p["seed"]
