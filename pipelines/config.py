@@ -265,6 +265,10 @@ def _read_yaml(path: str) -> tuple[dict[str, Any], list[str]]:
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {path!r} must hold a mapping of keys to values, got {type(data).__name__}.")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    # `schedule:` is Airflow-only metadata (read and validated by dags/common.py), so
+    # one YAML file serves both `python -m pipelines.embed --config` and the DAGs.
+    if not isinstance(data.pop("schedule", None) or {}, dict):
+        raise ConfigError(f"'schedule' in {path!r} must be a mapping (see dags/common.py).")
     beam = data.pop("beam", None) or {}
     if not isinstance(beam, dict):
         raise ConfigError(f"'beam' in {path!r} must be a mapping of Beam option names to values.")
@@ -344,7 +348,7 @@ def _check_keys(values: Mapping[str, Any], where: str) -> None:
         if key not in _KEYS:
             raise ConfigError(
                 f"Unknown config key {key!r} {where}; {_suggest(key, list(_KEYS))}"
-                f"valid keys: {', '.join(sorted(_KEYS))}, beam."
+                f"valid keys: {', '.join(sorted(_KEYS))}, beam, schedule."
             )
 
 

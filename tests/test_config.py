@@ -42,6 +42,12 @@ def test_flags_override_yaml_which_overrides_defaults(tmp_path):
     assert cfg.beam_args == ("--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing")
 
 
+def test_schedule_section_is_left_to_airflow(tmp_path):
+    path = _yaml(tmp_path, "input: in.txt\noutput: out\nschedule:\n  cron: '@daily'\n  runner: DirectRunner\n")
+    cfg = config.load(["--config", path])
+    assert cfg.sink.output == "out" and "schedule" not in cfg.to_dict()
+
+
 def test_flags_parse_values_and_accept_underscore_spelling():
     cfg = config.load(
         ["--input", "x.csv", "--output", "o", "--batch_size", "8", "--passthrough", "a, b", "--image-size", "32x48",
@@ -65,6 +71,7 @@ def test_flags_parse_values_and_accept_underscore_spelling():
         ("input: [unclosed\n", "not valid YAML"),
         ("beam:\n  use_public_ips: false\n", "false is ambiguous"),
         ("!!python/object/apply:os.system ['echo hacked']\n", "not valid YAML"),
+        ("schedule: daily\n", "'schedule' .* must be a mapping"),
     ],
 )
 def test_bad_yaml_is_a_clear_error(tmp_path, text, message):
