@@ -26,6 +26,7 @@ one is dead-lettered (stage `dedupe`), whatever the runner or bundle order.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import os
@@ -41,12 +42,37 @@ _MISSING = object()
 
 
 def _lines(f: Any) -> Iterator[bytes]:
-    """Yields the lines of a binary stream without their `\\n` / `\\r\\n`."""
-    while True:
-        line = f.readline()
-        if not line:
-            return
+    """Yields the UTF-8 lines of a text file's binary stream without their `\\n` / `\\r\\n`.
+
+    A UTF-8 byte-order mark at the start is dropped (Excel and Notepad write
+    one). A file starting with a UTF-16 byte-order mark is decoded as UTF-16
+    and its lines re-encoded as UTF-8: split as bytes, its lines would be
+    garbage that happens to be valid UTF-8 (every other byte NUL).
+    """
+    first = f.readline()
+    if first.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) and not first.startswith(codecs.BOM_UTF32_LE):
+        yield from _utf16_lines(first, f)
+        return
+    line = first.removeprefix(codecs.BOM_UTF8)
+    while line:
         yield line.rstrip(b"\n").removesuffix(b"\r") if line.endswith(b"\n") else line
+        line = f.readline()
+
+
+def _utf16_lines(head: bytes, f: Any) -> Iterator[bytes]:
+    """The lines of a UTF-16 stream (BOM first, `head` already read from it) as UTF-8 bytes."""
+    decoder = codecs.getincrementaldecoder("utf-16")()  # strict: broken UTF-16 makes the rest of the file unreadable
+    pending = ""
+    chunk = head
+    while chunk:
+        pending += decoder.decode(chunk)
+        *lines, pending = pending.split("\n")
+        for line in lines:
+            yield line.removesuffix("\r").encode("utf-8")
+        chunk = f.read(1 << 16)
+    pending += decoder.decode(b"", final=True)
+    if pending:
+        yield pending.encode("utf-8")
 
 
 def passthrough_value(value: Any) -> str | None:
@@ -111,6 +137,8 @@ class _ReadFields(_ReadFile):
                     else f"is {_kind(value)}, not a string or integer"
                 )
                 return failed(source, source, Stage.READ, f"id field {self._cfg.id_field!r} {problem}")
+            if not _valid_utf8(value):
+                return failed(source, source, Stage.READ, f"id field {self._cfg.id_field!r} {_NOT_UNICODE}")
             record_id = value
         text = get(self._cfg.text_field)
         if isinstance(text, bytes):
@@ -121,7 +149,18 @@ class _ReadFields(_ReadFile):
         if not isinstance(text, str):
             problem = "is missing" if text is _MISSING else f"is {_kind(text)}, not a string"
             return failed(record_id, source, Stage.READ, f"text field {self._cfg.text_field!r} {problem}")
-        return Record(record_id, text, source, tuple(passthrough_value(get(name)) for name in self._cfg.passthrough))
+        if not _valid_utf8(text):
+            return failed(record_id, source, Stage.READ, f"text field {self._cfg.text_field!r} {_NOT_UNICODE}")
+        passthrough = tuple(passthrough_value(get(name)) for name in self._cfg.passthrough)
+        for name, value in zip(self._cfg.passthrough, passthrough):
+            if value is not None and not _valid_utf8(value):
+                return failed(record_id, source, Stage.READ, f"passthrough field {name!r} {_NOT_UNICODE}")
+        return Record(record_id, text, source, passthrough)
+
+
+# JSON escapes can spell lone surrogates (`"\\ud83d"`: half an emoji, cut by a truncating tool). They are
+# not text: no UTF-8 encoding exists, so a coder, the module or the Parquet writer would fail the whole run.
+_NOT_UNICODE = "is not valid Unicode: it holds a lone surrogate (e.g. a \\ud83d escape without its pair)"
 
 
 def _kind(value: Any) -> str:
@@ -148,8 +187,8 @@ class _ReadJsonl(_ReadFields):
                 source = f"{path}:{n}"
                 try:
                     obj = json.loads(line.decode("utf-8"))
-                except ValueError as e:  # UnicodeDecodeError and JSONDecodeError alike
-                    yield failed(source, source, Stage.READ, f"not a JSON line: {e}")
+                except (ValueError, RecursionError) as e:  # UnicodeDecodeError, JSONDecodeError, nesting too deep
+                    yield failed(source, source, Stage.READ, f"not a JSON line: {type(e).__name__}: {e}")
                     continue
                 if not isinstance(obj, dict):
                     yield failed(source, source, Stage.READ, f"JSON line is {_kind(obj)}, not an object")
@@ -197,6 +236,9 @@ class _ReadCsv(_ReadFields):
 
 
 def _valid_utf8(text: str) -> bool:
+    """False for strings holding lone surrogates (from JSON escapes, or bytes decoded with surrogateescape)."""
+    if text.isascii():
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
