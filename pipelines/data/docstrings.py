@@ -55,7 +55,8 @@ def examples(
 
 
 def write_jsonl(path: str, rows: Sequence[dict[str, str]]) -> str:
-    """Writes rows as JSON lines; returns `path`."""
+    """Writes rows as JSON lines (creating the directory); returns `path`."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
