@@ -9,7 +9,9 @@ Images: the file is decoded with Pillow (format from content, not extension),
 EXIF orientation applied, converted to RGB (grayscale and palette expanded,
 CMYK converted, transparency composited over white), resized (stretched) to
 the module's height x width with bilinear filtering and scaled to float32
-[0, 1]. Images with more than `max_image_pixels` pixels are refused before
+[0, 1]. 16-bit grayscale images are scaled by 1/65535 (not clipped at 255),
+32-bit integer ones likewise (samples over 65535 clip); 32-bit float images
+have no standard range and are dead-lettered. Images with more than `max_image_pixels` pixels are refused before
 their pixels are decoded (decompression bombs). Empty, truncated or
 unidentifiable files are dead-lettered (stage `decode`).
 """
@@ -60,14 +62,32 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndar
         pixels = image.width * image.height
         if pixels > max_pixels:
             raise ImageError(f"image is {image.width}x{image.height} = {pixels} pixels, over max_image_pixels={max_pixels}")
+        if image.mode == "F":
+            raise ImageError("mode F images (32-bit float samples) have no standard range to scale to [0, 1]")
         side = max(height, width)  # Either orientation: EXIF rotation comes after.
         image.draft("RGB", (side, side))  # JPEG: decode at a reduced scale that still covers the target.
         image = ImageOps.exif_transpose(image)
+        if image.mode == "I" or image.mode.startswith("I;16"):
+            return _gray16(image, (height, width))
         if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
             background = Image.new("RGBA", image.size, (255, 255, 255, 255))
             image = Image.alpha_composite(background, image.convert("RGBA"))
         image = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
         return np.asarray(image, dtype=np.float32) / np.float32(255.0)
+
+
+def _gray16(image: Any, size: tuple[int, int]) -> np.ndarray:
+    """A 16-bit (`I;16*`) or 32-bit integer (`I`) grayscale image, scaled by 1/65535 and clipped to [0, 1].
+
+    Pillow's own conversion to RGB clips samples at 255, which turns almost any
+    16-bit image white.
+    """
+    from PIL import Image
+
+    height, width = size
+    gray = np.clip(np.asarray(image.convert("I"), dtype=np.float32), 0, 65535) / np.float32(65535.0)
+    gray = np.asarray(Image.fromarray(gray, mode="F").resize((width, height), Image.Resampling.BILINEAR), np.float32)
+    return np.repeat(gray[:, :, None], 3, axis=2)
 
 
 class _ValidateText(beam.DoFn):
