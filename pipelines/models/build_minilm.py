@@ -64,6 +64,9 @@ def build(output_root: str = DEFAULT_ROOT, version: int = 1, weights_dir: str | 
     from pipelines.models.minilm import default_weights_dir, load_minilm
 
     weights = weights_dir or default_weights_dir()
+    # A graph-level seed gives the encoder's dropout ops fixed op seeds, so the module can
+    # be fine-tuned in training mode (with dropout) under TensorFlow's op determinism.
+    tf.random.set_seed(0)
     model = load_minilm(weights)
     result = export.export_module(
         model,
