@@ -53,9 +53,10 @@ $(BENCH_STAMP): benchmarks/requirements-bench.txt
 bench: setup $(BENCH_STAMP)
 	$(PY) -m benchmarks.run --corpus benchmarks/data/docstrings.jsonl --rows 2000 --json build/bench.json
 
-# Re-resolve the pinned dependency set into requirements.lock.
+# Re-resolve the pinned dependency set: the development lock, and the workers' (no Airflow, no test tools).
 lock:
 	$(UV) pip compile pyproject.toml --extra airflow --extra dev --python-version 3.11 -o requirements.lock
+	$(UV) pip compile pyproject.toml --python-version 3.11 -o requirements-worker.lock
 
 clean:
 	rm -rf build .pytest_cache
