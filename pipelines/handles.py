@@ -5,7 +5,8 @@ A *handle* names a TF Hub module. Supported forms:
 * a local directory, or `file:///abs/dir`;
 * a local `.tar.gz` (or `file://` URL to one);
 * `http://` / `https://` URL to a `.tar.gz`, including TF Hub's
-  `?tf-hub-format=compressed` convention;
+  `?tf-hub-format=compressed` convention; `user:password@` in the URL is sent
+  as HTTP Basic authorization, and redirects are followed to http(s) only;
 * `gs://` and `s3://` paths to a module directory or a `.tar.gz`.
 
 `gs://` and `s3://` are read through Apache Beam's filesystems rather than
@@ -29,6 +30,7 @@ registry (`register_with_tfhub`), so `hub.load(handle)` and
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import fcntl
@@ -236,7 +238,7 @@ def _cached_resolve(handle: str, fetch, timeout_s: float) -> ResolvedModule:
         try:
             fetch(handle, staging)
             module_root = _single_root(staging)
-            _require_module_dir(module_root, handle)
+            _require_module_dir(module_root, redact(handle))
             fingerprint = fingerprint_dir(module_root)
             os.rename(module_root, module_dir)
         finally:
@@ -341,6 +343,41 @@ def compressed_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(query=query))
 
 
+def _request(url: str) -> urllib.request.Request:
+    """A GET request for `url`; `user:password@` in it becomes HTTP Basic authorization.
+
+    urllib cannot connect to a URL with user info in it, so it is moved into
+    an `Authorization` header, which is not sent on to a redirect's target.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return urllib.request.Request(url, headers={"User-Agent": "hub-embed"})
+    bare = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    request = urllib.request.Request(bare, headers={"User-Agent": "hub-embed"})
+    user = urllib.parse.unquote(parts.username)
+    password = urllib.parse.unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request.add_unredirected_header("Authorization", f"Basic {token}")
+    return request
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects to http(s) only (urllib also follows them to ftp://)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102 (urllib API)
+        scheme = urllib.parse.urlsplit(newurl).scheme
+        if scheme not in ("http", "https"):
+            fp.close()
+            raise HandleError(
+                f"Module handle {redact(req.full_url)!r} redirected to an unsupported scheme {scheme!r} "
+                f"({redact(newurl)}); modules are downloaded over http and https only."
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
+
+
 class HttpArchiveResolver(Resolver):
     """`http(s)://` URL to a module `.tar.gz` (TF Hub's compressed format)."""
 
@@ -353,9 +390,9 @@ class HttpArchiveResolver(Resolver):
     def _fetch(self, handle: str, staging: str, timeout_s: float) -> None:
         download = os.path.join(staging, "download.tar.gz")
         shown = redact(handle)
-        request = urllib.request.Request(compressed_url(handle), headers={"User-Agent": "hub-embed"})
+        request = _request(compressed_url(handle))
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response, open(download, "wb") as out:
+            with _OPENER.open(request, timeout=timeout_s) as response, open(download, "wb") as out:
                 expected = response.headers.get("Content-Length")
                 received = 0
                 for chunk in iter(lambda: response.read(_CHUNK), b""):
@@ -412,9 +449,9 @@ class BeamFileSystemResolver(Resolver):
         except HandleError:
             raise
         except Exception as e:  # Beam wraps backend errors in many types.
-            raise HandleError(f"Module handle {handle!r} could not be read: {type(e).__name__}: {e}") from e
+            raise HandleError(f"Module handle {redact(handle)!r} could not be read: {type(e).__name__}: {e}") from e
         if not metadata:
-            raise HandleError(f"Module handle {handle!r} does not exist (no objects under {prefix}).")
+            raise HandleError(f"Module handle {redact(handle)!r} does not exist (no objects under {redact(prefix)}).")
         target = _single_root(staging)
         for item in metadata:
             rel = item.path[len(prefix):]
@@ -422,7 +459,7 @@ class BeamFileSystemResolver(Resolver):
                 continue
             dest = os.path.realpath(os.path.join(target, rel))
             if not dest.startswith(os.path.realpath(target) + os.sep):
-                raise HandleError(f"Module handle {handle!r} has an object outside the module: {rel!r}.")
+                raise HandleError(f"Module handle {redact(handle)!r} has an object outside the module: {rel!r}.")
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             with FileSystems.open(item.path, compression_type=CompressionTypes.UNCOMPRESSED) as src, open(
                 dest, "wb"
