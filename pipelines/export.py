@@ -44,10 +44,8 @@ CLI: `python -m pipelines.export --source PATH --root ROOT --name NAME
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
-import fcntl
 import importlib.metadata
 import inspect
 import json
@@ -58,11 +56,11 @@ import subprocess
 import sys
 import tomllib
 import uuid
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from pipelines import archives, handles, modules
+from pipelines import archives, handles, locks, modules
 
 DEFAULT_SIGNATURE = modules.DEFAULT_SIGNATURE
 DEFAULT_OUTPUT_KEY = modules.DEFAULT_OUTPUT_KEY
@@ -201,17 +199,6 @@ def _choose_version(root: str, name: str, version: int | None) -> int:
             "versions are never overwritten (omit the version to write the next one)."
         )
     return version
-
-
-@contextlib.contextmanager
-def _name_lock(name_dir: str) -> Iterator[None]:
-    """Holds an exclusive flock on `<name_dir>/.lock` (blocking); the kernel releases it if we die."""
-    fd = os.open(os.path.join(name_dir, _LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _remove_stale_temps(name_dir: str) -> None:
@@ -772,7 +759,7 @@ def export_module(
     probes = _probes(prepared, probe_inputs)
     name_dir = os.path.join(root, name)
     os.makedirs(name_dir, exist_ok=True)
-    with _name_lock(name_dir):
+    with locks.file_lock(os.path.join(name_dir, _LOCK_NAME)):
         _remove_stale_temps(name_dir)
         chosen = _choose_version(root, name, version)
         temp = os.path.join(name_dir, f"{_TEMP_PREFIX}{chosen}-{os.getpid()}-{uuid.uuid4().hex[:8]}")

@@ -33,7 +33,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -46,7 +45,7 @@ import urllib.request
 import uuid
 from typing import Iterator
 
-from pipelines import archives
+from pipelines import archives, locks
 
 SCHEMES = ("file", "http", "https", "gs", "s3")
 SUPPORTED_FORMS = "a local directory or .tar.gz, file://, http://, https://, gs://, s3://"
@@ -177,40 +176,15 @@ def _require_module_dir(path: str, handle: str) -> None:
 # --------------------------------------------------------------------------- cache
 
 
-@contextlib.contextmanager
-def _entry_lock(lock_path: str, timeout_s: float) -> Iterator[None]:
-    """Holds an exclusive flock on `lock_path`; released by the kernel if we die."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise HandleError(
-                        f"Timed out after {timeout_s:.0f}s waiting for another process to finish "
-                        f"resolving into {lock_path[:-5]}."
-                    ) from None
-                time.sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{socket.gethostname()} pid={os.getpid()}\n".encode())
-        yield
-    finally:
-        os.close(fd)
-
-
 def _cached_resolve(handle: str, fetch, timeout_s: float) -> ResolvedModule:
     """Resolves `handle` into the cache, building the entry with `fetch(handle, staging_dir)`."""
     root = cache_dir()
     key = hashlib.sha1(handle.encode()).hexdigest()
     module_dir = os.path.join(root, key)
-    fingerprint_file = module_dir + ".fingerprint"
 
     def completed() -> ResolvedModule | None:
         try:
-            with open(fingerprint_file) as f:
+            with open(module_dir + ".fingerprint") as f:
                 record = json.load(f)
         except (OSError, ValueError):
             return None
@@ -221,33 +195,43 @@ def _cached_resolve(handle: str, fetch, timeout_s: float) -> ResolvedModule:
     done = completed()
     if done:
         return done
-    with _entry_lock(module_dir + ".lock", timeout_s + 300):
-        done = completed()
-        if done:
-            return done
-        # We hold the lock: anything left for this key is debris of a crashed run.
-        staging_root = os.path.join(root, ".staging")
-        os.makedirs(staging_root, exist_ok=True)
-        for name in os.listdir(staging_root):
-            if name.startswith(key + "."):
-                shutil.rmtree(os.path.join(staging_root, name), ignore_errors=True)
-        if os.path.exists(module_dir):
-            shutil.rmtree(module_dir)
-        staging = os.path.join(staging_root, f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-        os.makedirs(staging)
-        try:
-            fetch(handle, staging)
-            module_root = _single_root(staging)
-            _require_module_dir(module_root, redact(handle))
-            fingerprint = fingerprint_dir(module_root)
-            os.rename(module_root, module_dir)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        _atomic_write_text(
-            fingerprint_file,
-            json.dumps({"handle": redact(handle), "fingerprint": fingerprint, "resolved_at": time.time()}),
-        )
-        return ResolvedModule(handle, module_dir, fingerprint)
+    lock_wait_s = timeout_s + 300  # room for another process's whole download
+    try:
+        with locks.file_lock(module_dir + ".lock", lock_wait_s):
+            return completed() or _build_entry(handle, fetch, root, key)
+    except locks.LockTimeout:
+        raise HandleError(
+            f"Timed out after {lock_wait_s:.0f}s waiting for another process to finish resolving {redact(handle)!r}."
+        ) from None
+
+
+def _build_entry(handle: str, fetch, root: str, key: str) -> ResolvedModule:
+    """Builds cache entry `key` in a private staging dir and renames it into place (caller holds its lock)."""
+    module_dir = os.path.join(root, key)
+    # We hold the lock: anything left for this key is debris of a crashed run.
+    staging_root = os.path.join(root, ".staging")
+    os.makedirs(staging_root, exist_ok=True)
+    for name in os.listdir(staging_root):
+        if name.startswith(key + "."):
+            shutil.rmtree(os.path.join(staging_root, name), ignore_errors=True)
+    if os.path.exists(module_dir):
+        shutil.rmtree(module_dir)
+    staging = os.path.join(staging_root, f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    os.makedirs(staging)
+    try:
+        fetch(handle, staging)
+        module_root = _single_root(staging)
+        _require_module_dir(module_root, redact(handle))
+        fingerprint = fingerprint_dir(module_root)
+        os.rename(module_root, module_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    # The fingerprint file marks the entry complete: written last, atomically.
+    _atomic_write_text(
+        module_dir + ".fingerprint",
+        json.dumps({"handle": redact(handle), "fingerprint": fingerprint, "resolved_at": time.time()}),
+    )
+    return ResolvedModule(handle, module_dir, fingerprint)
 
 
 def _single_root(staging: str) -> str:

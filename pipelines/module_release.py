@@ -20,18 +20,17 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime
-import fcntl
 import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from pipelines import archives, handles, modules
+from pipelines import archives, handles, locks, modules
 
 LATEST = "latest"
 REJECTED_PREFIX = ".rejected-"
@@ -292,16 +291,6 @@ def reject(path: str) -> str:
 # --------------------------------------------------------------------------- publish
 
 
-@contextlib.contextmanager
-def _publish_lock(name_dir: str) -> Iterator[None]:
-    fd = os.open(os.path.join(name_dir, _PUBLISH_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def published_version(root: str, name: str) -> int | None:
     """The version `<root>/<name>/latest` points at, or None."""
     try:
@@ -363,7 +352,7 @@ def publish(path: str, *, upload_root: str | None = None) -> dict[str, Any]:
         if not os.path.exists(archive):
             archives.pack_dir(path, archive)
         handle = upload(archive, f"{upload_root.rstrip('/')}/{name}/{version}.tar.gz")
-    with _publish_lock(name_dir):
+    with locks.file_lock(os.path.join(name_dir, _PUBLISH_LOCK)):
         current = published_version(root, name)
         if current is not None and current > version:
             raise PublishError(f"Version {current} of {name!r} is already published; not moving latest back to {version}.")
