@@ -24,6 +24,8 @@ from pipelines.modules import ModuleError
 
 _LOG = logging.getLogger("hub_embed")
 _ERROR_LINE = re.compile(r"^\s*[\w.]*(Error|Exception): ")
+# What the FnApiRunner raises when a worker process dies mid-bundle.
+_WORKER_DIED = ("Channel closed prematurely", "Worker subprocess exited with return code")
 
 
 def _summary(cfg: config.EmbedConfig, manifest: dict, seconds: float) -> str:
@@ -77,7 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = p.run()
         result.wait_until_finish()
     except Exception as e:  # The runner reports a failed job by raising; say why in one line.
-        print(f"hub-embed: run failed, nothing committed: {_root_cause(e)}", file=sys.stderr)
+        cause = _root_cause(e)
+        if any(sign in str(e) for sign in _WORKER_DIED):
+            cause += (
+                " (a Beam worker process died: killed, out of memory or crashed; the DirectRunner does not retry "
+                "its bundle. Re-running the same command is safe)"
+            )
+        print(f"hub-embed: run failed, nothing committed: {cause}", file=sys.stderr)
         return 1
     if options.view_as(TestOptions).dry_run:
         print("Dry run: the job graph was built and not submitted.")
