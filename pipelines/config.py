@@ -23,11 +23,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import fnmatch
 import hashlib
 import importlib.resources
 import json
 import os
+import re
 import typing
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -455,12 +455,31 @@ def _normalize(path: str) -> str:
     return os.path.abspath(path) if is_local(path) else path.rstrip("/")
 
 
-def _check_output_outside_input(input_pattern: str, output: str) -> None:
-    """Rejects an output whose files the input glob would read back (a re-run would embed the table)."""
+def _glob_matches(pattern: str, path: str) -> bool:
+    """Whether Beam's file matching (`FileSystems.match`) would match `path` with `pattern`.
+
+    Beam's `*` stays within one directory and `**` crosses directories, unlike
+    `fnmatch`, whose `*` matches `/` too.
+    """
+    from apache_beam.io.filesystem import FileSystem
+
+    if pattern.endswith(("/", "\\")):
+        pattern += "*"
+    return re.match(FileSystem.translate_pattern(pattern), path) is not None
+
+
+def _check_output_outside_input(input_pattern: str, output: str, resolve_links: bool = False) -> None:
+    """Rejects an output whose files the input glob would read back (a re-run would embed the table).
+
+    With `resolve_links`, local paths are compared after resolving symbolic
+    links (file system access: done by `check_paths`).
+    """
     pattern, out = _normalize(input_pattern), _normalize(output)
+    if resolve_links and is_local(pattern) and is_local(out):
+        pattern, out = os.path.realpath(pattern), os.path.realpath(out)
     written = [f"{out}/part-0.parquet", f"{out}/{ERRORS_DIR}/part-0.parquet", f"{out}/{SUCCESS_FILE}",
                f"{out}/{TMP_PREFIX}0/part-0.parquet"]
-    hits = [p for p in written if fnmatch.fnmatchcase(p, pattern)]
+    hits = [p for p in written if _glob_matches(pattern, p)]
     if hits or out == pattern:
         raise ConfigError(
             f"output {output!r} is inside the input {input_pattern!r}: the input would match files the job "
@@ -490,6 +509,7 @@ def check_paths(cfg: EmbedConfig) -> None:
     if not matched:
         raise ConfigError(f"input {pattern!r} matches no files.")
     output = cfg.sink.output
+    _check_output_outside_input(pattern, output, resolve_links=True)
     if is_local(output):
         _check_local_output(_normalize(output), cfg.sink.overwrite)
     elif FileSystems.exists(FileSystems.join(output, SUCCESS_FILE)) and not cfg.sink.overwrite:
