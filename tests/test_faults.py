@@ -187,7 +187,7 @@ def test_disk_full_fails_the_run_keeps_the_old_table_and_a_rerun_with_space_comm
 
 
 @pytest.mark.skipif(rel.can_mount(), reason="tmpfs available: test_disk_full_... covers a real full disk")
-@pytest.mark.skipif(not hasattr(os, "setrlimit") or not sys.platform.startswith("linux"), reason="needs RLIMIT_FSIZE")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs RLIMIT_FSIZE and SIGXFSZ")
 def test_file_size_limit_stands_in_for_a_full_disk(tiny, tmp_path):
     """Where no tmpfs can be mounted: RLIMIT_FSIZE makes writes past 64 KiB fail (EFBIG) in a subprocess."""
     import resource

@@ -543,3 +543,43 @@ def test_s3_credentials_are_never_written(tiny, s3_server, tmp_path, module_cach
     out, err = capfd.readouterr()
     assert SECRET not in _everything_written(result.output, module_cache)
     assert SECRET not in caplog.text + out + err
+
+
+# --------------------------------------------------------------------------- config: output inside the input
+
+
+@pytest.mark.parametrize(
+    "pattern, output, inside",
+    [
+        ("corpus/*.parquet", "corpus/embeddings", False),  # Beam's `*` stays within a directory
+        ("corpus/*.parquet", "corpus", True),  # parts would land in corpus/part-*.parquet
+        ("corpus/*", "corpus/out", False),
+        ("corpus/**", "corpus/2026/out", True),
+        ("corpus/**.parquet", "corpus/out", True),
+        ("corpus/*/*.parquet", "corpus/out", True),  # out/part-*.parquet
+        ("corpus/part-*.parquet", "corpus", True),
+        ("corpus/docs-*.parquet", "corpus", False),
+        ("gs://b/corpus/*.parquet", "gs://b/corpus/embeddings", False),
+        ("gs://b/corpus/**", "gs://b/corpus/embeddings", True),
+    ],
+)
+def test_output_inside_the_input_glob_means_what_beam_would_match(pattern, output, inside):
+    from pipelines import config
+
+    argv = ["--input", pattern, "--input-format", "parquet", "--output", output]
+    if inside:
+        with pytest.raises(config.ConfigError, match="is inside the input"):
+            config.load(argv)
+    else:
+        assert config.load(argv).sink.output == output
+
+
+def test_an_output_reached_through_a_symlink_into_the_input_is_refused(tmp_path):
+    from pipelines import config
+
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.parquet").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "corpus")
+    cfg = config.load(["--input", str(tmp_path / "corpus" / "*.parquet"), "--output", str(tmp_path / "link")])
+    with pytest.raises(config.ConfigError, match="is inside the input"):
+        config.check_paths(cfg)
