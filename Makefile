@@ -8,7 +8,7 @@ MINILM := build/modules/all-minilm-l6-v2/1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: setup run test test-fast bench soak lock clean module
+.PHONY: setup run test test-fast lint bench soak lock clean module
 
 setup: $(STAMP) $(MINILM)/module.json
 
@@ -31,10 +31,13 @@ run: setup
 
 # The whole suite, slow tests included; only the long soak run is left to `make soak`.
 test: setup
-	$(PY) -m pytest tests -m "not soak"
+	$(PY) -m pytest tests -m "not soak" --durations=15
 
 test-fast: setup
 	$(PY) -m pytest tests -m "not slow and not soak"
+
+lint: setup
+	$(PY) -m pyflakes pipelines dags benchmarks tests
 
 soak: setup
 	$(PY) -m pytest tests -m soak -s

@@ -19,6 +19,7 @@ TensorFlow is imported lazily so that callers that only need the dataclasses
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 from typing import Any, Callable, Mapping
@@ -126,10 +127,15 @@ class ModuleInfo:
         return data
 
 
-def _import_tf():
-    import tensorflow as tf
-    import tensorflow_text  # noqa: F401  (registers the ops that text modules use)
+def import_tf():
+    """Imports TensorFlow with tensorflow_text's ops registered, and returns it.
 
+    A module whose graph uses tensorflow_text ops (e.g. an in-graph tokenizer)
+    only loads once those ops are registered ("Op type not registered" otherwise).
+    """
+    import tensorflow as tf
+
+    importlib.import_module("tensorflow_text")
     return tf
 
 
@@ -151,7 +157,7 @@ def load(path: str) -> Any:
     Raises:
       ModuleError: the directory could not be loaded as a module.
     """
-    _import_tf()
+    import_tf()
     import tensorflow_hub as hub
 
     handles.register_with_tfhub()
@@ -173,7 +179,7 @@ def _shape(shape: Any) -> tuple[int | None, ...]:
 
 
 def _signature_info(name: str, fn: Any) -> SignatureInfo:
-    tf = _import_tf()
+    tf = import_tf()
     _, kwargs = fn.structured_input_signature
     inputs = tuple(
         TensorInfo(key, _dtype_name(spec.dtype), _shape(spec.shape)) for key, spec in sorted(kwargs.items())

@@ -196,7 +196,9 @@ def test_training_mode_has_gradients(model):
 @pytest.mark.slow
 def test_saved_model_round_trip(tmp_path):
     """Saved with [None]-string / [None, None]-int32 traces, reloaded, same outputs."""
-    import tensorflow_text  # noqa: F401  (registers the tokenizer ops for loading)
+    from pipelines.modules import import_tf
+
+    import_tf()  # registers the tokenizer ops for loading
 
     model = load_minilm()  # not the shared one: save only the traces made here
     texts = tf.constant(["A SavedModel round trip.", "", "Ωμέγα [MASK] 日本 " * 30])
