@@ -8,8 +8,9 @@ What Beam does when a worker process dies (checked here, Beam 2.77): the
 multi-process DirectRunner (FnApiRunner) does not retry the bundle on a new
 worker — the run fails ("Channel closed prematurely"). `hub-embed` then exits
 1 naming the cause, commits nothing, and re-running the same command is safe.
-(Dataflow does retry a failed bundle on another worker, which the commit
-protocol makes safe: only the attempt Beam commits reports its parts.)
+(Dataflow retries a failed bundle on another worker; the commit protocol in
+pipelines/sinks.py only names parts that the committed attempt reported, but
+no test here runs on Dataflow.)
 
 Covered elsewhere: two processes resolving one remote module, one killed
 mid-download — tests/test_handles.py::test_killed_download_leaves_nothing_and_does_not_block

@@ -239,6 +239,7 @@ def test_csv_from_excel_and_the_empty_text_policy_in_another_format(marker, tmp_
 # --------------------------------------------------------------------------- images
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow warns; the pipeline refuses it
 def test_image_edge_cases_beyond_the_e2e_set(tiny, tmp_path):
     from PIL import Image
 
