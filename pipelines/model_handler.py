@@ -3,7 +3,9 @@
 * `load_model` resolves the handle, checks the module is the one described at
   launch (same fingerprint), loads it and binds the signature. RunInference
   holds the result in a process-wide `Shared` handle, so each worker process
-  loads the module once, whatever the number of bundles or threads.
+  loads the module once, whatever the number of bundles or threads. The
+  load ends with a warm-up call on a few probe rows, so the module's one-time
+  graph set-up counts as load time rather than delaying the first batch.
 * Texts arrive in windows of `WINDOW_BATCHES * batch_size` records; each window
   is sorted by length and cut into module calls of `batch_size` rows, so rows
   of a call pad to similar lengths. Images are called `batch_size` at a time.
@@ -35,6 +37,9 @@ from pipelines.config import ModelSpec
 from pipelines.records import FAILURES, METRICS_NAMESPACE, Record, Stage, failed
 
 WINDOW_BATCHES = 8
+# Warm-up inputs: texts of a few lengths (the module's first call builds and optimizes its graph).
+WARMUP_TEXTS = tuple(" ".join(["warm-up text"] * n) for n in (1, 4, 16, 64))
+WARMUP_IMAGES = 2
 PROGRESS_INTERVAL_S = 30.0
 _LOG = logging.getLogger(__name__)
 
@@ -144,7 +149,27 @@ class HubModelHandler(ModelHandler[Record, PredictionResult, LoadedModule]):
             )
         module = load_module(resolved)
         keys = (self._spec.output_key,) + ((self._spec.mask_key,) if self._spec.mask_key else ())
-        return LoadedModule(module, modules.bind_outputs(module, self._signature, keys))
+        model = LoadedModule(module, modules.bind_outputs(module, self._signature, keys))
+        self._warm_up(model)
+        return model
+
+    def _warm_up(self, model: LoadedModule) -> None:
+        """Calls the signature once on a few probe rows, so that its one-time graph set-up
+        (seconds for a large module) happens while loading, not in the first batch.
+
+        A probe the module rejects is no error here: real rows get their own verdict.
+        """
+        spec = self._spec
+        if spec.kind == "image":
+            if not spec.image_size:
+                return
+            probes: list[Any] = [np.zeros((*spec.image_size, 3), np.float32)] * WARMUP_IMAGES
+        else:
+            probes = list(WARMUP_TEXTS)
+        try:
+            model.call(self._inputs(probes)[0])
+        except Exception as e:  # noqa: BLE001
+            _LOG.debug("hub_embed: warm-up call failed (%s: %s); the first batch warms up instead", type(e).__name__, e)
 
     def run_inference(
         self, batch: Sequence[Record], model: LoadedModule, inference_args: dict[str, Any] | None = None
