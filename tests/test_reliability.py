@@ -52,8 +52,6 @@ import os
 import pathlib
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.csv
 import pytest
 
 from pipelines import handles
