@@ -33,6 +33,16 @@ def tiny(tmp_path_factory):
     )
 
 
+@pytest.fixture(scope="session")
+def parent_root(tmp_path_factory, tiny):
+    """A modules root with `tiny/1`: the tiny text module exported with a module.json (read-only: copy it)."""
+    from tests.fixtures import release
+
+    root = str(tmp_path_factory.mktemp("released"))
+    release.export_parent(tiny.text, root)
+    return root
+
+
 @pytest.fixture
 def http_server():
     from tests.fixtures.servers import HttpServer

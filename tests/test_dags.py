@@ -245,16 +245,6 @@ def test_reembed_plans_only_the_jobs_of_the_updated_module(airflow_db, job_confi
 # --------------------------------------------------------------------------- dag.test(): fine-tune and release
 
 
-@pytest.fixture(scope="module")
-def parent_root(tmp_path_factory, tiny):
-    """A modules root with `tiny/1`, the tiny text module exported with a module.json."""
-    from tests.fixtures import release
-
-    root = str(tmp_path_factory.mktemp("released"))
-    release.export_parent(tiny.text, root)
-    return root
-
-
 @pytest.fixture
 def release_run(airflow_db, configs, parent_root, tmp_path, monkeypatch):
     """A fresh copy of the modules root and the conf of a fine-tune run on it (no retries)."""

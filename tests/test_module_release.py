@@ -12,13 +12,6 @@ from pipelines import handles, module_release
 from tests.fixtures import release
 
 
-@pytest.fixture(scope="module")
-def parent_root(tmp_path_factory, tiny):
-    root = str(tmp_path_factory.mktemp("parent-root"))
-    release.export_parent(tiny.text, root)
-    return root
-
-
 @pytest.fixture
 def root(parent_root, tmp_path):
     return release.copy_root(parent_root, tmp_path / "modules")
