@@ -67,9 +67,9 @@ class Inputs:
 
 def configure_tf_threads(intra_op: int, inter_op: int) -> None:
     """Sets this process's TensorFlow thread pools (before TensorFlow runs anything)."""
-    import tensorflow as tf
-    import tensorflow_text  # noqa: F401  (registers the ops the module's graph uses)
+    from pipelines.modules import import_tf
 
+    tf = import_tf()  # with tensorflow_text's ops, which the module's graph uses
     tf.config.threading.set_intra_op_parallelism_threads(intra_op)
     tf.config.threading.set_inter_op_parallelism_threads(inter_op)
 
