@@ -52,6 +52,13 @@ def http_server():
     server.close()
 
 
+def _with_env(server, monkeypatch):
+    """Points boto3 / google-cloud-storage at a session-wide local server for one test."""
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    return server
+
+
 @pytest.fixture(scope="session")
 def _s3_server():
     from tests.fixtures.servers import S3Server
@@ -63,9 +70,7 @@ def _s3_server():
 
 @pytest.fixture
 def s3_server(_s3_server, monkeypatch):
-    for key, value in _s3_server.env().items():
-        monkeypatch.setenv(key, value)
-    return _s3_server
+    return _with_env(_s3_server, monkeypatch)
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +84,4 @@ def _gcs_server():
 
 @pytest.fixture
 def gcs_server(_gcs_server, monkeypatch):
-    for key, value in _gcs_server.env().items():
-        monkeypatch.setenv(key, value)
-    return _gcs_server
+    return _with_env(_gcs_server, monkeypatch)
