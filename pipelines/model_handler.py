@@ -20,11 +20,19 @@
   signatures, and otherwise all T positions are kept.
 * `tf_threads` caps TensorFlow's thread pools per process, so that several
   worker processes do not oversubscribe the machine's cores.
+* After each window the handler hands the C heap's free pages back to the
+  system (glibc `malloc_trim`). Each window allocates tensors of new shapes;
+  without the trim, glibc keeps the freed pages, scattered across its arenas,
+  and a worker's RSS crept up window after window (+15% from 2,000 to 20,000
+  rows with the default module) though its live memory did not.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
+import functools
 import logging
 import time
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
@@ -93,6 +101,37 @@ def _configure_threads(threads: int | None) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
     except RuntimeError:  # TensorFlow already started in this process (in-process runner): keep its pools.
         pass
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim`, or None where the C library has none (macOS, musl)."""
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+    if trim is not None:
+        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+def release_free_memory() -> bool:
+    """Returns the C heap's free pages to the system; False where that is not possible."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+def _report_worker_startup() -> None:
+    """Reports this worker process's start-up time (`pipelines.worker`) once, as a Beam distribution."""
+    from pipelines import worker
+
+    seconds = worker.take_startup_s()
+    if seconds is not None:
+        beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "worker_startup_ms").update(round(seconds * 1000))
 
 
 class _Progress:
@@ -181,8 +220,10 @@ class HubModelHandler(ModelHandler[Record, PredictionResult, LoadedModule]):
         size = self._spec.batch_size
         for start in range(0, len(batch), size):
             self._embed(batch, [int(i) for i in order[start:start + size]], model, results)
+        release_free_memory()
         if self._progress is None:
             self._progress = _Progress()
+            _report_worker_startup()
         self._progress.add(len(batch))
         return [PredictionResult(record, result) for record, result in zip(batch, results)]
 

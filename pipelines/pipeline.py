@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.portability import python_urns
+from apache_beam.portability.api import beam_provision_api_pb2
+from apache_beam.runners.portability.fn_api_runner import fn_runner
+from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
 from pipelines import config, export, handles, modules, sinks
 from pipelines.config import EmbedConfig, ModelSpec
@@ -94,6 +99,11 @@ def tf_threads(options: PipelineOptions) -> int | None:
     return None
 
 
+# The worker command of Beam's FnApiRunner in multi-process mode, and ours (see `pipelines.worker`).
+BEAM_WORKER_COMMAND = f"{sys.executable} -m apache_beam.runners.worker.sdk_worker_main"
+WORKER_COMMAND = f"{sys.executable} -m pipelines.worker"
+
+
 def new_pipeline(options: PipelineOptions) -> beam.Pipeline:
     """A pipeline whose DirectRunner honors `--direct_num_workers` and `--direct_running_mode`.
 
@@ -101,17 +111,24 @@ def new_pipeline(options: PipelineOptions) -> beam.Pipeline:
     can download it, and Prism ignores those two options; without network
     access it falls back to its FnApiRunner. For DirectRunner jobs this uses
     that FnApiRunner, configured as the DirectRunner configures it, so a run
-    behaves the same on every machine. Other runners are left to Beam.
+    behaves the same on every machine; its worker processes (multi-process
+    mode) run `pipelines.worker`. Other runners are left to Beam.
     """
     if (options.view_as(StandardOptions).runner or "DirectRunner") not in ("DirectRunner", "direct"):
         return beam.Pipeline(options=options)
-    from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-    from apache_beam.runners.portability.portable_runner import JobServiceHandle
-
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
-    return beam.Pipeline(runner=fn_runner.FnApiRunner(provision_info=provision), options=options)
+    return beam.Pipeline(runner=_LocalRunner(provision_info=provision), options=options)
+
+
+class _LocalRunner(fn_runner.FnApiRunner):
+    """Beam's FnApiRunner, whose worker processes run `pipelines.worker` instead of Beam's worker main."""
+
+    def run_via_runner_api(self, pipeline_proto: Any, options: PipelineOptions) -> Any:
+        for environment in pipeline_proto.components.environments.values():
+            if environment.urn == python_urns.SUBPROCESS_SDK and environment.payload == BEAM_WORKER_COMMAND.encode():
+                environment.payload = WORKER_COMMAND.encode()
+        return super().run_via_runner_api(pipeline_proto, options)
 
 
 def _handler(cfg: EmbedConfig, module: modules.ModuleInfo, spec: ModelSpec, threads: int | None = None) -> HubModelHandler:
