@@ -11,9 +11,13 @@ Table columns: `id` (string), `embedding` (`fixed_size_list<float32>[D]`, or
 `list<fixed_size_list<float32>[D]>` for per-token outputs), then the
 passthrough columns (strings). Every part's schema metadata `hub_embed` holds
 JSON: module handle (without secrets), fingerprint, name and version, signature,
-output key, dimension, config hash, code version, run id and the part's
-`row_count`. The manifest holds the same plus the table's counts and its files
-with their row counts.
+output key, dimension, config hash, code version and run id. The manifest holds
+the same plus the table's row count, its counts and its files with their row
+counts (each part's Parquet footer holds its own).
+
+Workers stream rows into an open part, one Parquet row group per
+`ROWS_PER_BATCH` rows, and close it at about `PART_BYTES`: a worker holds one
+row group in memory, not a whole part.
 
 How a run commits, and why it is safe:
 
@@ -61,7 +65,7 @@ from pipelines.records import METRICS_NAMESPACE, Failure, Record
 METADATA_KEY = "hub_embed"
 MANIFEST_FORMAT = "hub-embed-table/1"
 ROWS_PER_BATCH = 4096
-PART_BYTES = 16 << 20
+PART_BYTES = 64 << 20
 ERROR_SCHEMA = pa.schema([(name, pa.string()) for name in Failure._fields])
 _LOG = logging.getLogger(__name__)
 
@@ -114,16 +118,29 @@ def _error_batch(schema: pa.Schema, rows: list[Failure]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays([pa.array(column, pa.string()) for column in zip(*rows)], schema=schema)
 
 
-def _with_row_count(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """`table` with `schema`'s `hub_embed` metadata plus the part's `row_count` (schemas without it stay bare)."""
-    if not schema.metadata:
-        return table
-    metadata = json.loads(schema.metadata[METADATA_KEY.encode()])
-    return table.replace_schema_metadata({METADATA_KEY: json.dumps({**metadata, "row_count": table.num_rows}, sort_keys=True)})
+class _OpenPart:
+    """A part file being written: Arrow batches go into it as Parquet row groups."""
+
+    def __init__(self, tmp_dir: str, schema: pa.Schema):
+        self.name = f"part-{uuid.uuid4().hex}.parquet"
+        self._file = FileSystems.create(FileSystems.join(tmp_dir, self.name), compression_type=CompressionTypes.UNCOMPRESSED)
+        self._writer = pq.ParquetWriter(self._file, schema)
+        self.rows = 0
+        self.bytes = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self._writer.write_batch(batch)
+        self.rows += batch.num_rows
+        self.bytes += batch.nbytes
+
+    def close(self) -> PartFile:
+        self._writer.close()
+        self._file.close()
+        return PartFile(self.name, self.rows)
 
 
 class _WriteParts(beam.DoFn):
-    """Buffers rows into Arrow batches and batches into parts of about `PART_BYTES`; writes each part once."""
+    """Writes rows into parts of about `PART_BYTES`, `ROWS_PER_BATCH` rows (one row group) at a time."""
 
     def __init__(self, tmp_dir: str, schema: pa.Schema, to_batch: Callable[[pa.Schema, list], pa.RecordBatch], counter: str):
         self._tmp_dir = tmp_dir
@@ -136,40 +153,36 @@ class _WriteParts(beam.DoFn):
 
     def start_bundle(self) -> None:
         self._rows: list = []
-        self._batches: list[pa.RecordBatch] = []
-        self._bytes = 0
+        self._part: _OpenPart | None = None
 
     def process(self, row: Any) -> Iterator[PartFile]:
         self._rows.append(row)
         if len(self._rows) >= ROWS_PER_BATCH:
-            self._seal_batch()
-            if self._bytes >= PART_BYTES:
-                yield self._write_part()
+            self._write_rows()
+            if self._part is not None and self._part.bytes >= PART_BYTES:
+                yield self._close_part()
 
     def finish_bundle(self) -> Iterator[Any]:
-        self._seal_batch()
-        if self._batches:
-            yield GlobalWindows.windowed_value(self._write_part())
+        self._write_rows()
+        if self._part is not None:
+            yield GlobalWindows.windowed_value(self._close_part())
 
-    def _seal_batch(self) -> None:
+    def _write_rows(self) -> None:
         if not self._rows:
             return
         batch = self._to_batch(self._schema, self._rows)
         self._count(self._rows)
         self._rows = []
-        self._batches.append(batch)
-        self._bytes += batch.nbytes
+        if self._part is None:
+            self._part = _OpenPart(self._tmp_dir, self._schema)
+        self._part.write(batch)
 
     def _count(self, rows: list) -> None:
         self._rows_counter.inc(len(rows))
 
-    def _write_part(self) -> PartFile:
-        table = pa.Table.from_batches(self._batches, self._schema)
-        self._batches, self._bytes = [], 0
-        name = f"part-{uuid.uuid4().hex}.parquet"
-        with FileSystems.create(FileSystems.join(self._tmp_dir, name), compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            pq.write_table(_with_row_count(table, self._schema), f)
-        return PartFile(name, table.num_rows)
+    def _close_part(self) -> PartFile:
+        part, self._part = self._part, None
+        return part.close()
 
 
 class _WriteErrorParts(_WriteParts):
@@ -286,7 +299,7 @@ class _Commit(beam.DoFn):
     def _write_empty(self, tmp: str) -> PartFile:
         name = f"part-{uuid.uuid4().hex}.parquet"
         with FileSystems.create(FileSystems.join(tmp, name), compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            pq.write_table(_with_row_count(self._schema.empty_table(), self._schema), f)
+            pq.write_table(self._schema.empty_table(), f)
         return PartFile(name, 0)
 
     def _move(self, tmp: str, subdir: str, parts: list[PartFile]) -> list[dict[str, Any]]:

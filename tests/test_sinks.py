@@ -74,10 +74,22 @@ def test_commit_writes_parts_errors_and_manifest(tmp_path):
 
     table = sinks.read_table(str(out))
     assert sorted(table.column("id").to_pylist()) == [f"r{i}" for i in range(5)]
-    metadata = json.loads(pq.read_schema(out / manifest["files"][0]["path"]).metadata[b"hub_embed"])
-    assert metadata == {**METADATA, "row_count": 5}
+    part = pq.ParquetFile(out / manifest["files"][0]["path"])
+    assert json.loads(part.schema_arrow.metadata[b"hub_embed"]) == METADATA
+    assert part.metadata.num_rows == 5
     errors = sinks.read_errors(str(out))
     assert errors.schema == sinks.ERROR_SCHEMA and sorted(errors.column("id").to_pylist()) == ["bad0", "bad1"]
+
+
+def test_rows_stream_into_the_open_part_one_row_group_per_batch(tmp_path, monkeypatch):
+    """A worker holds one batch of rows, not a whole part: each batch is a row group of the open part."""
+    monkeypatch.setattr(sinks, "ROWS_PER_BATCH", 2)
+    manifest = write(tmp_path / "out", _records(5), [], 5)
+    assert [f["rows"] for f in manifest["files"]] == [5]
+    part = pq.ParquetFile(tmp_path / "out" / manifest["files"][0]["path"])
+    assert [part.metadata.row_group(i).num_rows for i in range(part.num_row_groups)] == [2, 2, 1]
+    rows = part.read().to_pydict()
+    assert sorted(zip(rows["id"], rows["embedding"])) == [(f"r{i}", [float(i)] * DIM) for i in range(5)]
 
 
 def test_parts_are_cut_by_size_and_numbered_at_commit(tmp_path, monkeypatch):
