@@ -43,6 +43,7 @@ directory. One job at a time may write to an output directory.
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime
 import json
 import logging
@@ -119,24 +120,50 @@ def _error_batch(schema: pa.Schema, rows: list[Failure]) -> pa.RecordBatch:
 
 
 class _OpenPart:
-    """A part file being written: Arrow batches go into it as Parquet row groups."""
+    """A part file being written: Arrow batches go into it as Parquet row groups.
+
+    A write or close that fails (e.g. a full disk) closes the file before the
+    error goes on: an incomplete part is never left open, and no manifest
+    names it, so the next commit to the output removes it.
+    """
 
     def __init__(self, tmp_dir: str, schema: pa.Schema):
         self.name = f"part-{uuid.uuid4().hex}.parquet"
-        self._file = FileSystems.create(FileSystems.join(tmp_dir, self.name), compression_type=CompressionTypes.UNCOMPRESSED)
-        self._writer = pq.ParquetWriter(self._file, schema)
         self.rows = 0
         self.bytes = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._file = FileSystems.create(FileSystems.join(tmp_dir, self.name), compression_type=CompressionTypes.UNCOMPRESSED)
+        with self._closed_on_error():
+            self._writer = pq.ParquetWriter(self._file, schema)
 
     def write(self, batch: pa.RecordBatch) -> None:
-        self._writer.write_batch(batch)
+        with self._closed_on_error():
+            self._writer.write_batch(batch)
         self.rows += batch.num_rows
         self.bytes += batch.nbytes
 
     def close(self) -> PartFile:
-        self._writer.close()
-        self._file.close()
+        with self._closed_on_error():
+            self._writer.close()
+            self._file.close()
         return PartFile(self.name, self.rows)
+
+    def abort(self) -> None:
+        """Closes the file without finishing it (after a failure)."""
+        for close in (self._writer.close if self._writer else None, self._file.close):
+            try:
+                if close:
+                    close()
+            except Exception:  # noqa: BLE001 - the failure that led here is the one to report
+                pass
+
+    @contextlib.contextmanager
+    def _closed_on_error(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            self.abort()
+            raise
 
 
 class _WriteParts(beam.DoFn):
@@ -150,10 +177,14 @@ class _WriteParts(beam.DoFn):
 
     def setup(self) -> None:
         self._rows_counter = beam.metrics.Metrics.counter(METRICS_NAMESPACE, self._counter)
+        self._part: _OpenPart | None = None
 
     def start_bundle(self) -> None:
+        self._abort_part()  # left open by a bundle that failed
         self._rows: list = []
-        self._part: _OpenPart | None = None
+
+    def teardown(self) -> None:
+        self._abort_part()
 
     def process(self, row: Any) -> Iterator[PartFile]:
         self._rows.append(row)
@@ -183,6 +214,11 @@ class _WriteParts(beam.DoFn):
     def _close_part(self) -> PartFile:
         part, self._part = self._part, None
         return part.close()
+
+    def _abort_part(self) -> None:
+        part, self._part = self._part, None
+        if part is not None:
+            part.abort()
 
 
 class _WriteErrorParts(_WriteParts):

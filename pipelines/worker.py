@@ -12,7 +12,8 @@ has finished and its files are closed; logging and the standard streams are
 flushed before the exit. The exit status is the harness's (1 when it failed).
 
 It also measures its own start-up: the seconds from the start of this module
-to a ready harness (Beam's imports, ≈1 s, are most of it). The model handler
+until Beam's worker code is imported and the harness starts (the imports,
+≈1 s, are nearly all of it). The model handler
 reports it once per worker as the `hub_embed/worker_startup_ms` distribution,
 beside RunInference's model load time.
 
@@ -31,7 +32,7 @@ import sys  # noqa: E402
 import traceback  # noqa: E402
 from typing import Sequence  # noqa: E402
 
-# Seconds this process took to get its harness ready; None until then, and in
+# Seconds this process took to start its harness; None until then, and in
 # processes that are not a `pipelines.worker` (the launcher, Dataflow workers).
 _startup_s: float | None = None
 

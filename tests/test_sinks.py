@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import apache_beam as beam
 import numpy as np
@@ -17,6 +19,7 @@ from pipelines import pipeline, sinks
 from pipelines.config import SinkConfig
 from pipelines.records import Failure, Record
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIM = 3
 METADATA = {"module": "m", "dimension": DIM}
 
@@ -90,6 +93,41 @@ def test_rows_stream_into_the_open_part_one_row_group_per_batch(tmp_path, monkey
     assert [part.metadata.row_group(i).num_rows for i in range(part.num_row_groups)] == [2, 2, 1]
     rows = part.read().to_pydict()
     assert sorted(zip(rows["id"], rows["embedding"])) == [(f"r{i}", [float(i)] * DIM) for i in range(5)]
+
+
+# In a process of its own, writes past 64 KiB fail (RLIMIT_FSIZE, as on a full disk).
+WRITE_PAST_THE_LIMIT = """
+import os, resource, signal, sys
+from tests import test_sinks
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+out = sys.argv[1]
+
+def open_under_output():
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:  # the descriptor listdir itself used
+            pass
+    return [link for link in links if link.startswith(out)]
+
+try:
+    test_sinks.write(out, test_sinks._records(20000), [], 20000)
+except Exception as e:  # while the failure is being handled, as a caller would (retry, clean up, remount)
+    print("failed:", "File too large" in str(e))
+    print("open under output:", open_under_output())
+"""
+
+
+def test_a_part_that_cannot_be_written_is_closed_not_left_open(tmp_path):
+    out = str(tmp_path / "out")
+    done = subprocess.run(
+        [sys.executable, "-c", WRITE_PAST_THE_LIMIT, out], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == ["failed: True", "open under output: []"], done.stdout
+    assert sinks.read_manifest(out) is None
 
 
 def test_parts_are_cut_by_size_and_numbered_at_commit(tmp_path, monkeypatch):
