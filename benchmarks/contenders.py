@@ -215,7 +215,7 @@ def _pipeline(inputs: Inputs, beam_args: Iterable[str] = ()) -> dict[str, Any]:
         "run_s": run_s,
         "outside_inference_s": run_s - worker_load_s - times["worker_startup_s"] - times["inference_s"],
         "counts": manifest["counts"],
-        "batch_size": cfg.model.batch_size,
+        "batch_size": job.spec.batch_size,
         "peak_rss_mb": run_peak_rss_mb,
         **times,
     }

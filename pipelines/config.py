@@ -105,7 +105,9 @@ class ModelConfig:
     signature: str = _option("default", "signature to call")
     output_key: str = _option("default", "output of the signature to store")
     batch_size: int | None = _option(
-        None, f"rows per module call; default: {DEFAULT_BATCH_SIZE['text']} texts, {DEFAULT_BATCH_SIZE['image']} images"
+        None,
+        "rows per module call; default: the module's recommendation (module.json serving.batch_size), "
+        f"else {DEFAULT_BATCH_SIZE['text']} texts, {DEFAULT_BATCH_SIZE['image']} images",
     )
 
 
@@ -419,8 +421,8 @@ def _validate(cfg: EmbedConfig) -> EmbedConfig:
     for key in ("module", "signature", "output_key"):
         if not getattr(model, key).strip():
             raise ConfigError(f"{key} must not be empty.")
-    batch_size = DEFAULT_BATCH_SIZE[source.kind] if model.batch_size is None else model.batch_size
-    _positive("batch_size", batch_size)
+    if model.batch_size is not None:  # None: decided with the module (`model_spec`)
+        _positive("batch_size", model.batch_size)
     output, overwrite = sink.output, sink.overwrite
     if output is None:  # The sample job's own output: no one else's table to protect, so each run replaces it.
         if source.input != SAMPLE_INPUT:
@@ -434,7 +436,6 @@ def _validate(cfg: EmbedConfig) -> EmbedConfig:
     return dataclasses.replace(
         cfg,
         source=source,
-        model=dataclasses.replace(model, batch_size=batch_size),
         sink=dataclasses.replace(sink, output=output, overwrite=overwrite),
     )
 
@@ -562,7 +563,8 @@ class ModelSpec:
       sequence: the output is per token (`[N, T, D]`) rather than pooled.
       mask_key: an int/bool `[N, T]` output marking real tokens, if any.
       image_size: (height, width) images are resized to.
-      batch_size: rows per module call.
+      batch_size: rows per module call: the config's, else the module's
+        recommendation, else `DEFAULT_BATCH_SIZE` for the input kind.
     """
 
     kind: str
@@ -652,5 +654,5 @@ def model_spec(cfg: EmbedConfig, info: ModuleInfo) -> ModelSpec:
         sequence=sequence,
         mask_key=masks[0] if sequence and masks else None,
         image_size=tuple(image_size) if image_size else None,
-        batch_size=cfg.model.batch_size,
+        batch_size=cfg.model.batch_size or info.recommended_batch_size or DEFAULT_BATCH_SIZE[kind],
     )

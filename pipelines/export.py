@@ -671,6 +671,7 @@ def _manifest(
     diffs: Mapping[str, float],
     atol: float,
     extra: Mapping[str, Any] | None,
+    batch_size: int | None,
 ) -> dict[str, Any]:
     return {
         "name": name,
@@ -686,6 +687,7 @@ def _manifest(
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "code_version": code_version(),
         "verification": {"atol": atol, "max_abs_diff": dict(sorted(diffs.items()))},
+        "serving": {"batch_size": batch_size} if batch_size else {},
         "extra": _redact_urls(dict(extra or {})),
     }
 
@@ -712,6 +714,7 @@ def export_module(
     probe_inputs: Mapping[str, Mapping[str, Any]] | None = None,
     source_description: str | None = None,
     extra_manifest: Mapping[str, Any] | None = None,
+    batch_size: int | None = None,
     pack: bool = False,
     atol: float = DEFAULT_ATOL,
 ) -> ExportResult:
@@ -737,6 +740,10 @@ def export_module(
       extra_manifest: JSON-serializable data stored under `extra` in the
         manifest (e.g. data hash, hyperparameters, metrics); credentials in URLs
         are redacted.
+      batch_size: rows per call the module is best called with, stored as
+        `serving.batch_size`; embedding jobs use it unless told otherwise
+        (e.g. a module that sorts and chunks its input itself gains from
+        large calls). None: no recommendation.
       pack: also write `<root>/<name>/<version>.tar.gz`.
       atol: largest absolute difference allowed by verification.
 
@@ -747,7 +754,7 @@ def export_module(
       source {kind, description}, parent {name, version, fingerprint, handle}
       or null, created_at (UTC ISO 8601), code_version {package, version,
       git_commit, git_dirty}, verification {atol, max_abs_diff per signature
-      and `__call__`}, extra.
+      and `__call__`}, serving {batch_size} (or {}), extra.
 
     Raises:
       ExportError: bad source, signatures, name, version or probe inputs.
@@ -755,6 +762,8 @@ def export_module(
         source within `atol`. No version is left behind (nor on any other error).
     """
     _check_name(name)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ExportError(f"batch_size must be a positive integer, got {batch_size!r}.")
     prepared = _prepare(source, signatures, source_description)
     probes = _probes(prepared, probe_inputs)
     name_dir = os.path.join(root, name)
@@ -764,7 +773,7 @@ def export_module(
         chosen = _choose_version(root, name, version)
         temp = os.path.join(name_dir, f"{_TEMP_PREFIX}{chosen}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
-            manifest = _write_verified(prepared, temp, name, chosen, probes, parent, atol, extra_manifest)
+            manifest = _write_verified(prepared, temp, name, chosen, probes, parent, atol, extra_manifest, batch_size)
             final = version_dir(root, name, chosen)
             os.rename(temp, final)
         finally:
@@ -782,13 +791,14 @@ def _write_verified(
     parent: ModuleRef | None,
     atol: float,
     extra: Mapping[str, Any] | None,
+    batch_size: int | None,
 ) -> dict[str, Any]:
     """Saves, reloads, verifies and writes the manifest into `path`; returns the manifest."""
     _save(prepared, path)
     loaded = modules.load(path)
     diffs = _verify(prepared, loaded, probes, atol)
     info = modules.inspect_loaded(loaded, handles.ResolvedModule(path, path, handles.fingerprint_dir(path)))
-    manifest = _manifest(name, version, info, prepared, parent, diffs, atol, extra)
+    manifest = _manifest(name, version, info, prepared, parent, diffs, atol, extra, batch_size)
     _write_json(os.path.join(path, handles.MANIFEST_NAME), manifest)
     return manifest
 
@@ -805,6 +815,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--root", required=True, help="modules root; the module is written to ROOT/NAME/VERSION")
     parser.add_argument("--name", required=True, help="module name")
     parser.add_argument("--version", type=int, help="version to write (default: next free one)")
+    parser.add_argument("--batch-size", type=int, help="rows per call to recommend to embedding jobs (module.json serving.batch_size)")
     parser.add_argument("--pack", action="store_true", help="also write ROOT/NAME/VERSION.tar.gz")
     return parser.parse_args(argv)
 
@@ -813,7 +824,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; prints `<path> <fingerprint>` (and the archive path when packed)."""
     args = _parse_args(argv)
     try:
-        result = export_module(args.source, args.root, args.name, version=args.version, pack=args.pack)
+        result = export_module(
+            args.source, args.root, args.name, version=args.version, batch_size=args.batch_size, pack=args.pack
+        )
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

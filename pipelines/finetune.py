@@ -362,6 +362,7 @@ def finetune(
         probe_inputs={modules.DEFAULT_SIGNATURE: {probe_name: examples.inputs[:VERIFY_EXAMPLES]}},
         source_description=f"fine-tuned {handles.redact(module)}",
         extra_manifest={"finetune": _record(task, examples, hparams, metrics)},
+        batch_size=info.recommended_batch_size,  # same graph, same best call size
         pack=pack,
     )
     return FinetuneResult(published, metrics, loaded, examples.classes)

@@ -97,6 +97,8 @@ class ModuleInfo:
       num_trainable_variables: number of trainable variables.
       name: module name from its module.json manifest, if any.
       version: module version from its module.json manifest, if any.
+      recommended_batch_size: rows per call its manifest recommends
+        (`serving.batch_size`), if any.
     """
 
     handle: str
@@ -110,6 +112,7 @@ class ModuleInfo:
     num_trainable_variables: int
     name: str | None = None
     version: int | None = None
+    recommended_batch_size: int | None = None
 
     def signature(self, name: str) -> SignatureInfo:
         """Returns the signature called `name`, or raises ModuleError listing the valid ones."""
@@ -226,7 +229,14 @@ def inspect_loaded(loaded: Any, resolved: handles.ResolvedModule) -> ModuleInfo:
         num_trainable_variables=num_trainable,
         name=manifest.get("name"),
         version=manifest.get("version"),
+        recommended_batch_size=_recommended_batch_size(manifest),
     )
+
+
+def _recommended_batch_size(manifest: dict[str, Any]) -> int | None:
+    serving = manifest.get("serving")
+    size = serving.get("batch_size") if isinstance(serving, dict) else None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
 
 
 def describe(handle: str) -> ModuleInfo:

@@ -22,7 +22,7 @@ def test_no_arguments_is_the_bundled_sample_job():
     assert cfg.source.input_format == "txt"
     assert cfg.sink.output == config.SAMPLE_OUTPUT and cfg.sink.overwrite  # `make run` can run again
     assert cfg.model.module == config.DEFAULT_MODULE
-    assert cfg.model.batch_size == config.DEFAULT_BATCH_SIZE["text"]
+    assert cfg.model.batch_size is None  # decided with the module: see test_batch_size_*
     with open(cfg.source.input) as f:
         lines = f.read().splitlines()
     assert 300 <= len(lines) <= 500 and all(line.strip() for line in lines)
@@ -182,6 +182,23 @@ def test_model_spec_for_text_modules(tiny):
     assert tokens.sequence and tokens.tokenized and tokens.mask_key is None and tokens.dim == 8
     tf1 = _spec(tiny.tf1, input="x.txt")
     assert (tf1.inputs, tf1.dim) == (("text",), 6)
+
+
+def test_batch_size_is_the_configs_else_the_modules_recommendation_else_the_default(tiny):
+    import dataclasses
+
+    from pipelines import modules
+
+    info = modules.describe(tiny.text)
+    assert info.recommended_batch_size is None
+    recommending = dataclasses.replace(info, recommended_batch_size=1024)
+    default_cfg = config.from_dict({"output": "o", "input": "x.txt", "module": tiny.text})
+    set_cfg = config.from_dict({"output": "o", "input": "x.txt", "module": tiny.text, "batch_size": 8})
+    assert config.model_spec(default_cfg, info).batch_size == config.DEFAULT_BATCH_SIZE["text"]
+    assert config.model_spec(default_cfg, recommending).batch_size == 1024
+    assert config.model_spec(set_cfg, recommending).batch_size == 8
+    with pytest.raises(ConfigError, match="batch_size must be a positive integer, got 0"):
+        config.from_dict({"output": "o", "input": "x.txt", "batch_size": 0})
 
 
 def test_model_spec_for_image_modules(tiny):

@@ -321,6 +321,7 @@ def test_manifest_contents(root, keras_case):
     assert manifest["code_version"]["version"] == "0.1.0"
     assert manifest["code_version"]["git_commit"] == head
     assert set(manifest["verification"]["max_abs_diff"]) == {"default", "__call__"}
+    assert manifest["serving"] == {} and info.recommended_batch_size is None
     assert manifest["extra"]["metrics"] == {"accuracy": 0.75}
     assert manifest["extra"]["data"]["path"] == "s3://bucket/train.jsonl"
     assert "topsecret" not in text and "AKIAKEY" not in text and "sig" not in manifest["extra"]["data"]["path"]
@@ -376,6 +377,19 @@ def test_cli_exports_model_files(tmp_path, capsys, suffix, make_model):
     outputs = modules.call_default(hub.load(written), FEATURES)
     expected = modules.as_output_dict(model(FEATURES))["default"]
     np.testing.assert_allclose(outputs.numpy(), expected.numpy(), atol=1e-5)
+
+
+def test_a_recommended_batch_size_is_recorded_and_read_back(tmp_path):
+    root = str(tmp_path)
+    result = export.export_module(es.LinearModule(), root, "batched", batch_size=512)
+    assert result.manifest["serving"] == {"batch_size": 512}
+    assert modules.describe(result.path).recommended_batch_size == 512
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(export.ExportError, match="batch_size must be a positive integer"):
+            export.export_module(es.LinearModule(), root, "batched", batch_size=bad)
+    assert export.list_versions(root, "batched") == [1]
+    assert export.main(["--source", result.path, "--root", root, "--name", "again", "--batch-size", "64"]) == 0
+    assert modules.read_manifest(export.version_dir(root, "again", 1))["serving"] == {"batch_size": 64}
 
 
 def test_cli_reports_bad_source(tmp_path, capsys):

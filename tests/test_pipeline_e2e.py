@@ -345,8 +345,10 @@ def test_in_process_and_multi_process_runs_give_identical_tables(tiny, tmp_path)
 def test_minilm_on_the_bundled_sample_equals_the_module(tmp_path):
     from pipelines import modules
 
+    assert modules.read_manifest(MINILM)["serving"] == {"batch_size": 1024}  # it sorts and chunks each call itself
     out = tmp_path / "sample"
     assert run(output=out) == 0
+    assert sinks.read_manifest(str(out))["counts"]["rows_embedded"] == 400
     rows = table_by_id(out)
     with open(config.SAMPLE_INPUT) as f:
         texts = f.read().splitlines()
