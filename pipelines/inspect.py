@@ -34,6 +34,8 @@ def render_text(info: modules.ModuleInfo) -> str:
     ]
     if info.name is not None:
         lines.append(f"name/version: {info.name}/{info.version}")
+    if info.recommended_batch_size is not None:
+        lines.append(f"batch size:   {info.recommended_batch_size} rows per call (recommended by its module.json)")
     rows = [("signature", "kind", "name", "dtype", "shape")]
     for sig_name, sig in sorted(info.signatures.items()):
         for kind, tensors in (("input", sig.inputs), ("output", sig.outputs)):

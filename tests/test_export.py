@@ -18,6 +18,7 @@ import tensorflow as tf
 import tensorflow_hub as hub
 
 from pipelines import export, handles, modules
+from pipelines import inspect as inspect_cli
 from tests.fixtures import export_sources as es
 from tests.fixtures import tiny_modules as tm
 
@@ -383,7 +384,9 @@ def test_a_recommended_batch_size_is_recorded_and_read_back(tmp_path):
     root = str(tmp_path)
     result = export.export_module(es.LinearModule(), root, "batched", batch_size=512)
     assert result.manifest["serving"] == {"batch_size": 512}
-    assert modules.describe(result.path).recommended_batch_size == 512
+    info = modules.describe(result.path)
+    assert info.recommended_batch_size == 512 and info.to_dict()["recommended_batch_size"] == 512
+    assert "batch size:   512 rows per call" in inspect_cli.render_text(info)
     for bad in (0, -1, 2.5, True):
         with pytest.raises(export.ExportError, match="batch_size must be a positive integer"):
             export.export_module(es.LinearModule(), root, "batched", batch_size=bad)
