@@ -205,15 +205,17 @@ def _pipeline(inputs: Inputs, beam_args: Iterable[str] = ()) -> dict[str, Any]:
     save_embeddings(inputs, table_embeddings(sinks.read_table(output), ids))
     times = runinference_times(result)
     worker_load_s = times.pop("load_s")
+    job_seconds = run_s - worker_load_s
+    seconds = job_seconds - times["worker_startup_s"]
     return {
         "rows": len(ids),
-        "seconds": run_s - worker_load_s - times["worker_startup_s"],
-        "job_seconds": run_s - worker_load_s,
+        "seconds": seconds,
+        "job_seconds": job_seconds,
         "load_s": prepare_s + worker_load_s + times["worker_startup_s"],
         "prepare_s": prepare_s,
         "worker_load_s": worker_load_s,
         "run_s": run_s,
-        "outside_inference_s": run_s - worker_load_s - times["worker_startup_s"] - times["inference_s"],
+        "outside_inference_s": seconds - times["inference_s"],
         "counts": manifest["counts"],
         "batch_size": job.spec.batch_size,
         "peak_rss_mb": run_peak_rss_mb,

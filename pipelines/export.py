@@ -762,7 +762,7 @@ def export_module(
         source within `atol`. No version is left behind (nor on any other error).
     """
     _check_name(name)
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size is not None and not modules.is_batch_size(batch_size):
         raise ExportError(f"batch_size must be a positive integer, got {batch_size!r}.")
     prepared = _prepare(source, signatures, source_description)
     probes = _probes(prepared, probe_inputs)

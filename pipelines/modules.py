@@ -233,10 +233,15 @@ def inspect_loaded(loaded: Any, resolved: handles.ResolvedModule) -> ModuleInfo:
     )
 
 
+def is_batch_size(value: Any) -> bool:
+    """True for a usable rows-per-call value: a positive int (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def _recommended_batch_size(manifest: dict[str, Any]) -> int | None:
     serving = manifest.get("serving")
     size = serving.get("batch_size") if isinstance(serving, dict) else None
-    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+    return size if is_batch_size(size) else None
 
 
 def describe(handle: str) -> ModuleInfo:

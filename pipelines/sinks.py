@@ -150,10 +150,10 @@ class _OpenPart:
 
     def abort(self) -> None:
         """Closes the file without finishing it (after a failure)."""
-        for close in (self._writer.close if self._writer else None, self._file.close):
+        closers = ([self._writer.close] if self._writer else []) + [self._file.close]
+        for close in closers:
             try:
-                if close:
-                    close()
+                close()
             except Exception:  # noqa: BLE001 - the failure that led here is the one to report
                 pass
 
