@@ -56,7 +56,7 @@ DEFAULT_MODULE = "build/modules/all-minilm-l6-v2/1"
 SAMPLE_INPUT = str(importlib.resources.files("pipelines.data") / "sample.txt")
 SAMPLE_OUTPUT = "output/sample"
 DEFAULT_BATCH_SIZE = {"text": 256, "image": 32}
-TABLE_COLUMNS = ("id", "embedding")
+TABLE_COLUMNS = ("id", "embedding", "content_hash")
 SUCCESS_FILE = "_SUCCESS"
 ERRORS_DIR = "errors"
 TMP_PREFIX = ".tmp-"
@@ -113,13 +113,18 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SinkConfig:
-    """Where the table goes and when a run counts as failed."""
+    """Where the table goes, when a run counts as failed, and which earlier table it may reuse vectors from."""
 
     output: str | None = _option(
         None, f"output directory; default with the sample input: {SAMPLE_OUTPUT} (replaced on every run)"
     )
     overwrite: bool = _option(False, "replace a table already committed at --output")
     max_error_fraction: float = _option(0.01, "fail the run (no _SUCCESS) when more records than this fail")
+    reuse: str | None = _option(
+        None,
+        "a committed table (local, gs://, s3://) whose vectors this run takes for unchanged contents instead of "
+        "computing them; used only when it was written with the same module, signature, output and preprocessing",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -430,6 +435,8 @@ def _validate(cfg: EmbedConfig) -> EmbedConfig:
         output, overwrite = SAMPLE_OUTPUT, True
     if not output.strip():
         raise ConfigError("output must name a directory, got ''.")
+    if sink.reuse is not None and not sink.reuse.strip():
+        raise ConfigError("reuse must name a committed table directory, got ''.")
     if not 0.0 <= sink.max_error_fraction <= 1.0:
         raise ConfigError(f"max_error_fraction must be between 0 and 1, got {sink.max_error_fraction}.")
     _check_output_outside_input(source.input, output)
