@@ -28,6 +28,15 @@ pipelines.embed` as flags (same names), its `beam:` mapping as Beam options.
 `<output>/<run stamp>`, a re-embedding to `<output>/<module>-v<version>/<run stamp>`,
 so runs never touch each other's tables. Relative local paths (input, output,
 module, Beam file options) are relative to the project root.
+
+Incremental runs: a run passes the previous committed run of its folder as
+`--reuse` (`previous_table`): a scheduled run the newest committed
+`<output>/<stamp>` before its own stamp, a re-embedding the newest committed
+`<output>/<module>-v<version>/<stamp>` before its own. The pipeline takes that
+table's vectors for unchanged content and refuses (embedding everything) when
+the table was written with another module fingerprint, signature or
+preprocessing; since re-embeddings never look outside their own version's
+folder, they never even offer a table of another module version.
 """
 
 from __future__ import annotations
@@ -77,8 +86,9 @@ _DATAFLOW_ALIASES = {"project": "project_id", "region": "location"}
 _DATAFLOW_REQUIRED = ("project_id", "location", "temp_location")
 _LOCAL_PATH_KEYS = ("input", "output", "module")
 _BEAM_FILE_OPTIONS = ("setup_file", "requirements_file", "extra_package", "extra_packages")
-_RUN_KEYS = ("module", "output", "overwrite")  # set per run by `pipeline_options`
+_RUN_KEYS = ("module", "output", "overwrite", "reuse")  # set per run by `pipeline_options`
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_STAMP_RE = re.compile(r"^\d{8}T\d{6}(-\d{6})?$")  # what `run_stamp` writes
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 
 
@@ -153,9 +163,59 @@ def join(base: str, *parts: str) -> str:
 
 
 def run_stamp(dag_run: Any) -> str:
-    """`YYYYmmddTHHMMSS[-ffffff]` of the run's logical date, or of `run_after` when it has none (asset-triggered runs)."""
+    """`YYYYmmddTHHMMSS[-ffffff]` of the run's logical date, or of `run_after` when it has none (asset-triggered runs).
+
+    Stamps sort as their times do (as strings), which `previous_table` relies on.
+    """
     when = getattr(dag_run, "logical_date", None) or dag_run.run_after
     return when.strftime("%Y%m%dT%H%M%S") + (f"-{when.microsecond:06d}" if when.microsecond else "")
+
+
+def previous_table(folder: str, stamp: str) -> str | None:
+    """The newest committed run in `folder` older than the run stamped `stamp`, or None.
+
+    That is `<folder>/<s>` for the greatest run stamp `s < stamp` whose
+    directory holds `_SUCCESS`. Entries that are not run stamps (re-embedding
+    folders `<module>-v<version>/`, temp files) are ignored, and so is the
+    run's own directory (a retry must not reuse itself). Listed through Beam's
+    FileSystems, so `folder` may be local, `gs://` or `s3://` (credentials and
+    endpoints from the environment); Beam is imported here, at task run time.
+    On object stores the listing walks every object under `folder`.
+
+    Args:
+      folder: the folder of one job's runs (a config's output base, or one of
+        its `<module>-v<version>` folders).
+      stamp: this run's `run_stamp`.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipelines import handles
+    from pipelines.sinks import SUCCESS_FILE
+
+    handles._ensure_filesystem_options()
+    prefix = folder.rstrip("/") + "/"
+    matched = FileSystems.match([prefix + "*/" + SUCCESS_FILE])[0].metadata_list
+    stamps = []
+    for item in matched:
+        parts = item.path[len(prefix):].split("/") if item.path.startswith(prefix) else []
+        if len(parts) == 2 and parts[1] == SUCCESS_FILE and _STAMP_RE.match(parts[0]) and parts[0] < stamp:
+            stamps.append(parts[0])
+    return join(folder, max(stamps)) if stamps else None
+
+
+def scheduled_plan(output_base: str, module: str, stamp: str) -> dict[str, str | None]:
+    """A scheduled run's plan: its module, its table `<output>/<stamp>`, and the previous committed run to reuse."""
+    return {"module": module, "output": join(output_base, stamp), "reuse": previous_table(output_base, stamp)}
+
+
+def reembed_plan(update: Mapping[str, Any], module_name: str, output_base: str, stamp: str) -> dict[str, str | None]:
+    """A re-embedding's plan: the updated module, `<output>/<module>-v<version>/<stamp>`, and what it may reuse.
+
+    Only an earlier committed run of the same `<module>-v<version>` folder is
+    offered for reuse, never a scheduled run or another version's table.
+    """
+    folder = join(output_base, f"{module_name}-v{update['version']}")
+    return {"module": update["handle"], "output": join(folder, stamp), "reuse": previous_table(folder, stamp)}
 
 
 # --------------------------------------------------------------------------- discovery
@@ -202,17 +262,19 @@ class ScheduledJob:
         """The config's module handle (the pipeline's default module when it names none)."""
         return self.values.get("module") or absolute(DEFAULT_MODULE)
 
-    def pipeline_options(self, module: str, output: str) -> dict[str, Any]:
+    def pipeline_options(self, module: str, output: str, reuse: str) -> dict[str, Any]:
         """The `pipelines.embed` flags for one run (operator `pipeline_options`; may hold templates).
 
         `output` is the run's own directory, so `overwrite` is set: it only lets a
-        retry of the same run replace what that run committed.
+        retry of the same run replace what that run committed. `reuse` renders
+        to the table to reuse, or to '' (then `EmbedPipelineOperator` leaves the
+        flag out).
         """
         options: dict[str, Any] = {**self.beam, **self.dataflow_options}
         for key, value in self.values.items():
             if key not in _RUN_KEYS:
                 options.update(_flag(key, value))
-        options.update(module=module, output=output, overwrite=True)
+        options.update(module=module, output=output, overwrite=True, reuse=reuse)
         return options
 
 
@@ -265,6 +327,10 @@ def _read_job(path: str) -> ScheduledJob | None:
         raise ConfigDiscoveryError(f"{path}: unknown schedule keys {unknown}; valid: {', '.join(SCHEDULE_KEYS)}.")
     if not data.get("output"):
         raise ConfigDiscoveryError(f"{path}: a scheduled config needs 'output', the base directory of its tables.")
+    if data.get("reuse") is not None:
+        raise ConfigDiscoveryError(
+            f"{path}: a scheduled config cannot set 'reuse'; each run reuses the previous committed run of its folder."
+        )
     values = {k: (absolute(v) if k in _LOCAL_PATH_KEYS and isinstance(v, str) else v) for k, v in data.items()}
     runner = schedule.get("runner") or beam.get("runner") or "DirectRunner"
     beam.pop("runner", None)
@@ -334,7 +400,7 @@ class _GoogleProviderCheckedAtRun(beam_operators.BeamDataflowMixin):
 
 
 class EmbedPipelineOperator(beam_operators.BeamRunPythonPipelineOperator, _GoogleProviderCheckedAtRun):
-    """`BeamRunPythonPipelineOperator` that runs DirectRunner pipelines without the Google provider.
+    """`BeamRunPythonPipelineOperator` that runs DirectRunner pipelines without the Google provider, minus empty run options.
 
     apache-airflow-providers-apache-beam 6.3.1 needs apache-airflow-providers-google
     even for DirectRunner under Airflow 3: `BeamDataflowMixin.__init__` raises
@@ -343,7 +409,14 @@ class EmbedPipelineOperator(beam_operators.BeamRunPythonPipelineOperator, _Googl
     subclass defers the check to DataflowRunner runs and skips the Dataflow
     configuration for other runners; with the Google provider installed it
     behaves exactly like its parent.
+
+    It also leaves out the per-run options in `OPTIONAL_OPTIONS` whose template
+    rendered to '' (a Jinja template always renders to a string, so "no reuse
+    table" cannot reach the pipeline as an absent flag otherwise, and
+    `--reuse=` or `--reuse=None` would be an error or a missing table).
     """
+
+    OPTIONAL_OPTIONS = ("reuse",)
 
     def _is_dataflow(self) -> bool:
         return self.runner.lower() == "dataflowrunner"
@@ -357,6 +430,9 @@ class EmbedPipelineOperator(beam_operators.BeamRunPythonPipelineOperator, _Googl
             raise beam_operators.AirflowOptionalProviderFeatureException(
                 "DataflowRunner needs apache-airflow-providers-google on the Airflow workers."
             )
+        for key in self.OPTIONAL_OPTIONS:
+            if self.pipeline_options.get(key) == "":
+                del self.pipeline_options[key]
         return super().execute(context)
 
 
@@ -364,19 +440,18 @@ class EmbedPipelineOperator(beam_operators.BeamRunPythonPipelineOperator, _Googl
 
 
 @task
-def plan_output(output_base: str, module: str) -> dict[str, str]:
-    """Where this run writes: `<output>/<run stamp>`, with the config's module."""
-    return {"module": module, "output": join(output_base, run_stamp(get_current_context()["dag_run"]))}
+def plan_output(output_base: str, module: str) -> dict[str, str | None]:
+    """This run's `scheduled_plan`: `<output>/<run stamp>`, the config's module, the previous committed run as reuse."""
+    return scheduled_plan(output_base, module, run_stamp(get_current_context()["dag_run"]))
 
 
 @task.short_circuit
-def plan_reembed(updates: Mapping[str, Mapping[str, Any]], module_name: str, output_base: str) -> dict[str, str]:
-    """Where a re-embedding writes, `<output>/<module>-v<version>/<run stamp>`; skips the job when its module did not change."""
+def plan_reembed(updates: Mapping[str, Mapping[str, Any]], module_name: str, output_base: str) -> dict[str, str | None]:
+    """This run's `reembed_plan` (`<output>/<module>-v<version>/<run stamp>`); skips the job when its module did not change."""
     update = updates.get(module_name)
     if not update:
         return {}
-    stamp = run_stamp(get_current_context()["dag_run"])
-    return {"module": update["handle"], "output": join(output_base, f"{module_name}-v{update['version']}", stamp)}
+    return reembed_plan(update, module_name, output_base, run_stamp(get_current_context()["dag_run"]))
 
 
 @task
@@ -406,18 +481,30 @@ def module_updates() -> dict[str, dict[str, Any]]:
 
 @task
 def record_table(plan: Mapping[str, str]) -> dict[str, Any]:
-    """Reads the committed table's manifest and attaches its counts to the table Asset event."""
+    """Reads the committed table's manifest and attaches its counts to the table Asset event.
+
+    `rows_embedded` counts the vectors this run computed, `rows_reused` those it
+    took from `reused_from` ({"table", "run_id"} of the reused table, None when
+    nothing was reused; `reuse_refused` then says why, if a table was offered).
+    Manifests written before incremental runs lack the new counts: every row
+    written was embedded there.
+    """
     from pipelines import sinks
 
     manifest = sinks.read_manifest(plan["output"])
     if manifest is None:
         raise RuntimeError(f"{plan['output']} has no committed table (no _SUCCESS manifest).")
     counts, table = manifest["counts"], manifest["table"]
+    reuse = manifest.get("reuse") or {}
     extra = {
         "path": plan["output"],
         "rows_in": counts["rows_in"],
+        "rows_written": counts.get("rows_written", counts["rows_embedded"]),
         "rows_embedded": counts["rows_embedded"],
+        "rows_reused": counts.get("rows_reused", 0),
         "rows_failed": counts["rows_failed"],
+        "reused_from": {"table": reuse.get("table"), "run_id": reuse.get("run_id")} if reuse.get("used") else None,
+        "reuse_refused": reuse.get("reason") if reuse and not reuse.get("used") else None,
         "files": len(manifest["files"]),
         "module": table.get("module"),
         "module_name": table.get("module_name"),
@@ -436,17 +523,18 @@ def embed_job(job: ScheduledJob, plan: Any) -> None:
 
     Args:
       job: the scheduled config.
-      plan: the plan task's output, `{"module": ..., "output": ...}` (an XComArg).
+      plan: the plan task's output, `{"module": ..., "output": ..., "reuse": ...}` (an XComArg).
     """
     plan_id = plan.operator.task_id
     pulled = "{{{{ ti.xcom_pull(task_ids='{}')['{}'] }}}}"
+    reuse = "{{{{ ti.xcom_pull(task_ids='{}')['reuse'] or '' }}}}".format(plan_id)
     embed = EmbedPipelineOperator(
         task_id="embed",
         py_file="pipelines.embed",
         py_options=["-m"],
         py_interpreter=python(),
         runner=job.runner,
-        pipeline_options=job.pipeline_options(pulled.format(plan_id, "module"), pulled.format(plan_id, "output")),
+        pipeline_options=job.pipeline_options(pulled.format(plan_id, "module"), pulled.format(plan_id, "output"), reuse),
         dataflow_config=dict(job.dataflow_config) or None,
         gcp_conn_id=job.dataflow_config.get("gcp_conn_id", "google_cloud_default"),
     )

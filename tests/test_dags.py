@@ -62,6 +62,24 @@ def dagbag():
     return BundleDagBag(dag_folder=airflow_env.DAGS_FOLDER, bundle_path=airflow_env.DAGS_FOLDER, bundle_name="dags-folder")
 
 
+def dags_common():
+    """`dags/common.py`, imported as the DAG files import it (`import common`, the folder on sys.path)."""
+    if airflow_env.DAGS_FOLDER not in sys.path:
+        sys.path.append(airflow_env.DAGS_FOLDER)
+    import common
+
+    assert common.__file__ == os.path.join(airflow_env.DAGS_FOLDER, "common.py")
+    return common
+
+
+def commit(folder, *names: str) -> None:
+    """Makes each `<folder>/<name>/` look committed (a `_SUCCESS` file; the finder reads no more)."""
+    for name in names:
+        os.makedirs(os.path.join(folder, name), exist_ok=True)
+        with open(os.path.join(folder, name, "_SUCCESS"), "w") as f:
+            f.write("{}")
+
+
 def asset_events(session, uri: str) -> list[dict]:
     """Extras of the events of the asset with `uri`, oldest first."""
     from airflow.models.asset import AssetEvent, AssetModel
@@ -141,6 +159,7 @@ def test_embedding_tasks_are_wired_from_the_config(job_configs):
         "pipelines.embed", ["-m"], "DirectRunner", sys.executable)
     assert embed.pipeline_options["batch_size"] == "4" and embed.pipeline_options["overwrite"] is True
     assert "ti.xcom_pull(task_ids='plan')['output']" in embed.pipeline_options["output"]
+    assert "ti.xcom_pull(task_ids='plan')['reuse'] or ''" in embed.pipeline_options["reuse"]
     assert local.schedule == "@daily" and bag.dags["embed__cloud"].schedule is None
     assert [a.name for a in local.get_task("record_table").outlets] == ["hub-embed-table://tiny"]
 
@@ -161,6 +180,12 @@ def test_bad_scheduled_config_is_an_import_error_naming_the_file(configs):
     path = write_config(configs, "broken", input="a.txt", output="b", schedule={"cron": "@daily", "runner": "FlinkRunner"})
     errors = dagbag().import_errors
     assert any(path in message and "FlinkRunner" in message for message in errors.values()), errors
+
+
+def test_scheduled_config_cannot_set_reuse(configs):
+    path = write_config(configs, "fixed", input="a.txt", output="b", reuse="old/table", schedule={"cron": "@daily"})
+    errors = dagbag().import_errors
+    assert any(path in message and "cannot set 'reuse'" in message for message in errors.values()), errors
 
 
 PARSE_SCRIPT = textwrap.dedent(
@@ -195,6 +220,64 @@ def test_repo_configs_parse(monkeypatch):
     bag = dagbag()
     assert bag.import_errors == {}
     assert {"finetune_and_reexport", "reembed_on_module_update"} <= set(bag.dags)
+
+
+# --------------------------------------------------------------------------- the previous committed run
+
+
+def test_previous_table_is_the_newest_earlier_committed_run(tmp_path):
+    common = dags_common()
+
+    base = tmp_path / "tables"
+    assert common.previous_table(str(base), "20240105T000000") is None  # first run: no folder yet
+    commit(base, "20240101T000000", "20240102T000000", "20240103T000000", "20240104T000000")
+    commit(base, "tiny-v2/20240102T120000", "notes")  # a re-embedding folder, not a run stamp
+    (base / "20240102T000000-500000").mkdir()  # a later run that never committed
+    (base / "20240102T000000-500000" / "part-00000.parquet").write_bytes(b"x")
+    (base / "20240102T060000.tmp").mkdir()
+
+    assert common.previous_table(str(base), "20240101T000000") is None  # nothing committed before the first
+    assert common.previous_table(str(base), "20240103T000000") == str(base / "20240102T000000")  # not its own (a retry)
+    assert common.previous_table(str(base) + "/", "20240103T000000-000001") == str(base / "20240103T000000")
+    assert common.previous_table(str(base), "20240110T000000") == str(base / "20240104T000000")
+    assert common.previous_table(str(base / "tiny-v2"), "20240110T000000") == str(base / "tiny-v2" / "20240102T120000")
+
+
+@pytest.mark.parametrize("store", ["gcs", "s3"])
+def test_previous_table_on_an_object_store(store, request):
+    """gs:// and s3:// through Beam's filesystems, against the local servers."""
+    common = dags_common()
+
+    if store == "gcs":
+        bucket = request.getfixturevalue("gcs_server").client().create_bucket("tables-prev")
+        put, base = (lambda key: bucket.blob(key).upload_from_string(b"{}")), "gs://tables-prev/jobs/tiny"
+    else:
+        client = request.getfixturevalue("s3_server").client()
+        client.create_bucket(Bucket="tables-prev")
+        put, base = (lambda key: client.put_object(Bucket="tables-prev", Key=key, Body=b"{}")), "s3://tables-prev/jobs/tiny"
+    assert common.previous_table(base, "20240105T000000") is None
+    for key in ("20240101T000000/_SUCCESS", "20240102T000000/part-00000.parquet", "20240103T000000/_SUCCESS",
+                "tiny-v2/20240104T000000/_SUCCESS", "jobs-other/20240104T000000/_SUCCESS"):
+        put("jobs/tiny/" + key)
+    put("jobs/tiny-other/20240104T000000/_SUCCESS")  # shares the prefix `jobs/tiny`, not the folder
+    assert common.previous_table(base, "20240103T000000") == base + "/20240101T000000"
+    assert common.previous_table(base, "20240105T000000") == base + "/20240103T000000"
+
+
+def test_plans_offer_only_their_own_folder_for_reuse(tmp_path):
+    """A scheduled run reuses the base folder's runs; a re-embedding only earlier runs of its own module version."""
+    common = dags_common()
+
+    base = tmp_path / "tables"
+    commit(base, "20240101T000000", "tiny-v2/20240102T000000")
+    update = {"name": "tiny", "version": 3, "handle": "/modules/tiny/3"}
+    assert common.scheduled_plan(str(base), "/m", "20240103T000000") == {
+        "module": "/m", "output": str(base / "20240103T000000"), "reuse": str(base / "20240101T000000")}
+    plan = common.reembed_plan(update, "tiny", str(base), "20240103T000000")
+    assert plan == {"module": "/modules/tiny/3", "output": str(base / "tiny-v3" / "20240103T000000"), "reuse": None}
+    commit(base, "tiny-v3/20240102T000000")
+    assert common.reembed_plan(update, "tiny", str(base), "20240103T000000")["reuse"] == str(base / "tiny-v3" / "20240102T000000")
+    assert common.scheduled_plan(str(base), "/m", "20240103T000000")["reuse"] == str(base / "20240101T000000")
 
 
 # --------------------------------------------------------------------------- dag.test(): embedding
