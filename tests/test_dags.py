@@ -283,29 +283,61 @@ def test_plans_offer_only_their_own_folder_for_reuse(tmp_path):
 # --------------------------------------------------------------------------- dag.test(): embedding
 
 
+def vectors(table_dir: str) -> dict[str, list[float]]:
+    """id -> embedding of a committed table."""
+    from pipelines import sinks
+
+    table = sinks.read_table(table_dir)
+    return dict(zip(table.column("id").to_pylist(), table.column("embedding").to_pylist()))
+
+
 @pytest.mark.slow
-def test_embedding_dag_writes_a_table_and_an_asset_event(airflow_db, configs, tmp_path, tiny):
+def test_scheduled_runs_write_tables_and_reuse_the_previous_one(airflow_db, configs, tmp_path, tiny):
+    """Two scheduled runs: the first embeds everything (no --reuse); the second reuses the first's vectors."""
+    import datetime
+
     from airflow.utils.session import create_session
     from airflow.utils.state import DagRunState
 
     from pipelines import sinks
 
-    output = tmp_path / "tables" / "tiny"
-    write_config(configs, "tiny", input=write_lines(tmp_path / "in.txt", TEXTS), output=str(output),
+    output, source = tmp_path / "tables" / "tiny", tmp_path / "in.txt"
+    write_config(configs, "tiny", input=write_lines(source, TEXTS), output=str(output),
                  module=tiny.text, batch_size=4, schedule={"cron": "@daily"})
-    run = dagbag().dags["embed__tiny"].test()
-    assert run.state == DagRunState.SUCCESS
-
-    (table_dir,) = glob.glob(str(output / "*" / "_SUCCESS"))
-    table_dir = os.path.dirname(table_dir)
-    manifest = sinks.read_manifest(table_dir)
+    day = datetime.datetime(2024, 3, 1, tzinfo=datetime.timezone.utc)
+    first = dagbag().dags["embed__tiny"].test(logical_date=day)
+    assert first.state == DagRunState.SUCCESS  # `--reuse=` would be a config error (exit 2)
+    first_dir = str(output / "20240301T000000")
+    assert glob.glob(str(output / "*" / "_SUCCESS")) == [os.path.join(first_dir, "_SUCCESS")]
+    manifest = sinks.read_manifest(first_dir)
     assert manifest["counts"]["rows_in"] == manifest["counts"]["rows_embedded"] == len(TEXTS)
-    assert sinks.read_table(table_dir).num_rows == len(TEXTS)
+    assert not (manifest.get("reuse") or {}).get("used")
+    assert sinks.read_table(first_dir).num_rows == len(TEXTS)
     with create_session() as session:
         (event,) = asset_events(session, f"file://{output}")
-    assert event["path"] == table_dir
-    assert (event["rows_in"], event["rows_embedded"], event["rows_failed"]) == (len(TEXTS), len(TEXTS), 0)
-    assert event["fingerprint"] == manifest["table"]["fingerprint"]
+    assert event["path"] == first_dir
+    assert (event["rows_in"], event["rows_written"], event["rows_embedded"], event["rows_reused"], event["rows_failed"]) == (
+        len(TEXTS), len(TEXTS), len(TEXTS), 0, 0)
+    assert event["reused_from"] is None and event["fingerprint"] == manifest["table"]["fingerprint"]
+
+    write_lines(source, TEXTS + ["a sentence the first run never saw"])
+    second = dagbag().dags["embed__tiny"].test(logical_date=day + datetime.timedelta(days=1))
+    assert second.state == DagRunState.SUCCESS
+    second_dir = str(output / "20240302T000000")
+    tis = {ti.task_id: ti for ti in second.get_task_instances()}
+    assert tis["plan"].xcom_pull(task_ids="plan")["reuse"] == first_dir
+    reused = sinks.read_manifest(second_dir)
+    reuse = reused.get("reuse") or {}
+    assert (reuse.get("table"), reuse.get("run_id"), reuse.get("used")) == (first_dir, manifest["run_id"], True), reuse
+    counts = reused["counts"]
+    assert (counts["rows_written"], counts["rows_reused"], counts["rows_embedded"]) == (len(TEXTS) + 1, len(TEXTS), 1)
+    old, new = vectors(first_dir), vectors(second_dir)
+    assert len(new) == len(TEXTS) + 1 and {k: new[k] for k in old} == old
+    with create_session() as session:
+        event = asset_events(session, f"file://{output}")[-1]
+    assert (event["path"], event["rows_written"], event["rows_reused"], event["rows_embedded"]) == (
+        second_dir, len(TEXTS) + 1, len(TEXTS), 1)
+    assert event["reused_from"] == {"table": first_dir, "run_id": manifest["run_id"]}
 
 
 @pytest.mark.slow
@@ -314,6 +346,7 @@ def test_reembed_plans_only_the_jobs_of_the_updated_module(airflow_db, job_confi
     from airflow.utils.state import TaskInstanceState
 
     monkeypatch.setenv("HUB_EMBED_RETRIES", "0")
+    commit(tmp_path / "tables" / "tiny", "20240101T000000", "tiny-v2/20240101T000000")  # other fingerprints
     update = {"name": "tiny", "version": 3, "handle": "/modules/tiny/3", "fingerprint": "sha256:x"}
     run = dagbag().dags["reembed_on_module_update"].test(run_conf=update, mark_success_pattern=r".*\.(embed|record_table)")
     tis = {ti.task_id: ti for ti in run.get_task_instances()}
@@ -321,6 +354,7 @@ def test_reembed_plans_only_the_jobs_of_the_updated_module(airflow_db, job_confi
     plan = tis["tiny.plan"].xcom_pull(task_ids="tiny.plan")
     assert plan["module"] == "/modules/tiny/3"
     assert os.path.dirname(plan["output"]) == str(tmp_path / "tables" / "tiny" / "tiny-v3")
+    assert plan["reuse"] is None  # never a scheduled run's or another version's table
     assert tis["cloud.plan"].state == TaskInstanceState.SUCCESS and not tis["cloud.plan"].xcom_pull(task_ids="cloud.plan")
     assert (tis["cloud.embed"].state, tis["cloud.record_table"].state) == (TaskInstanceState.SKIPPED,) * 2
 
