@@ -542,7 +542,7 @@ def embed_job(job: ScheduledJob, plan: Any) -> None:
 
 
 def scheduled_embedding(job: ScheduledJob) -> None:
-    """The tasks of `embed__<config>`: plan_output -> embed -> record_table."""
+    """The tasks of `embed__<config>`: plan_output (with the previous committed run as reuse) -> embed -> record_table."""
     embed_job(job, plan_output.override(task_id="plan")(job.output_base, job.module))
 
 

@@ -1,8 +1,9 @@
 """Scheduled embedding jobs: one DAG `embed__<config>` per `configs/*.yaml` with a `schedule:` section.
 
-Each run: `plan` (this run's output directory) -> `embed` (`python -m
-pipelines.embed` through the Beam provider, DirectRunner or DataflowRunner)
--> `record_table` (Asset event of the table with the manifest's counts).
+Each run: `plan` (this run's output directory, and the previous committed
+run to reuse) -> `embed` (`python -m pipelines.embed [--reuse <previous>]`
+through the Beam provider, DirectRunner or DataflowRunner) -> `record_table`
+(Asset event of the table with the manifest's counts).
 """
 
 from __future__ import annotations

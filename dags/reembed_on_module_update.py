@@ -3,8 +3,9 @@
 `module_updates` reads the newest version per module from the triggering
 events; each scheduled config that embeds with an updated module re-runs
 (`<config>.plan` -> `<config>.embed` -> `<config>.record_table`) with the
-event's handle, into `<output>/<module>-v<version>/<run stamp>`. Configs of
-other modules are skipped; earlier tables are never touched.
+event's handle, into `<output>/<module>-v<version>/<run stamp>`, reusing only
+an earlier committed run of that same folder. Configs of other modules are
+skipped; earlier tables are never touched.
 """
 
 from __future__ import annotations
