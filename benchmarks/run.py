@@ -1,7 +1,8 @@
 """`python -m benchmarks.run`: the pipeline's speed against the raw module, sentence-transformers and stock Beam.
 
     python -m benchmarks.run --corpus benchmarks/data/docstrings.jsonl --rows 2000 [--json OUT]
-                             [--only raw,pipeline,...] [--module DIR]
+                             [--only raw,pipeline,...,incremental] [--module DIR]
+                             [--incremental-rows 50000] [--incremental-small-rows 10000]
 
 Every contender embeds the same first N texts of the corpus (repeated from the
 start when it holds fewer) with the same module, in a process of its own, with
@@ -29,6 +30,15 @@ Contenders (`--only` takes these names):
 * `pipeline_10n`: the pipeline on 10 x N rows, for `peak_rss_mb_10n`. A
   pipeline's peak RSS is its process's high-water mark when the table is
   committed (model load included), before the harness reads the table back.
+* `incremental` (issue 13; `benchmarks.incremental`): whole
+  `python -m pipelines.embed` commands, timed from outside, on a scenario
+  built from the corpus: run 1 embeds `--incremental-rows` texts (default
+  50,000: the corpus repeated with one small edit per copy), run 2 has 1% of
+  them changed, 1% added, 1% removed and 2% duplicates and runs with
+  `--reuse` of run 1's table; plus 1-row commands for the fixed cost, and
+  all-reused runs at N and at `--incremental-small-rows` (default 10,000; 0:
+  none) for the cost of an unchanged row. Runs after the other tasks; `--rows`
+  is not needed when it runs alone.
 
 The JSON report has these top-level keys (null when a contender was skipped
 or failed; `errors` says why): `raw_rows_per_s`, `pipeline_rows_per_s`,
@@ -39,8 +49,13 @@ or failed; `errors` says why): `raw_rows_per_s`, `pipeline_rows_per_s`,
 `peak_rss_mb_10n`, `rss_10n_vs_n`, `mp_vs_single_with_worker_startup`,
 `pipeline_marginal_rows_per_s` (the rows
 between the N and 10 x N runs over the extra seconds: throughput without fixed
-costs); plus `targets`, `meta`, `contenders` (every contender's full result:
-load, warm-up and RunInference times, peak RSS, `min_cosine_vs_raw`) and `errors`.
+costs), `incremental_vs_full_wall`, `incremental_vs_full_work`,
+`incremental_us_per_unchanged_row` (and `_small`, `_marginal`, `_run2`),
+`incremental_fixed_full_s`, `incremental_fixed_reuse_s`, `incremental_run1_s`,
+`incremental_run2_s`, `incremental_counts_ok`, `incremental_bit_identical`
+(see `benchmarks.incremental`); plus `targets`, `meta`, `contenders` (every
+contender's full result: load, warm-up and RunInference times, peak RSS,
+`min_cosine_vs_raw`), `incremental` (its commands, counts and checks) and `errors`.
 """
 
 from __future__ import annotations
@@ -61,7 +76,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import contenders, corpus
+from benchmarks import contenders, corpus, incremental
 from pipelines.config import DEFAULT_MODULE
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,6 +84,13 @@ DEFAULT_BENCH_PYTHON = os.path.join(".venv-bench", "bin", "python")
 DEFAULT_TIMEOUT_S = 3600
 LOG_TAIL_LINES = 15
 BUSY_LOAD_PER_CORE = 0.3
+# The incremental group's report keys (`benchmarks.incremental.metrics`).
+INCREMENTAL_KEYS = (
+    "incremental_vs_full_wall", "incremental_vs_full_work", "incremental_us_per_unchanged_row",
+    "incremental_us_per_unchanged_row_small", "incremental_us_per_unchanged_row_marginal",
+    "incremental_us_per_unchanged_row_run2", "incremental_fixed_full_s", "incremental_fixed_reuse_s",
+    "incremental_run1_s", "incremental_run2_s", "incremental_counts_ok", "incremental_bit_identical",
+)
 PYCACHE_DIR = os.path.join("build", "bench-pycache")
 
 
@@ -97,13 +119,19 @@ TASKS: dict[str, Task] = {
     "beam_mltransform": Task("beam_mltransform", "Beam MLTransform"),
     "pipeline_10n": Task("pipeline", "pipeline, 10 x N rows", rows_factor=10),
 }
-# (metric, comparison, bound): the issue's targets.
+# Task groups that are not one contender process: `--only` takes their names too.
+INCREMENTAL = "incremental"
+GROUPS = (INCREMENTAL,)
+# (metric, comparison, bound): the issues' targets.
 TARGETS = (
     ("pipeline_vs_raw", ">=", 0.85),
     ("pipeline_vs_sentence_transformers", ">=", 2.0),
     ("pipeline_vs_beam_mltransform", ">=", 3.0),
     ("mp_vs_single", ">=", 0.95),
     ("rss_10n_vs_n", "<=", 1.15),
+    ("incremental_vs_full_wall", ">=", 5.0),
+    ("incremental_vs_full_work", ">=", 15.0),
+    ("incremental_us_per_unchanged_row", "<=", 150.0),
 )
 
 
@@ -272,6 +300,23 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# CPU features that decide TensorFlow's matrix-multiply speed (the README's tables name them).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def _cpu_flags() -> list[str]:
+    """Which of `CPU_FLAGS` this CPU has (`/proc/cpuinfo`), in that order."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    present = set(line.split(":", 1)[1].split())
+                    return [flag for flag in CPU_FLAGS if flag in present]
+    except OSError:
+        pass
+    return []
+
+
 def _versions() -> dict[str, str | None]:
     versions = {}
     for package in ("tensorflow", "tensorflow-text", "tensorflow-hub", "apache-beam", "pyarrow"):
@@ -287,12 +332,16 @@ def machine_meta(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
         "cores": os.cpu_count(),
         "load_average_at_start": os.getloadavg()[0],
         "python": platform.python_version(),
         "versions": _versions(),
         "corpus": args.corpus,
         "rows": args.rows,
+        "only": args.only,
+        "incremental_rows": args.incremental_rows if INCREMENTAL in args.only else None,
+        "incremental_small_rows": args.incremental_small_rows if INCREMENTAL in args.only else None,
         "module": args.module,
         "tf_threads": {"intra_op": args.intra_op, "inter_op": args.inter_op},
         "command": " ".join(["python -m benchmarks.run", *sys.argv[1:]]),
@@ -326,12 +375,16 @@ def format_table(report: dict[str, Any]) -> str:
     """The printed report: one line per contender, then the ratios against their targets."""
     meta = report["meta"]
     lines = [
-        f"hub-embed benchmark, {meta['date']}, {meta['cpu']} ({meta['cores']} cores), "
+        f"hub-embed benchmark, {meta['date']}, {meta['cpu']} ({meta['cores']} cores"
+        f"{', ' + ' '.join(meta['cpu_flags']) if meta.get('cpu_flags') else ''}), "
         f"load average {meta['load_average_at_start']:.2f} at start",
         f"{meta['rows']} rows of {meta['corpus']}, module {meta['module']}",
         "",
-        f"{'contender':<26}{'rows':>8}{'rows/s':>10}{'timed s':>10}{'load s':>9}{'peak RSS MB':>13}{'min cos vs raw':>16}",
     ]
+    if report["contenders"]:
+        lines.append(
+            f"{'contender':<26}{'rows':>8}{'rows/s':>10}{'timed s':>10}{'load s':>9}{'peak RSS MB':>13}{'min cos vs raw':>16}"
+        )
     for name, task in TASKS.items():
         result = report["contenders"].get(name)
         if result is None:
@@ -345,6 +398,8 @@ def format_table(report: dict[str, Any]) -> str:
             f"{_fmt(result.get('load_s'), 2):>9}{_fmt(rss, 0):>13}{_fmt(result.get('min_cosine_vs_raw'), 6):>16}"
         )
     lines += _time_split(report["contenders"])
+    if report.get("incremental"):
+        lines += [""] + incremental.format_lines(report["incremental"])
     lines += ["", f"{'metric':<36}{'value':>10}  target"]
     for key, check in report["targets"].items():
         verdict = {True: "met", False: "NOT met", None: "not measured"}[check["met"]]
@@ -364,9 +419,16 @@ def format_table(report: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", required=True, help="JSONL with a 'text' field, or plain text, one record per line")
-    parser.add_argument("--rows", type=int, required=True, help="N: rows per contender (10 x N for pipeline_10n)")
+    parser.add_argument("--rows", type=int, default=None,
+                        help="N: rows per contender (10 x N for pipeline_10n); needed unless only incremental runs")
     parser.add_argument("--json", default=None, help="write the report here")
-    parser.add_argument("--only", default=",".join(TASKS), help=f"comma-separated subset of: {', '.join(TASKS)}")
+    choices = (*TASKS, *GROUPS)
+    parser.add_argument("--only", default=",".join(choices), help=f"comma-separated subset of: {', '.join(choices)}")
+    parser.add_argument("--incremental-rows", type=int, default=incremental.DEFAULT_ROWS,
+                        help="N of the incremental scenario (default: %(default)s)")
+    parser.add_argument("--incremental-small-rows", type=int, default=incremental.DEFAULT_SMALL_ROWS,
+                        help="the incremental scenario's comparison size, for the cost of an unchanged row "
+                             "(default: %(default)s; 0: none)")
     parser.add_argument("--module", default=DEFAULT_MODULE, help="TF Hub module directory (default: %(default)s)")
     parser.add_argument("--bench-python", default=None,
                         help=f"interpreter with sentence-transformers (default: {DEFAULT_BENCH_PYTHON} if present)")
@@ -377,11 +439,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-workdir", action="store_true", help="keep inputs, outputs and logs")
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = sorted(set(args.only) - set(TASKS))
+    unknown = sorted(set(args.only) - set(choices))
     if unknown:
-        parser.error(f"unknown contenders {unknown}; choose from {', '.join(TASKS)}")
-    if args.rows < 1:
+        parser.error(f"unknown contenders {unknown}; choose from {', '.join(choices)}")
+    if args.rows is None and any(name in TASKS for name in args.only):
+        parser.error("--rows is required (only `--only incremental` runs without it)")
+    if args.rows is not None and args.rows < 1:
         parser.error("--rows must be positive")
+    if INCREMENTAL in args.only:
+        if args.incremental_rows < 100:
+            parser.error("--incremental-rows must be at least 100")
+        if args.incremental_small_rows and not 100 <= args.incremental_small_rows < args.incremental_rows:
+            parser.error("--incremental-small-rows must be 0, or at least 100 and below --incremental-rows")
     if not os.path.isfile(os.path.join(args.module, "saved_model.pb")):
         parser.error(f"no module at {args.module}; build it with `make module`")
     args.module = os.path.abspath(args.module)
@@ -390,11 +459,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run_all(args: argparse.Namespace, workdir: str) -> dict[str, dict[str, Any]]:
     """Runs the selected tasks in `TASKS` order; returns their results by name."""
-    texts = corpus.read_texts(args.corpus, args.rows * max(TASKS[n].rows_factor for n in args.only))
+    selected = [n for n in TASKS if n in args.only]
+    if not selected:
+        return {}
+    texts = corpus.read_texts(args.corpus, args.rows * max(TASKS[n].rows_factor for n in selected))
     inputs: dict[int, str] = {}
     bench_python = args.bench_python or default_bench_python()
     results = {}
-    for name in [n for n in TASKS if n in args.only]:
+    for name in selected:
         task = TASKS[name]
         rows = args.rows * task.rows_factor
         if rows not in inputs:
@@ -410,15 +482,43 @@ def run_all(args: argparse.Namespace, workdir: str) -> dict[str, dict[str, Any]]
     return results
 
 
-def build_report(meta: dict[str, Any], results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def run_incremental(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
+    """The `incremental` group (`benchmarks.incremental`); `{"error": ...}` when a command failed."""
+    print(f"running incremental on {args.incremental_rows} rows ...", file=sys.stderr, flush=True)
+    taskdir = os.path.join(workdir, INCREMENTAL)
+    os.makedirs(taskdir)
+    try:
+        (result, seconds) = contenders.timed(lambda: incremental.run_incremental(
+            incremental.read_paragraphs(args.corpus), args.incremental_rows, args.incremental_small_rows,
+            args.module, taskdir, contender_env(args.intra_op, args.inter_op), REPO_ROOT, timeout=args.timeout,
+        ))
+    except incremental.CommandError as e:
+        print("failed", file=sys.stderr, flush=True)
+        return {"error": str(e)}
+    print(f"incremental done in {seconds:.0f}s", file=sys.stderr, flush=True)
+    if not (result["counts_ok"] and result["bit_identical"]):
+        result["error"] = "wrong counts or vectors: " + json.dumps(
+            {k: v for k, v in result["checks"].items() if v.get("wrong") or v.get("ok") is False}
+        )
+    return result
+
+
+def build_report(
+    meta: dict[str, Any], results: dict[str, dict[str, Any]], incremental_result: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The JSON report: metrics first, then targets, meta, every result and the errors."""
     metrics = summarize(results)
+    metrics.update((incremental_result or {}).get("metrics") or {key: None for key in INCREMENTAL_KEYS})
+    errors = {name: r["error"] for name, r in results.items() if "error" in r}
+    if incremental_result and "error" in incremental_result:
+        errors[INCREMENTAL] = incremental_result["error"]
     return {
         **metrics,
         "targets": check_targets(metrics),
         "meta": meta,
         "contenders": {name: {k: v for k, v in r.items() if k != "embeddings"} for name, r in results.items()},
-        "errors": {name: r["error"] for name, r in results.items() if "error" in r},
+        INCREMENTAL: incremental_result,
+        "errors": errors,
     }
 
 
@@ -430,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = machine_meta(args)
     workdir = tempfile.mkdtemp(prefix="hub-embed-bench-")
     try:
-        report = build_report(meta, run_all(args, workdir))
+        results = run_all(args, workdir)
+        report = build_report(meta, results, run_incremental(args, workdir) if INCREMENTAL in args.only else None)
     finally:
         if args.keep_workdir:
             print(f"work directory kept: {workdir}", file=sys.stderr)
