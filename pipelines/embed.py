@@ -35,9 +35,16 @@ def _summary(cfg: config.EmbedConfig, manifest: dict, seconds: float) -> str:
         f"Embedding table: {cfg.sink.output}  ({len(manifest['files'])} part files; manifest {cfg.sink.output}/_SUCCESS)",
         f"  module {table['module']} ({table['signature']}/{table['output_key']}, dim {table['dimension']}"
         f"{', per token' if table['sequence'] else ''})",
-        f"  rows in {counts['rows_in']}, embedded {counts['rows_embedded']}, failed {counts['rows_failed']}"
-        f" in {seconds:.1f}s ({counts['rows_in'] / max(seconds, 1e-9):.1f} rows/s)",
+        f"  rows in {counts['rows_in']}, embedded {counts['rows_embedded']}, reused {counts['rows_reused']}, "
+        f"failed {counts['rows_failed']} in {seconds:.1f}s ({counts['rows_in'] / max(seconds, 1e-9):.1f} rows/s)",
     ]
+    if counts["rows_deduplicated"]:
+        lines.append(f"  {counts['rows_deduplicated']} rows shared another row's content (one module call per content)")
+    reuse = manifest.get("reuse")
+    if reuse and reuse["used"]:
+        lines.append(f"  reused vectors from {reuse['table']} (run {reuse['run_id']})")
+    elif reuse:
+        lines.append(f"  reused nothing from {reuse['table']}: {reuse['reason']}")
     if counts["rows_failed"]:
         lines.append(f"  failures by stage {counts['failed_by_stage']}: {cfg.sink.output}/errors/")
     lines.append(f"  read it with: pipelines.sinks.read_table({cfg.sink.output!r})")

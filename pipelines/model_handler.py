@@ -42,7 +42,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from pipelines.config import ModelSpec
-from pipelines.records import FAILURES, METRICS_NAMESPACE, Record, Stage, failed
+from pipelines.records import FAILURES, METRICS_NAMESPACE, TALLIES, ContentGroup, Stage, tally
 
 WINDOW_BATCHES = 8
 # Warm-up inputs: texts of a few lengths (the module's first call builds and optimizes its graph).
@@ -149,12 +149,12 @@ class _Progress:
             _LOG.info("hub_embed: %d rows embedded by this worker, %.1f rows/s", self._rows, self._rows / (now - self._start))
 
 
-class HubModelHandler(ModelHandler[Record, PredictionResult, LoadedModule]):
-    """Embeds `Record`s (payload: text or float32 image) with one signature output of a TF Hub module.
+class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]):
+    """Embeds `ContentGroup`s (payload: text or float32 image) with one signature output of a TF Hub module.
 
-    Each `PredictionResult` carries the record as its example and, as its
+    Each `PredictionResult` carries the group as its example and, as its
     inference, a float32 `[D]` vector (`[T, D]` for per-token outputs) or an
-    `EmbedFailure`.
+    `EmbedFailure`. Any element with a `payload` will do.
     """
 
     def __init__(self, handle: str, signature: str, fingerprint: str, spec: ModelSpec, tf_threads: int | None = None):
@@ -211,7 +211,7 @@ class HubModelHandler(ModelHandler[Record, PredictionResult, LoadedModule]):
             _LOG.debug("hub_embed: warm-up call failed (%s: %s); the first batch warms up instead", type(e).__name__, e)
 
     def run_inference(
-        self, batch: Sequence[Record], model: LoadedModule, inference_args: dict[str, Any] | None = None
+        self, batch: Sequence[ContentGroup], model: LoadedModule, inference_args: dict[str, Any] | None = None
     ) -> Iterable[PredictionResult]:
         results: list[Any] = [None] * len(batch)
         order = range(len(batch))
@@ -227,7 +227,7 @@ class HubModelHandler(ModelHandler[Record, PredictionResult, LoadedModule]):
         self._progress.add(len(batch))
         return [PredictionResult(record, result) for record, result in zip(batch, results)]
 
-    def _embed(self, batch: Sequence[Record], rows: list[int], model: LoadedModule, results: list[Any]) -> None:
+    def _embed(self, batch: Sequence[ContentGroup], rows: list[int], model: LoadedModule, results: list[Any]) -> None:
         """Fills `results[i]` for `rows`, halving the call until a failing row stands alone."""
         inputs, lengths = self._inputs([batch[i].payload for i in rows])
         try:
@@ -287,7 +287,7 @@ class HubModelHandler(ModelHandler[Record, PredictionResult, LoadedModule]):
         inputs, _ = self._inputs([example])
         return int(model.call(inputs)[self._spec.output_key].shape[-1])
 
-    def get_num_bytes(self, batch: Sequence[Record]) -> int:
+    def get_num_bytes(self, batch: Sequence[ContentGroup]) -> int:
         if self._spec.kind == "image":
             return sum(r.payload.nbytes for r in batch)
         return sum(len(r.payload) for r in batch)
@@ -297,31 +297,43 @@ class HubModelHandler(ModelHandler[Record, PredictionResult, LoadedModule]):
 
 
 class _SplitResults(beam.DoFn):
-    """Embedded rows go on as `Record`s whose payload is the embedding; failures are tagged."""
+    """Each embedded `ContentGroup` gives its vector to every one of its rows; a failure fails them all."""
+
+    def setup(self) -> None:
+        self._embedded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_embedded")
+        self._contents = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "contents_embedded")
 
     def process(self, result: PredictionResult) -> Iterable[Any]:
-        record, inference = result.example, result.inference
+        group, inference = result.example, result.inference
         if isinstance(inference, EmbedFailure):
-            yield failed(record.id, record.source, Stage.EMBED, inference.error)
-        else:
-            yield record._replace(payload=inference)
+            yield from group.failed(Stage.EMBED, inference.error)
+            return
+        rows = len(group.rows)
+        self._embedded.inc(rows)
+        self._contents.inc()
+        yield tally("rows_embedded", rows)
+        yield tally("contents_embedded", 1)
+        if rows > 1:
+            yield tally("rows_deduplicated", rows - 1)
+        yield from group.embedded(inference)
 
 
 class Embed(beam.PTransform):
-    """RunInference with a `HubModelHandler`, split into embedded records and failures.
+    """RunInference with a `HubModelHandler` on `ContentGroup`s, fanned out to their rows.
 
     Returns:
-      A `DoOutputsTuple`: `.records` (payload = embedding) and `.failures`.
+      A `DoOutputsTuple`: `.records` (`Record`s whose payload is the
+      embedding), `.failures` and `.tallies` (`rows_embedded`,
+      `contents_embedded`, `rows_deduplicated`).
     """
 
     def __init__(self, handler: HubModelHandler):
         super().__init__()
         self._handler = handler
 
-    def expand(self, records: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+    def expand(self, groups: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         return (
-            records
+            groups
             | "RunInference" >> RunInference(self._handler)
-            | "Split" >> beam.ParDo(_SplitResults()).with_outputs(FAILURES, main="records")
+            | "Split" >> beam.ParDo(_SplitResults()).with_outputs(FAILURES, TALLIES, main="records")
         )
-

@@ -1,10 +1,13 @@
 """build_pipeline(p, cfg): the embedding job's graph, wired from the stage transforms.
 
-    Read ─▶ DedupeIds ─▶ Preprocess ─▶ Embed ─▶ WriteTable (parts, dead letters, commit)
-      └────────┴────────────┴───────────┴──── failures ──▶┘
+    Read ─▶ DedupeIds ─▶ Preprocess ─▶ JoinContent ─▶ reused rows ─────────────────────▶ WriteTable
+                         (content_hash)    ▲      └─▶ misses ─▶ Decode ─▶ Embed ─▶ ┘    (parts, dead letters,
+    ReadReuse (the reuse table's vectors) ─┘           (one per content)                commit)
+      └────────┴────────────┴──────────────────────────────┴────────┴──── failures ──▶┘
 
 Step labels are stable (tests and Dataflow job updates rely on them):
-`Read`, `CountRowsIn`, `DedupeIds`, `Preprocess`, `Embed`, `AllFailures`, `WriteTable`.
+`Read`, `CountRowsIn`, `DedupeIds`, `Preprocess`, `ReadReuse`, `JoinContent`,
+`Decode`, `Embed`, `AllRows`, `AllFailures`, `AllTallies`, `WriteTable`.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from apache_beam.portability.api import beam_provision_api_pb2
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
-from pipelines import config, export, handles, modules, sinks
+from pipelines import config, content, export, handles, modules, reuse, sinks
 from pipelines.config import EmbedConfig, ModelSpec
 from pipelines.handles import redact
 from pipelines.model_handler import Embed, HubModelHandler, load_module
-from pipelines.preprocess import Preprocess
+from pipelines.preprocess import Decode, Preprocess
+from pipelines.reuse import ReadReusedVectors, ReusePlan
 from pipelines.sources import DedupeIds, ReadRecords
 
 
@@ -39,12 +43,14 @@ class Job:
       spec: how to call the selected signature.
       run_id: this run's id (temp dir and part names).
       metadata: the table's `hub_embed` metadata.
+      reuse: what the run takes from its reuse table (None without `reuse`).
     """
 
     module: modules.ModuleInfo
     spec: ModelSpec
     run_id: str
     metadata: dict[str, Any]
+    reuse: ReusePlan | None = None
 
 
 def prepare(cfg: EmbedConfig, module: modules.ModuleInfo | None = None) -> Job:
@@ -55,7 +61,8 @@ def prepare(cfg: EmbedConfig, module: modules.ModuleInfo | None = None) -> Job:
       module: the module's description, when the caller already has it.
 
     Raises:
-      ConfigError: the signature or output key does not exist or does not suit the input.
+      ConfigError: the signature or output key does not exist or does not suit the
+        input, or the reuse table does not exist, is not committed or is corrupt.
       HandleError, ModuleError: the module cannot be resolved or loaded.
     """
     if module is None:  # modules.describe, with the loaded module kept for in-process workers
@@ -76,11 +83,13 @@ def prepare(cfg: EmbedConfig, module: modules.ModuleInfo | None = None) -> Job:
         "output_key": spec.output_key,
         "dimension": spec.dim,
         "sequence": spec.sequence,
+        "content_hash": content.scheme(spec),
         "config_hash": cfg.config_hash(),
         "code_version": export.code_version(),
         "run_id": run_id,
     }
-    return Job(module, spec, run_id, metadata)
+    reuse_plan = reuse.plan(cfg.sink.reuse, metadata) if cfg.sink.reuse else None
+    return Job(module, spec, run_id, metadata, reuse_plan)
 
 
 def tf_threads(options: PipelineOptions) -> int | None:
@@ -151,10 +160,17 @@ def build_pipeline(p: beam.Pipeline, cfg: EmbedConfig, job: Job | None = None) -
     rows_in = (read.records, read.failures) | "AllRead" >> beam.Flatten() | "CountRowsIn" >> beam.combiners.Count.Globally()
     unique = read.records | "DedupeIds" >> DedupeIds()
     ready = unique.records | "Preprocess" >> Preprocess(cfg.preprocess, job.spec)
-    embedded = ready.records | "Embed" >> Embed(_handler(cfg, job.module, job.spec, tf_threads(p.options)))
-    failures = (read.failures, unique.failures, ready.failures, embedded.failures) | "AllFailures" >> beam.Flatten()
+    reusable = p | "ReadReuse" >> ReadReusedVectors(job.reuse, job.spec.sequence)
+    joined = {"rows": ready.records, "reused": reusable} | "JoinContent" >> content.JoinContent()
+    decoded = joined.misses | "Decode" >> Decode(cfg.preprocess, job.spec)
+    embedded = decoded.records | "Embed" >> Embed(_handler(cfg, job.module, job.spec, tf_threads(p.options)))
+    records = (joined.reused, embedded.records) | "AllRows" >> beam.Flatten()
+    failures = (
+        (read.failures, unique.failures, ready.failures, decoded.failures, embedded.failures) | "AllFailures" >> beam.Flatten()
+    )
+    tallies = (joined.tallies, embedded.tallies) | "AllTallies" >> beam.Flatten()
     schema = sinks.table_schema(job.spec.dim, job.spec.sequence, cfg.source.passthrough, job.metadata)
-    manifest = {"table": job.metadata, "config": cfg.to_dict()}
-    return {"records": embedded.records, "failures": failures, "rows_in": rows_in} | "WriteTable" >> sinks.WriteEmbeddingTable(
+    manifest = {"table": job.metadata, "config": cfg.to_dict(), "reuse": job.reuse.to_manifest() if job.reuse else None}
+    return {"records": records, "failures": failures, "rows_in": rows_in, "tallies": tallies} | "WriteTable" >> sinks.WriteEmbeddingTable(
         cfg.sink, job.run_id, schema, manifest
     )

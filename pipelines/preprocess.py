@@ -1,4 +1,9 @@
-"""Preprocessing: validate texts and decode images before the module sees them.
+"""Preprocessing: validate texts and decode images before the module sees them; key each record by its content.
+
+`Preprocess` runs on every record: it validates a text, or reads an image
+file, and sets the record's `content_hash` (`pipelines.content`). `Decode`
+runs after the content join, on what still needs a module call: it decodes
+each such image once, however many records share it. Texts pass it unchanged.
 
 Texts: an empty or whitespace-only text, or one longer than `max_text_bytes`
 UTF-8 bytes, is dead-lettered (stage `validate`) in every input format. Other
@@ -24,8 +29,9 @@ from typing import Any, Iterator
 import apache_beam as beam
 import numpy as np
 
+from pipelines import content
 from pipelines.config import ModelSpec, PreprocessConfig
-from pipelines.records import FAILURES, Record, Stage, failed
+from pipelines.records import FAILURES, ContentGroup, Record, Stage, failed
 
 
 def check_text(text: str, max_bytes: int) -> str | None:
@@ -91,6 +97,8 @@ def _gray16(image: Any, size: tuple[int, int]) -> np.ndarray:
 
 
 class _ValidateText(beam.DoFn):
+    """Dead-letters texts the module must not see; the others get their content hash."""
+
     def __init__(self, max_bytes: int):
         self._max_bytes = max_bytes
 
@@ -99,33 +107,56 @@ class _ValidateText(beam.DoFn):
         if problem:
             yield failed(record.id, record.source, Stage.VALIDATE, problem)
         else:
-            yield record
+            yield record._replace(content_hash=content.text_hash(record.payload))
+
+
+def _read_file(path: str) -> bytes:
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return f.read()
+
+
+class _HashImage(beam.DoFn):
+    """Reads an image file and keys it by its content hash; its pixels are decoded later, only if it needs a module call."""
+
+    def __init__(self, size: tuple[int, int]):
+        self._size = size
+
+    def process(self, record: Record) -> Iterator[Any]:
+        try:
+            data = _read_file(record.payload)
+        except Exception as e:  # unreadable: this record's failure
+            yield failed(record.id, record.source, Stage.DECODE, e)
+            return
+        yield record._replace(content_hash=content.image_hash(data, self._size))
 
 
 class _DecodeImage(beam.DoFn):
+    """Decodes the image of a `ContentGroup` (read again: the hash proves it is the file that was keyed)."""
+
     def __init__(self, size: tuple[int, int], max_pixels: int):
         self._size = size
         self._max_pixels = max_pixels
 
-    def process(self, record: Record) -> Iterator[Any]:
-        from apache_beam.io.filesystem import CompressionTypes
-        from apache_beam.io.filesystems import FileSystems
-
+    def process(self, group: ContentGroup) -> Iterator[Any]:
         try:
-            with FileSystems.open(record.payload, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                data = f.read()
+            data = _read_file(group.payload)
+            if content.image_hash(data, self._size) != group.content_hash:
+                raise OSError(f"{group.payload} changed while the job ran (its content hash differs from the first read)")
             image = decode_image(data, self._size, self._max_pixels)
-        except Exception as e:  # Pillow raises many types for bad files; each is this record's failure.
-            yield failed(record.id, record.source, Stage.DECODE, e)
+        except Exception as e:  # Pillow raises many types for bad files; each is this content's failure.
+            yield from group.failed(Stage.DECODE, e)
             return
-        yield record._replace(payload=image)
+        yield group._replace(payload=image)
 
 
 class Preprocess(beam.PTransform):
-    """Validates texts or decodes images.
+    """Validates texts or reads image files, and sets each record's `content_hash`.
 
     Returns:
-      A `DoOutputsTuple`: `.records` ready for the module and `.failures`.
+      A `DoOutputsTuple`: `.records` (with `content_hash`) and `.failures`.
     """
 
     def __init__(self, cfg: PreprocessConfig, spec: ModelSpec):
@@ -135,7 +166,32 @@ class Preprocess(beam.PTransform):
 
     def expand(self, records: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         if self._spec.kind == "image":
-            fn: beam.DoFn = _DecodeImage(self._spec.image_size, self._cfg.max_image_pixels)
+            fn: beam.DoFn = _HashImage(self._spec.image_size)
         else:
             fn = _ValidateText(self._cfg.max_text_bytes)
         return records | beam.ParDo(fn).with_outputs(FAILURES, main="records")
+
+
+class Decode(beam.PTransform):
+    """Decodes the images of the `ContentGroup`s that need a module call; texts pass as they are.
+
+    Returns:
+      A `DoOutputsTuple`: `.records` (`ContentGroup`s ready for the module) and `.failures`.
+    """
+
+    def __init__(self, cfg: PreprocessConfig, spec: ModelSpec):
+        super().__init__()
+        self._cfg = cfg
+        self._spec = spec
+
+    def expand(self, groups: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        if self._spec.kind == "image":
+            fn: beam.DoFn = _DecodeImage(self._spec.image_size, self._cfg.max_image_pixels)
+        else:
+            fn = _PassThrough()
+        return groups | beam.ParDo(fn).with_outputs(FAILURES, main="records")
+
+
+class _PassThrough(beam.DoFn):
+    def process(self, element: Any) -> Iterator[Any]:
+        yield element

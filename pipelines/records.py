@@ -4,6 +4,11 @@ Every stage emits good elements on its main output and `Failure`s on the
 `FAILURES` output; the pipeline flattens all failure outputs into one
 dead-letter table. Stages are named by `Stage` values, which end up in the
 dead-letter table's `stage` column and in the `rows_failed_<stage>` counters.
+
+Records that share a content travel from the content join to the module as
+one `ContentGroup`. Stages that decide where rows go also emit `tally`
+elements on a `TALLIES` output (rows reused, embedded, deduplicated); their
+sums are checked against the written table before commit.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 
 FAILURES = "failures"
+TALLIES = "tallies"
 METRICS_NAMESPACE = "hub_embed"
 _MAX_ERROR_CHARS = 1000
 
@@ -38,12 +44,54 @@ class Record(NamedTuple):
       source: where the record came from: `<file>:<n>` (n = 1-based line or
         record number) or, for images, the file path.
       passthrough: values of the `--passthrough` columns, in their order.
+      content_hash: hex digest of exactly what the module is fed for this
+        record (see `pipelines.content`); set by `Preprocess`.
     """
 
     id: str
     payload: Any
     source: str
     passthrough: tuple = ()
+    content_hash: str = ""
+
+
+def position(record: Record | Failure) -> tuple[str, int]:
+    """(file, n) of a `<file>:<n>` source; image sources are plain paths (n = 0).
+
+    The order "first by file, then by position" that picks the record kept
+    among duplicate ids, and the one of identical contents that is embedded.
+    """
+    path, _, n = record.source.rpartition(":")
+    return (path, int(n)) if n.isdigit() else (record.source, 0)
+
+
+class ContentGroup(NamedTuple):
+    """The records of one run that share a content: one module call embeds them all.
+
+    Attributes:
+      content_hash: their content hash.
+      payload: what the module is fed: the text; for images first the file
+        path, then the decoded float32 `[H, W, 3]` array; after the module
+        call, the embedding.
+      rows: the records, without their payloads, first by file and position.
+    """
+
+    content_hash: str
+    payload: Any
+    rows: tuple[Record, ...]
+
+    def embedded(self, vector: Any) -> list[Record]:
+        """Every row with `vector` as its payload."""
+        return [row._replace(payload=vector) for row in self.rows]
+
+    def failed(self, stage: Stage, error: str | BaseException) -> list[beam.pvalue.TaggedOutput]:
+        """One dead letter per row, each with the group's reason."""
+        return [failed(row.id, row.source, stage, error) for row in self.rows]
+
+
+def tally(name: str, n: int) -> beam.pvalue.TaggedOutput:
+    """Adds `n` to the run's count `name` (summed over the run and checked at commit; see `sinks`)."""
+    return beam.pvalue.TaggedOutput(TALLIES, (name, n))
 
 
 class Failure(NamedTuple):

@@ -8,12 +8,14 @@ Layout of an output directory:
     .tmp-<run_id>/                          a run's parts before its commit
 
 Table columns: `id` (string), `embedding` (`fixed_size_list<float32>[D]`, or
-`list<fixed_size_list<float32>[D]>` for per-token outputs), then the
-passthrough columns (strings). Every part's schema metadata `hub_embed` holds
-JSON: module handle (without secrets), fingerprint, name and version, signature,
-output key, dimension, config hash, code version and run id. The manifest holds
-the same plus the table's row count, its counts and its files with their row
-counts (each part's Parquet footer holds its own).
+`list<fixed_size_list<float32>[D]>` for per-token outputs), `content_hash`
+(string: SHA-256 hex of what the module is fed, see `pipelines.content`), then
+the passthrough columns (strings). Every part's schema metadata `hub_embed`
+holds JSON: module handle (without secrets), fingerprint, name and version,
+signature, output key, dimension, content-hash scheme, config hash, code
+version and run id. The manifest holds the same plus the table's row count, its
+counts, the reuse table it took vectors from (if any) and its files with their
+row counts (each part's Parquet footer holds its own).
 
 Workers stream rows into an open part, one Parquet row group per
 `ROWS_PER_BATCH` rows, and close it at about `PART_BYTES`: a worker holds one
@@ -25,9 +27,11 @@ How a run commits, and why it is safe:
    (name, rows). A retried bundle writes new files; only the attempt Beam
    commits is reported, so the orphans of failed attempts are never used.
 2. One commit step runs after every part is written (it takes them as side
-   inputs). It checks `rows_in == rows_embedded + rows_failed`, and the error
-   fraction against `max_error_fraction`; either failing fails the run before
-   anything moves (the dead letters stay under `.tmp-<run_id>/errors/`).
+   inputs). It checks `rows_in == rows_written + rows_failed` (rows written:
+   the parts' rows; failed: the dead letters' rows), `rows_written ==
+   rows_embedded + rows_reused` (counted where rows get their vector), and the
+   error fraction against `max_error_fraction`; any failing fails the run
+   before anything moves (the dead letters stay under `.tmp-<run_id>/errors/`).
 3. It moves the parts into place under names carrying the run id, so they
    never replace an old table's files, then writes `_SUCCESS` (temp file +
    rename). That rename is the commit: before it the old manifest still names
@@ -67,6 +71,8 @@ METADATA_KEY = "hub_embed"
 MANIFEST_FORMAT = "hub-embed-table/1"
 ROWS_PER_BATCH = 4096
 PART_BYTES = 64 << 20
+# Counts the pipeline tallies where rows get their vectors (see `records.tally`), recorded in the manifest.
+TALLY_NAMES = ("rows_embedded", "rows_reused", "rows_deduplicated", "contents_embedded")
 ERROR_SCHEMA = pa.schema([(name, pa.string()) for name in Failure._fields])
 _LOG = logging.getLogger(__name__)
 
@@ -91,7 +97,7 @@ def new_run_id() -> str:
 def table_schema(dim: int, sequence: bool, passthrough: Sequence[str], metadata: dict[str, Any]) -> pa.Schema:
     """The table's Arrow schema, with `metadata` under the `hub_embed` key."""
     vector = pa.list_(pa.float32(), dim)
-    fields = [("id", pa.string()), ("embedding", pa.list_(vector) if sequence else vector)]
+    fields = [("id", pa.string()), ("embedding", pa.list_(vector) if sequence else vector), ("content_hash", pa.string())]
     fields += [(name, pa.string()) for name in passthrough]
     return pa.schema(fields, metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
 
@@ -110,8 +116,8 @@ def _table_batch(schema: pa.Schema, rows: list[Record]) -> pa.RecordBatch:
         flat = np.concatenate([r.payload for r in rows]).reshape(-1) if rows else np.zeros(0, np.float32)
         vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
         embeddings = pa.ListArray.from_arrays(pa.array(offsets), vectors)
-    columns = [pa.array([r.id for r in rows], pa.string()), embeddings]
-    columns += [pa.array([r.passthrough[k] for r in rows], pa.string()) for k in range(len(schema.names) - 2)]
+    columns = [pa.array([r.id for r in rows], pa.string()), embeddings, pa.array([r.content_hash for r in rows], pa.string())]
+    columns += [pa.array([r.passthrough[k] for r in rows], pa.string()) for k in range(len(schema.names) - 3)]
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
@@ -280,7 +286,7 @@ class _Commit(beam.DoFn):
 
     def process(
         self, _: Any, parts: list[PartFile], error_parts: list[PartFile], rows_in: int,
-        failed_by_stage: dict[str, int], examples: list[Failure],
+        failed_by_stage: dict[str, int], examples: list[Failure], tallies: dict[str, int],
     ) -> Iterator[dict[str, Any]]:
         output = self._cfg.output
         tmp = FileSystems.join(output, TMP_PREFIX + self._run_id)
@@ -289,12 +295,19 @@ class _Commit(beam.DoFn):
             self._remove_debris(output, _manifest_paths(committed))
             yield committed
             return
-        embedded = sum(p.rows for p in parts)
+        written = sum(p.rows for p in parts)
         failed = sum(p.rows for p in error_parts)
-        if rows_in != embedded + failed:
+        counted = {name: int(tallies.get(name, 0)) for name in TALLY_NAMES}
+        if rows_in != written + failed:
             raise CommitError(
-                f"Row counts do not add up: rows_in={rows_in} but rows_embedded={embedded} + rows_failed={failed} "
-                f"= {embedded + failed}. Nothing was committed to {output}."
+                f"Row counts do not add up: rows_in={rows_in} but rows_written={written} + rows_failed={failed} "
+                f"= {written + failed}. Nothing was committed to {output}."
+            )
+        if written != counted["rows_embedded"] + counted["rows_reused"]:
+            raise CommitError(
+                f"Row counts do not add up: rows_written={written} but rows_embedded={counted['rows_embedded']} + "
+                f"rows_reused={counted['rows_reused']} = {counted['rows_embedded'] + counted['rows_reused']}. "
+                f"Nothing was committed to {output}."
             )
         fraction = failed / rows_in if rows_in else 0.0
         if fraction > self._cfg.max_error_fraction:
@@ -314,7 +327,8 @@ class _Commit(beam.DoFn):
             "committed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "counts": {
                 "rows_in": rows_in,
-                "rows_embedded": embedded,
+                "rows_written": written,
+                **counted,
                 "rows_failed": failed,
                 "balanced": True,
                 "error_fraction": fraction,
@@ -324,7 +338,7 @@ class _Commit(beam.DoFn):
             "files": files,
             "error_files": error_files,
         }
-        manifest["table"] = {**manifest["table"], "row_count": embedded}
+        manifest["table"] = {**manifest["table"], "row_count": written}
         staged = FileSystems.join(tmp, SUCCESS_FILE)
         with FileSystems.create(staged, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             f.write(json.dumps(manifest, indent=2, sort_keys=True).encode())
@@ -410,8 +424,10 @@ def _mkdirs(path: str) -> None:
 class WriteEmbeddingTable(beam.PTransform):
     """Writes embedded records and failures as a table, then commits it (see the module docstring).
 
-    Input: a dict with `records` (embedded `Record`s), `failures` (`Failure`s)
-    and `rows_in` (a single count of all records read).
+    Input: a dict with `records` (embedded `Record`s), `failures` (`Failure`s),
+    `rows_in` (a single count of all records read) and `tallies` (`(name, n)`
+    pairs, summed per name: `rows_embedded` and `rows_reused` must add up to
+    the rows written; see `TALLY_NAMES`).
 
     Returns:
       A PCollection with the committed manifest (one dict).
@@ -436,7 +452,7 @@ class WriteEmbeddingTable(beam.PTransform):
     def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
         tmp = FileSystems.join(self._cfg.output, TMP_PREFIX + self._run_id)
         parts = inputs["records"] | "WriteParts" >> beam.ParDo(
-            _WriteParts(tmp, self._schema, _table_batch, "rows_embedded")
+            _WriteParts(tmp, self._schema, _table_batch, "rows_written")
         )
         failures = inputs["failures"]
         error_parts = failures | "WriteErrorParts" >> beam.ParDo(
@@ -444,6 +460,7 @@ class WriteEmbeddingTable(beam.PTransform):
         )
         by_stage = failures | "StageOf" >> beam.Map(lambda f: f.stage) | "CountByStage" >> beam.combiners.Count.PerElement()
         examples = failures | "FirstFailures" >> beam.combiners.Top.Smallest(3)
+        tallies = inputs["tallies"] | "SumTallies" >> beam.CombinePerKey(sum)
         return (
             inputs["rows_in"].pipeline
             | "CommitTrigger" >> beam.Create([None])
@@ -454,5 +471,6 @@ class WriteEmbeddingTable(beam.PTransform):
                 beam.pvalue.AsSingleton(inputs["rows_in"]),
                 beam.pvalue.AsDict(by_stage),
                 beam.pvalue.AsSingleton(examples),
+                beam.pvalue.AsDict(tallies),
             )
         )

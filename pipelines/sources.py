@@ -36,7 +36,7 @@ import apache_beam as beam
 from apache_beam.io import fileio
 
 from pipelines.config import SourceConfig, is_local
-from pipelines.records import FAILURES, METRICS_NAMESPACE, Record, Stage, failed
+from pipelines.records import FAILURES, METRICS_NAMESPACE, Record, Stage, failed, position
 
 _MISSING = object()
 
@@ -353,16 +353,10 @@ class ReadRecords(beam.PTransform):
         )
 
 
-def _position(record: Record) -> tuple[str, int]:
-    """(file, n) of a `<file>:<n>` source; image sources are plain paths."""
-    path, _, n = record.source.rpartition(":")
-    return (path, int(n)) if n.isdigit() else (record.source, 0)
-
-
 class _KeepFirst(beam.DoFn):
     def process(self, element: tuple[str, Iterable[Record]]) -> Iterator[Any]:
         _, records = element
-        records = sorted(records, key=_position)
+        records = sorted(records, key=position)
         yield records[0]
         for record in records[1:]:
             yield failed(record.id, record.source, Stage.DEDUPE, f"duplicate id; the record at {records[0].source} is kept")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -159,8 +160,11 @@ def test_each_record_format_with_ids_and_passthrough(tiny, tmp_path, fmt):
     assert_embeddings(rows, {f"d{i}": expected[i] for i in range(len(TEXTS))})
     assert {r["lang"] for r in rows.values()} == {"en"}
     schema = pq.read_schema(out / sinks.read_manifest(str(out))["files"][0]["path"])
-    assert schema.names == ["id", "embedding", "lang"]
+    assert schema.names == ["id", "embedding", "content_hash", "lang"]
     assert schema.field("embedding").type == pa.list_(pa.float32(), 8)
+    # The content key: SHA-256 of the text's UTF-8 bytes, named in the metadata.
+    assert {r["content_hash"] for r in rows.values()} == {hashlib.sha256(t.encode()).hexdigest() for t in TEXTS}
+    assert json.loads(schema.metadata[b"hub_embed"])["content_hash"]["function"] == "sha256"
 
 
 def test_tf1_hub_format_module(tiny, tmp_path, src):
@@ -323,8 +327,9 @@ def test_dataflow_dry_run_builds_the_expected_job_graph(tiny):
     result = p.run()
     transforms = {t.unique_name for t in result.job.proto_pipeline.components.transforms.values()}
     for step in (
-        "Read/Match", "Read/Parse", "CountRowsIn", "DedupeIds/Group", "Preprocess", "Embed/RunInference",
-        "Embed/Split", "AllFailures", "WriteTable/WriteParts", "WriteTable/WriteErrorParts", "WriteTable/Commit",
+        "Read/Match", "Read/Parse", "CountRowsIn", "DedupeIds/Group", "Preprocess", "ReadReuse/Read",
+        "JoinContent/Join", "JoinContent/Resolve", "Decode", "Embed/RunInference", "Embed/Split", "AllRows",
+        "AllFailures", "AllTallies", "WriteTable/WriteParts", "WriteTable/WriteErrorParts", "WriteTable/Commit",
     ):
         assert step in transforms, step
 

@@ -25,7 +25,7 @@ METADATA = {"module": "m", "dimension": DIM}
 
 
 def _records(n: int, prefix: str = "r") -> list[Record]:
-    return [Record(f"{prefix}{i}", np.full(DIM, i, np.float32), f"f:{i}", (f"p{i}",)) for i in range(n)]
+    return [Record(f"{prefix}{i}", np.full(DIM, i, np.float32), f"f:{i}", (f"p{i}",), f"{i:064x}") for i in range(n)]
 
 
 def _failures(n: int) -> list[Failure]:
@@ -36,14 +36,18 @@ def _schema(sequence: bool = False) -> pa.Schema:
     return sinks.table_schema(DIM, sequence, ["extra"], METADATA)
 
 
-def write(output, records, failures, rows_in, run_id="20260101T000000Z-aaaaaaaa", sequence=False, **sink):
-    """Runs WriteEmbeddingTable on the given elements; returns the committed manifest."""
+def write(output, records, failures, rows_in, run_id="20260101T000000Z-aaaaaaaa", sequence=False, tallies=None, **sink):
+    """Runs WriteEmbeddingTable on the given elements; returns the committed manifest.
+
+    `tallies` default: every record counted as embedded.
+    """
     cfg = SinkConfig(output=str(output), **{"max_error_fraction": 1.0, **sink})
     p = pipeline.new_pipeline(PipelineOptions([]))
     inputs = {
         "records": p | "Records" >> beam.Create(records),
         "failures": p | "Failures" >> beam.Create(failures),
         "rows_in": p | "RowsIn" >> beam.Create([rows_in]),
+        "tallies": p | "Tallies" >> beam.Create([("rows_embedded", len(records))] if tallies is None else tallies),
     }
     _ = inputs | sinks.WriteEmbeddingTable(cfg, run_id, _schema(sequence), {"table": METADATA, "config": {}})
     p.run().wait_until_finish()
@@ -55,6 +59,8 @@ def test_pooled_and_sequence_batches_have_the_documented_arrow_types():
     assert pooled.schema.field("embedding").type == pa.list_(pa.float32(), DIM)
     assert pooled.column("embedding").to_pylist() == [[0.0] * DIM, [1.0] * DIM]
     assert pooled.column("extra").to_pylist() == ["p0", "p1"]
+    assert pooled.schema.names == ["id", "embedding", "content_hash", "extra"]
+    assert pooled.column("content_hash").to_pylist() == [f"{0:064x}", f"{1:064x}"]
     rows = [Record("a", np.ones((2, DIM), np.float32), "s", ("x",)), Record("b", np.zeros((0, DIM), np.float32), "s", (None,))]
     sequence = sinks._table_batch(_schema(True), rows)
     assert sequence.schema.field("embedding").type == pa.list_(pa.list_(pa.float32(), DIM))
@@ -66,7 +72,8 @@ def test_commit_writes_parts_errors_and_manifest(tmp_path):
     out = tmp_path / "out"
     manifest = write(out, _records(5), _failures(2), 7)
     assert manifest["counts"] == {
-        "rows_in": 7, "rows_embedded": 5, "rows_failed": 2, "balanced": True, "error_fraction": 2 / 7,
+        "rows_in": 7, "rows_written": 5, "rows_embedded": 5, "rows_reused": 0, "rows_deduplicated": 0,
+        "contents_embedded": 0, "rows_failed": 2, "balanced": True, "error_fraction": 2 / 7,
         "max_error_fraction": 1.0, "failed_by_stage": {"validate": 2},
     }
     assert manifest["run_id"] == "20260101T000000Z-aaaaaaaa" and manifest["format"] == sinks.MANIFEST_FORMAT
@@ -148,10 +155,22 @@ def test_empty_input_commits_an_empty_table_with_its_schema(tmp_path):
 
 def test_counts_that_do_not_add_up_commit_nothing(tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(Exception, match=r"Row counts do not add up: rows_in=9 but rows_embedded=5 \+ rows_failed=2"):
+    with pytest.raises(Exception, match=r"Row counts do not add up: rows_in=9 but rows_written=5 \+ rows_failed=2"):
         write(out, _records(5), _failures(2), 9)
     assert sinks.read_manifest(str(out)) is None
     assert [e for e in os.listdir(out) if not e.startswith(".tmp-")] == []
+
+
+def test_written_rows_that_are_neither_embedded_nor_reused_commit_nothing(tmp_path):
+    out = tmp_path / "out"
+    tallies = [("rows_embedded", 2), ("rows_reused", 1), ("rows_embedded", 1)]
+    with pytest.raises(Exception, match=r"rows_written=5 but rows_embedded=3 \+ rows_reused=1 = 4"):
+        write(out, _records(5), [], 5, tallies=tallies)
+    assert sinks.read_manifest(str(out)) is None
+    manifest = write(out, _records(5), [], 5, tallies=tallies + [("rows_reused", 1), ("rows_deduplicated", 2)])
+    assert {k: manifest["counts"][k] for k in sinks.TALLY_NAMES} == {
+        "rows_embedded": 3, "rows_reused": 2, "rows_deduplicated": 2, "contents_embedded": 0,
+    }
 
 
 def test_error_budget_exceeded_commits_nothing_and_keeps_the_dead_letters(tmp_path):
@@ -194,8 +213,8 @@ def test_a_retried_commit_finishes_what_the_first_attempt_started(tmp_path):
     os.rename(tmp / "part-a.parquet", out / f"part-00000-{run_id}.parquet")
     commit = sinks._Commit(SinkConfig(output=str(out), max_error_fraction=0.0), run_id, _schema(), {"table": {}, "config": {}})
     parts = [sinks.PartFile("part-a.parquet", 2), sinks.PartFile("part-b.parquet", 2)]
-    (manifest,) = commit.process(None, parts, [], 4, {}, [])
+    (manifest,) = commit.process(None, parts, [], 4, {}, [], {"rows_embedded": 4})
     assert [f["path"] for f in manifest["files"]] == [f"part-0000{i}-{run_id}.parquet" for i in range(2)]
     assert sinks.read_table(str(out)).num_rows == 4 and not any(e.startswith(".tmp-") for e in os.listdir(out))
-    (again,) = commit.process(None, parts, [], 4, {}, [])  # a retry after the commit: nothing left to do
+    (again,) = commit.process(None, parts, [], 4, {}, [], {"rows_embedded": 4})  # a retry after the commit: nothing left to do
     assert again == manifest

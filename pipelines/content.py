@@ -1,0 +1,119 @@
+"""Content keys: what the module is fed for a row, hashed, and the keyed join that decides who needs a module call.
+
+Every row of a table has a `content_hash`: the SHA-256 (lowercase hex) of
+exactly what decides its embedding besides the module:
+
+* text: the UTF-8 bytes of the validated text, as the module is fed it
+  (ELMo-style signatures get it split on whitespace: the same text, the same
+  tokens);
+* image: `IMAGE_PREPROCESSING` and the target size as one line, then the
+  image file's bytes. The pixels the module sees are a function of these
+  (decode, EXIF orientation, RGB, bilinear resize, scale to [0, 1]; see
+  `pipelines.preprocess`); bump the version in `IMAGE_PREPROCESSING` when
+  that code changes what it produces.
+
+`scheme(spec)` names the function and what it covers; the table's metadata
+records it, and a reuse table is only used when its scheme is the same.
+
+`JoinContent` groups a run's rows by content hash together with the vectors
+of a reuse table (a `CoGroupByKey`, so no worker holds either side whole):
+
+    (content_hash, row) ──┐
+                          ├─ CoGroupByKey ─▶ reused vector: every row takes it ───────▶ `reused`
+    (content_hash, vec) ──┘                └▶ none: one ContentGroup per content ─────▶ `misses`
+
+Rows with equal contents therefore get one module call between them, and
+each keeps its own id, source and passthrough values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Iterable, Iterator
+
+import apache_beam as beam
+
+from pipelines.config import ModelSpec
+from pipelines.records import METRICS_NAMESPACE, TALLIES, ContentGroup, Record, position, tally
+
+HASH_FUNCTION = "sha256"
+IMAGE_PREPROCESSING = "pillow-exif-rgb-over-white-bilinear-unit-scale/1"
+MISSES = "misses"
+
+
+def text_hash(text: str) -> str:
+    """The content hash of a text: SHA-256 of its UTF-8 bytes."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def image_hash(data: bytes, image_size: tuple[int, int]) -> str:
+    """The content hash of an image file resized to `image_size`: SHA-256 of the preprocessing line + the bytes."""
+    digest = hashlib.sha256(_image_line(image_size))
+    digest.update(data)
+    return digest.hexdigest()
+
+
+def _image_line(image_size: tuple[int, int]) -> bytes:
+    height, width = image_size
+    return f"{IMAGE_PREPROCESSING} {height}x{width}\n".encode()
+
+
+def scheme(spec: ModelSpec) -> dict[str, str]:
+    """The table metadata entry `content_hash`: the hash function and exactly what it covers."""
+    if spec.kind == "image":
+        height, width = spec.image_size
+        covers = f"the line '{_image_line(spec.image_size).decode().strip()}\\n', then the image file's bytes"
+        preprocessing = f"{IMAGE_PREPROCESSING} to {height}x{width}"
+    else:
+        covers = "the UTF-8 bytes of the validated text, exactly as the module is fed it"
+        preprocessing = "whitespace tokens and their count" if spec.tokenized else "text"
+    return {"function": HASH_FUNCTION, "covers": covers, "preprocessing": preprocessing}
+
+
+class _Resolve(beam.DoFn):
+    """One content: its rows take the reused vector, or go to the module as one `ContentGroup`."""
+
+    def setup(self) -> None:
+        self._reused = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_reused")
+
+    def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
+        content_hash, sides = element
+        rows = sorted(sides["rows"], key=position)
+        if not rows:  # a vector of the reuse table that no row of this run needs
+            return
+        vector = next(iter(sides["reused"]), None)
+        if vector is not None:
+            self._reused.inc(len(rows))
+            yield tally("rows_reused", len(rows))
+            if len(rows) > 1:
+                yield tally("rows_deduplicated", len(rows) - 1)
+            for row in rows:
+                yield row._replace(payload=vector)
+            return
+        payload = rows[0].payload
+        yield beam.pvalue.TaggedOutput(MISSES, ContentGroup(content_hash, payload, tuple(r._replace(payload=None) for r in rows)))
+
+
+class JoinContent(beam.PTransform):
+    """Joins rows with reusable vectors by content hash.
+
+    Input: a dict with `rows` (`Record`s with `content_hash`) and `reused`
+    (`(content_hash, vector)` pairs; empty when nothing may be reused).
+
+    Returns:
+      A `DoOutputsTuple`: `.reused` (rows whose payload is now the reused
+      vector), `.misses` (one `ContentGroup` per content the module must
+      embed) and `.tallies` (`rows_reused`, `rows_deduplicated`).
+    """
+
+    def expand(self, inputs: dict[str, beam.PCollection]) -> beam.pvalue.DoOutputsTuple:
+        keyed = inputs["rows"] | "ByContent" >> beam.Map(_keyed)
+        return (
+            {"rows": keyed, "reused": inputs["reused"]}
+            | "Join" >> beam.CoGroupByKey()
+            | "Resolve" >> beam.ParDo(_Resolve()).with_outputs(MISSES, TALLIES, main="reused")
+        )
+
+
+def _keyed(record: Record) -> tuple[str, Record]:
+    return record.content_hash, record
