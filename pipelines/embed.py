@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Sequence
 
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
 from pipelines import config, pipeline, sinks
@@ -65,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         cfg = config.load(argv)
+        # The launcher's own file-system calls (paths, reuse table, manifest) use the job's options too.
+        FileSystems.set_options(PipelineOptions(list(cfg.beam_args)))
         config.check_paths(cfg)
         job = pipeline.prepare(cfg)
     except (config.ConfigError, HandleError, ModuleError) as e:
