@@ -20,12 +20,14 @@ and ::test_concurrent_resolve_from_several_processes.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from pipelines import sinks
@@ -125,6 +127,42 @@ def test_a_killed_run_and_a_killed_overwrite_then_the_same_command_again(tiny, t
     second = run(out, *argv[:-2], "--overwrite")
     _assert_exact(second, ids)
     assert second.manifest["run_id"] != first_run_id
+
+
+@pytest.mark.slow
+def test_a_killed_incremental_run_reusing_its_own_output_then_the_same_command_again(tiny, tmp_path):
+    """The nightly pattern `--reuse OUT --output OUT --overwrite`, SIGKILLed mid-way: the old table stays whole,
+    and the same command again reuses it exactly (bit-identical vectors, every id once, no debris)."""
+    n = 20_000
+    texts = rel.short_texts(n, seed=1)
+    src = rel.write_lines(tmp_path / "corpus.txt", texts)
+    ids = {f"{src}:{i}" for i in range(1, n + 1)}
+    out = str(tmp_path / "out")
+    first = run(out, "--input", src, "--module", tiny.text)
+    _assert_exact(first, ids)
+    first_run_id = first.manifest["run_id"]
+    table = sinks.read_table(out)
+    old = {row["id"]: row for row in table.to_pylist()}
+
+    edited = [text + " (revised)" if i % 100 == 0 else text for i, text in enumerate(texts)]  # 1% changed, in place
+    rel.write_lines(src, edited)
+    argv = ["--input", src, "--module", tiny.text, "--reuse", out, "--overwrite", "--output", out]
+    log_path = tmp_path / "killed.log"
+    with open(log_path, "w") as log:
+        _kill_once_parts_exist(_spawn(argv, log, HUB_EMBED_TEST_PART_ROWS="500"), out, log_path)
+    assert sinks.read_manifest(out)["run_id"] == first_run_id
+    assert sinks.read_table(out).equals(table), "the killed run changed the table it was reusing"
+
+    again = run(out, *argv[:-2])
+    _assert_exact(again, ids)
+    known = {row["content_hash"] for row in old.values()}
+    reused = [i for i, text in enumerate(edited) if hashlib.sha256(text.encode()).hexdigest() in known]
+    assert again.counts["rows_reused"] == len(reused) and again.counts["rows_embedded"] == n - len(reused)
+    assert again.manifest["reuse"]["run_id"] == first_run_id
+    new = again.rows()
+    for i in reused:
+        key = f"{src}:{i + 1}"
+        assert np.asarray(new[key]["embedding"], np.float32).tobytes() == np.asarray(old[key]["embedding"], np.float32).tobytes()
 
 
 @pytest.mark.slow
