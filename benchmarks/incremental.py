@@ -43,20 +43,24 @@ What is measured (`run_incremental`), each whole command
 timed from outside (`time.monotonic()` around the subprocess; DirectRunner,
 in-process, TensorFlow 2 intra-op / 1 inter-op threads):
 
-* `fixed_full_s`: the run-1 command on a 1-row input; `fixed_reuse_s`: the
-  run-2 command on that 1-row input with `--reuse` of that 1-row table (the
-  row is reused). Each is measured at the start and at the end of the
-  benchmark; the smaller of the two is used (interpreter and imports,
-  module load and warm-up, graph construction, commit: what a run costs
-  whatever its size).
+* The fixed cost: what a command costs whatever its size (interpreter and
+  imports, module load and warm-up, graph construction, the reuse table's
+  manifest and footers, commit), as the wall time of the same command on a
+  1-row input: `fixed_full_s`, run 1's command (text A, no `--reuse`);
+  `fixed_reuse_s`, run 2's command (text B, `--reuse` of that 1-row table:
+  one miss, so the module is loaded and called, as in run 2);
+  `fixed_reuse_hit_s`, the all-reused command (text A, `--reuse` of that
+  table: the row is reused and no module call is needed; the pipeline then
+  does not load the module). Each is measured at the start and at the end of
+  the benchmark and the smaller value is used.
 * `incremental_vs_full_wall` = run 1's wall / run 2's wall.
 * `incremental_vs_full_work` = (run 1 - fixed_full) / (run 2 - fixed_reuse).
 * `incremental_us_per_unchanged_row`: run 1's input again with `--reuse` of
   run 1's table (every row reused: read, hash, join with the reuse table,
-  write): (wall - fixed_reuse) / N. The same at the small N (default 10,000,
-  with its own run 1) is `..._small`, and the marginal cost between the two,
-  (wall_N - wall_small) / (N - small), which no fixed cost enters, is
-  `..._marginal`. `..._run2` estimates the same from run 2: (run 2 -
+  write): (wall - fixed_reuse_hit) / N. The same at the small N (default
+  10,000, with its own run 1) is `..._small`, and the marginal cost between
+  the two, (wall_N - wall_small) / (N - small), which no fixed cost enters,
+  is `..._marginal`. `..._run2` estimates the same from run 2: (run 2 -
   fixed_reuse - contents_embedded x run 1's work per row) / unchanged rows.
 * Checks: the manifests' counts against the expected ones, for every run;
   every run-2 row whose text run 1 embedded has exactly run 1's float32
@@ -487,7 +491,7 @@ def run_incremental(
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     launch = launch or (lambda cmd, log_path: timed_command(cmd, env, cwd, log_path, timeout))
     commands: dict[str, dict[str, Any]] = {}
-    fixed: dict[str, list[float]] = {"full": [], "reuse": []}
+    fixed: dict[str, list[float]] = {"full": [], "reuse": [], "reuse_hit": []}
 
     def run(name: str, rows: Sequence[tuple[str, str]], reuse: str | None = None) -> tuple[TableView, float]:
         base = os.path.join(workdir, name)
@@ -501,11 +505,14 @@ def run_incremental(
         return view, seconds
 
     def measure_fixed(tag: str) -> None:
-        tiny_rows = [(row_id(0), paragraphs[0])]
-        _, full = run(f"fixed-full-{tag}", tiny_rows)
-        _, reuse = run(f"fixed-reuse-{tag}", tiny_rows, reuse=os.path.join(workdir, f"fixed-full-{tag}-table"))
+        a, b = [(row_id(0), paragraphs[0])], [(row_id(0), paragraphs[1])]
+        _, full = run(f"fixed-full-{tag}", a)
+        table = os.path.join(workdir, f"fixed-full-{tag}-table")
+        _, miss = run(f"fixed-reuse-{tag}", b, reuse=table)
+        _, hit = run(f"fixed-reuse-hit-{tag}", a, reuse=table)
         fixed["full"].append(full)
-        fixed["reuse"].append(reuse)
+        fixed["reuse"].append(miss)
+        fixed["reuse_hit"].append(hit)
 
     scenario = build_scenario(paragraphs, n)
     small = build_scenario(paragraphs, small_n) if small_n else None
@@ -558,6 +565,7 @@ def metrics(result: dict[str, Any]) -> dict[str, Any]:
     wall = {name: c["wall_s"] for name, c in result.get("commands", {}).items()}
     fixed_full = min(result["fixed_s"]["full"], default=None)
     fixed_reuse = min(result["fixed_s"]["reuse"], default=None)
+    fixed_hit = min(result["fixed_s"].get("reuse_hit", []), default=None)
     n, small_n = result["rows"], result.get("small_rows")
 
     def div(a: float | None, b: float | None) -> float | None:
@@ -568,8 +576,8 @@ def metrics(result: dict[str, Any]) -> dict[str, Any]:
 
     run1, run2 = wall.get("run1"), wall.get("run2")
     work1, work2 = sub(run1, fixed_full), sub(run2, fixed_reuse)
-    per_row = div(sub(wall.get("all-reused"), fixed_reuse), n)
-    per_row_small = div(sub(wall.get("small-all-reused"), fixed_reuse), small_n)
+    per_row = div(sub(wall.get("all-reused"), fixed_hit), n)
+    per_row_small = div(sub(wall.get("small-all-reused"), fixed_hit), small_n)
     marginal = None
     if small_n and "all-reused" in wall and "small-all-reused" in wall and n != small_n:
         marginal = (wall["all-reused"] - wall["small-all-reused"]) / (n - small_n)
@@ -588,6 +596,7 @@ def metrics(result: dict[str, Any]) -> dict[str, Any]:
         "incremental_us_per_unchanged_row_run2": us(from_run2),
         "incremental_fixed_full_s": fixed_full,
         "incremental_fixed_reuse_s": fixed_reuse,
+        "incremental_fixed_reuse_hit_s": fixed_hit,
         "incremental_run1_s": run1,
         "incremental_run2_s": run2,
         "incremental_counts_ok": result.get("counts_ok"),
@@ -622,7 +631,8 @@ def format_lines(result: dict[str, Any]) -> list[str]:
             )
     lines.append(
         f"  fixed cost (1-row command, min of {len(result['fixed_s']['full'])}): full {_f(m['incremental_fixed_full_s'], 2)}s, "
-        f"with --reuse {_f(m['incremental_fixed_reuse_s'], 2)}s; counts {'ok' if result['counts_ok'] else 'WRONG'}, "
+        f"with --reuse {_f(m['incremental_fixed_reuse_s'], 2)}s (1 miss), {_f(m['incremental_fixed_reuse_hit_s'], 2)}s "
+        f"(1 hit); counts {'ok' if result['counts_ok'] else 'WRONG'}, "
         f"vectors {'ok' if result['bit_identical'] else 'FAILED'}"
     )
     for key in ("incremental_us_per_unchanged_row_small", "incremental_us_per_unchanged_row_marginal",

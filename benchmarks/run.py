@@ -51,7 +51,8 @@ or failed; `errors` says why): `raw_rows_per_s`, `pipeline_rows_per_s`,
 between the N and 10 x N runs over the extra seconds: throughput without fixed
 costs), `incremental_vs_full_wall`, `incremental_vs_full_work`,
 `incremental_us_per_unchanged_row` (and `_small`, `_marginal`, `_run2`),
-`incremental_fixed_full_s`, `incremental_fixed_reuse_s`, `incremental_run1_s`,
+`incremental_fixed_full_s`, `incremental_fixed_reuse_s`,
+`incremental_fixed_reuse_hit_s`, `incremental_run1_s`,
 `incremental_run2_s`, `incremental_counts_ok`, `incremental_bit_identical`
 (see `benchmarks.incremental`); plus `targets`, `meta`, `contenders` (every
 contender's full result: load, warm-up and RunInference times, peak RSS,
@@ -89,7 +90,7 @@ INCREMENTAL_KEYS = (
     "incremental_vs_full_wall", "incremental_vs_full_work", "incremental_us_per_unchanged_row",
     "incremental_us_per_unchanged_row_small", "incremental_us_per_unchanged_row_marginal",
     "incremental_us_per_unchanged_row_run2", "incremental_fixed_full_s", "incremental_fixed_reuse_s",
-    "incremental_run1_s", "incremental_run2_s", "incremental_counts_ok", "incremental_bit_identical",
+    "incremental_fixed_reuse_hit_s", "incremental_run1_s", "incremental_run2_s", "incremental_counts_ok", "incremental_bit_identical",
 )
 PYCACHE_DIR = os.path.join("build", "bench-pycache")
 

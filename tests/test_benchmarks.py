@@ -201,12 +201,13 @@ def test_incremental_metrics_subtract_the_fixed_cost():
     result = {
         "rows": 50_000, "small_rows": 10_000, "counts_ok": True, "bit_identical": True,
         "scenario": {"unchanged": 48_000, "changed": 500, "added": 500},
-        "fixed_s": {"full": [11.0, 10.0], "reuse": [10.5, 11.0]},
+        "fixed_s": {"full": [11.0, 10.0], "reuse": [10.5, 11.0], "reuse_hit": [3.0, 2.5]},
         "commands": {name: {"wall_s": s} for name, s in (
-            ("run1", 210.0), ("run2", 20.0), ("all-reused", 13.0), ("small-all-reused", 11.3))},
+            ("run1", 210.0), ("run2", 20.0), ("all-reused", 5.0), ("small-all-reused", 3.3))},
     }
     m = incremental.metrics(result)
     assert m["incremental_fixed_full_s"] == 10.0 and m["incremental_fixed_reuse_s"] == 10.5
+    assert m["incremental_fixed_reuse_hit_s"] == 2.5
     assert m["incremental_vs_full_wall"] == pytest.approx(10.5)
     assert m["incremental_vs_full_work"] == pytest.approx(200.0 / 9.5)
     assert m["incremental_us_per_unchanged_row"] == pytest.approx(2.5 / 50_000 * 1e6)
@@ -258,7 +259,8 @@ def test_incremental_smoke_run_has_the_scenario_counts_and_bit_identical_vectors
     }
     assert counts["run1"]["rows_embedded"] == 200 and counts["run1"]["rows_reused"] == 0
     assert counts["all-reused"]["rows_reused"] == 200 and counts["all-reused"]["contents_embedded"] == 0
-    assert counts["fixed-reuse-start"]["rows_reused"] == 1
+    assert counts["fixed-reuse-start"]["rows_reused"] == 0 and counts["fixed-reuse-start"]["rows_embedded"] == 1
+    assert counts["fixed-reuse-hit-start"]["rows_reused"] == 1
     assert all(c["balanced"] is True for c in counts.values())
     assert result["commands"]["run2"]["reuse"]["used"] is True
     assert result["counts_ok"] and result["bit_identical"], json.dumps(result["checks"])
