@@ -379,7 +379,8 @@ def format_table(report: dict[str, Any]) -> str:
         f"hub-embed benchmark, {meta['date']}, {meta['cpu']} ({meta['cores']} cores"
         f"{', ' + ' '.join(meta['cpu_flags']) if meta.get('cpu_flags') else ''}), "
         f"load average {meta['load_average_at_start']:.2f} at start",
-        f"{meta['rows']} rows of {meta['corpus']}, module {meta['module']}",
+        f"{meta['rows']} rows of {meta['corpus']}, module {meta['module']}"
+        if meta["rows"] else f"corpus {meta['corpus']}, module {meta['module']}",
         "",
     ]
     if report["contenders"]:
