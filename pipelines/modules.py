@@ -5,9 +5,10 @@ One place for "what does this module offer and how do I call it":
 * `load(path)` loads a TF2 SavedModel or a TF1 Hub-format module as
   `hub.load` does, importing `tensorflow_text` first so modules whose graphs use
   its ops load (otherwise TensorFlow fails with "Op type not registered").
-* `describe(handle)` resolves and loads a module and reports its format,
-  signatures (inputs and outputs with dtype and shape), and whether it is a
-  reusable/trainable module.
+* `describe(handle)` resolves a module and reports its format, signatures
+  (inputs and outputs with dtype and shape), and whether it is a
+  reusable/trainable module. It loads the module the first time only: the
+  description is cached under the module's fingerprint.
 * `select(info, signature, output_key)` validates a signature and output key
   against that description; `bind(loaded, signature, output_key)` returns a
   function from a batch of inputs to a NumPy array.
@@ -223,6 +224,20 @@ def inspect_loaded(loaded: Any, resolved: handles.ResolvedModule) -> ModuleInfo:
     trainable_vars = getattr(loaded, "trainable_variables", None)
     reusable = trainable_vars is not None and hasattr(loaded, "variables") and callable(loaded)
     num_trainable = len(trainable_vars) if trainable_vars is not None else 0
+    return _with_manifest(
+        resolved, signatures, bool(reusable), bool(reusable and num_trainable > 0), len(variables), num_trainable
+    )
+
+
+def _with_manifest(
+    resolved: handles.ResolvedModule,
+    signatures: dict[str, SignatureInfo],
+    reusable: bool,
+    trainable: bool,
+    num_variables: int,
+    num_trainable_variables: int,
+) -> ModuleInfo:
+    """A module's description: what its loaded object says, plus its files' format and `module.json`."""
     manifest = read_manifest(resolved.path)
     return ModuleInfo(
         handle=resolved.handle,
@@ -230,10 +245,10 @@ def inspect_loaded(loaded: Any, resolved: handles.ResolvedModule) -> ModuleInfo:
         fingerprint=resolved.fingerprint,
         format=module_format(resolved.path),
         signatures=signatures,
-        reusable=bool(reusable),
-        trainable=bool(reusable and num_trainable > 0),
-        num_variables=len(variables),
-        num_trainable_variables=num_trainable,
+        reusable=reusable,
+        trainable=trainable,
+        num_variables=num_variables,
+        num_trainable_variables=num_trainable_variables,
         name=manifest.get("name"),
         version=manifest.get("version"),
         recommended_batch_size=_recommended_batch_size(manifest),
@@ -251,8 +266,91 @@ def _recommended_batch_size(manifest: dict[str, Any]) -> int | None:
     return size if is_batch_size(size) else None
 
 
+# Bump when what `inspect_loaded` reports changes: older cached descriptions are then described afresh.
+DESCRIPTION_VERSION = 1
+_DESCRIPTION = "description"
+
+
+def _tf_version() -> str | None:
+    """The installed TensorFlow's version, without importing it (descriptions are TensorFlow's reading)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("tensorflow")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _signature_from_dict(name: str, data: Mapping[str, Any]) -> SignatureInfo:
+    def tensors(items: Any) -> tuple[TensorInfo, ...]:
+        return tuple(
+            TensorInfo(str(t["name"]), str(t["dtype"]), tuple(None if d is None else int(d) for d in t["shape"]))
+            for t in items
+        )
+
+    return SignatureInfo(name, tensors(data["inputs"]), tensors(data["outputs"]))
+
+
+def _cached_description(resolved: handles.ResolvedModule) -> ModuleInfo | None:
+    """The description stored for this module's fingerprint, or None (none, stale or corrupt)."""
+    record = handles.read_record(resolved.fingerprint, _DESCRIPTION)
+    if record is None or record.get("version") != DESCRIPTION_VERSION or record.get("tensorflow") != _tf_version():
+        return None
+    try:
+        counts = {key: record[key] for key in ("num_variables", "num_trainable_variables")}
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values()):
+            return None
+        signatures = {str(name): _signature_from_dict(str(name), sig) for name, sig in record["signatures"].items()}
+        reusable, trainable = record["reusable"], record["trainable"]
+        if not isinstance(reusable, bool) or not isinstance(trainable, bool):
+            return None
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    return _with_manifest(resolved, signatures, reusable, trainable, **counts)
+
+
+def _store_description(info: ModuleInfo) -> None:
+    handles.write_record(info.fingerprint, _DESCRIPTION, {
+        "version": DESCRIPTION_VERSION,
+        "tensorflow": _tf_version(),
+        "signatures": {name: sig.to_dict() for name, sig in info.signatures.items()},
+        "reusable": info.reusable,
+        "trainable": info.trainable,
+        "num_variables": info.num_variables,
+        "num_trainable_variables": info.num_trainable_variables,
+    })
+
+
+def describe_resolved(
+    resolved: handles.ResolvedModule, loader: Callable[[handles.ResolvedModule], Any] | None = None
+) -> ModuleInfo:
+    """Describes a resolved module, loading it only when no description is cached for its fingerprint.
+
+    A module's signatures, variables and trainability follow from its files,
+    so they are stored under its fingerprint (their content hash; see
+    `handles.write_record`) the first time it is described, and read back
+    afterwards instead of loading the module (seconds for a large one). Its
+    name, version and recommended batch size come from `module.json`, which
+    the fingerprint leaves out, and are read afresh each time. An entry that
+    is unreadable, corrupt, or written by another description version or
+    TensorFlow version is ignored and rewritten.
+
+    Args:
+      resolved: the module (see `handles.resolve`).
+      loader: loads the module when it must be (default: `load(resolved.path)`).
+
+    Raises:
+      ModuleError: the module cannot be loaded.
+    """
+    info = _cached_description(resolved)
+    if info is None:
+        info = inspect_loaded(loader(resolved) if loader else load(resolved.path), resolved)
+        _store_description(info)
+    return info
+
+
 def describe(handle: str) -> ModuleInfo:
-    """Resolves and loads a module and describes it.
+    """Resolves a module and describes it (loading it unless its description is cached).
 
     Args:
       handle: any handle `handles.resolve` accepts.
@@ -264,8 +362,7 @@ def describe(handle: str) -> ModuleInfo:
       handles.HandleError: the handle cannot be resolved.
       ModuleError: the module cannot be loaded.
     """
-    resolved = handles.resolve(handle)
-    return inspect_loaded(load(resolved.path), resolved)
+    return describe_resolved(handles.resolve(handle))
 
 
 def select(info: ModuleInfo, signature: str = DEFAULT_SIGNATURE, output_key: str = DEFAULT_OUTPUT_KEY) -> SignatureInfo:

@@ -65,9 +65,8 @@ def prepare(cfg: EmbedConfig, module: modules.ModuleInfo | None = None) -> Job:
         input, or the reuse table does not exist, is not committed or is corrupt.
       HandleError, ModuleError: the module cannot be resolved or loaded.
     """
-    if module is None:  # modules.describe, with the loaded module kept for in-process workers
-        resolved = handles.resolve(cfg.model.module)
-        module = modules.inspect_loaded(load_module(resolved), resolved)
+    if module is None:  # modules.describe; a module it has to load is kept for in-process workers
+        module = modules.describe_resolved(handles.resolve(cfg.model.module), load_module)
     spec = config.model_spec(cfg, module)
     if spec.dim is None:  # The signature leaves the dimension open: ask the module.
         example = np.zeros((*spec.image_size, 3), np.float32) if spec.kind == "image" else "dimension probe"
