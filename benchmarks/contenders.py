@@ -117,21 +117,28 @@ def beam_distributions(result: Any, name: str) -> list[Any]:
 def runinference_times(result: Any) -> dict[str, float | int]:
     """Model load and inference time that Beam's RunInference recorded in a finished pipeline.
 
+    Workers load the module on their first batch, inside `run_inference`
+    (see `model_handler.LazyModule`), and report the load as
+    `hub_embed/model_load_ms`; Beam's `load_model_latency_milli_secs` only
+    times the fingerprint check at set-up.
+
     Returns:
       `load_s`: the slowest worker's model load (workers load side by side);
       `inference_s`: time inside the handler's `run_inference` (module calls
-        and the handler's own Python work), summed over workers;
+        and the handler's own Python work) less the loads in it, summed over workers;
       `inference_batches`: how many `run_inference` calls there were;
       `worker_startup_s`: the quickest worker process's start-up (interpreter
         and Beam imports up to a ready harness, `hub_embed/worker_startup_ms`),
         0 when the run started no worker process.
     """
-    loads = beam_distributions(result, "load_model_latency_milli_secs")
+    from pipelines.model_handler import MODEL_LOAD_METRIC
+
+    loads = beam_distributions(result, MODEL_LOAD_METRIC)
     inference = beam_distributions(result, "inference_batch_latency_micro_secs")
     startups = beam_distributions(result, "worker_startup_ms")
     return {
         "load_s": max((d.max for d in loads), default=0) / 1e3,
-        "inference_s": sum(d.sum for d in inference) / 1e6,
+        "inference_s": sum(d.sum for d in inference) / 1e6 - sum(d.sum for d in loads) / 1e3,
         "inference_batches": sum(d.count for d in inference),
         "worker_startup_s": min((d.min for d in startups), default=0) / 1e3,
     }
@@ -176,13 +183,14 @@ def _pipeline(inputs: Inputs, beam_args: Iterable[str] = ()) -> dict[str, Any]:
     """`pipelines.embed`'s job on DirectRunner, in this process: input JSONL to a committed table.
 
     The timed seconds are the run's wall time less the fixed cost of readying
-    a worker: the model load inside the workers (Beam's RunInference metric,
-    `worker_load_s`) and, with worker processes, the start-up of the quickest
-    one (`worker_startup_s`: interpreter and Beam imports; the in-process
-    worker's equivalent happened before the run). `job_seconds` keeps the
-    start-up in. Preparing the job loads the module to check its signature
-    (in-process workers reuse that copy); it is not timed either and is
-    reported as `prepare_s`. `load_s` is the sum of the excluded parts.
+    a worker: the model load inside the workers (`hub_embed/model_load_ms`,
+    the slowest worker's: `worker_load_s`) and, with worker processes, the
+    start-up of the quickest one (`worker_startup_s`: interpreter and Beam
+    imports; the in-process worker's equivalent happened before the run).
+    `job_seconds` keeps the start-up in. Preparing the job describes the
+    module, loading it only when its description is not cached yet (in-process
+    workers then reuse that copy); it is not timed either and is reported as
+    `prepare_s`. `load_s` is the sum of the excluded parts.
     """
     configure_tf_threads(inputs.intra_op, inputs.inter_op)
     from apache_beam.options.pipeline_options import PipelineOptions

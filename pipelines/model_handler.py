@@ -1,11 +1,14 @@
 """HubModelHandler: runs a TF Hub module's signature on batches of records inside Beam's RunInference.
 
-* `load_model` resolves the handle, checks the module is the one described at
-  launch (same fingerprint), loads it and binds the signature. RunInference
-  holds the result in a process-wide `Shared` handle, so each worker process
-  loads the module once, whatever the number of bundles or threads. The
-  load ends with a warm-up call on a few probe rows, so the module's one-time
-  graph set-up counts as load time rather than delaying the first batch.
+* `load_model` resolves the handle and checks the module is the one described
+  at launch (same fingerprint); it returns a `LazyModule`, which loads the
+  module and binds the signature when the first batch arrives, so a worker
+  that gets no rows (every row reused) never loads it. RunInference holds the
+  result in a process-wide `Shared` handle, so each worker process loads the
+  module at most once, whatever the number of bundles or threads. The load
+  ends with a warm-up call on a few probe rows, so the module's one-time graph
+  set-up counts as load time (`hub_embed/model_load_ms`) rather than as the
+  first batch's.
 * Texts arrive in windows of `WINDOW_BATCHES * batch_size` records; each window
   is sorted by length and cut into module calls of `batch_size` rows, so rows
   of a call pad to similar lengths. Images are called `batch_size` at a time.
@@ -33,7 +36,9 @@ import ctypes
 import ctypes.util
 import dataclasses
 import functools
+import json
 import logging
+import threading
 import time
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
@@ -45,6 +50,7 @@ from pipelines.config import ModelSpec
 from pipelines.records import FAILURES, METRICS_NAMESPACE, TALLIES, ContentGroup, Stage, tally
 
 WINDOW_BATCHES = 8
+_DIMS = "dims"  # the fingerprint-keyed record of probed output dimensions
 # Warm-up inputs: texts of a few lengths (the module's first call builds and optimizes its graph).
 WARMUP_TEXTS = tuple(" ".join(["warm-up text"] * n) for n in (1, 4, 16, 64))
 WARMUP_IMAGES = 2
@@ -75,20 +81,71 @@ class LoadedModule:
 
 
 _LOADED: dict[str, Any] = {}
+_LOADED_LOCK = threading.Lock()
+MODEL_LOAD_METRIC = "model_load_ms"
 
 
 def load_module(resolved: Any) -> Any:
     """Loads a resolved module once per process, keyed by its content fingerprint.
 
-    The launcher loads the module to check its signature before the pipeline
-    runs; the in-process runner's workers then reuse that copy instead of
-    loading a second one.
+    When the launcher has to load the module to describe it (its description
+    is not cached yet), the in-process runner's workers reuse that copy
+    instead of loading a second one.
     """
     from pipelines import modules
 
-    if resolved.fingerprint not in _LOADED:
-        _LOADED[resolved.fingerprint] = modules.load(resolved.path)
-    return _LOADED[resolved.fingerprint]
+    with _LOADED_LOCK:
+        if resolved.fingerprint not in _LOADED:
+            _LOADED[resolved.fingerprint] = modules.load(resolved.path)
+        return _LOADED[resolved.fingerprint]
+
+
+class LazyModule:
+    """A worker's model, loaded on first use: a worker that gets no rows never loads it.
+
+    It offers what `LoadedModule` does (`module`, `call`). The first use runs
+    `load` once, under a lock, whichever thread comes first; the others wait
+    for it. A load that fails raises to its caller and is tried again on the
+    next use (a retried bundle).
+    """
+
+    def __init__(self, load: Callable[[], LoadedModule]):
+        self._load = load
+        self._lock = threading.Lock()
+        self._model: LoadedModule | None = None
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the module has been loaded."""
+        return self._model is not None
+
+    def get(self) -> LoadedModule:
+        """The loaded module, loading it first if needed."""
+        model = self._model
+        if model is not None:
+            return model
+        with self._lock:
+            if self._model is None:
+                self._model = self._load()
+            return self._model
+
+    @property
+    def module(self) -> Any:
+        return self.get().module
+
+    def call(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Calls the bound signature (loading the module on the first call)."""
+        return self.get().call(inputs)
+
+
+def loaded(model: LoadedModule | LazyModule) -> LoadedModule:
+    """The loaded module behind `load_model`'s result, loading it now if it is not yet.
+
+    `run_inference` starts with it, so that the load happens before any input
+    tensor is built (the first of which imports TensorFlow: part of the load)
+    and so that a load that fails fails the bundle, rather than each row's call.
+    """
+    return model.get() if isinstance(model, LazyModule) else model
 
 
 def _configure_threads(threads: int | None) -> None:
@@ -176,20 +233,45 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
         self._tf_threads = tf_threads
         self._progress: _Progress | None = None
 
-    def load_model(self) -> LoadedModule:
-        from pipelines import handles, modules
+    def load_model(self) -> LazyModule:
+        """Resolves the module and checks it is the one described at launch; loads it on the first batch.
 
-        _configure_threads(self._tf_threads)
+        RunInference calls this in its DoFn's setup, on every worker, whether
+        rows reach it or not (in a run whose rows are all reused, none do). So
+        only the cheap part happens here: resolving the handle (from the cache
+        once a worker has fetched it) and refusing a module whose fingerprint
+        changed since launch. TensorFlow's set-up, loading the SavedModel,
+        binding the signature and the warm-up call wait for the first batch;
+        their real duration is reported as the `hub_embed/model_load_ms`
+        distribution (Beam's own `load_model_latency_milli_secs` now only
+        times this check).
+
+        Raises:
+          ModuleChangedError: the module's fingerprint differs from the one at launch.
+        """
+        from pipelines import handles
+
         resolved = handles.resolve(self._handle)
         if resolved.fingerprint != self._fingerprint:
             raise ModuleChangedError(
                 f"Module {handles.redact(self._handle)!r} changed since the job was launched: fingerprint "
                 f"{resolved.fingerprint}, expected {self._fingerprint}."
             )
+        return LazyModule(functools.partial(self._load, resolved))
+
+    def _load(self, resolved: Any) -> LoadedModule:
+        """Loads the module (once per process), binds the signature, warms it up; reports the time taken."""
+        from pipelines import modules
+
+        start = time.monotonic()
+        _configure_threads(self._tf_threads)
         module = load_module(resolved)
         keys = (self._spec.output_key,) + ((self._spec.mask_key,) if self._spec.mask_key else ())
         model = LoadedModule(module, modules.bind_outputs(module, self._signature, keys))
         self._warm_up(model)
+        elapsed_ms = round((time.monotonic() - start) * 1000)
+        beam.metrics.Metrics.distribution(METRICS_NAMESPACE, MODEL_LOAD_METRIC).update(elapsed_ms)
+        _LOG.debug("hub_embed: module %s loaded in %d ms", resolved.path, elapsed_ms)
         return model
 
     def _warm_up(self, model: LoadedModule) -> None:
@@ -213,6 +295,7 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
     def run_inference(
         self, batch: Sequence[ContentGroup], model: LoadedModule, inference_args: dict[str, Any] | None = None
     ) -> Iterable[PredictionResult]:
+        model = loaded(model)
         results: list[Any] = [None] * len(batch)
         order = range(len(batch))
         if self._spec.kind == "text":
@@ -279,13 +362,32 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
         return embeddings.astype(np.float32, copy=False)
 
     def probe_dim(self, example: Any) -> int:
-        """Loads the module, calls it on one example and returns the size of its output's last axis.
+        """Returns the size of the output's last axis, calling the module on one example the first time.
 
-        For signatures whose spec leaves the embedding dimension open.
+        For signatures whose spec leaves the embedding dimension open. The
+        answer is cached under the module's fingerprint (see
+        `handles.write_record`), per signature, output and input, so a later
+        launch with the same module does not load it.
         """
+        from pipelines import handles
+
+        key = self._probe_key()
+        record = handles.read_record(self._fingerprint, _DIMS) or {}
+        dims = record.get("dims") if isinstance(record.get("dims"), dict) else {}
+        dim = dims.get(key)
+        if isinstance(dim, int) and not isinstance(dim, bool) and dim > 0:
+            return dim
         model = self.load_model()
         inputs, _ = self._inputs([example])
-        return int(model.call(inputs)[self._spec.output_key].shape[-1])
+        dim = int(model.call(inputs)[self._spec.output_key].shape[-1])
+        handles.write_record(self._fingerprint, _DIMS, {"dims": {**dims, key: dim}})
+        return dim
+
+    def _probe_key(self) -> str:
+        spec = self._spec
+        return json.dumps(
+            [self._signature, spec.output_key, spec.kind, spec.inputs, spec.input_dtypes, spec.image_size]
+        )
 
     def get_num_bytes(self, batch: Sequence[ContentGroup]) -> int:
         if self._spec.kind == "image":
