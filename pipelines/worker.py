@@ -70,7 +70,11 @@ def run_harness(argv: Sequence[str], started: float) -> int:
 
 
 def exit_now(status: int) -> None:
-    """Flushes logging and the standard streams, then ends the process without interpreter teardown."""
+    """Flushes logging and the standard streams, then ends the process without interpreter teardown.
+
+    For commands whose work is done and whose files are closed: this worker,
+    and `python -m pipelines.embed` once it has printed its summary.
+    """
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
