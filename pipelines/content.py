@@ -16,11 +16,12 @@ exactly what decides its embedding besides the module:
 records it, and a reuse table is only used when its scheme is the same.
 
 `JoinContent` groups a run's rows by content hash together with the vectors
-of a reuse table (a `CoGroupByKey`, so no worker holds either side whole):
+of a reuse table (a keyed join: one `GroupByKey` over both sides, so no
+worker holds either side whole):
 
     (content_hash, row) ──┐
-                          ├─ CoGroupByKey ─▶ reused vector: every row takes it ───────▶ `reused`
-    (content_hash, vec) ──┘                └▶ none: one ContentGroup per content ─────▶ `misses`
+                          ├─ GroupByKey ─▶ a reused vector: every row takes it ───────▶ `reused`
+    (content_hash, vec) ──┘              └▶ none: one ContentGroup per content ───────▶ `misses`
 
 Rows with equal contents therefore get one module call between them, and
 each keeps its own id, source and passthrough values.
@@ -76,12 +77,17 @@ class _Resolve(beam.DoFn):
     def setup(self) -> None:
         self._reused = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_reused")
 
-    def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
-        content_hash, sides = element
-        rows = sorted(sides["rows"], key=position)
+    def process(self, element: tuple[str, Iterable[Any]]) -> Iterator[Any]:
+        content_hash, values = element
+        rows, vector = [], None
+        for value in values:  # the rows (Records) and at most one reused vector (bytes) of this content
+            if isinstance(value, bytes):
+                vector = value
+            else:
+                rows.append(value)
         if not rows:  # a vector of the reuse table that no row of this run needs
             return
-        vector = next(iter(sides["reused"]), None)
+        rows.sort(key=position)
         if vector is not None:
             self._reused.inc(len(rows))
             yield tally("rows_reused", len(rows))
@@ -98,7 +104,10 @@ class JoinContent(beam.PTransform):
     """Joins rows with reusable vectors by content hash.
 
     Input: a dict with `rows` (`Record`s with `content_hash`) and `reused`
-    (`(content_hash, vector)` pairs; empty when nothing may be reused).
+    (`(content_hash, vector bytes)` pairs, one per content; empty when nothing
+    may be reused). Both sides meet in one `GroupByKey` on the hash (a
+    hand-made `CoGroupByKey`: the value's type tells the sides apart, which
+    spares every element CoGroupByKey's tagging and untagging steps).
 
     Returns:
       A `DoOutputsTuple`: `.reused` (rows whose payload is now the reused
@@ -109,8 +118,9 @@ class JoinContent(beam.PTransform):
     def expand(self, inputs: dict[str, beam.PCollection]) -> beam.pvalue.DoOutputsTuple:
         keyed = inputs["rows"] | "ByContent" >> beam.Map(_keyed)
         return (
-            {"rows": keyed, "reused": inputs["reused"]}
-            | "Join" >> beam.CoGroupByKey()
+            (keyed, inputs["reused"])
+            | "BothSides" >> beam.Flatten()
+            | "Join" >> beam.GroupByKey()
             | "Resolve" >> beam.ParDo(_Resolve()).with_outputs(MISSES, TALLIES, main="reused")
         )
 

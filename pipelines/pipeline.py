@@ -6,8 +6,9 @@
       └────────┴────────────┴──────────────────────────────┴────────┴──── failures ──▶┘
 
 Step labels are stable (tests and Dataflow job updates rely on them):
-`Read`, `CountRowsIn`, `DedupeIds`, `Preprocess`, `ReadReuse`, `JoinContent`,
-`Decode`, `Embed`, `AllRows`, `AllFailures`, `AllTallies`, `WriteTable`.
+`Read`, `DedupeIds`, `Preprocess`, `ReadReuse`, `JoinContent`,
+`Decode`, `Embed`, `AllFailures`, `AllTallies`, `WriteTable` (its `WriteParts` writes the
+reused rows, `WriteParts1` the embedded ones).
 """
 
 from __future__ import annotations
@@ -156,20 +157,18 @@ def build_pipeline(p: beam.Pipeline, cfg: EmbedConfig, job: Job | None = None) -
     """
     job = job or prepare(cfg)
     read = p | "Read" >> ReadRecords(cfg.source)
-    rows_in = (read.records, read.failures) | "AllRead" >> beam.Flatten() | "CountRowsIn" >> beam.combiners.Count.Globally()
     unique = read.records | "DedupeIds" >> DedupeIds()
     ready = unique.records | "Preprocess" >> Preprocess(cfg.preprocess, job.spec)
     reusable = p | "ReadReuse" >> ReadReusedVectors(job.reuse, job.spec.sequence)
     joined = {"rows": ready.records, "reused": reusable} | "JoinContent" >> content.JoinContent()
     decoded = joined.misses | "Decode" >> Decode(cfg.preprocess, job.spec)
     embedded = decoded.records | "Embed" >> Embed(_handler(cfg, job.module, job.spec, tf_threads(p.options)))
-    records = (joined.reused, embedded.records) | "AllRows" >> beam.Flatten()
     failures = (
         (read.failures, unique.failures, ready.failures, decoded.failures, embedded.failures) | "AllFailures" >> beam.Flatten()
     )
-    tallies = (joined.tallies, embedded.tallies) | "AllTallies" >> beam.Flatten()
+    tallies = (read.tallies, joined.tallies, embedded.tallies) | "AllTallies" >> beam.Flatten()
     schema = sinks.table_schema(job.spec.dim, job.spec.sequence, cfg.source.passthrough, job.metadata)
     manifest = {"table": job.metadata, "config": cfg.to_dict(), "reuse": job.reuse.to_manifest() if job.reuse else None}
-    return {"records": records, "failures": failures, "rows_in": rows_in, "tallies": tallies} | "WriteTable" >> sinks.WriteEmbeddingTable(
+    return {"records": (joined.reused, embedded.records), "failures": failures, "tallies": tallies} | "WriteTable" >> sinks.WriteEmbeddingTable(
         cfg.sink, job.run_id, schema, manifest
     )

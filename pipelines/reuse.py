@@ -24,7 +24,6 @@ import logging
 from typing import Any, Iterator, Mapping
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
@@ -140,15 +139,21 @@ def _incompatibility(table: Mapping[str, Any], metadata: Mapping[str, Any], sche
     return None
 
 
-def _vectors(column: pa.Array, sequence: bool) -> list[np.ndarray]:
-    """The rows of an `embedding` column as float32 arrays (`[D]`, or `[T, D]` per token)."""
+def _vectors(column: pa.Array, sequence: bool) -> list[bytes]:
+    """The rows of an `embedding` column as the bytes of float32 `[D]` (or `[T, D]` per token) arrays.
+
+    Bytes, not arrays: Beam's coders copy bytes, but pickle arrays, and every
+    reused vector crosses the content join's shuffle.
+    """
     if not sequence:
         dim = column.type.list_size
-        return list(column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim))
+        flat = column.flatten().to_numpy(zero_copy_only=False)
+        return [flat[i * dim:(i + 1) * dim].tobytes() for i in range(len(column))]
     dim = column.type.value_type.list_size
     flat = column.flatten().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
     offsets = column.offsets.to_numpy()
-    return [flat[offsets[i]:offsets[i + 1]] for i in range(len(column))]
+    offsets = offsets - offsets[0]  # `flatten` starts at the array's first row, offsets need not
+    return [flat[offsets[i]:offsets[i + 1]].tobytes() for i in range(len(column))]
 
 
 class _ReadVectors(beam.DoFn):
@@ -157,7 +162,7 @@ class _ReadVectors(beam.DoFn):
     def __init__(self, sequence: bool):
         self._sequence = sequence
 
-    def process(self, file: str) -> Iterator[tuple[str, np.ndarray]]:
+    def process(self, file: str) -> Iterator[tuple[str, bytes]]:
         seen: set[str] = set()
         with FileSystems.open(file, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             for batch in pq.ParquetFile(f).iter_batches(columns=_COLUMNS):
@@ -169,7 +174,7 @@ class _ReadVectors(beam.DoFn):
 
 
 class ReadReusedVectors(beam.PTransform):
-    """The reuse table's `(content_hash, vector)` pairs (none when the plan does not use it)."""
+    """The reuse table's `(content_hash, vector bytes)` pairs (none when the plan does not use it)."""
 
     def __init__(self, reuse: ReusePlan | None, sequence: bool):
         super().__init__()

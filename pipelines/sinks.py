@@ -102,18 +102,31 @@ def table_schema(dim: int, sequence: bool, passthrough: Sequence[str], metadata:
     return pa.schema(fields, metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
 
 
+def _flat_vectors(payloads: list[Any]) -> np.ndarray:
+    """The payloads' float32 values, one after the other (arrays, or the raw bytes of reused vectors)."""
+    if payloads and all(isinstance(p, bytes) for p in payloads):
+        return np.frombuffer(b"".join(payloads), np.float32)
+    arrays = [np.frombuffer(p, np.float32) if isinstance(p, bytes) else np.asarray(p, np.float32).reshape(-1) for p in payloads]
+    return np.concatenate(arrays) if arrays else np.zeros(0, np.float32)
+
+
 def _table_batch(schema: pa.Schema, rows: list[Record]) -> pa.RecordBatch:
-    """Embedded records (payload = `[D]` or `[T, D]` float32) as a record batch."""
+    """Embedded records as a record batch.
+
+    A payload is a float32 `[D]` or `[T, D]` array, or the bytes of one in
+    row-major order (how reused vectors travel: bytes cost Beam's coders a
+    copy, arrays a pickle).
+    """
     embedding_type = schema.field("embedding").type
+    payloads = [r.payload for r in rows]
     if pa.types.is_fixed_size_list(embedding_type):
         dim = embedding_type.list_size
-        flat = np.stack([r.payload for r in rows]).reshape(-1)
-        embeddings: pa.Array = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
+        embeddings: pa.Array = pa.FixedSizeListArray.from_arrays(pa.array(_flat_vectors(payloads), pa.float32()), dim)
     else:
         dim = embedding_type.value_type.list_size
         offsets = np.zeros(len(rows) + 1, np.int32)
-        np.cumsum([len(r.payload) for r in rows], out=offsets[1:])
-        flat = np.concatenate([r.payload for r in rows]).reshape(-1) if rows else np.zeros(0, np.float32)
+        np.cumsum([len(p) // (4 * dim) if isinstance(p, bytes) else len(p) for p in payloads], out=offsets[1:])
+        flat = _flat_vectors(payloads)
         vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
         embeddings = pa.ListArray.from_arrays(pa.array(offsets), vectors)
     columns = [pa.array([r.id for r in rows], pa.string()), embeddings, pa.array([r.content_hash for r in rows], pa.string())]
@@ -285,7 +298,7 @@ class _Commit(beam.DoFn):
         self._manifest = {"format": MANIFEST_FORMAT, "run_id": run_id, **manifest}
 
     def process(
-        self, _: Any, parts: list[PartFile], error_parts: list[PartFile], rows_in: int,
+        self, _: Any, parts: list[PartFile], error_parts: list[PartFile],
         failed_by_stage: dict[str, int], examples: list[Failure], tallies: dict[str, int],
     ) -> Iterator[dict[str, Any]]:
         output = self._cfg.output
@@ -295,6 +308,7 @@ class _Commit(beam.DoFn):
             self._remove_debris(output, _manifest_paths(committed))
             yield committed
             return
+        rows_in = int(tallies.get("rows_in", 0))
         written = sum(p.rows for p in parts)
         failed = sum(p.rows for p in error_parts)
         counted = {name: int(tallies.get(name, 0)) for name in TALLY_NAMES}
@@ -424,10 +438,11 @@ def _mkdirs(path: str) -> None:
 class WriteEmbeddingTable(beam.PTransform):
     """Writes embedded records and failures as a table, then commits it (see the module docstring).
 
-    Input: a dict with `records` (embedded `Record`s), `failures` (`Failure`s),
-    `rows_in` (a single count of all records read) and `tallies` (`(name, n)`
-    pairs, summed per name: `rows_embedded` and `rows_reused` must add up to
-    the rows written; see `TALLY_NAMES`).
+    Input: a dict with `records` (embedded `Record`s: a PCollection, or a tuple
+    of them, each written by a writer of its own), `failures` (`Failure`s),
+    and `tallies` (`(name, n)` pairs, summed per name: `rows_in`, the records
+    read, must equal the rows written plus the dead letters, and `rows_embedded`
+    and `rows_reused` must add up to the rows written; see `TALLY_NAMES`).
 
     Returns:
       A PCollection with the committed manifest (one dict).
@@ -451,9 +466,14 @@ class WriteEmbeddingTable(beam.PTransform):
 
     def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
         tmp = FileSystems.join(self._cfg.output, TMP_PREFIX + self._run_id)
-        parts = inputs["records"] | "WriteParts" >> beam.ParDo(
-            _WriteParts(tmp, self._schema, _table_batch, "rows_written")
-        )
+        streams = inputs["records"] if isinstance(inputs["records"], tuple) else (inputs["records"],)
+        # One writer per stream, not one behind a Flatten: the runner can then fuse each writer with the
+        # step that makes its rows, and rows are not encoded once more on the way to the writer.
+        parts = [
+            stream | f"WriteParts{i or ''}" >> beam.ParDo(_WriteParts(tmp, self._schema, _table_batch, "rows_written"))
+            for i, stream in enumerate(streams)
+        ]
+        parts = parts | "AllParts" >> beam.Flatten()
         failures = inputs["failures"]
         error_parts = failures | "WriteErrorParts" >> beam.ParDo(
             _WriteErrorParts(FileSystems.join(tmp, ERRORS_DIR), ERROR_SCHEMA, _error_batch, "rows_failed")
@@ -462,13 +482,12 @@ class WriteEmbeddingTable(beam.PTransform):
         examples = failures | "FirstFailures" >> beam.combiners.Top.Smallest(3)
         tallies = inputs["tallies"] | "SumTallies" >> beam.CombinePerKey(sum)
         return (
-            inputs["rows_in"].pipeline
+            inputs["tallies"].pipeline
             | "CommitTrigger" >> beam.Create([None])
             | "Commit" >> beam.ParDo(
                 _Commit(self._cfg, self._run_id, self._schema, self._manifest),
                 beam.pvalue.AsList(parts),
                 beam.pvalue.AsList(error_parts),
-                beam.pvalue.AsSingleton(inputs["rows_in"]),
                 beam.pvalue.AsDict(by_stage),
                 beam.pvalue.AsSingleton(examples),
                 beam.pvalue.AsDict(tallies),

@@ -19,7 +19,8 @@ read past some point yields the records before it and one failure for the
 rest. Passthrough columns are strings: strings are copied, bytes decoded,
 numbers/booleans/lists/objects JSON-encoded, missing values null.
 
-Every record and failure read is counted in `rows_in`. Duplicate ids: the
+Every record and failure read is counted in `rows_in` (a tally per file,
+and a Beam counter). Duplicate ids: the
 first record of an id (by file path, then position) is kept and every later
 one is dead-lettered (stage `dedupe`), whatever the runner or bundle order.
 """
@@ -36,7 +37,7 @@ import apache_beam as beam
 from apache_beam.io import fileio
 
 from pipelines.config import SourceConfig, is_local
-from pipelines.records import FAILURES, METRICS_NAMESPACE, Record, Stage, failed, position
+from pipelines.records import FAILURES, METRICS_NAMESPACE, TALLIES, Record, Stage, failed, position, tally
 
 _MISSING = object()
 
@@ -112,6 +113,7 @@ class _ReadFile(beam.DoFn):
             count += 1
             yield failed(path, path, Stage.READ, f"file unreadable after {count - 1} records: {type(e).__name__}: {e}")
         self._rows_in.inc(count)
+        yield tally("rows_in", count)
 
 
 class _ReadFields(_ReadFile):
@@ -336,7 +338,8 @@ class ReadRecords(beam.PTransform):
     """Matches the input glob and reads every file with its format's reader.
 
     Returns:
-      A `DoOutputsTuple`: `.records` (`Record`s) and `.failures` (`Failure`s).
+      A `DoOutputsTuple`: `.records` (`Record`s), `.failures` (`Failure`s) and
+      `.tallies` (`rows_in`: records and failures read, per file).
     """
 
     def __init__(self, cfg: SourceConfig):
@@ -349,7 +352,7 @@ class ReadRecords(beam.PTransform):
             | "Match" >> fileio.MatchFiles(self._cfg.input)
             | "SpreadFiles" >> beam.Reshuffle()
             | "Open" >> fileio.ReadMatches()
-            | "Parse" >> beam.ParDo(READERS[self._cfg.input_format](self._cfg)).with_outputs(FAILURES, main="records")
+            | "Parse" >> beam.ParDo(READERS[self._cfg.input_format](self._cfg)).with_outputs(FAILURES, TALLIES, main="records")
         )
 
 

@@ -46,8 +46,9 @@ def write(output, records, failures, rows_in, run_id="20260101T000000Z-aaaaaaaa"
     inputs = {
         "records": p | "Records" >> beam.Create(records),
         "failures": p | "Failures" >> beam.Create(failures),
-        "rows_in": p | "RowsIn" >> beam.Create([rows_in]),
-        "tallies": p | "Tallies" >> beam.Create([("rows_embedded", len(records))] if tallies is None else tallies),
+        "tallies": p | "Tallies" >> beam.Create(
+            [("rows_in", rows_in)] + ([("rows_embedded", len(records))] if tallies is None else tallies)
+        ),
     }
     _ = inputs | sinks.WriteEmbeddingTable(cfg, run_id, _schema(sequence), {"table": METADATA, "config": {}})
     p.run().wait_until_finish()
@@ -213,8 +214,8 @@ def test_a_retried_commit_finishes_what_the_first_attempt_started(tmp_path):
     os.rename(tmp / "part-a.parquet", out / f"part-00000-{run_id}.parquet")
     commit = sinks._Commit(SinkConfig(output=str(out), max_error_fraction=0.0), run_id, _schema(), {"table": {}, "config": {}})
     parts = [sinks.PartFile("part-a.parquet", 2), sinks.PartFile("part-b.parquet", 2)]
-    (manifest,) = commit.process(None, parts, [], 4, {}, [], {"rows_embedded": 4})
+    (manifest,) = commit.process(None, parts, [], {}, [], {"rows_in": 4, "rows_embedded": 4})
     assert [f["path"] for f in manifest["files"]] == [f"part-0000{i}-{run_id}.parquet" for i in range(2)]
     assert sinks.read_table(str(out)).num_rows == 4 and not any(e.startswith(".tmp-") for e in os.listdir(out))
-    (again,) = commit.process(None, parts, [], 4, {}, [], {"rows_embedded": 4})  # a retry after the commit: nothing left to do
+    (again,) = commit.process(None, parts, [], {}, [], {"rows_in": 4, "rows_embedded": 4})  # a retry after the commit: nothing left to do
     assert again == manifest
