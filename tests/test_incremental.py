@@ -14,6 +14,7 @@ import os
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
@@ -103,6 +104,22 @@ def test_reuse_takes_unchanged_vectors_bit_identical_and_embeds_only_what_change
     reuse = result.manifest["reuse"]
     assert reuse["used"] and reuse["reason"] is None
     assert (reuse["table"], reuse["run_id"]) == (str(first), sinks.read_manifest(str(first))["run_id"])
+
+
+def test_only_the_files_the_reuse_manifest_names_are_read(first, tiny, tmp_path):
+    """A part no manifest names (a killed run's leftover) holds other vectors for the same contents: never read."""
+    named = first / sinks.read_manifest(str(first))["files"][0]["path"]
+    table = pq.read_table(named)
+    stray = table.set_column(1, "embedding", pa.array([[9.0] * 8] * table.num_rows, table.schema.field("embedding").type))
+    pq.write_table(stray, first / "part-99999-killed.parquet")
+    os.makedirs(first / ".tmp-20200101T000000Z-deadbeef")
+    pq.write_table(stray, first / ".tmp-20200101T000000Z-deadbeef" / "part-x.parquet")
+    src, expect = second_input(tmp_path)
+    result = run(tmp_path / "v2", *jsonl_args(src, tiny.text), "--reuse", str(first))
+    assert result.rc == 0 and result.counts["rows_reused"] == 12
+    old, new = by_id(first), by_id(tmp_path / "v2")
+    for record_id in expect["unchanged"]:
+        assert vector_bytes(new[record_id]) == vector_bytes(old[record_id])
 
 
 def test_identical_contents_are_embedded_once_and_every_row_keeps_its_own_columns(tiny, tmp_path):
