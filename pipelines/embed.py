@@ -14,14 +14,17 @@ import logging
 import re
 import sys
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
 from pipelines import config, pipeline, sinks
 from pipelines.handles import HandleError
+from pipelines.model_handler import MODEL_LOAD_METRIC
 from pipelines.modules import ModuleError
+from pipelines.records import METRICS_NAMESPACE
 
 _LOG = logging.getLogger("hub_embed")
 _ERROR_LINE = re.compile(r"^\s*[\w.]*(Error|Exception): ")
@@ -29,7 +32,17 @@ _ERROR_LINE = re.compile(r"^\s*[\w.]*(Error|Exception): ")
 _WORKER_DIED = ("Channel closed prematurely", "Worker subprocess exited with return code")
 
 
-def _summary(cfg: config.EmbedConfig, manifest: dict, seconds: float) -> str:
+def _model_load_s(result: Any) -> float:
+    """The slowest worker's module load (`hub_embed/model_load_ms`), 0 when no worker loaded it or the runner has no metrics."""
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name(MODEL_LOAD_METRIC))
+    except Exception:  # noqa: BLE001 - a runner without metrics: say nothing about the load
+        return 0.0
+    loads = [d.committed or d.attempted for d in found["distributions"]]
+    return max((d.max for d in loads if d and d.count), default=0) / 1e3
+
+
+def _summary(cfg: config.EmbedConfig, manifest: dict, seconds: float, load_s: float = 0.0) -> str:
     counts = manifest["counts"]
     table = manifest["table"]
     lines = [
@@ -39,6 +52,8 @@ def _summary(cfg: config.EmbedConfig, manifest: dict, seconds: float) -> str:
         f"  rows in {counts['rows_in']}, embedded {counts['rows_embedded']}, reused {counts['rows_reused']}, "
         f"failed {counts['rows_failed']} in {seconds:.1f}s ({counts['rows_in'] / max(seconds, 1e-9):.1f} rows/s)",
     ]
+    if load_s >= 0.05:
+        lines.append(f"  {load_s:.1f}s of it loading the module on the workers (TensorFlow's import included)")
     if counts["rows_deduplicated"]:
         lines.append(f"  {counts['rows_deduplicated']} rows shared another row's content (one module call per content)")
     reuse = manifest.get("reuse")
@@ -104,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if manifest is None or manifest["run_id"] != job.run_id:
         print(f"hub-embed: run ended in state {result.state} without committing {cfg.sink.output}.", file=sys.stderr)
         return 1
-    print(_summary(cfg, manifest, time.monotonic() - start))
+    print(_summary(cfg, manifest, time.monotonic() - start, _model_load_s(result)))
     return 0
 
 

@@ -122,6 +122,20 @@ def test_only_the_files_the_reuse_manifest_names_are_read(first, tiny, tmp_path)
         assert vector_bytes(new[record_id]) == vector_bytes(old[record_id])
 
 
+def test_the_summary_tells_reused_rows_and_the_workers_module_load(first, tiny, tmp_path, capsys):
+    from pipelines import embed
+
+    src = write_jsonl(tmp_path / "same.jsonl", [(f"t{i}", t, "en") for i, t in enumerate(TEXTS)])
+    capsys.readouterr()
+    assert run(tmp_path / "v2", *jsonl_args(src, tiny.text), "--reuse", str(first)).rc == 0
+    out = capsys.readouterr().out
+    assert "rows in 12, embedded 0, reused 12, failed 0" in out
+    assert f"reused vectors from {first}" in out
+    assert "loading the module" not in out  # every row reused: no worker loaded it
+    cfg = config.load([*jsonl_args(src, tiny.text), "--output", str(first)])
+    assert "2.5s of it loading the module" in embed._summary(cfg, sinks.read_manifest(str(first)), 10.0, 2.5)
+
+
 def test_identical_contents_are_embedded_once_and_every_row_keeps_its_own_columns(tiny, tmp_path):
     rows = [(f"r{i}", TEXTS[i % 3], f"lang{i}") for i in range(10)]  # 3 contents, 10 rows
     src = write_jsonl(tmp_path / "in.jsonl", rows)
