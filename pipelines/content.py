@@ -35,7 +35,7 @@ from typing import Any, Iterable, Iterator
 import apache_beam as beam
 
 from pipelines.config import ModelSpec
-from pipelines.records import METRICS_NAMESPACE, TALLIES, ContentGroup, Record, position, tally
+from pipelines.records import TALLIES, ContentGroup, Record, position, tally
 
 HASH_FUNCTION = "sha256"
 IMAGE_PREPROCESSING = "pillow-exif-rgb-over-white-bilinear-unit-scale/1"
@@ -74,9 +74,6 @@ def scheme(spec: ModelSpec) -> dict[str, str]:
 class _Resolve(beam.DoFn):
     """One content: its rows take the reused vector, or go to the module as one `ContentGroup`."""
 
-    def setup(self) -> None:
-        self._reused = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_reused")
-
     def process(self, element: tuple[str, Iterable[Any]]) -> Iterator[Any]:
         content_hash, values = element
         rows, vector = [], None
@@ -89,7 +86,6 @@ class _Resolve(beam.DoFn):
             return
         rows.sort(key=position)
         if vector is not None:
-            self._reused.inc(len(rows))
             yield tally("rows_reused", len(rows))
             if len(rows) > 1:
                 yield tally("rows_deduplicated", len(rows) - 1)

@@ -401,18 +401,12 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
 class _SplitResults(beam.DoFn):
     """Each embedded `ContentGroup` gives its vector to every one of its rows; a failure fails them all."""
 
-    def setup(self) -> None:
-        self._embedded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_embedded")
-        self._contents = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "contents_embedded")
-
     def process(self, result: PredictionResult) -> Iterable[Any]:
         group, inference = result.example, result.inference
         if isinstance(inference, EmbedFailure):
             yield from group.failed(Stage.EMBED, inference.error)
             return
         rows = len(group.rows)
-        self._embedded.inc(rows)
-        self._contents.inc()
         yield tally("rows_embedded", rows)
         yield tally("contents_embedded", 1)
         if rows > 1:

@@ -14,6 +14,7 @@ sums are checked against the written table before commit.
 from __future__ import annotations
 
 import enum
+import functools
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -89,8 +90,16 @@ class ContentGroup(NamedTuple):
         return [failed(row.id, row.source, stage, error) for row in self.rows]
 
 
+@functools.cache
+def _counter(name: str) -> Any:
+    """The Beam counter `hub_embed/<name>` (it finds the running step's metrics when incremented, so one serves all)."""
+    return beam.metrics.Metrics.counter(METRICS_NAMESPACE, name)
+
+
 def tally(name: str, n: int) -> beam.pvalue.TaggedOutput:
-    """Adds `n` to the run's count `name` (summed over the run and checked at commit; see `sinks`)."""
+    """Adds `n` to the run's count `name`: the Beam counter `hub_embed/<name>`, and a `TALLIES` element
+    whose sums the commit checks and records (see `sinks`)."""
+    _counter(name).inc(n)
     return beam.pvalue.TaggedOutput(TALLIES, (name, n))
 
 

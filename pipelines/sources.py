@@ -37,7 +37,7 @@ import apache_beam as beam
 from apache_beam.io import fileio
 
 from pipelines.config import SourceConfig, is_local
-from pipelines.records import FAILURES, METRICS_NAMESPACE, TALLIES, Record, Stage, failed, position, tally
+from pipelines.records import FAILURES, TALLIES, Record, Stage, failed, position, tally
 
 _MISSING = object()
 
@@ -94,7 +94,6 @@ class _ReadFile(beam.DoFn):
 
     def __init__(self, cfg: SourceConfig):
         self._cfg = cfg
-        self._rows_in = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_in")
 
     def parse(self, path: str, file: fileio.ReadableFile) -> Iterator[Any]:
         """Yields the `Record`s and tagged failures of one file."""
@@ -112,7 +111,6 @@ class _ReadFile(beam.DoFn):
         except Exception as e:  # An unreadable file is a dead letter, not a crashed run.
             count += 1
             yield failed(path, path, Stage.READ, f"file unreadable after {count - 1} records: {type(e).__name__}: {e}")
-        self._rows_in.inc(count)
         yield tally("rows_in", count)
 
 
