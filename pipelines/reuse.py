@@ -19,7 +19,6 @@ Reused vectors are the reuse table's float32 values, unchanged: bit-identical.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from typing import Any, Iterator, Mapping
 
@@ -29,6 +28,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines import sinks
 from pipelines.config import SUCCESS_FILE, ConfigError
 from pipelines.handles import redact
 
@@ -92,22 +92,16 @@ def plan(path: str, metadata: Mapping[str, Any]) -> ReusePlan:
 
 def _read_manifest(path: str) -> dict[str, Any]:
     where = f"reuse table {redact(path)!r}"
-    success = FileSystems.join(path, SUCCESS_FILE)
     try:
-        exists = FileSystems.exists(success)
-    except Exception as e:  # a backend's own error (bucket missing, no credentials)
-        raise ConfigError(f"{where} cannot be read: {e}") from None
-    if not exists:
+        manifest = sinks.read_manifest(path)
+        if manifest is not None and (not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list)):
+            raise ValueError("not a table manifest (no 'files' list)")
+    except Exception as e:  # unreadable, not JSON, or the backend's own error (bucket missing, no credentials)
+        raise ConfigError(f"{where}: its {SUCCESS_FILE} cannot be read: {type(e).__name__}: {e}") from None
+    if manifest is None:
         if not FileSystems.exists(path) and not FileSystems.match([FileSystems.join(path, "*")])[0].metadata_list:
             raise ConfigError(f"{where} does not exist.")
         raise ConfigError(f"{where} has no {SUCCESS_FILE}: it is not a committed table (an interrupted run?).")
-    try:
-        with FileSystems.open(success, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            manifest = json.loads(f.read())
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
-            raise ValueError("not a table manifest (no 'files' list)")
-    except Exception as e:
-        raise ConfigError(f"{where}: its {SUCCESS_FILE} cannot be read: {type(e).__name__}: {e}") from None
     return manifest
 
 
