@@ -11,7 +11,11 @@ Flags this module does not define are Beam pipeline options (`--runner`,
 `beam:`. An unknown key, an unknown flag, a wrong type or an invalid value is a
 `ConfigError` naming the value and listing the valid ones.
 
-`load()` checks everything that needs no I/O. `check_paths()` then checks the
+`load()` checks everything that needs no I/O and makes local paths (input,
+output, module, reuse table, Beam's file options) absolute against the current
+directory, so the job names the same files on every worker, wherever that
+worker was started; `gs://`, `s3://`, `http(s)://` and `file://` handles are
+left as they are. `check_paths()` then checks the
 file system: the input matches files, the output is not inside the input glob
 and does not already hold a table (unless `overwrite`). `model_spec()` checks
 the config against the module's signature. The defaults are the bundled sample
@@ -440,10 +444,15 @@ def _validate(cfg: EmbedConfig) -> EmbedConfig:
     if not 0.0 <= sink.max_error_fraction <= 1.0:
         raise ConfigError(f"max_error_fraction must be between 0 and 1, got {sink.max_error_fraction}.")
     _check_output_outside_input(source.input, output)
+    # Local paths are made absolute here, once: the job then means the same files on every worker,
+    # wherever it was started (a portable runner's workers run in their own directory).
+    reuse = absolute(sink.reuse) if sink.reuse is not None else None
     return dataclasses.replace(
         cfg,
-        source=source,
-        sink=dataclasses.replace(sink, output=output, overwrite=overwrite),
+        source=dataclasses.replace(source, input=absolute(source.input)),
+        model=dataclasses.replace(model, module=absolute(model.module)),
+        sink=dataclasses.replace(sink, output=absolute(output), overwrite=overwrite, reuse=reuse),
+        beam_args=_absolute_beam_paths(cfg.beam_args),
     )
 
 
@@ -455,6 +464,60 @@ def _positive(key: str, value: int) -> None:
 def is_local(path: str) -> bool:
     """True for plain paths and file:// URLs, False for gs://, s3:// and other URLs."""
     return urllib.parse.urlsplit(path).scheme in ("", "file")
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute against the current directory; URLs are returned unchanged.
+
+    `gs://`, `s3://`, `http(s)://` and `file://` handles (whose paths are
+    absolute already) pass as they are. A trailing `/` is kept: an input
+    `corpus/` means the files in that directory.
+
+    Args:
+      path: a path, glob or handle as the user gave it.
+
+    Returns:
+      The same location, independent of the working directory.
+    """
+    if not is_local(path) or path.startswith("file:"):
+        return path
+    result = os.path.abspath(path)
+    return result + "/" if path.endswith("/") and result != "/" else result
+
+
+def display(path: str) -> str:
+    """`path` as the user reads it: relative to the current directory when it lies inside it."""
+    if not is_local(path) or path.startswith("file:") or not os.path.isabs(path):
+        return path
+    here = os.getcwd()
+    inside = path == here or path.startswith(here.rstrip("/") + "/")
+    return os.path.relpath(path, here) if inside else path
+
+
+# Beam pipeline options that name local files or directories (`--name=value` or `--name value`).
+BEAM_PATH_OPTIONS = (
+    "temp_location", "staging_location", "setup_file", "requirements_file", "requirements_cache",
+    "extra_package", "extra_packages",
+)
+
+
+def _absolute_beam_paths(flags: Sequence[str]) -> tuple[str, ...]:
+    """Beam flags with the values of `BEAM_PATH_OPTIONS` made absolute (see `absolute`)."""
+    out: list[str] = []
+    expects_value = False
+    for flag in flags:
+        if expects_value:
+            out.append(absolute(flag))
+            expects_value = False
+            continue
+        name, eq, value = flag.partition("=")
+        if name.startswith("--") and name[2:] in BEAM_PATH_OPTIONS:
+            if eq:
+                flag = f"{name}={absolute(value)}"
+            else:
+                expects_value = True
+        out.append(flag)
+    return tuple(out)
 
 
 def _normalize(path: str) -> str:

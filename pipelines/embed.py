@@ -45,9 +45,10 @@ def _model_load_s(result: Any) -> float:
 def _summary(cfg: config.EmbedConfig, manifest: dict, seconds: float, load_s: float = 0.0) -> str:
     counts = manifest["counts"]
     table = manifest["table"]
+    output = config.display(cfg.sink.output)
     lines = [
-        f"Embedding table: {cfg.sink.output}  ({len(manifest['files'])} part files; manifest {cfg.sink.output}/_SUCCESS)",
-        f"  module {table['module']} ({table['signature']}/{table['output_key']}, dim {table['dimension']}"
+        f"Embedding table: {output}  ({len(manifest['files'])} part files; manifest {output}/_SUCCESS)",
+        f"  module {config.display(table['module'])} ({table['signature']}/{table['output_key']}, dim {table['dimension']}"
         f"{', per token' if table['sequence'] else ''})",
         f"  rows in {counts['rows_in']}, embedded {counts['rows_embedded']}, reused {counts['rows_reused']}, "
         f"failed {counts['rows_failed']} in {seconds:.1f}s ({counts['rows_in'] / max(seconds, 1e-9):.1f} rows/s)",
@@ -58,12 +59,12 @@ def _summary(cfg: config.EmbedConfig, manifest: dict, seconds: float, load_s: fl
         lines.append(f"  {counts['rows_deduplicated']} rows shared another row's content (one module call per content)")
     reuse = manifest.get("reuse")
     if reuse and reuse["used"]:
-        lines.append(f"  reused vectors from {reuse['table']} (run {reuse['run_id']})")
+        lines.append(f"  reused vectors from {config.display(reuse['table'])} (run {reuse['run_id']})")
     elif reuse:
-        lines.append(f"  reused nothing from {reuse['table']}: {reuse['reason']}")
+        lines.append(f"  reused nothing from {config.display(reuse['table'])}: {reuse['reason']}")
     if counts["rows_failed"]:
-        lines.append(f"  failures by stage {counts['failed_by_stage']}: {cfg.sink.output}/errors/")
-    lines.append(f"  read it with: pipelines.sinks.read_table({cfg.sink.output!r})")
+        lines.append(f"  failures by stage {counts['failed_by_stage']}: {output}/errors/")
+    lines.append(f"  read it with: pipelines.sinks.read_table({output!r})")
     return "\n".join(lines)
 
 

@@ -20,8 +20,8 @@ def test_no_arguments_is_the_bundled_sample_job():
     cfg = config.load([])
     assert cfg.source.input == config.SAMPLE_INPUT and os.path.isfile(cfg.source.input)
     assert cfg.source.input_format == "txt"
-    assert cfg.sink.output == config.SAMPLE_OUTPUT and cfg.sink.overwrite  # `make run` can run again
-    assert cfg.model.module == config.DEFAULT_MODULE
+    assert cfg.sink.output == os.path.abspath(config.SAMPLE_OUTPUT) and cfg.sink.overwrite  # `make run` can run again
+    assert cfg.model.module == os.path.abspath(config.DEFAULT_MODULE)
     assert cfg.model.batch_size is None  # decided with the module: see test_batch_size_*
     with open(cfg.source.input) as f:
         lines = f.read().splitlines()
@@ -35,7 +35,7 @@ def test_flags_override_yaml_which_overrides_defaults(tmp_path):
         "beam:\n  runner: DirectRunner\n  direct_num_workers: 2\n",
     )
     cfg = config.load(["--config", path, "--output", "out/b", "--direct_running_mode=multi_processing"])
-    assert cfg.sink.output == "out/b"
+    assert cfg.sink.output == os.path.abspath("out/b")
     assert cfg.model.batch_size == 64
     assert cfg.source.passthrough == ("title", "url")
     assert cfg.source.input_format == "jsonl"
@@ -45,7 +45,7 @@ def test_flags_override_yaml_which_overrides_defaults(tmp_path):
 def test_schedule_section_is_left_to_airflow(tmp_path):
     path = _yaml(tmp_path, "input: in.txt\noutput: out\nschedule:\n  cron: '@daily'\n  runner: DirectRunner\n")
     cfg = config.load(["--config", path])
-    assert cfg.sink.output == "out" and "schedule" not in cfg.to_dict()
+    assert cfg.sink.output == os.path.abspath("out") and "schedule" not in cfg.to_dict()
 
 
 def test_flags_parse_values_and_accept_underscore_spelling():
@@ -113,7 +113,58 @@ def test_format_is_inferred_through_compression_suffixes():
 
 def test_output_beside_input_is_fine():
     cfg = config.load(["--input", "data/*.jsonl", "--output", "data/embeddings"])
-    assert cfg.sink.output == "data/embeddings"
+    assert cfg.sink.output == os.path.abspath("data/embeddings")
+
+
+def test_local_paths_are_made_absolute_at_launch(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = config.load([
+        "--input", "corpus/*.jsonl", "--output", "tables/out", "--module", "models/enc/3", "--reuse", "../old",
+        "--temp_location", "tmp", "--setup_file=./pyproject.toml", "--runner", "DirectRunner",
+    ])
+    assert cfg.source.input == f"{tmp_path}/corpus/*.jsonl"  # the glob is kept, made absolute
+    assert cfg.sink.output == f"{tmp_path}/tables/out"
+    assert cfg.model.module == f"{tmp_path}/models/enc/3"
+    assert cfg.sink.reuse == str(tmp_path.parent / "old")
+    assert cfg.beam_args == (
+        "--temp_location", f"{tmp_path}/tmp", f"--setup_file={tmp_path}/pyproject.toml", "--runner", "DirectRunner",
+    )
+    assert cfg.to_dict()["input"] == cfg.source.input  # what the manifest records, and what workers get
+    assert config.load(["--input", "corpus/", "--input-format", "txt", "--output", "o"]).source.input == f"{tmp_path}/corpus/"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the same flags from another directory name other files
+    assert config.load(["--input", "corpus/*.jsonl", "--output", "o"]).source.input == f"{elsewhere}/corpus/*.jsonl"
+
+
+@pytest.mark.parametrize(
+    "handle",
+    ["gs://b/models/enc/3/", "s3://b/enc-3.tar.gz", "https://user:pw@host/enc-3.tar.gz?x=1", "http://host/m/3",
+     "file:///models/enc/3"],
+)
+def test_remote_and_file_url_handles_are_untouched(handle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = config.load(["--input", "gs://b/in/*.txt", "--output", "s3://b/out", "--module", handle, "--reuse", "gs://b/old"])
+    assert (cfg.source.input, cfg.sink.output, cfg.model.module, cfg.sink.reuse) == ("gs://b/in/*.txt", "s3://b/out", handle, "gs://b/old")
+
+
+def test_relative_paths_are_still_checked_by_the_launcher(tmp_path, monkeypatch):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text("x\n")
+    monkeypatch.chdir(tmp_path)
+    config.check_paths(config.load(["--input", "corpus/*.txt", "--output", "out"]))
+    with pytest.raises(ConfigError, match=f"input '{tmp_path}/missing/\\*.txt' matches no files"):
+        config.check_paths(config.load(["--input", "missing/*.txt", "--output", "out"]))
+    with pytest.raises(ConfigError, match="is inside the input"):
+        config.load(["--input", "corpus/**", "--input-format", "txt", "--output", f"{tmp_path}/corpus/out"])
+
+
+def test_display_shows_paths_inside_the_working_directory_relative(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert config.display(f"{tmp_path}/output/sample") == "output/sample"
+    assert config.display("/elsewhere/table") == "/elsewhere/table"
+    assert config.display(f"{tmp_path}x/table") == f"{tmp_path}x/table"  # a sibling whose name starts alike
+    assert config.display("gs://b/t") == "gs://b/t"
 
 
 def test_config_hash_ignores_where_the_table_goes():
