@@ -8,15 +8,16 @@ through the Beam provider, DirectRunner or DataflowRunner) -> `record_table`
 
 from __future__ import annotations
 
-import common
 from airflow.sdk import DAG
 
-for job in common.discover():
+from pipelines import dag_helpers
+
+for job in dag_helpers.discover():
     with DAG(
         dag_id=job.dag_id,
         schedule=job.cron,
         start_date=job.start_date,
         description=f"Embed with {job.path} ({job.runner})",
-        **common.dag_kwargs(),
+        **dag_helpers.dag_kwargs(),
     ):
-        common.scheduled_embedding(job)
+        dag_helpers.scheduled_embedding(job)

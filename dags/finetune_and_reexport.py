@@ -16,15 +16,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import common
 from airflow.sdk import DAG, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
+
+from pipelines import dag_helpers
 
 PARAMS = {
     "module": Param(type="string", minLength=1, description="Handle of the parent module to fine-tune"),
     "data": Param(type="string", minLength=1, description="Labeled data: text .jsonl/.csv (text,label) or images"),
     "name": Param(None, type=["null", "string"], description="Module name to publish under (default: the parent's)"),
-    "output_root": Param(common.modules_root(), type="string", description="Modules root (local)"),
+    "output_root": Param(dag_helpers.modules_root(), type="string", description="Modules root (local)"),
     "task": Param("classification", enum=["classification"]),
     "steps": Param(None, type=["null", "integer"], minimum=1, description="Optimizer steps (default: epochs)"),
     "epochs": Param(None, type=["null", "integer"], minimum=1),
@@ -41,7 +42,7 @@ _PATH_PARAMS = ("module", "data", "output_root", "probe_data")
 def _params() -> dict[str, Any]:
     """The run's params, relative local paths made relative to the project root."""
     params = dict(get_current_context()["params"])
-    return {k: common.absolute(v) if k in _PATH_PARAMS and v else v for k, v in params.items()}
+    return {k: dag_helpers.absolute(v) if k in _PATH_PARAMS and v else v for k, v in params.items()}
 
 
 @task
@@ -52,7 +53,7 @@ def finetune() -> str:
     p = _params()
     cmd = module_release.finetune_command(
         p["module"], p["data"], p["output_root"], name=p["name"], task=p["task"], steps=p["steps"],
-        epochs=p["epochs"], seed=p["seed"], python=common.python(),
+        epochs=p["epochs"], seed=p["seed"], python=dag_helpers.python(),
     )
     return module_release.run_finetune(cmd)
 
@@ -72,23 +73,23 @@ def validate(path: str) -> dict[str, Any]:
         raise AirflowFailException(f"Validation failed, nothing published (version moved to {rejected}): {e}") from e
 
 
-@task(outlets=[common.MODULE_RELEASES])
+@task(outlets=[dag_helpers.MODULE_RELEASES])
 def publish(report: dict[str, Any]) -> dict[str, Any]:
     """Publishes the validated version and emits its `hub-module://<name>` Asset event."""
     from pipelines import module_release
 
     context = get_current_context()
     extra = module_release.publish(report["path"], upload_root=context["params"]["upload_root"])
-    context["outlet_events"][common.MODULE_RELEASES].add(common.module_asset(extra["name"]), extra=extra)
+    context["outlet_events"][dag_helpers.MODULE_RELEASES].add(dag_helpers.module_asset(extra["name"]), extra=extra)
     return extra
 
 
 with DAG(
     dag_id="finetune_and_reexport",
     schedule=None,
-    start_date=common.DEFAULT_START_DATE,
+    start_date=dag_helpers.DEFAULT_START_DATE,
     params=PARAMS,
     description="Fine-tune a module, validate the new version against its parent, publish it",
-    **common.dag_kwargs(),
+    **dag_helpers.dag_kwargs(),
 ):
     publish(validate(finetune()))

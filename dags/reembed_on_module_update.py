@@ -10,19 +10,20 @@ skipped; earlier tables are never touched.
 
 from __future__ import annotations
 
-import common
 from airflow.sdk import DAG, AssetAny
 
-jobs = [job for job in common.discover() if job.module_name]
+from pipelines import dag_helpers
+
+jobs = [job for job in dag_helpers.discover() if job.module_name]
 module_names = sorted({job.module_name for job in jobs})
 
 with DAG(
     dag_id="reembed_on_module_update",
-    schedule=AssetAny(*map(common.module_asset, module_names)) if module_names else None,
-    start_date=common.DEFAULT_START_DATE,
+    schedule=AssetAny(*map(dag_helpers.module_asset, module_names)) if module_names else None,
+    start_date=dag_helpers.DEFAULT_START_DATE,
     description="Re-run the embedding jobs of a module when a new version of it is published",
-    **common.dag_kwargs(),
+    **dag_helpers.dag_kwargs(),
 ):
-    updates = common.module_updates()
+    updates = dag_helpers.module_updates()
     for job in jobs:
-        common.reembedding(job, updates)
+        dag_helpers.reembedding(job, updates)

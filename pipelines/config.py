@@ -276,10 +276,10 @@ def _read_yaml(path: str) -> tuple[dict[str, Any], list[str]]:
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {path!r} must hold a mapping of keys to values, got {type(data).__name__}.")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
-    # `schedule:` is Airflow-only metadata (read and validated by dags/common.py), so
+    # `schedule:` is Airflow-only metadata (read and validated by pipelines/dag_helpers.py), so
     # one YAML file serves both `python -m pipelines.embed --config` and the DAGs.
     if not isinstance(data.pop("schedule", None) or {}, dict):
-        raise ConfigError(f"'schedule' in {path!r} must be a mapping (see dags/common.py).")
+        raise ConfigError(f"'schedule' in {path!r} must be a mapping (see pipelines/dag_helpers.py).")
     beam = data.pop("beam", None) or {}
     if not isinstance(beam, dict):
         raise ConfigError(f"'beam' in {path!r} must be a mapping of Beam option names to values.")

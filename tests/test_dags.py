@@ -56,20 +56,17 @@ def write_lines(path, lines) -> str:
 
 
 def dagbag():
-    """Parses dags/ the way the dag-processor does (the folder on sys.path for `import common`)."""
+    """Parses dags/ the way the dag-processor does (the bundle folder on sys.path)."""
     from airflow.dag_processing.dagbag import BundleDagBag
 
     return BundleDagBag(dag_folder=airflow_env.DAGS_FOLDER, bundle_path=airflow_env.DAGS_FOLDER, bundle_name="dags-folder")
 
 
 def dags_common():
-    """`dags/common.py`, imported as the DAG files import it (`import common`, the folder on sys.path)."""
-    if airflow_env.DAGS_FOLDER not in sys.path:
-        sys.path.append(airflow_env.DAGS_FOLDER)
-    import common
+    """The DAGs' shared wiring, imported as the DAG files import it (`from pipelines import dag_helpers`)."""
+    from pipelines import dag_helpers
 
-    assert common.__file__ == os.path.join(airflow_env.DAGS_FOLDER, "common.py")
-    return common
+    return dag_helpers
 
 
 def commit(folder, *names: str) -> None:
@@ -212,6 +209,34 @@ def test_parsing_is_fast_and_imports_no_tensorflow(job_configs):
     assert set(report["dags"]) == set(EXPECTED_TASKS)
     assert report["heavy"] == []
     assert report["seconds"] < 2.0, report
+
+
+PLAIN_DAGBAG_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from airflow.dag_processing.dagbag import DagBag
+    bag = DagBag(sys.argv[1])
+    print(json.dumps({"dags": sorted(bag.dags), "errors": bag.import_errors, "path": sys.path}))
+    """
+)
+
+
+def test_a_plain_dagbag_in_a_fresh_process_parses_the_folder(job_configs, tmp_path):
+    """The usual DAG-integrity test: `DagBag(dag_folder)` with nothing put on sys.path, and a foreign `common` on it."""
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "common.py").write_text("raise ImportError('another project\'s common module')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(foreign)
+    out = subprocess.run(
+        [sys.executable, "-c", PLAIN_DAGBAG_SCRIPT, airflow_env.DAGS_FOLDER],
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert airflow_env.DAGS_FOLDER not in report["path"]
+    assert report["errors"] == {}
+    assert report["dags"] == sorted(EXPECTED_TASKS)
 
 
 def test_repo_configs_parse(monkeypatch):

@@ -1,9 +1,19 @@
 """Shared wiring of the hub-embed DAGs: defaults, config discovery, the embedding job's tasks, Asset names.
 
-DAG files are declarations; everything they share lives here, once. This
-module imports Airflow, PyYAML and `pipelines.config` (stdlib + PyYAML) only:
-TensorFlow and Beam are imported by the task callables (in `pipelines.*`)
-when a task runs, never while a DAG file is parsed.
+DAG files (`dags/*.py`) are declarations; everything they share lives here,
+once, imported as `from pipelines import dag_helpers`. It lives in the installed
+package rather than beside the DAG files so that it imports the same way in
+every process that parses or runs them: the dag-processor (which puts the
+bundle folder on `sys.path`), `airflow dags test`, a task on a worker, and a
+plain `DagBag(dag_folder)` integrity test (which puts nothing on `sys.path`);
+and under a name no other DAG folder, plugin or package can shadow, unlike a
+top-level `common`. This module imports Airflow, PyYAML and `pipelines.config`
+(stdlib + PyYAML) only: TensorFlow and Beam are imported by the task callables
+(in `pipelines.*`) when a task runs, never while a DAG file is parsed.
+
+The project root (`configs/`, `build/modules/`, and what relative paths in
+configs are relative to) is `$HUB_EMBED_PROJECT_ROOT`, else the checkout this
+package is installed from in development mode (`pip install -e .`).
 
 Config discovery: every `*.yaml` / `*.yml` in the configs folder (env
 `HUB_EMBED_CONFIGS_DIR`, default `<project>/configs`) that has a `schedule:`
@@ -57,7 +67,8 @@ from airflow.sdk import Asset, AssetAlias, TaskGroup, get_current_context, task
 
 from pipelines.config import DEFAULT_MODULE  # stdlib + PyYAML only: cheap at parse time
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT_ROOT_ENV = "HUB_EMBED_PROJECT_ROOT"
+PROJECT_ROOT = os.environ.get(PROJECT_ROOT_ENV) or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS_DIR_ENV = "HUB_EMBED_CONFIGS_DIR"
 MODULES_ROOT_ENV = "HUB_EMBED_MODULES_ROOT"
 PYTHON_ENV = "HUB_EMBED_PYTHON"
