@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import yaml
 
+from pipelines import console
+
 if TYPE_CHECKING:
     from pipelines.modules import ModuleInfo, SignatureInfo
 
@@ -253,6 +255,7 @@ def _flag_parser() -> argparse.ArgumentParser:
         exit_on_error=False,
     )
     parser.add_argument("--config", help="YAML job file; its keys are these flags' names with underscores")
+    console.add_verbose_flag(parser)  # acted on at start-up, before TensorFlow's import (see pipelines.console)
     for key, (_, field, hint) in _KEYS.items():
         flags = [f"--{key.replace('_', '-')}"] + ([f"--{key}"] if "_" in key else [])
         if hint is bool:
@@ -347,7 +350,7 @@ def load(argv: Sequence[str] = ()) -> EmbedConfig:
         _check_keys(values, where=f"in {flags.config}")
         values = {k: _coerce(k, v, from_flag=False) for k, v in values.items()}
     for key, value in vars(flags).items():
-        if key != "config" and value is not None:
+        if key in _KEYS and value is not None:
             values[key] = _coerce(key, value, from_flag=True)
     beam_args += rest
     _check_beam_flags(beam_args)

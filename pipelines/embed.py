@@ -20,7 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
-from pipelines import config, pipeline, sinks
+from pipelines import config, console, pipeline, sinks
 from pipelines.handles import HandleError
 from pipelines.model_handler import MODEL_LOAD_METRIC
 from pipelines.modules import ModuleError
@@ -78,7 +78,8 @@ def _root_cause(error: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one embedding job; returns the process exit status."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    if not console.verbose(argv if argv is not None else sys.argv[1:]):
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         cfg = config.load(argv)
@@ -96,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _LOG.warning("Dataflow workers cannot read local paths %s; use gs:// paths.", local)
     _LOG.info(
         "Embedding %s (%s) with %s into %s, run %s",
-        cfg.source.input, cfg.source.input_format, job.metadata["module"], cfg.sink.output, job.run_id,
+        config.display(cfg.source.input), cfg.source.input_format, config.display(job.metadata["module"]),
+        config.display(cfg.sink.output), job.run_id,
     )
     start = time.monotonic()
     p = pipeline.new_pipeline(options)

@@ -60,7 +60,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from pipelines import archives, handles, locks, modules
+from pipelines import archives, console, handles, locks, modules
 
 DEFAULT_SIGNATURE = modules.DEFAULT_SIGNATURE
 DEFAULT_OUTPUT_KEY = modules.DEFAULT_OUTPUT_KEY
@@ -817,6 +817,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--version", type=int, help="version to write (default: next free one)")
     parser.add_argument("--batch-size", type=int, help="rows per call to recommend to embedding jobs (module.json serving.batch_size)")
     parser.add_argument("--pack", action="store_true", help="also write ROOT/NAME/VERSION.tar.gz")
+    console.add_verbose_flag(parser)
     return parser.parse_args(argv)
 
 

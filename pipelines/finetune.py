@@ -55,7 +55,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pipelines import export, handles, labeled, modules
+from pipelines import console, export, handles, labeled, modules
 
 TASKS = ("classification",)
 DEFAULT_EPOCHS = 3
@@ -454,6 +454,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=Hyperparameters.seed)
     parser.add_argument("--holdout-fraction", type=float, default=Hyperparameters.holdout_fraction)
     parser.add_argument("--pack", action="store_true", help="also write ROOT/NAME/VERSION.tar.gz")
+    console.add_verbose_flag(parser)
     return parser.parse_args(argv)
 
 

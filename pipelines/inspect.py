@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from pipelines import handles, modules
+from pipelines import console, handles, modules
 
 FORMAT_NAMES = {"tf2": "TF2 SavedModel", "tf1_hub": "TF1 Hub format"}
 
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.inspect", description=__doc__.split("\n\n")[0])
     parser.add_argument("handle", help=f"module handle: {handles.SUPPORTED_FORMS}")
     parser.add_argument("--json", action="store_true", help="print the description as JSON")
+    console.add_verbose_flag(parser)
     args = parser.parse_args(argv)
     try:
         info = modules.describe(args.handle)

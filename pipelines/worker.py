@@ -75,12 +75,15 @@ def exit_now(status: int) -> None:
     For commands whose work is done and whose files are closed: this worker,
     and `python -m pipelines.embed` once it has printed its summary.
     """
+    from pipelines import console
+
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):  # closed or broken pipe: nothing left to save
             pass
+    console.close_filter()  # the stderr filter's last lines are out before the process ends (atexit does not run)
     os._exit(status)
 
 
