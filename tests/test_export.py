@@ -192,6 +192,43 @@ def test_explicit_signature_with_several_inputs(root):
     np.testing.assert_allclose(loaded.signatures["default"](x=FEATURES, bias=bias)["default"].numpy(), expected, atol=1e-5)
 
 
+def _function_names(module_dir: str) -> list[str]:
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(module_dir, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    return [f.signature.name for g in saved.meta_graphs for f in g.graph_def.library.function]
+
+
+def test_ragged_validations_are_kept_as_plain_asserts(root):
+    """Ragged checks survive export as bare Assert ops: no AssertGuard functions, same error on bad input."""
+
+    class RowSums(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32), tf.TensorSpec([None], tf.int64)])
+        def __call__(self, values, row_splits):
+            return {"default": tf.reduce_sum(tf.RaggedTensor.from_row_splits(values, row_splits), axis=1)}
+
+    module = RowSums()
+    specs = {"values": tf.TensorSpec([None], tf.float32), "row_splits": tf.TensorSpec([None], tf.int64)}
+    signature = export.Signature(lambda inputs: module(inputs["values"], inputs["row_splits"]), specs)
+    probe = {"values": tf.constant([1.0, 2.0, 3.0]), "row_splits": tf.constant([0, 2, 3], tf.int64)}
+    result = export.export_module(module, root, "ragged-sums", signatures={"default": signature},
+                                  probe_inputs={"default": probe})
+    names = _function_names(result.path)
+    assert names and not [n for n in names if "AssertGuard" in n]
+    # The same code traced outside an export has them, so the check above can fail.
+    guarded = RowSums()
+    assert "AssertGuard" in str(guarded.__call__.get_concrete_function().graph.as_graph_def())
+
+    serve = modules.load(result.path).signatures["default"]
+    np.testing.assert_allclose(serve(**probe)["default"].numpy(), [3.0, 3.0])
+    bad = {"values": tf.constant([1.0, 2.0, 3.0]), "row_splits": tf.constant([0, 2, 1], tf.int64)}
+    for call in (lambda: serve(**bad), lambda: guarded(**bad)):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="do not form a valid RaggedTensor:monotonic"):
+            call()
+
+
 # --------------------------------------------------------------------------- assets
 
 

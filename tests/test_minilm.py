@@ -108,6 +108,30 @@ def test_embeddings_match_reference(model):
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
 
 
+def test_built_module_matches_reference_and_loads_without_assert_guards():
+    """The module `make setup` builds (what jobs load): same vectors as the reference, lean graph."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from pipelines import modules
+    from pipelines.models import build_minilm
+
+    path = build_minilm.build()  # the existing version, or built now
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    functions = [f.signature.name for f in saved.meta_graphs[0].graph_def.library.function]
+    assert not [name for name in functions if "AssertGuard" in name]
+    assert len(functions) < 40, len(functions)  # 263 with the tokenizer's checks behind conds
+
+    table = pq.read_table(REFERENCE)
+    reference = np.asarray(table.column("embedding").to_pylist(), dtype=np.float64)
+    serve = modules.load(path).signatures["default"]
+    ours = serve(text=tf.constant(table.column("text").to_pylist()))["default"].numpy()
+    cosine = (ours * reference).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosine.min() >= 0.999, cosine.min()
+    assert cosine.mean() >= 0.99999, cosine.mean()
+
+
 def test_token_ids_match_original_on_edge_cases(model, original_tokenizer):
     _assert_same_ids(model, original_tokenizer, EDGE_CASES)
 
