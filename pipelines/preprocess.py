@@ -72,13 +72,15 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndar
             raise ImageError("mode F images (32-bit float samples) have no standard range to scale to [0, 1]")
         side = max(height, width)  # Either orientation: EXIF rotation comes after.
         image.draft("RGB", (side, side))  # JPEG: decode at a reduced scale that still covers the target.
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy when there is nothing to turn
         if image.mode == "I" or image.mode.startswith("I;16"):
             return _gray16(image, (height, width))
         if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
             background = Image.new("RGBA", image.size, (255, 255, 255, 255))
             image = Image.alpha_composite(background, image.convert("RGBA"))
-        image = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+        if image.mode != "RGB":  # convert() of an RGB image would copy it
+            image = image.convert("RGB")
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
         return np.asarray(image, dtype=np.float32) / np.float32(255.0)
 
 
