@@ -1,0 +1,326 @@
+"""`python -m benchmarks.images`: the image pipeline's speed against its raw module loop.
+
+    python -m benchmarks.images [--images 320] [--repeats 3] [--module build/modules/efficientnet-lite0/1] [--json OUT]
+
+The image set: `--images` distinct JPEGs (quality 90) cut from the bundled
+photos (`pipelines/data/images/`): photo `i mod 5`, a seeded random crop of
+60-100% of each side, resized so its long side is 480-640 pixels (the size of
+the photos themselves). Every file's content differs, so the pipeline's
+one-call-per-content deduplication does not help it.
+
+Two contenders, each in a process of its own, with TensorFlow at 2 intra-op /
+1 inter-op threads (`benchmarks.run.contender_env`):
+
+* `raw`: every image decoded **once** beforehand, exactly as the pipeline
+  decodes (`preprocess.decode_image`: RGB, bilinear resize to 224x224, [0, 1];
+  timed apart as `decode_s`), then the module's `default` signature called on
+  batches of `batch_size` (the pipeline's, 32 for images) after a warm-up call.
+  The ceiling: no Beam, no file reads, no decoding in the timed part.
+* `pipeline`: `pipelines.embed`'s job on DirectRunner in one process, from the
+  image files to the committed Parquet table (reading, hashing, decoding and
+  resizing every file included); the workers' model load is subtracted as in
+  `benchmarks.contenders`.
+
+The contenders run `--repeats` times each, alternating (raw, pipeline, raw,
+...), so load from elsewhere on the machine hits both alike; each one's median
+images/s is reported. Reported: images/s of each (median, and every run's),
+`pipeline_vs_raw` (ratio of the medians; target >= 0.85), the raw loop's
+decode time per image, the pipeline's time outside its module calls per image,
+and the smallest cosine between the two contenders' vectors (the same pixels
+go in, so it should be 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from benchmarks import contenders
+from benchmarks import run as bench_run
+from benchmarks.run import REPO_ROOT, contender_env
+
+DEFAULT_MODULE = os.path.join("build", "modules", "efficientnet-lite0", "1")
+DEFAULT_IMAGES = 320
+DEFAULT_REPEATS = 3
+TARGET = 0.85
+LONG_SIDE = (480, 640)
+CROP_FRACTION = (0.6, 1.0)
+RESULT_FILE = "result.json"
+
+
+def make_image_set(directory: str, count: int, seed: int = 0) -> list[str]:
+    """Writes `count` distinct JPEGs cut from the bundled photos; returns their paths, in order.
+
+    Raises:
+      RuntimeError: two files came out identical (the set would be deduplicated).
+    """
+    import hashlib
+
+    from PIL import Image
+
+    from pipelines.models import photos
+
+    rng = np.random.default_rng(seed)
+    sources = photos.photo_paths()
+    images = []
+    for path in sources:
+        with Image.open(path) as image:
+            images.append(image.convert("RGB"))
+    os.makedirs(directory, exist_ok=True)
+    paths, digests = [], set()
+    for i in range(count):
+        image = images[i % len(images)]
+        w, h = image.size
+        cw, ch = (int(round(side * rng.uniform(*CROP_FRACTION))) for side in (w, h))
+        left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        crop = image.crop((left, top, left + cw, top + ch))
+        scale = rng.integers(LONG_SIDE[0], LONG_SIDE[1] + 1) / max(cw, ch)
+        crop = crop.resize((max(1, round(cw * scale)), max(1, round(ch * scale))), Image.Resampling.BICUBIC)
+        path = os.path.join(directory, f"img-{i:05d}.jpg")
+        crop.save(path, quality=90)
+        with open(path, "rb") as f:
+            digests.add(hashlib.sha256(f.read()).hexdigest())
+        paths.append(path)
+    if len(digests) != count:
+        raise RuntimeError(f"{count - len(digests)} of {count} generated images are duplicates")
+    return paths
+
+
+# --------------------------------------------------------------------------- contenders (one process each)
+
+
+def raw(paths: list[str], module: str, workdir: str, batch_size: int, threads: tuple[int, int] | None = (2, 1)) -> dict:
+    """Decode every image once, then time the module's calls alone (see the module docstring).
+
+    `threads` (intra-op, inter-op) configures TensorFlow first; None leaves it as it is.
+    """
+    if threads:
+        contenders.configure_tf_threads(*threads)
+    import tensorflow as tf
+
+    from pipelines import modules
+    from pipelines.config import PreprocessConfig
+    from pipelines.preprocess import decode_image
+
+    loaded, load_s = contenders.timed(lambda: modules.load(module))
+    signature = loaded.signatures[modules.DEFAULT_SIGNATURE]
+    (name,) = signature.structured_input_signature[1]
+    height, width = signature.structured_input_signature[1][name].shape[1:3]
+    max_pixels = PreprocessConfig().max_image_pixels
+
+    def decode_all() -> np.ndarray:
+        pixels = []
+        for path in paths:
+            with open(path, "rb") as f:
+                pixels.append(decode_image(f.read(), (height, width), max_pixels))
+        return np.stack(pixels)
+
+    images, decode_s = contenders.timed(decode_all)
+    call = modules.bind(loaded)
+    _, first_call_s = contenders.timed(lambda: call({name: tf.constant(images[:batch_size])}))
+
+    def loop() -> np.ndarray:
+        return np.concatenate([np.asarray(call({name: tf.constant(images[i:i + batch_size])}))
+                               for i in range(0, len(images), batch_size)])
+
+    embeddings, seconds = contenders.timed(loop)
+    np.save(os.path.join(workdir, contenders.EMBEDDINGS_FILE), embeddings.astype(np.float32))
+    return {"rows": len(paths), "seconds": seconds, "load_s": load_s, "first_call_s": first_call_s,
+            "decode_s": decode_s, "batch_size": batch_size}
+
+
+def pipeline(paths: list[str], module: str, workdir: str, threads: tuple[int, int] | None = (2, 1)) -> dict:
+    """`pipelines.embed` on the image files, DirectRunner in this process (see the module docstring).
+
+    `threads` (intra-op, inter-op) configures TensorFlow first; None leaves it as it is.
+    """
+    if threads:
+        contenders.configure_tf_threads(*threads)
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines import config, sinks
+    from pipelines import pipeline as embed_pipeline
+
+    output = os.path.join(workdir, "table")
+    pattern = os.path.join(os.path.dirname(paths[0]), "*.jpg")
+    cfg = config.load(["--input", pattern, "--input-format", "image", "--module", module, "--output", output])
+    config.check_paths(cfg)
+    job, prepare_s = contenders.timed(lambda: embed_pipeline.prepare(cfg))
+    p = embed_pipeline.new_pipeline(PipelineOptions(list(cfg.beam_args)))
+    embed_pipeline.build_pipeline(p, cfg, job)
+    result, run_s = contenders.run_beam(p)
+    manifest = sinks.read_manifest(output)
+    if manifest is None or manifest["run_id"] != job.run_id:
+        raise RuntimeError(f"the pipeline did not commit a table at {output} (state {result.state})")
+    ids = [os.path.abspath(path) for path in paths]
+    embeddings = contenders.table_embeddings(sinks.read_table(output), ids)
+    np.save(os.path.join(workdir, contenders.EMBEDDINGS_FILE), embeddings)
+    times = contenders.runinference_times(result)
+    worker_load_s = times.pop("load_s")
+    seconds = run_s - worker_load_s
+    return {"rows": len(paths), "seconds": seconds, "run_s": run_s, "prepare_s": prepare_s,
+            "load_s": prepare_s + worker_load_s, "worker_load_s": worker_load_s,
+            "outside_inference_s": seconds - times["inference_s"], "counts": manifest["counts"],
+            "batch_size": job.spec.batch_size, **times}
+
+
+CONTENDERS = {"raw": raw, "pipeline": pipeline}
+
+
+def run_contender(name: str, image_dir: str, module: str, workdir: str, timeout: float) -> dict[str, Any]:
+    """Runs one contender in its own process; returns its result (with `images_per_s`) or `{"error": ...}`."""
+    os.makedirs(workdir, exist_ok=True)
+    log_path = os.path.join(workdir, "log.txt")
+    cmd = [sys.executable, "-m", "benchmarks.images", "--contender", name, "--image-dir", image_dir,
+           "--module", module, "--workdir", workdir]
+    try:
+        with open(log_path, "w") as log:
+            status = subprocess.run(cmd, cwd=REPO_ROOT, env=contender_env(2, 1), stdout=log, stderr=subprocess.STDOUT,
+                                    timeout=timeout, check=False).returncode
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout}s (log {log_path})"}
+    result_path = os.path.join(workdir, RESULT_FILE)
+    if status != 0 or not os.path.exists(result_path):
+        with open(log_path, errors="replace") as f:
+            return {"error": f"exit status {status}; log:\n{''.join(f.readlines()[-20:])}"}
+    with open(result_path) as f:
+        result = json.load(f)
+    result["images_per_s"] = result["rows"] / result["seconds"]
+    return result
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]], workdirs: dict[str, str]) -> dict[str, Any]:
+    """The report's metrics from every contender's runs (None where one failed).
+
+    Args:
+      runs: contender -> its results, in run order (each with `images_per_s`, or `error`).
+      workdirs: contender -> the workdir of its last run (holding its embeddings).
+    """
+    errors = {f"{name}[{i}]": r["error"] for name, rs in runs.items() for i, r in enumerate(rs) if "error" in r}
+    good = {name: [r for r in rs if "error" not in r] for name, rs in runs.items()}
+    median = {name: float(np.median([r["images_per_s"] for r in rs])) if rs else None for name, rs in good.items()}
+    raw_r, pipe_r = good.get("raw") or [], good.get("pipeline") or []
+    cosine = None
+    if raw_r and pipe_r and "error" not in runs["raw"][-1] and "error" not in runs["pipeline"][-1]:
+        a, b = (np.load(os.path.join(workdirs[n], contenders.EMBEDDINGS_FILE)).astype(np.float64)
+                for n in ("raw", "pipeline"))
+        cosine = float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
+    ratio = median["pipeline"] / median["raw"] if median.get("raw") and median.get("pipeline") else None
+    return {
+        "raw_images_per_s": median.get("raw"),
+        "pipeline_images_per_s": median.get("pipeline"),
+        "pipeline_vs_raw": ratio,
+        "target": {"pipeline_vs_raw": TARGET, "met": None if ratio is None else ratio >= TARGET},
+        "raw_decode_ms_per_image": float(np.median([r["decode_s"] / r["rows"] * 1e3 for r in raw_r])) if raw_r else None,
+        "pipeline_outside_inference_ms_per_image":
+            float(np.median([r["outside_inference_s"] / r["rows"] * 1e3 for r in pipe_r])) if pipe_r else None,
+        "min_cosine_pipeline_vs_raw": cosine,
+        "contenders": runs,
+        "errors": errors,
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a few lines of text."""
+    def fmt(value: Any, digits: int = 1) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    lines = [f"{'contender':<31} {'images/s':>9}  runs (images/s)"]
+    for name, label in (("raw", "raw module loop (decoded once)"), ("pipeline", "pipeline, DirectRunner")):
+        rates = [fmt(r.get("images_per_s")) for r in report["contenders"].get(name, [])]
+        lines.append(f"{label:<31} {fmt(report[f'{name}_images_per_s']):>9}  {', '.join(rates)}")
+    lines.append(f"pipeline_vs_raw {fmt(report['pipeline_vs_raw'], 3)} (target >= {TARGET}); raw decode "
+                 f"{fmt(report['raw_decode_ms_per_image'], 2)} ms/image; pipeline outside module calls "
+                 f"{fmt(report['pipeline_outside_inference_ms_per_image'], 2)} ms/image; min cosine pipeline vs raw "
+                 f"{fmt(report['min_cosine_pipeline_vs_raw'], 7)}")
+    for name, error in report["errors"].items():
+        lines.append(f"{name}: {error}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: the whole benchmark, or (`--contender`) one contender's process."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.images", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="images in the set (default %(default)s)")
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="runs of each contender (default %(default)s)")
+    parser.add_argument("--module", default=os.path.join(REPO_ROOT, DEFAULT_MODULE))
+    parser.add_argument("--json", default=None, help="also write the report here")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per contender")
+    parser.add_argument("--contender", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
+    parser.add_argument("--image-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.contender:
+        paths = sorted(os.path.join(args.image_dir, n) for n in os.listdir(args.image_dir) if n.endswith(".jpg"))
+        if args.contender == "raw":
+            result = raw(paths, args.module, args.workdir, batch_size=_batch_size(args.module))
+        else:
+            result = pipeline(paths, args.module, args.workdir)
+        with open(os.path.join(args.workdir, RESULT_FILE), "w") as f:
+            json.dump(result, f, indent=2, sort_keys=True)
+        return 0
+    for flag in ("images", "repeats"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be positive, got {getattr(args, flag)}")
+    if not os.path.isfile(os.path.join(args.module, "module.json")):
+        print(f"error: module {args.module!r} is not built; run `make setup`", file=sys.stderr)
+        return 2
+    meta = machine_meta(args)
+    with tempfile.TemporaryDirectory(prefix="bench-images-") as workdir:
+        image_dir = os.path.join(workdir, "images")
+        start = time.monotonic()
+        make_image_set(image_dir, args.images)
+        print(f"wrote {args.images} images in {time.monotonic() - start:.1f}s", file=sys.stderr)
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONTENDERS}
+        workdirs = {}
+        for i in range(args.repeats):
+            for name in CONTENDERS:
+                workdirs[name] = os.path.join(workdir, f"{name}-{i}")
+                runs[name].append(run_contender(name, image_dir, args.module, workdirs[name], args.timeout))
+        report = summarize(runs, workdirs)
+    report["meta"] = meta
+    print(format_report(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2, sort_keys=True, default=str)
+    return 1 if report["errors"] else 0
+
+
+def machine_meta(args: argparse.Namespace) -> dict[str, Any]:
+    """Where and how the benchmark ran (taken before it starts)."""
+    import datetime
+    import platform
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": bench_run._cpu_model(),
+        "cpu_flags": bench_run._cpu_flags(),
+        "cores": os.cpu_count(),
+        "load_average_at_start": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "versions": bench_run._versions(),
+        "images": args.images,
+        "repeats": args.repeats,
+        "module": args.module,
+        "tf_threads": {"intra_op": 2, "inter_op": 1},
+        "command": " ".join(["python -m benchmarks.images", *sys.argv[1:]]),
+    }
+
+
+def _batch_size(module: str) -> int:
+    """The pipeline's call size for this module: its `serving.batch_size`, else the image default."""
+    from pipelines import config, modules
+
+    return (modules.read_manifest(module).get("serving") or {}).get("batch_size") or config.DEFAULT_BATCH_SIZE["image"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""`benchmarks.images` (issue 16): the image set, the report's arithmetic, and both contenders on the real module."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks import images
+from pipelines.models import build_efficientnet
+
+MODULE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), build_efficientnet.DEFAULT_HANDLE)
+
+
+def test_image_set_is_distinct_deterministic_and_photo_sized(tmp_path):
+    paths = images.make_image_set(str(tmp_path / "a"), 12)
+    again = images.make_image_set(str(tmp_path / "b"), 12)
+    digests = [hashlib.sha256(open(p, "rb").read()).hexdigest() for p in paths]
+    assert len(set(digests)) == 12
+    assert digests == [hashlib.sha256(open(p, "rb").read()).hexdigest() for p in again]
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.format == "JPEG" and images.LONG_SIDE[0] <= max(image.size) <= images.LONG_SIDE[1]
+
+
+def test_summarize_takes_medians_and_reports_failures(tmp_path):
+    for name in ("raw", "pipeline"):
+        os.makedirs(tmp_path / name)
+        np.save(tmp_path / name / "embeddings.npy", np.eye(3, dtype=np.float32))
+    runs = {
+        "raw": [{"images_per_s": r, "rows": 10, "decode_s": 0.05} for r in (50.0, 40.0, 60.0)],
+        "pipeline": [{"images_per_s": 45.0, "rows": 10, "outside_inference_s": 0.03}, {"error": "exit status 1"},
+                     {"images_per_s": 41.0, "rows": 10, "outside_inference_s": 0.05}],
+    }
+    report = images.summarize(runs, {n: str(tmp_path / n) for n in runs})
+    assert report["raw_images_per_s"] == 50.0 and report["pipeline_images_per_s"] == 43.0
+    assert report["pipeline_vs_raw"] == pytest.approx(0.86) and report["target"]["met"] is True
+    assert report["raw_decode_ms_per_image"] == pytest.approx(5.0)
+    assert report["pipeline_outside_inference_ms_per_image"] == pytest.approx(4.0)
+    assert report["min_cosine_pipeline_vs_raw"] == pytest.approx(1.0)
+    assert report["errors"] == {"pipeline[1]": "exit status 1"}
+    assert "pipeline_vs_raw 0.860" in images.format_report(report)
+
+
+def test_both_contenders_embed_the_same_pixels(tmp_path):
+    if not os.path.isfile(os.path.join(MODULE, "module.json")):
+        pytest.fail(f"{MODULE} is not built: run `make setup`")
+    paths = images.make_image_set(str(tmp_path / "set"), 6)
+    workdirs = {name: str(tmp_path / name) for name in images.CONTENDERS}
+    for d in workdirs.values():
+        os.makedirs(d)
+    raw = images.raw(paths, MODULE, workdirs["raw"], batch_size=4, threads=None)
+    pipe = images.pipeline(paths, MODULE, workdirs["pipeline"], threads=None)
+    assert raw["rows"] == pipe["rows"] == 6 and pipe["counts"]["rows_embedded"] == 6
+    assert raw["seconds"] > 0 and raw["decode_s"] > 0 and pipe["seconds"] > 0 and pipe["batch_size"] == 32
+    report = images.summarize({n: [{**r, "images_per_s": r["rows"] / r["seconds"]}] for n, r in
+                               (("raw", raw), ("pipeline", pipe))}, workdirs)
+    assert report["min_cosine_pipeline_vs_raw"] > 0.99999 and report["errors"] == {}
