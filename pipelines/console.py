@@ -34,16 +34,17 @@ notebooks) changes nothing.
 
 from __future__ import annotations
 
-import argparse
-import atexit
-import logging
+# The filter process runs this file with the standard library only: `os`, `re`, `signal`
+# and `sys` are all it imports; the rest is imported where the command's side uses it.
 import os
 import re
 import signal
-import subprocess
 import sys
-import warnings
-from typing import BinaryIO, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Sequence
+
+if TYPE_CHECKING:
+    import argparse
+    import subprocess
 
 VERBOSE_ENV = "HUB_EMBED_VERBOSE"
 # Set while a filter process reads this process's standard error: child processes inherit both.
@@ -113,18 +114,21 @@ def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-class _DropNoise(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(LOG_NOISE)
+def _is_log_noise(record: object) -> bool:
+    """A `logging.Filter` callable: False (drop) for the known noise messages."""
+    return not str(getattr(record, "msg", "")).startswith(LOG_NOISE)
 
 
 def quiet_python() -> None:
     """Ignores the known third-party warnings and log lines in this process."""
+    import logging
+    import warnings
+
     for message, category in PYTHON_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
     root = logging.getLogger()
-    if not any(isinstance(f, _DropNoise) for f in root.filters):
-        root.addFilter(_DropNoise())
+    if _is_log_noise not in root.filters:
+        root.addFilter(_is_log_noise)
 
 
 def filter_stderr() -> None:
@@ -133,13 +137,17 @@ def filter_stderr() -> None:
     Does nothing when a filter already reads it (a worker started by a
     filtered command). `close_filter` (also run at exit) restores it.
     """
+    import atexit
+    import subprocess
+
     global _filter, _real_stderr
     if _filter is not None or os.environ.get(FILTER_ENV):
         return
     read_end, write_end = os.pipe()
     env = {**os.environ, FILTER_ENV: str(os.getpid())}
     try:
-        _filter = subprocess.Popen([sys.executable, "-c", "import pipelines.console as c; c.main()"], stdin=read_end, env=env)
+        # This file run as a script, without site-packages (-I -S): it needs the standard library only.
+        _filter = subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__)], stdin=read_end, env=env)
     except OSError:  # cannot start it: leave standard error as it is
         os.close(write_end)
         return
@@ -160,6 +168,8 @@ def close_filter(timeout_s: float = 5.0) -> None:
     writes to it any more), so nothing it still holds is printed after the
     command has exited.
     """
+    import subprocess
+
     global _filter, _real_stderr
     if _filter is None or _real_stderr is None:
         return
@@ -229,3 +239,7 @@ def main() -> None:
         filter_lines(sys.stdin.buffer, sys.stderr.buffer)
     except BrokenPipeError:
         pass
+
+
+if __name__ == "__main__":
+    main()

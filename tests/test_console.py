@@ -114,6 +114,10 @@ def _embed(tmp_path, module: str, *flags: str, **env: str) -> subprocess.Complet
     return subprocess.run(argv, capture_output=True, text=True, timeout=300, env=_env(**env))
 
 
+def _command(module: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300, env=_env(**env))
+
+
 def _noise(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if any(word in line for word in NOISE)]
 
@@ -126,12 +130,14 @@ def test_a_quiet_run_prints_our_lines_only_and_verbose_prints_everything(tiny, t
     assert quiet.returncode == 0, quiet.stderr
     assert _noise(quiet.stderr) == [], quiet.stderr
     assert "INFO hub_embed: Embedding" in quiet.stderr and "rows in 2, embedded 2" in quiet.stdout
-    loud = _embed(tmp_path, tiny.text, "--verbose", *multi)
+    loud = _embed(tmp_path, tiny.text, "--verbose")
     assert loud.returncode == 0, loud.stderr
     assert [line for line in loud.stderr.splitlines() if console.is_chatter(line.encode())], loud.stderr
     assert "rows in 2, embedded 2" in loud.stdout
-    env_verbose = _embed(tmp_path, tiny.text, HUB_EMBED_VERBOSE="1")
-    assert env_verbose.returncode == 0 and _noise(env_verbose.stderr), env_verbose.stderr
+    # Another command, verbose through the environment (the module cache is new: inspect loads the module).
+    env_verbose = _command("pipelines.inspect", tiny.text, HUB_EMBED_VERBOSE="1", HUB_EMBED_CACHE_DIR=str(tmp_path / "c"))
+    assert env_verbose.returncode == 0 and "signature" in env_verbose.stdout, env_verbose.stderr
+    assert _noise(env_verbose.stderr), env_verbose.stderr
 
 
 def _module_with_an_unregistered_op(source: str, path: str) -> str:
@@ -164,3 +170,7 @@ def test_a_module_that_fails_to_load_still_says_why_in_a_quiet_run(tiny, tmp_pat
     assert "hub-embed: error: Module at" in result.stderr
     assert "Op type not registered 'HubEmbedNoSuchOp'" in result.stderr, result.stderr
     assert _noise(result.stderr) == [], result.stderr
+    inspected = _command("pipelines.inspect", broken)
+    assert inspected.returncode == 2
+    assert "error: Module at" in inspected.stderr and "Op type not registered 'HubEmbedNoSuchOp'" in inspected.stderr
+    assert _noise(inspected.stderr) == [], inspected.stderr
