@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import yaml
 
-from pipelines import console
+from pipelines import console, token_trim
 
 if TYPE_CHECKING:
     from pipelines.modules import ModuleInfo, SignatureInfo
@@ -110,6 +110,11 @@ class ModelConfig:
     module: str = _option(DEFAULT_MODULE, "module handle: directory, .tar.gz, file://, http(s)://, gs://, s3://")
     signature: str = _option("default", "signature to call")
     output_key: str = _option("default", "output of the signature to store")
+    output_length_key: str | None = _option(
+        None,
+        "for a per-token output [N, T, D]: the signature's output holding each row's token count (int [N]) or "
+        "mask (int/bool [N, T]); default: found by its shape (see inspect)",
+    )
     batch_size: int | None = _option(
         None,
         "rows per module call; default: the module's recommendation (module.json serving.batch_size), "
@@ -433,6 +438,8 @@ def _validate(cfg: EmbedConfig) -> EmbedConfig:
     for key in ("module", "signature", "output_key"):
         if not getattr(model, key).strip():
             raise ConfigError(f"{key} must not be empty.")
+    if model.output_length_key is not None and not model.output_length_key.strip():
+        raise ConfigError("output_length_key must not be empty (leave it out to find it by shape).")
     if model.batch_size is not None:  # None: decided with the module (`model_spec`)
         _positive("batch_size", model.batch_size)
     output, overwrite = sink.output, sink.overwrite
@@ -634,7 +641,8 @@ class ModelSpec:
       output_key: the stored output.
       dim: embedding dimension (last axis of the output).
       sequence: the output is per token (`[N, T, D]`) rather than pooled.
-      mask_key: an int/bool `[N, T]` output marking real tokens, if any.
+      trim: how a per-token output is cut to each row's own tokens
+        (`token_trim.TokenTrim`); None for pooled outputs.
       image_size: (height, width) images are resized to.
       batch_size: rows per module call: the config's, else the module's
         recommendation, else `DEFAULT_BATCH_SIZE` for the input kind.
@@ -646,7 +654,7 @@ class ModelSpec:
     output_key: str
     dim: int | None
     sequence: bool
-    mask_key: str | None
+    trim: token_trim.TokenTrim | None
     image_size: tuple[int, int] | None
     batch_size: int
 
@@ -713,11 +721,19 @@ def model_spec(cfg: EmbedConfig, info: ModuleInfo) -> ModelSpec:
             f"float [N, D] or [N, T, D]. Outputs: {', '.join(f'{t.name}: {t.dtype}{list(t.shape)}' for t in sig.outputs)}."
         )
     sequence = len(out.shape) == 3
-    masks = [
-        t.name for t in sig.outputs
-        if t.name != out.name and len(t.shape) == 2 and (t.dtype == "bool" or t.dtype.startswith("int"))
-    ]
-    masks.sort(key=lambda name: ("mask" not in name, name))
+    trim = None
+    if sequence:
+        try:
+            trim = token_trim.find(sig, out.name, kind == "image", cfg.model.output_length_key)
+        except token_trim.TrimError as e:
+            raise ConfigError(str(e)) from None
+        if trim is None:
+            raise ConfigError(token_trim.missing_message(sig, out.name))
+    elif cfg.model.output_length_key is not None:
+        raise ConfigError(
+            f"output_length_key {cfg.model.output_length_key!r} trims per-token outputs; output {out.name!r} of "
+            f"signature {sig.name!r} is {out.dtype}{list(out.shape)} (one vector per row)."
+        )
     return ModelSpec(
         kind=kind,
         inputs=tuple(t.name for t in chosen),
@@ -725,7 +741,7 @@ def model_spec(cfg: EmbedConfig, info: ModuleInfo) -> ModelSpec:
         output_key=out.name,
         dim=out.shape[-1],
         sequence=sequence,
-        mask_key=masks[0] if sequence and masks else None,
+        trim=trim,
         image_size=tuple(image_size) if image_size else None,
         batch_size=cfg.model.batch_size or info.recommended_batch_size or DEFAULT_BATCH_SIZE[kind],
     )

@@ -2,7 +2,8 @@
 
 Prints the module's fingerprint, format (TF2 SavedModel or TF1 Hub format),
 whether it is reusable/trainable, and a table of its signatures with their
-inputs and outputs. Exits with status 2 and a one-line message when the handle
+inputs and outputs (for a per-token output: how an embedding job cuts it to
+each row's tokens, see `pipelines.token_trim`). Exits with status 2 and a one-line message when the handle
 cannot be resolved or the module cannot be loaded.
 """
 
@@ -12,13 +13,23 @@ import argparse
 import json
 import sys
 
-from pipelines import console, handles, modules
+from pipelines import console, handles, modules, token_trim
 
 FORMAT_NAMES = {"tf2": "TF2 SavedModel", "tf1_hub": "TF1 Hub format"}
 
 
 def _shape(shape: tuple[int | None, ...]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def per_token_rows(sig: modules.SignatureInfo, output: str) -> str:
+    """For a per-token output ([N, T, D] float): how an embedding job cuts it to each row's tokens."""
+    tensor = sig.output(output)
+    if len(tensor.shape) != 3 or not tensor.dtype.startswith("float"):
+        return ""
+    image = any(t.dtype == "float32" and len(t.shape) == 4 for t in sig.inputs)
+    trim = token_trim.find(sig, output, image)
+    return trim.describe() if trim else "refused by embed: no mask or length output (see --output-length-key)"
 
 
 def render_text(info: modules.ModuleInfo) -> str:
@@ -36,11 +47,12 @@ def render_text(info: modules.ModuleInfo) -> str:
         lines.append(f"name/version: {info.name}/{info.version}")
     if info.recommended_batch_size is not None:
         lines.append(f"batch size:   {info.recommended_batch_size} rows per call (recommended by its module.json)")
-    rows = [("signature", "kind", "name", "dtype", "shape")]
+    rows = [("signature", "kind", "name", "dtype", "shape", "per row")]
     for sig_name, sig in sorted(info.signatures.items()):
         for kind, tensors in (("input", sig.inputs), ("output", sig.outputs)):
             for tensor in tensors:
-                rows.append((sig_name, kind, tensor.name, tensor.dtype, _shape(tensor.shape)))
+                per_row = per_token_rows(sig, tensor.name) if kind == "output" else ""
+                rows.append((sig_name, kind, tensor.name, tensor.dtype, _shape(tensor.shape), per_row))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines.append("")
     for i, row in enumerate(rows):

@@ -17,10 +17,9 @@
   with the module's error. Rows with NaN/inf values are dead-lettered too. An
   output whose rank or dimension differs from the one described at launch
   fails the run (`OutputShapeError`): it means the module is not what was checked.
-* Per-token outputs `[N, T, D]` are trimmed to each row's real tokens: by the
-  signature's int/bool `[N, T]` mask output when it has one (e.g. MiniLM's
-  `token_mask`), by the token counts fed to ELMo-style `tokens`/`sequence_len`
-  signatures, and otherwise all T positions are kept.
+* Per-token outputs `[N, T, D]` are cut to each row's own tokens (a mask or
+  length output, or the token counts fed; see `pipelines.token_trim`), so a
+  row's vectors do not depend on the rows it shares a call with.
 * `tf_threads` caps TensorFlow's thread pools per process, so that several
   worker processes do not oversubscribe the machine's cores.
 * After each window the handler hands the C heap's free pages back to the
@@ -46,6 +45,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
+from pipelines import token_trim
 from pipelines.config import ModelSpec
 from pipelines.records import FAILURES, METRICS_NAMESPACE, TALLIES, ContentGroup, Stage, tally
 
@@ -266,7 +266,8 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
         start = time.monotonic()
         _configure_threads(self._tf_threads)
         module = load_module(resolved)
-        keys = (self._spec.output_key,) + ((self._spec.mask_key,) if self._spec.mask_key else ())
+        trim_output = self._spec.trim.output if self._spec.trim else None
+        keys = (self._spec.output_key,) + ((trim_output,) if trim_output else ())
         model = LoadedModule(module, modules.bind_outputs(module, self._signature, keys))
         self._warm_up(model)
         elapsed_ms = round((time.monotonic() - start) * 1000)
@@ -324,13 +325,16 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
             self._embed(batch, rows[half:], model, results)
             return
         embeddings = self._check_shape(outputs[self._spec.output_key], len(rows))
-        masks = np.asarray(outputs[self._spec.mask_key]).astype(bool) if self._spec.mask_key else None
-        for j, i in enumerate(rows):
-            row = embeddings[j]
-            if masks is not None:
-                row = row[masks[j]]
-            elif self._spec.sequence and lengths is not None:
-                row = row[: lengths[j]]
+        if self._spec.sequence:
+            try:
+                vectors = token_trim.cut(self._spec.trim, embeddings, outputs, lengths)
+            except ValueError as e:
+                raise OutputShapeError(
+                    f"Output {self._spec.output_key!r} of {self._signature!r} cannot be cut per row: {e}."
+                ) from None
+        else:
+            vectors = list(embeddings)
+        for i, row in zip(rows, vectors):
             results[i] = row if np.isfinite(row).all() else EmbedFailure("embedding has NaN or inf values")
 
     def _inputs(self, payloads: list[Any]) -> tuple[dict[str, Any], list[int] | None]:

@@ -83,6 +83,7 @@ def prepare(cfg: EmbedConfig, module: modules.ModuleInfo | None = None) -> Job:
         "output_key": spec.output_key,
         "dimension": spec.dim,
         "sequence": spec.sequence,
+        "token_trim": spec.trim.label() if spec.trim else None,
         "content_hash": content.scheme(spec),
         "config_hash": cfg.config_hash(),
         "code_version": export.code_version(),

@@ -33,7 +33,7 @@ from pipelines.config import SUCCESS_FILE, ConfigError
 from pipelines.handles import redact
 
 # Metadata that must be equal for vectors to be interchangeable (the `hub_embed` schema metadata).
-COMPATIBLE_KEYS = ("fingerprint", "signature", "output_key", "dimension", "sequence", "content_hash")
+COMPATIBLE_KEYS = ("fingerprint", "signature", "output_key", "dimension", "sequence", "token_trim", "content_hash")
 _COLUMNS = ["content_hash", "embedding"]
 _LOG = logging.getLogger("hub_embed")
 

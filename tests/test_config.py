@@ -230,7 +230,7 @@ def test_model_spec_for_text_modules(tiny):
     assert (pooled.kind, pooled.inputs, pooled.dim, pooled.sequence, pooled.tokenized) == ("text", ("text",), 8, False, False)
     tokens = _spec(tiny.text, input="x.txt", signature="tokens", output_key="elmo")
     assert tokens.inputs == ("tokens", "sequence_len") and tokens.input_dtypes == ("string", "int32")
-    assert tokens.sequence and tokens.tokenized and tokens.mask_key is None and tokens.dim == 8
+    assert tokens.sequence and tokens.tokenized and tokens.trim.label() == "fed:sequence_len" and tokens.dim == 8
     tf1 = _spec(tiny.tf1, input="x.txt")
     assert (tf1.inputs, tf1.dim) == (("text",), 6)
 
