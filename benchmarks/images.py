@@ -8,7 +8,7 @@ photos (`pipelines/data/images/`): photo `i mod 5`, a seeded random crop of
 the photos themselves). Every file's content differs, so the pipeline's
 one-call-per-content deduplication does not help it.
 
-Two contenders, each in a process of its own, with TensorFlow at 2 intra-op /
+Three contenders, each in a process of its own, with TensorFlow at 2 intra-op /
 1 inter-op threads (`benchmarks.run.contender_env`):
 
 * `raw`: every image decoded **once** beforehand, exactly as the pipeline
@@ -20,6 +20,10 @@ Two contenders, each in a process of its own, with TensorFlow at 2 intra-op /
   image files to the committed Parquet table (reading, hashing, decoding and
   resizing every file included); the workers' model load is subtracted as in
   `benchmarks.contenders`.
+* `pipeline_mp`: the same job with two DirectRunner worker processes
+  (`--direct_num_workers=2 --direct_running_mode=multi_processing`, one
+  TensorFlow thread each): one process decodes while the other runs the
+  module. Worker start-up and model load are excluded likewise.
 
 The contenders run `--repeats` times each, alternating (raw, pipeline, raw,
 ...), so load from elsewhere on the machine hits both alike; each one's median
@@ -137,10 +141,12 @@ def raw(paths: list[str], module: str, workdir: str, batch_size: int, threads: t
             "decode_s": decode_s, "batch_size": batch_size}
 
 
-def pipeline(paths: list[str], module: str, workdir: str, threads: tuple[int, int] | None = (2, 1)) -> dict:
-    """`pipelines.embed` on the image files, DirectRunner in this process (see the module docstring).
+def pipeline(paths: list[str], module: str, workdir: str, threads: tuple[int, int] | None = (2, 1),
+             beam_args: tuple[str, ...] = ()) -> dict:
+    """`pipelines.embed` on the image files, DirectRunner (see the module docstring).
 
     `threads` (intra-op, inter-op) configures TensorFlow first; None leaves it as it is.
+    `beam_args`: Beam options, e.g. `contenders.MP_BEAM_ARGS` for two worker processes.
     """
     if threads:
         contenders.configure_tf_threads(*threads)
@@ -151,7 +157,8 @@ def pipeline(paths: list[str], module: str, workdir: str, threads: tuple[int, in
 
     output = os.path.join(workdir, "table")
     pattern = os.path.join(os.path.dirname(paths[0]), "*.jpg")
-    cfg = config.load(["--input", pattern, "--input-format", "image", "--module", module, "--output", output])
+    cfg = config.load(["--input", pattern, "--input-format", "image", "--module", module, "--output", output,
+                       *beam_args])
     config.check_paths(cfg)
     job, prepare_s = contenders.timed(lambda: embed_pipeline.prepare(cfg))
     p = embed_pipeline.new_pipeline(PipelineOptions(list(cfg.beam_args)))
@@ -165,14 +172,21 @@ def pipeline(paths: list[str], module: str, workdir: str, threads: tuple[int, in
     np.save(os.path.join(workdir, contenders.EMBEDDINGS_FILE), embeddings)
     times = contenders.runinference_times(result)
     worker_load_s = times.pop("load_s")
-    seconds = run_s - worker_load_s
+    seconds = run_s - worker_load_s - times["worker_startup_s"]
     return {"rows": len(paths), "seconds": seconds, "run_s": run_s, "prepare_s": prepare_s,
-            "load_s": prepare_s + worker_load_s, "worker_load_s": worker_load_s,
+            "load_s": prepare_s + worker_load_s + times["worker_startup_s"], "worker_load_s": worker_load_s,
             "outside_inference_s": seconds - times["inference_s"], "counts": manifest["counts"],
             "batch_size": job.spec.batch_size, **times}
 
 
-CONTENDERS = {"raw": raw, "pipeline": pipeline}
+def pipeline_mp(paths: list[str], module: str, workdir: str, threads: tuple[int, int] | None = (2, 1)) -> dict:
+    """The pipeline with two DirectRunner worker processes (1 TensorFlow thread each): one decodes while the other
+    runs the module. Their start-up and model load (TensorFlow's import included) are excluded, as in
+    `benchmarks.contenders`."""
+    return pipeline(paths, module, workdir, threads, contenders.MP_BEAM_ARGS)
+
+
+CONTENDERS = {"raw": raw, "pipeline": pipeline, "pipeline_mp": pipeline_mp}
 
 
 def run_contender(name: str, image_dir: str, module: str, workdir: str, timeout: float) -> dict[str, Any]:
@@ -197,35 +211,48 @@ def run_contender(name: str, image_dir: str, module: str, workdir: str, timeout:
     return result
 
 
+def _min_cosine(a_path: str, b_path: str) -> float:
+    a, b = (np.load(path).astype(np.float64) for path in (a_path, b_path))
+    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
+
+
 def summarize(runs: dict[str, list[dict[str, Any]]], workdirs: dict[str, str]) -> dict[str, Any]:
-    """The report's metrics from every contender's runs (None where one failed).
+    """The report's metrics from every contender's runs (None where one failed or did not run).
 
     Args:
       runs: contender -> its results, in run order (each with `images_per_s`, or `error`).
       workdirs: contender -> the workdir of its last run (holding its embeddings).
+
+    Returns:
+      `<name>_images_per_s` (median), `<pipeline>_vs_raw` (ratio of medians),
+      `min_cosine_<pipeline>_vs_raw` (last runs), the raw decode and the
+      pipelines' time outside module calls per image, `target`, `contenders`, `errors`.
     """
     errors = {f"{name}[{i}]": r["error"] for name, rs in runs.items() for i, r in enumerate(rs) if "error" in r}
     good = {name: [r for r in rs if "error" not in r] for name, rs in runs.items()}
     median = {name: float(np.median([r["images_per_s"] for r in rs])) if rs else None for name, rs in good.items()}
-    raw_r, pipe_r = good.get("raw") or [], good.get("pipeline") or []
-    cosine = None
-    if raw_r and pipe_r and "error" not in runs["raw"][-1] and "error" not in runs["pipeline"][-1]:
-        a, b = (np.load(os.path.join(workdirs[n], contenders.EMBEDDINGS_FILE)).astype(np.float64)
-                for n in ("raw", "pipeline"))
-        cosine = float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
-    ratio = median["pipeline"] / median["raw"] if median.get("raw") and median.get("pipeline") else None
-    return {
-        "raw_images_per_s": median.get("raw"),
-        "pipeline_images_per_s": median.get("pipeline"),
-        "pipeline_vs_raw": ratio,
-        "target": {"pipeline_vs_raw": TARGET, "met": None if ratio is None else ratio >= TARGET},
-        "raw_decode_ms_per_image": float(np.median([r["decode_s"] / r["rows"] * 1e3 for r in raw_r])) if raw_r else None,
-        "pipeline_outside_inference_ms_per_image":
-            float(np.median([r["outside_inference_s"] / r["rows"] * 1e3 for r in pipe_r])) if pipe_r else None,
-        "min_cosine_pipeline_vs_raw": cosine,
-        "contenders": runs,
-        "errors": errors,
-    }
+    report: dict[str, Any] = {f"{name}_images_per_s": median.get(name) for name in CONTENDERS}
+    raw_r = good.get("raw") or []
+    report["raw_decode_ms_per_image"] = (
+        float(np.median([r["decode_s"] / r["rows"] * 1e3 for r in raw_r])) if raw_r else None)
+    for name in ("pipeline", "pipeline_mp"):
+        rs = good.get(name) or []
+        report[f"{name}_vs_raw"] = median[name] / median["raw"] if median.get("raw") and median.get(name) else None
+        report[f"{name}_outside_inference_ms_per_image"] = (
+            float(np.median([r["outside_inference_s"] / r["rows"] * 1e3 for r in rs])) if rs else None)
+        last_ok = runs.get(name) and "error" not in runs[name][-1] and runs.get("raw") and "error" not in runs["raw"][-1]
+        report[f"min_cosine_{name}_vs_raw"] = (
+            _min_cosine(*(os.path.join(workdirs[n], contenders.EMBEDDINGS_FILE) for n in ("raw", name)))
+            if last_ok else None)
+    ratio = report["pipeline_vs_raw"]
+    report["target"] = {"pipeline_vs_raw": TARGET, "met": None if ratio is None else ratio >= TARGET}
+    report["contenders"] = runs
+    report["errors"] = errors
+    return report
+
+
+LABELS = {"raw": "raw module loop (decoded once)", "pipeline": "pipeline, DirectRunner",
+          "pipeline_mp": "pipeline, 2 worker processes"}
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -233,14 +260,16 @@ def format_report(report: dict[str, Any]) -> str:
     def fmt(value: Any, digits: int = 1) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
-    lines = [f"{'contender':<31} {'images/s':>9}  runs (images/s)"]
-    for name, label in (("raw", "raw module loop (decoded once)"), ("pipeline", "pipeline, DirectRunner")):
-        rates = [fmt(r.get("images_per_s")) for r in report["contenders"].get(name, [])]
-        lines.append(f"{label:<31} {fmt(report[f'{name}_images_per_s']):>9}  {', '.join(rates)}")
-    lines.append(f"pipeline_vs_raw {fmt(report['pipeline_vs_raw'], 3)} (target >= {TARGET}); raw decode "
-                 f"{fmt(report['raw_decode_ms_per_image'], 2)} ms/image; pipeline outside module calls "
-                 f"{fmt(report['pipeline_outside_inference_ms_per_image'], 2)} ms/image; min cosine pipeline vs raw "
-                 f"{fmt(report['min_cosine_pipeline_vs_raw'], 7)}")
+    lines = [f"{'contender':<31} {'images/s':>9} {'vs raw':>7} {'outside ms/img':>15}  runs (images/s)"]
+    for name, label in LABELS.items():
+        if name not in report["contenders"]:
+            continue
+        rates = [fmt(r.get("images_per_s")) for r in report["contenders"][name]]
+        lines.append(f"{label:<31} {fmt(report[f'{name}_images_per_s']):>9} {fmt(report.get(f'{name}_vs_raw'), 3):>7} "
+                     f"{fmt(report.get(f'{name}_outside_inference_ms_per_image'), 2):>15}  {', '.join(rates)}")
+    lines.append(f"target pipeline_vs_raw >= {TARGET}; raw decode {fmt(report['raw_decode_ms_per_image'], 2)} ms/image; "
+                 f"min cosine vs raw: pipeline {fmt(report['min_cosine_pipeline_vs_raw'], 7)}, "
+                 f"2 processes {fmt(report['min_cosine_pipeline_mp_vs_raw'], 7)}")
     for name, error in report["errors"].items():
         lines.append(f"{name}: {error}")
     return "\n".join(lines)
@@ -253,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="runs of each contender (default %(default)s)")
     parser.add_argument("--module", default=os.path.join(REPO_ROOT, DEFAULT_MODULE))
     parser.add_argument("--json", default=None, help="also write the report here")
+    parser.add_argument("--no-mp", action="store_true", help="skip the two-process pipeline")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per contender")
     parser.add_argument("--contender", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
     parser.add_argument("--image-dir", help=argparse.SUPPRESS)
@@ -263,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.contender == "raw":
             result = raw(paths, args.module, args.workdir, batch_size=_batch_size(args.module))
         else:
-            result = pipeline(paths, args.module, args.workdir)
+            result = CONTENDERS[args.contender](paths, args.module, args.workdir)
         with open(os.path.join(args.workdir, RESULT_FILE), "w") as f:
             json.dump(result, f, indent=2, sort_keys=True)
         return 0
@@ -279,10 +309,11 @@ def main(argv: list[str] | None = None) -> int:
         start = time.monotonic()
         make_image_set(image_dir, args.images)
         print(f"wrote {args.images} images in {time.monotonic() - start:.1f}s", file=sys.stderr)
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONTENDERS}
+        names = [n for n in CONTENDERS if n != "pipeline_mp" or not args.no_mp]
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
         workdirs = {}
         for i in range(args.repeats):
-            for name in CONTENDERS:
+            for name in names:
                 workdirs[name] = os.path.join(workdir, f"{name}-{i}")
                 runs[name].append(run_contender(name, image_dir, args.module, workdirs[name], args.timeout))
         report = summarize(runs, workdirs)
