@@ -97,6 +97,24 @@ def test_importing_the_package_as_a_library_leaves_stderr_alone():
     assert out.stdout.split() == ["None", "False"]
 
 
+KILLED_SCRIPT = """
+import os, signal, sys
+from pipelines import console
+console.filter_stderr()
+os.write(2, sys.argv[1].encode() + b"\\n")
+os.write(2, b"E0000 00:00:1796152505.928835   13585 cuda_platform.cc:52] failed call to cuInit: INTERNAL\\n")
+os.write(2, b"last words before the kill\\n")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_process_still_gets_its_last_lines_out():
+    """The filter is a process of its own: it writes what it was given after the command died."""
+    done = subprocess.run([sys.executable, "-c", KILLED_SCRIPT, "a real error"], capture_output=True, timeout=60, env=_env())
+    assert done.returncode == -9
+    assert done.stderr == b"a real error\nlast words before the kill\n"
+
+
 # --------------------------------------------------------------------------- real commands
 
 
