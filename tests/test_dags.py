@@ -239,6 +239,22 @@ def test_a_plain_dagbag_in_a_fresh_process_parses_the_folder(job_configs, tmp_pa
     assert report["dags"] == sorted(EXPECTED_TASKS)
 
 
+def test_the_airflow_cli_parses_the_folder(airflow_db, job_configs, tmp_path):
+    """`airflow dags list --local` (the CLI's own DagBag, as `airflow dags test` uses) with a foreign `common` on PYTHONPATH."""
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "common.py").write_text("raise ImportError('another project\'s common module')\n")
+    env = {**os.environ, "PYTHONPATH": str(foreign)}
+    airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
+    out = subprocess.run(
+        [airflow, "dags", "list", "--local", "-o", "json"], capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    listed = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("[")))
+    assert sorted(d["dag_id"] for d in listed) == sorted(EXPECTED_TASKS), out.stdout
+    assert "Failed to load" not in out.stderr and "import error" not in out.stderr.lower(), out.stderr
+
+
 def test_repo_configs_parse(monkeypatch):
     """The DAGs of the configs shipped in configs/ load without errors."""
     monkeypatch.delenv("HUB_EMBED_CONFIGS_DIR", raising=False)
