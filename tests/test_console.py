@@ -91,6 +91,26 @@ def test_verbose_from_the_flag_or_the_environment(monkeypatch):
         assert console.verbose([]) is expected
 
 
+def test_known_python_warnings_and_log_lines_are_dropped_and_others_kept(caplog):
+    import logging
+    import warnings
+
+    root = logging.getLogger()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        console.quiet_python()
+        warnings.warn("pkg_resources is deprecated as an API. See https://setuptools.pypa.io/.", UserWarning)
+        warnings.warn("some other deprecation", DeprecationWarning)
+    try:
+        with caplog.at_level(logging.WARNING):
+            logging.warning(console.LOG_NOISE[0])
+            logging.warning("a real warning")
+    finally:
+        root.removeFilter(console._is_log_noise)
+    assert [str(w.message) for w in caught] == ["some other deprecation"]
+    assert [r.getMessage() for r in caplog.records] == ["a real warning"]
+
+
 def test_importing_the_package_as_a_library_leaves_stderr_alone():
     code = "import os, pipelines; print(os.environ.get('HUB_EMBED_STDERR_FILTER'), os.path.samefile('/proc/self/fd/2', '/proc/self/fd/1'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env())
