@@ -60,7 +60,7 @@ CHATTER = tuple(
         _ABSL + rb"port\.cc:\d+\] oneDNN custom operations are on\. ",
         _ABSL + rb"cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine, GPU will not be used\.$",
         _ABSL + rb"cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized to use available CPU instructions ",
-        rb"^To enable the following instructions: [A-Z0-9_ ,]+, in other operations, rebuild TensorFlow with the "
+        rb"^To enable the following instructions: [A-Za-z0-9_ ,.]+, in other operations, rebuild TensorFlow with the "
         rb"appropriate compiler flags\.$",
         _ABSL + rb"cuda_(platform|executor|diagnostics)\.cc:\d+\] failed call to cuInit: ",
         _ABSL + rb"util\.cc:\d+\] oneDNN supports DT_[A-Z0-9]+ only on platforms with AVX-512\. Falling back ",

@@ -28,6 +28,8 @@ CHATTER_LINES = [  # as TensorFlow 2.21 prints them here
     b"available CPU instructions in performance-critical operations.",
     b"To enable the following instructions: AVX2 AVX512F AVX512_VNNI AVX512_BF16 FMA, in other operations, rebuild "
     b"TensorFlow with the appropriate compiler flags.",
+    b"To enable the following instructions: SSE3 SSE4.1 SSE4.2 AVX AVX2 FMA, in other operations, rebuild TensorFlow "
+    b"with the appropriate compiler flags.",  # an older CPU's list
     b"E0000 00:00:1796152505.928835   13585 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: Failed "
     b"call to cuInit: UNKNOWN ERROR (303)",
     b"E0000 00:00:1796152508.951211   13585 util.cc:131] oneDNN supports DT_INT64 only on platforms with AVX-512. "
