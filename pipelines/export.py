@@ -8,6 +8,12 @@
 * an existing SavedModel: a directory path, or an object returned by
   `pipelines.modules.load` / `hub.load` (its variables may have been trained
   since it was loaded), or a `.keras` (Keras 3) / `.h5` (tf_keras) model file,
+* a TF1 Hub-format module directory (`tfhub_module.pb`): migrated by
+  `pipelines.tf1_migrate` into trainable tf.Variables and functions of its
+  `{}` graph (`training=False`) and `{"train"}` graph (`training=True`), with
+  its tables and assets, and verified against the TF1 module itself on the
+  probe inputs before it is written (recorded under `source` in module.json,
+  with the TF1 module's format and fingerprint),
 
 into a reusable TF2 SavedModel at `<root>/<name>/<version>/`:
 
@@ -60,13 +66,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from pipelines import archives, console, graph_asserts, handles, locks, modules
+from pipelines import archives, console, graph_asserts, handles, locks, modules, tf1_migrate
 
 DEFAULT_SIGNATURE = modules.DEFAULT_SIGNATURE
 DEFAULT_OUTPUT_KEY = modules.DEFAULT_OUTPUT_KEY
 DEFAULT_ATOL = 1e-5
 PACKAGE = "hub-embed"
-SOURCE_KINDS = ("keras", "tf_keras", "tf_module", "saved_model")
+SOURCE_KINDS = ("keras", "tf_keras", "tf_module", "saved_model", "tf1_hub")
 # Synthetic probe inputs: strings cycle through these; unknown dimensions get PROBE_SIZE.
 PROBE_TEXTS = ("The quick brown fox jumps over the lazy dog.", "", "naïve café, 東京 and emoji 🙂", "a")
 PROBE_SIZE = 3
@@ -230,6 +236,9 @@ class _Prepared:
     variables: list[Any]
     trainable_variables: list[Any]
     resources: list[Any]
+    # A migrated TF1 module: what the manifest records about it, and its check against the TF1 module itself.
+    source_info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    source_check: Callable[[Mapping[str, Mapping[str, Any]], float], dict[str, float]] | None = None
 
 
 def _tf():
@@ -263,6 +272,8 @@ def source_kind(source: Any) -> str:
     Raises:
       ExportError: `source` is none of the supported kinds.
     """
+    if tf1_migrate.is_migrated(source):
+        return "tf1_hub"
     if _is_keras3_model(source):
         return "keras"
     if _is_tf_keras_model(source):
@@ -281,8 +292,9 @@ def load_source(path: str) -> Any:
     """Loads a model file or SavedModel directory for export.
 
     Args:
-      path: a SavedModel directory (TF2, loaded with `modules.load`), a `.keras`
-        file (Keras 3) or a `.h5` file (tf_keras).
+      path: a SavedModel directory (TF2, loaded with `modules.load`), a TF1
+        Hub-format module directory (migrated with `tf1_migrate.migrate`), a
+        `.keras` file (Keras 3) or a `.h5` file (tf_keras).
 
     Raises:
       ExportError: the path does not exist, is not one of those, or cannot be loaded.
@@ -290,6 +302,11 @@ def load_source(path: str) -> Any:
     if os.path.isdir(path):
         if not handles.is_module_dir(path):
             raise ExportError(f"Source {path!r} is a directory but not a SavedModel (no saved_model.pb).")
+        if tf1_migrate.is_tf1_hub_module(path):
+            try:
+                return tf1_migrate.migrate(path)
+            except tf1_migrate.MigrationError as e:
+                raise ExportError(f"TF1 Hub module {path!r} cannot be migrated: {e}") from e
         try:
             return modules.load(path)
         except modules.ModuleError as e:
@@ -413,6 +430,8 @@ def _default_signatures(source: Any, kind: str) -> dict[str, Any]:
                 "signatures={'default': module.some_tf_function, ...}."
             )
         return {DEFAULT_SIGNATURE: call}
+    if kind == "tf1_hub":
+        return {name: Signature(source.signature_fn(name), source.input_specs(name)) for name in source.signature_names}
     signatures = dict(source.signatures)
     if DEFAULT_SIGNATURE not in signatures and "serving_default" in signatures:
         signatures[DEFAULT_SIGNATURE] = signatures.pop("serving_default")
@@ -476,6 +495,8 @@ def _prepare(source: Any, signatures: Mapping[str, Any] | None, description: str
         variables=variables,
         trainable_variables=trainable,
         resources=resources,
+        source_info=obj.source_record() if kind == "tf1_hub" else {},
+        source_check=obj.verify if kind == "tf1_hub" else None,
     )
 
 
@@ -688,7 +709,7 @@ def _manifest(
         "num_variables": info.num_variables,
         "num_trainable_variables": info.num_trainable_variables,
         "signatures": {k: v.to_dict() for k, v in sorted(info.signatures.items())},
-        "source": {"kind": prepared.kind, "description": handles.redact(prepared.description)},
+        "source": {"kind": prepared.kind, "description": handles.redact(prepared.description), **prepared.source_info},
         "parent": parent.to_dict() if parent else None,
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "code_version": code_version(),
@@ -757,7 +778,9 @@ def export_module(
       The published version. Its `module.json` holds: name, version,
       fingerprint, format, reusable, num_variables, num_trainable_variables,
       signatures (input/output specs as in `modules.SignatureInfo.to_dict`),
-      source {kind, description}, parent {name, version, fingerprint, handle}
+      source {kind, description; for a TF1 Hub module also format, fingerprint,
+      tag_sets, training_graph, initializers, attachments and verification
+      against it}, parent {name, version, fingerprint, handle}
       or null, created_at (UTC ISO 8601), code_version {package, version,
       git_commit, git_dirty}, verification {atol, max_abs_diff per signature
       and `__call__`}, serving {batch_size} (or {}), extra.
@@ -772,6 +795,8 @@ def export_module(
         raise ExportError(f"batch_size must be a positive integer, got {batch_size!r}.")
     prepared = _prepare(source, signatures, source_description)
     probes = _probes(prepared, probe_inputs)
+    if prepared.source_check is not None:
+        prepared = _checked_against_source(prepared, probes, atol)
     name_dir = os.path.join(root, name)
     os.makedirs(name_dir, exist_ok=True)
     with locks.file_lock(os.path.join(name_dir, _LOCK_NAME)):
@@ -786,6 +811,16 @@ def export_module(
             shutil.rmtree(temp, ignore_errors=True)
         tar_path = archives.pack_dir(final, f"{final}.tar.gz") if pack else None
     return ExportResult(final, chosen, manifest["fingerprint"], manifest, tar_path)
+
+
+def _checked_against_source(prepared: _Prepared, probes: Mapping[str, Mapping[str, Any]], atol: float) -> _Prepared:
+    """Verifies a migrated TF1 module against the TF1 module itself; records the differences."""
+    try:
+        diffs = prepared.source_check(probes, atol)
+    except tf1_migrate.SourceMismatchError as e:
+        raise ExportVerificationError(str(e)) from e
+    info = {**prepared.source_info, "verification": {"atol": atol, "max_abs_diff": dict(sorted(diffs.items()))}}
+    return dataclasses.replace(prepared, source_info=info)
 
 
 def _write_verified(
@@ -817,7 +852,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m pipelines.export",
         description="Export a SavedModel or Keras model file as a verified, reusable TF Hub module version.",
     )
-    parser.add_argument("--source", required=True, help="SavedModel directory, .keras (Keras 3) or .h5 (tf_keras) file")
+    parser.add_argument("--source", required=True,
+                        help="SavedModel directory (TF2, or TF1 Hub format: migrated), .keras (Keras 3) or .h5 (tf_keras) file")
     parser.add_argument("--root", required=True, help="modules root; the module is written to ROOT/NAME/VERSION")
     parser.add_argument("--name", required=True, help="module name")
     parser.add_argument("--version", type=int, help="version to write (default: next free one)")
