@@ -4,7 +4,12 @@
 
 1. resolves the module handle and loads it as `hub.KerasLayer(module,
    trainable=True)` (tf_keras); the module must be reusable and trainable
-   (`pipelines.export` writes such modules);
+   (`pipelines.export` writes such modules). A TF1 Hub-format module is first
+   migrated by the export tool (`pipelines.tf1_migrate`: trainable
+   tf.Variables, its `{"train"}` graph for training) into a scratch directory,
+   verified against the TF1 module, and that migration is fine-tuned; the
+   published version names the TF1 module as its parent and records the
+   migration under `extra.tf1_migration`;
 2. reads and validates the labeled data (`pipelines.labeled`): texts when the
    module's `default` signature takes strings `[N]`, images when it takes
    floats `[N, H, W, 3]`. Bad data fails here, before any training;
@@ -50,6 +55,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from typing import Any, Mapping, Sequence
 
@@ -319,12 +325,47 @@ def finetune(
       labeled.DataError: bad data (raised before training).
       export.ExportError: the export failed verification; nothing was published.
     """
-    import tensorflow_hub as hub
-
     if task not in TASKS:
         raise FinetuneError(f"Unknown task {task!r}; supported: {', '.join(TASKS)}.")
     resolved = handles.resolve(module)
-    loaded = modules.load(resolved.path)
+    if not (name or modules.read_manifest(resolved.path).get("name")):
+        raise FinetuneError(f"Module {handles.redact(module)!r} has no name in a module.json; pass a name.")
+    with tempfile.TemporaryDirectory(prefix="hub-embed-tf1-migration-") as scratch:
+        trainable_path, migration = _trainable_module(resolved, scratch)
+        return _finetune(module, resolved, trainable_path, migration, data, output_root, task, name, hparams, pack,
+                         verbose)
+
+
+def _trainable_module(resolved: handles.ResolvedModule, scratch: str) -> tuple[str, dict[str, Any] | None]:
+    """The module directory to train: the module itself, or the migration of a TF1 Hub-format module.
+
+    Returns:
+      (path, what the migration's module.json records about its TF1 source, or None).
+    """
+    if modules.module_format(resolved.path) != "tf1_hub":
+        return resolved.path, None
+    migrated = export.export_module(resolved.path, scratch, "tf1-migration",
+                                    source_description=f"TF1 Hub module {handles.redact(resolved.handle)}")
+    return migrated.path, migrated.manifest["source"]
+
+
+def _finetune(
+    module: str,
+    resolved: handles.ResolvedModule,
+    trainable_path: str,
+    migration: dict[str, Any] | None,
+    data: str,
+    output_root: str,
+    task: str,
+    name: str | None,
+    hparams: Hyperparameters,
+    pack: bool,
+    verbose: int,
+) -> FinetuneResult:
+    """`finetune` once the module to train is at `trainable_path` (see `_trainable_module`)."""
+    import tensorflow_hub as hub
+
+    loaded = modules.load(trainable_path)
     info = modules.inspect_loaded(loaded, resolved)
     module_in = module_input(info)
     name = name or info.name
@@ -337,7 +378,7 @@ def finetune(
     splits = {split: (x, y) for split, (x, y) in splits.items() if len(y)}
 
     set_seed(hparams.seed)
-    training_mode = not unseeded_random_ops(resolved.path)
+    training_mode = not unseeded_random_ops(trainable_path)
     encoder = hub.KerasLayer(loaded, trainable=True, output_key=_output_key(loaded, examples.inputs[:1]), name="module")
     classifier, encoder_model = build_classifier(encoder, module_in, len(examples.classes), training_mode)
 
@@ -361,7 +402,8 @@ def finetune(
         parent=parent,
         probe_inputs={modules.DEFAULT_SIGNATURE: {probe_name: examples.inputs[:VERIFY_EXAMPLES]}},
         source_description=f"fine-tuned {handles.redact(module)}",
-        extra_manifest={"finetune": _record(task, examples, hparams, metrics)},
+        extra_manifest={"finetune": _record(task, examples, hparams, metrics),
+                        **({"tf1_migration": migration} if migration else {})},
         batch_size=info.recommended_batch_size,  # same graph, same best call size
         pack=pack,
     )

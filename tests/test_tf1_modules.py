@@ -1,4 +1,4 @@
-"""TF1 Hub-format modules as tensorflow_hub exported them: inspect, embed and export (migration).
+"""TF1 Hub-format modules as tensorflow_hub exported them: inspect, embed, export (migration) and fine-tune.
 
 The modules (`tests/fixtures/tf1_hub.py`) have MetaGraphs for `{}` and
 `{"train"}`, a vocabulary asset behind an in-graph table, in-graph string
@@ -19,8 +19,9 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from pipelines import embed, export, handles, modules, sinks, tf1_migrate
+from pipelines import embed, export, finetune, handles, modules, sinks, tf1_migrate
 from pipelines import inspect as inspect_cli
+from tests.fixtures import finetune_data
 from tests.fixtures import tf1_hub as th
 
 NNLM_TEXTS = ["The quick brown fox.", "a lazy dog, a cat!", "zebra", "the"]
@@ -263,3 +264,40 @@ def test_export_refuses_a_module_without_the_inference_graph(tf1, tmp_path):
         f.write(proto.SerializeToString())
     with pytest.raises(export.ExportError, match=r"has no MetaGraph for the empty tag set \{\}; tag sets: \{'train'\}"):
         export.export_module(path, str(tmp_path / "root"), "m")
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+def test_finetune_a_tf1_module_saves_trained_weights(tf1, migrated, tmp_path, capsys):
+    data = tmp_path / "data.jsonl"
+    data.write_text(finetune_data.jsonl_text(*finetune_data.small_text_rows(("a", "b", "c"))))
+    root = tmp_path / "tuned"
+    argv = ["--module", tf1.elmo, "--data", str(data), "--output-root", str(root), "--name", "elmo-tuned",
+            "--steps", "3", "--learning-rate", "0.05"]
+    assert finetune.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["parent"]["fingerprint"] == handles.fingerprint_dir(tf1.elmo)
+    assert summary["metrics"]["training"]["module_training_mode"] is True  # the train graph's dropout is seeded
+    with open(os.path.join(summary["path"], "module.json")) as f:
+        manifest = json.load(f)
+    assert manifest["extra"]["tf1_migration"]["format"] == "tf1_hub"
+    tuned = modules.load(summary["path"])
+    trained = {v.name.split(":")[0]: v.numpy() for v in tuned.variables}
+    original = th.elmo_values()
+    assert set(trained) == set(original)
+    changed = {name for name in original if not np.allclose(trained[name], original[name])}
+    assert changed == set(original) - {"elmo/word_embeddings"}  # the frozen variable stayed as it was
+    # The migration itself (a TF2 module) fine-tunes the same way.
+    argv = ["--module", migrated.nnlm, "--data", str(data), "--output-root", str(root), "--name", "nnlm-tuned",
+            "--steps", "2", "--learning-rate", "0.05"]
+    assert finetune.main(argv) == 0
+    path = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["path"]
+    tuned = modules.load(path).variables[0].numpy()
+    assert not np.allclose(tuned, th.nnlm_values()["embeddings"])
+
+
+def test_finetune_a_tf1_module_needs_a_name(tf1, tmp_path, capsys):
+    argv = ["--module", tf1.nnlm, "--data", str(tmp_path / "x.jsonl"), "--output-root", str(tmp_path)]
+    assert finetune.main(argv) == 2
+    assert "has no name in a module.json; pass a name" in capsys.readouterr().err
