@@ -10,7 +10,7 @@ EFFICIENTNET_WEIGHTS := $(VENV)/.efficientnet-weights
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: setup run test test-fast lint bench soak lock clean module
+.PHONY: setup run test test-fast lint bench bench-images soak lock clean module
 
 setup: $(STAMP) $(MINILM)/module.json $(EFFICIENTNET)/module.json
 
@@ -74,6 +74,10 @@ $(BENCH_STAMP): benchmarks/requirements-bench.txt
 
 bench: setup $(BENCH_STAMP)
 	$(PY) -m benchmarks.run --corpus benchmarks/data/docstrings.jsonl --rows 2000 --json build/bench.json
+
+# The image pipeline on the image module against its raw module loop (no PyTorch needed).
+bench-images: setup
+	$(PY) -m benchmarks.images --images 1000 --repeats 3 --json build/bench-images.json
 
 # Re-resolve the pinned dependency set: the development lock, and the workers' (no Airflow, no test tools).
 lock:
