@@ -61,10 +61,10 @@ _REFUSED_COLLECTIONS = {
                   "place for them",
     "regularization_losses": "regularization losses; the exported module's regularization_losses are empty",
     "local_variables": "local variables (e.g. metric accumulators), which the checkpoint does not hold",
-    "cond_context": "TF1 control flow (tf.cond contexts); gradients through imported TF1 control flow are not "
-                    "rebuilt",
-    "while_context": "TF1 control flow (tf.while_loop / dynamic_rnn contexts); gradients through imported TF1 "
-                     "control flow are not rebuilt",
+    "cond_context": "TF1 control flow (tf.cond); gradients through an imported TF1 cond cannot be built in TF2, "
+                    "so the migration would not train (the module still embeds as it is)",
+    "while_context": "TF1 control flow (tf.while_loop, e.g. dynamic_rnn); gradients through an imported TF1 loop "
+                     "cannot be built in TF2, so the migration would not train (the module still embeds as it is)",
 }
 _TABLE_OPS = frozenset({
     "HashTable", "HashTableV2", "MutableHashTable", "MutableHashTableV2", "MutableHashTableOfTensors",

@@ -237,6 +237,8 @@ def _tiny_fn(kind: str) -> list[th.Signature]:
         tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.UPDATE_OPS, tf.compat.v1.assign_add(weight, weight))
     if kind == "unknown collection":
         tf.compat.v1.add_to_collection("my_stuff", out)
+    if kind == "while loop":  # TF1 control flow (Enter/Exit/NextIteration), as dynamic_rnn built it
+        out = tf.compat.v1.while_loop(lambda i, h: i < 3, lambda i, h: (i + 1, tf.tanh(h)), [0, out])[1]
     return [th.Signature("default", {"default": text}, {"default": out})]
 
 
@@ -245,10 +247,15 @@ def _tiny_fn(kind: str) -> list[th.Signature]:
     ("update_ops", "MetaGraph {} of '{path}': collection 'update_ops' holds 1 entries: ops TF1 training ran"),
     ("unknown collection", "MetaGraph {} of '{path}': unsupported collection 'my_stuff' (1 entries); collections a "
                            "TF1 Hub module may have: asset_filepaths, cond_context"),
+    ("while loop", "MetaGraph {} of '{path}': collection 'while_context' holds 1 entries: TF1 control flow"),
 ])
 def test_export_refuses_what_cannot_migrate_naming_the_part(tmp_path, capsys, kind, message):
-    path = th.export_hub_module(str(tmp_path / "m"), lambda: _tiny_fn(kind), [(set(), {})],
-                                {"weight": np.ones((1, 2), np.float32)})
+    tf.compat.v1.disable_control_flow_v2()  # what TF1 built; restored below (a process-wide switch)
+    try:
+        path = th.export_hub_module(str(tmp_path / "m"), lambda: _tiny_fn(kind), [(set(), {})],
+                                    {"weight": np.ones((1, 2), np.float32)})
+    finally:
+        tf.compat.v1.enable_control_flow_v2()
     assert export.main(["--source", path, "--root", str(tmp_path / "root"), "--name", "m"]) == 2
     err = capsys.readouterr().err
     assert f"error: TF1 Hub module '{path}' cannot be migrated: " + message.replace("{path}", path) in err
