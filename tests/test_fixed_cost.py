@@ -195,6 +195,26 @@ def test_load_model_does_not_load_until_the_first_batch(text_module, loads):
     )
 
 
+def test_an_image_module_is_warmed_up_at_its_call_size(tiny, tmp_path, monkeypatch):
+    """CPU kernels are set up per input shape: the warm-up call has as many images as a real call."""
+    calls: list[tuple[int, ...]] = []
+    bind_outputs = modules.bind_outputs
+
+    def spying(*args, **kwargs):
+        call = bind_outputs(*args, **kwargs)
+        return lambda inputs: calls.append(tuple(inputs["images"].shape)) or call(inputs)
+
+    monkeypatch.setattr(modules, "bind_outputs", spying)
+    (tmp_path / "a.png").write_bytes(b"")
+    cfg = config.load(["--input", str(tmp_path / "*.png"), "--output", str(tmp_path / "out"), "--module", tiny.image,
+                       "--batch-size", "5"])
+    info = modules.describe(tiny.image)
+    handler = model_handler.HubModelHandler(tiny.image, "default", info.fingerprint, config.model_spec(cfg, info), None)
+    model_handler._LOADED.clear()
+    model_handler.loaded(handler.load_model())
+    assert calls == [(5, 8, 8, 3)]
+
+
 def test_a_worker_refuses_a_changed_module_before_any_batch(tiny, text_module, loads):
     handler = handler_for(str(text_module))
     shutil.rmtree(text_module)
