@@ -188,6 +188,8 @@ def test_export_writes_a_reusable_trainable_tf2_module(tf1, migrated):
     # word_embeddings is not in the TF1 graph's trainable_variables: it stays frozen, as hub.Module trained it.
     elmo = modules.describe(migrated.elmo)
     assert (elmo.trainable, elmo.num_variables, elmo.num_trainable_variables) == (True, 6, 5)
+    # The partitioned embedding table stays in its two parts, each valued from its slice of the checkpoint.
+    assert modules.describe(migrated.nnlm).num_trainable_variables == 2
 
 
 def test_migrated_module_reproduces_the_tf1_module_and_trains_through_the_train_graph(tf1, migrated):
@@ -300,8 +302,9 @@ def test_finetune_a_tf1_module_saves_trained_weights(tf1, migrated, tmp_path, ca
             "--steps", "2", "--learning-rate", "0.05"]
     assert finetune.main(argv) == 0
     path = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["path"]
-    tuned = modules.load(path).variables[0].numpy()
-    assert not np.allclose(tuned, th.nnlm_values()["embeddings"])
+    parts = sorted((v.name, v.numpy()) for v in modules.load(path).variables)  # embeddings/part_0, /part_1
+    assert [name for name, _ in parts] == ["embeddings/part_0:0", "embeddings/part_1:0"]
+    assert not np.allclose(np.concatenate([value for _, value in parts]), th.nnlm_values()["embeddings"])
 
 
 def test_finetune_a_tf1_module_needs_a_name(tf1, tmp_path, capsys):
