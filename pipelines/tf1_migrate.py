@@ -28,7 +28,8 @@ Refused, with a `MigrationError` naming the part: a directory without
 no MetaGraph for `{}`; collections the migration does not carry over
 (`update_ops`, `regularization_losses`, `local_variables`, TF1 control-flow
 contexts, and any collection tensorflow_hub did not support); a TF1 reference
-variable (`VariableV2`: no resource handle to map) or a variable the checkpoint
+variable (`VariableV2`) used by anything but reads and initial assignments
+(those are rewritten for a resource variable) or a variable the checkpoint
 lacks; an initializer that writes variables; sparse signature inputs or
 outputs; signatures, inputs or outputs that differ between the two graphs.
 """
@@ -227,12 +228,6 @@ def _variable_defs(path: str, tags: frozenset[str], meta_graph: Any) -> list[_Va
         where = f"Variable {name!r} of MetaGraph {_tags_name(tags)} of {path!r}"
         if node is None:
             raise MigrationError(f"{where} has no node in the graph.")
-        if node.op in _REF_VARIABLE_OPS or not proto.is_resource:
-            raise MigrationError(
-                f"{where} is a TF1 reference variable (op {node.op}): it has no resource handle that a tf.Variable "
-                "could stand in for, so it cannot be lifted out of the graph. Only resource variables (what "
-                "hub.create_module_spec made by default) are migrated."
-            )
         if node.op != "VarHandleOp":
             raise MigrationError(f"{where} is made by op {node.op}; only VarHandleOp resource variables are migrated.")
         shape = tuple(d.size for d in node.attr["shape"].shape.dim)
@@ -249,6 +244,79 @@ def _variable_defs(path: str, tags: frozenset[str], meta_graph: Any) -> list[_Va
             offset=tuple(slice_info.var_offset) if slice_info else None,
         ))
     return result
+
+
+def _consumers(graph_def: Any) -> dict[str, list[tuple[Any, int]]]:
+    """Node name -> (consuming node, input index) of its data outputs (control inputs left out)."""
+    consumers: dict[str, list[tuple[Any, int]]] = {}
+    for node in graph_def.node:
+        for index, name in enumerate(node.input):
+            if not name.startswith("^"):
+                consumers.setdefault(name.split(":")[0], []).append((node, index))
+    return consumers
+
+
+def _retype(node: Any, op: str, drop: tuple[str, ...] = ()) -> None:
+    """Turns a ref-variable op into its resource-variable op: `T` becomes `dtype`, `drop` attrs go."""
+    dtype = node.attr["T"].type
+    for key in ("T", "_output_shapes", *drop):
+        if key in node.attr:
+            del node.attr[key]
+    node.op = op
+    node.attr["dtype"].type = dtype
+
+
+def _with_resource_variables(path: str, tags: frozenset[str], meta_graph: Any) -> Any:
+    """The MetaGraph with its TF1 reference variables (`VariableV2`) rewritten as resource variables.
+
+    A reference variable has no resource handle that a tf.Variable could stand
+    in for. Its node becomes a `VarHandleOp`, its reads (`Identity`) become
+    `ReadVariableOp`s, its assignments (`Assign`, only run by initializers)
+    `AssignVariableOp`s and `IsVariableInitialized` `VarIsInitializedOp`. A
+    saver's own subgraph is dropped (the migration reads the checkpoint
+    itself). Any other use (e.g. `AssignAdd`, `ScatterUpdate` in a signature)
+    is refused, naming the op.
+    """
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    refs = {node.name for node in meta_graph.graph_def.node if node.op in _REF_VARIABLE_OPS}
+    if not refs:
+        return meta_graph
+    where = f"MetaGraph {_tags_name(tags)} of {path!r}"
+    copy = meta_graph_pb2.MetaGraphDef()
+    copy.CopyFrom(meta_graph)
+    if copy.HasField("saver_def"):
+        scope = copy.saver_def.filename_tensor_name.split("/")[0]
+        kept = [n for n in copy.graph_def.node if n.name != scope and not n.name.startswith(scope + "/")]
+        del copy.graph_def.node[:]
+        copy.graph_def.node.extend(kept)
+        copy.ClearField("saver_def")
+    consumers = _consumers(copy.graph_def)
+    for node in list(copy.graph_def.node):
+        if node.name in refs:
+            node.op = "VarHandleOp"
+            if "_output_shapes" in node.attr:  # a ref output of the variable's shape; a handle is a scalar
+                del node.attr["_output_shapes"]
+            node.attr["shared_name"].s = node.attr["shared_name"].s or node.name.encode()
+            continue
+        uses = [i for i, name in enumerate(node.input) if not name.startswith("^") and name.split(":")[0] in refs]
+        if not uses:
+            continue
+        variable = node.input[uses[0]].split(":")[0]
+        if node.op == "Identity":
+            _retype(node, "ReadVariableOp")
+        elif node.op == "IsVariableInitialized":
+            del node.attr["dtype"]
+            node.op = "VarIsInitializedOp"  # same output: a scalar bool
+        elif node.op == "Assign" and uses == [0] and not consumers.get(node.name):
+            _retype(node, "AssignVariableOp", ("use_locking", "validate_shape"))
+        else:
+            raise MigrationError(
+                f"{where}: TF1 reference variable {variable!r} is used by op {node.name!r} ({node.op}), which needs "
+                "the reference itself; only its reads (Identity), initial assignments (Assign) and "
+                "IsVariableInitialized can be rewritten for a resource variable. Not migrated."
+            )
+    return copy
 
 
 def _checkpoint_value(path: str, reader: Any, var: _VariableDef) -> np.ndarray:
@@ -655,6 +723,7 @@ def migrate(path: str) -> Any:
     chosen = [t for t in (INFERENCE_TAGS, TRAIN_TAGS) if t in meta_graphs]
     var_defs: dict[frozenset[str], list[_VariableDef]] = {}
     for tags in chosen:
+        meta_graphs[tags] = _with_resource_variables(path, tags, meta_graphs[tags])
         _check_collections(path, tags, meta_graphs[tags])
         var_defs[tags] = _variable_defs(path, tags, meta_graphs[tags])
     variables = _make_variables(path, tf, var_defs)

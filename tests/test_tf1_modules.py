@@ -233,8 +233,10 @@ def test_one_set_of_variables_serves_both_graphs(tf1):
 def _tiny_fn(kind: str) -> list[th.Signature]:
     text = tf.compat.v1.placeholder(tf.string, [None], name="text")
     weight = tf.compat.v1.get_variable("weight", [1, 2], initializer=tf.compat.v1.zeros_initializer(),
-                                       use_resource=kind != "ref variable")
+                                       use_resource=kind != "ref variable op")
     out = tf.gather(weight, tf.zeros_like(tf.strings.length(text)))
+    if kind == "ref variable op":  # a signature that updates a TF1 reference variable in place
+        out = out + tf.compat.v1.assign_add(weight, tf.ones_like(weight))
     if kind == "update_ops":
         tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.UPDATE_OPS, tf.compat.v1.assign_add(weight, weight))
     if kind == "unknown collection":
@@ -245,7 +247,8 @@ def _tiny_fn(kind: str) -> list[th.Signature]:
 
 
 @pytest.mark.parametrize("kind, message", [
-    ("ref variable", "Variable 'weight' of MetaGraph {} of '{path}' is a TF1 reference variable (op VariableV2)"),
+    ("ref variable op", "MetaGraph {} of '{path}': TF1 reference variable 'weight' is used by op 'AssignAdd' "
+                        "(AssignAdd), which needs the reference itself"),
     ("update_ops", "MetaGraph {} of '{path}': collection 'update_ops' holds 1 entries: ops TF1 training ran"),
     ("unknown collection", "MetaGraph {} of '{path}': unsupported collection 'my_stuff' (1 entries); collections a "
                            "TF1 Hub module may have: asset_filepaths, cond_context"),
@@ -262,6 +265,24 @@ def test_export_refuses_what_cannot_migrate_naming_the_part(tmp_path, capsys, ki
     err = capsys.readouterr().err
     assert f"error: TF1 Hub module '{path}' cannot be migrated: " + message.replace("{path}", path) in err
     assert not os.path.exists(tmp_path / "root" / "m" / "1")
+
+
+def test_reference_variables_are_rewritten_as_resource_variables(tmp_path):
+    path = th.build_nnlm_like(str(tmp_path / "nnlm-ref"), use_resource=False)
+    graph = _saved_model(path).meta_graphs[0].graph_def
+    assert {n.op for n in graph.node if n.name.startswith("embeddings/part_")} >= {"VariableV2"}
+    module = tf1_migrate.migrate(path)
+    assert [(v.name, v.trainable) for v in module.variables] == [("embeddings/part_0:0", True),
+                                                                  ("embeddings/part_1:0", True)]
+    out = module.call("default", {"default": tf.constant(NNLM_TEXTS)}, training=True)["default"]
+    np.testing.assert_allclose(out.numpy(), th.nnlm_reference(NNLM_TEXTS), atol=1e-5)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(module.call("default", {"default": tf.constant(NNLM_TEXTS)})["default"] ** 2)
+    assert all(g is not None for g in tape.gradient(loss, module.trainable_variables))
+    result = export.export_module(path, str(tmp_path / "root"), "nnlm-ref")
+    assert result.manifest["num_trainable_variables"] == 2
+    reloaded = modules.load(result.path).signatures["default"](default=tf.constant(NNLM_TEXTS))["default"]
+    np.testing.assert_allclose(reloaded.numpy(), th.nnlm_reference(NNLM_TEXTS), atol=1e-5)
 
 
 def test_export_refuses_a_module_without_the_inference_graph(tf1, tmp_path):
