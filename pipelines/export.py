@@ -238,7 +238,7 @@ class _Prepared:
     resources: list[Any]
     # A migrated TF1 module: what the manifest records about it, and its check against the TF1 module itself.
     source_info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    source_check: Callable[[Mapping[str, Mapping[str, Any]], float], dict[str, float]] | None = None
+    source_check: Callable[[Mapping[str, Mapping[str, Any]], float], dict[str, Any]] | None = None
 
 
 def _tf():
@@ -816,10 +816,10 @@ def export_module(
 def _checked_against_source(prepared: _Prepared, probes: Mapping[str, Mapping[str, Any]], atol: float) -> _Prepared:
     """Verifies a migrated TF1 module against the TF1 module itself; records the differences."""
     try:
-        diffs = prepared.source_check(probes, atol)
+        result = prepared.source_check(probes, atol)
     except tf1_migrate.SourceMismatchError as e:
         raise ExportVerificationError(str(e)) from e
-    info = {**prepared.source_info, "verification": {"atol": atol, "max_abs_diff": dict(sorted(diffs.items()))}}
+    info = {**prepared.source_info, "verification": {"atol": atol, **result}}
     return dataclasses.replace(prepared, source_info=info)
 
 

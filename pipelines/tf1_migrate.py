@@ -72,6 +72,11 @@ _TABLE_OPS = frozenset({
     "MutableHashTableOfTensorsV2", "MutableDenseHashTable", "MutableDenseHashTableV2",
 })
 _REF_VARIABLE_OPS = frozenset({"Variable", "VariableV2"})
+# Stateful random ops (dropout): a graph with them gives other outputs on every call.
+_RANDOM_OPS = frozenset({
+    "Multinomial", "ParameterizedTruncatedNormal", "RandomGamma", "RandomPoisson", "RandomPoissonV2",
+    "RandomShuffle", "RandomStandardNormal", "RandomUniform", "RandomUniformInt", "TruncatedNormal",
+})
 _ANCHOR = "tf1_migrate_anchor"
 
 
@@ -635,32 +640,51 @@ def _module_class():
                 "attachments": list(self.attachments),
             }
 
-        def verify(self, probes: Mapping[str, Mapping[str, Any]], atol: float) -> dict[str, float]:
-            """Max abs difference per signature between this migration and the TF1 module (inference graph).
+        def verify(self, probes: Mapping[str, Mapping[str, Any]], atol: float) -> dict[str, Any]:
+            """Compares every migrated signature with the TF1 module's, graph by graph, on `probes`.
+
+            The `{}` graph's signatures are compared with the TF1 module as
+            `modules.load` (i.e. `hub.load`) runs it; the `{"train"}` graph's
+            with that graph loaded the same way, except signatures with
+            stateful random ops (dropout), whose outputs are random.
+
+            Returns:
+              {"max_abs_diff": {signature (train graph: "train/<signature>"): diff},
+               "train_not_compared": {signature: [its random ops]}}.
 
             Raises:
               SourceMismatchError: a difference above `atol` or different output keys.
             """
-            source = modules.load(self.path)
-            diffs = {}
-            for name in self.signature_names:
-                probe = {k: tf.constant(v) for k, v in probes[name].items()}
-                expected = source.signatures[name](**probe)
-                actual = self.call(name, probe, False)
-                if set(expected) != set(actual):
-                    raise SourceMismatchError(
-                        f"Signature {name!r}: migrated outputs {sorted(actual)} differ from the TF1 module's "
-                        f"{sorted(expected)}."
+            diffs: dict[str, float] = {}
+            not_compared: dict[str, list[str]] = {}
+            graphs = [(INFERENCE_TAGS, "", modules.load(self.path))]
+            if self._graphs.has(TRAIN_TAGS):
+                graphs.append((TRAIN_TAGS, "train/", tf.compat.v1.saved_model.load_v2(self.path, tags=["train"])))
+            for tags, prefix, source in graphs:
+                training = tags == TRAIN_TAGS
+                for name in self.signature_names:
+                    random_ops = _random_ops(self._signature(name, training).fn)
+                    if training and random_ops:
+                        not_compared[name] = random_ops
+                        continue
+                    probe = {k: tf.constant(v) for k, v in probes[name].items()}
+                    expected = source.signatures[name](**probe)
+                    actual = self.call(name, probe, training)
+                    if set(expected) != set(actual):
+                        raise SourceMismatchError(
+                            f"Signature {name!r} of MetaGraph {_tags_name(tags)}: migrated outputs {sorted(actual)} "
+                            f"differ from the TF1 module's {sorted(expected)}."
+                        )
+                    diffs[prefix + name] = max(
+                        (_max_abs_diff(expected[k].numpy(), actual[k].numpy()) for k in expected), default=0.0
                     )
-                diffs[name] = max((_max_abs_diff(expected[k].numpy(), actual[k].numpy()) for k in expected),
-                                  default=0.0)
             failed = {k: v for k, v in diffs.items() if not v <= atol}
             if failed:
                 raise SourceMismatchError(
                     f"The migration of {self.path!r} does not reproduce the TF1 module (max abs diff must be "
                     f"<= {atol:g}): " + ", ".join(f"{k}: {v:.3g}" for k, v in sorted(failed.items()))
                 )
-            return diffs
+            return {"max_abs_diff": dict(sorted(diffs.items())), "train_not_compared": not_compared}
 
     return MigratedModule
 
@@ -679,6 +703,11 @@ class _GraphHolder:
 
     def items(self) -> list[tuple[frozenset[str], _Graph]]:
         return sorted(self._graphs.items(), key=lambda item: sorted(item[0]))
+
+
+def _random_ops(fn: Any) -> list[str]:
+    """Names of the stateful random ops in a pruned signature function."""
+    return sorted(op.name for op in fn.graph.get_operations() if op.type in _RANDOM_OPS)
 
 
 def _max_abs_diff(expected: np.ndarray, actual: np.ndarray) -> float:

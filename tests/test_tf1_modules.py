@@ -180,7 +180,15 @@ def test_export_writes_a_reusable_trainable_tf2_module(tf1, migrated):
         assert source["kind"] == "tf1_hub" and source["format"] == "tf1_hub"
         assert source["fingerprint"] == handles.fingerprint_dir(getattr(tf1, name))
         assert source["tag_sets"] == [[], ["train"]] and source["training_graph"] == ["train"]
-        assert max(source["verification"]["max_abs_diff"].values()) <= 1e-5
+        checked = source["verification"]["max_abs_diff"]
+        assert max(checked.values()) <= 1e-5
+        if name == "nnlm":  # no dropout: its train graph is compared too
+            assert sorted(checked) == ["default", "train/default"] and source["verification"]["train_not_compared"] == {}
+        else:  # dropout: the train graph's signatures give random outputs
+            assert sorted(checked) == ["default", "tokens"]
+            not_compared = source["verification"]["train_not_compared"]
+            assert sorted(not_compared) == ["default", "tokens"]
+            assert all(any("dropout" in op for op in ops) for ops in not_compared.values())
         assert max(manifest["verification"]["max_abs_diff"].values()) <= 1e-5
         assert os.listdir(os.path.join(path, "assets")) == ["tokens.txt"]
         # Same signatures, inputs and output dicts as the TF1 module.
@@ -225,6 +233,15 @@ def test_one_set_of_variables_serves_both_graphs(tf1):
     scaling.assign(0.0)
     for training in (False, True):
         assert np.abs(module.call("default", inputs, training)["elmo"].numpy()).max() == 0.0
+
+
+def test_a_migration_that_differs_from_the_tf1_module_is_not_published(tf1, tmp_path):
+    module = tf1_migrate.migrate(tf1.nnlm)
+    part = module.trainable_variables[0]
+    part.assign(part + 0.01)  # no longer what the TF1 module computes
+    with pytest.raises(export.ExportVerificationError, match=r"does not reproduce the TF1 module .*default: 0\.0"):
+        export.export_module(module, str(tmp_path / "root"), "drifted")
+    assert export.list_versions(str(tmp_path / "root"), "drifted") == []
 
 
 # --------------------------------------------------------------------------- what is refused
