@@ -103,9 +103,10 @@ def test_round_trip_reproduces_source(case):
     assert (case.result.version, os.path.basename(case.result.path)) == (1, "1")
 
 
-def test_manifest_records_source_kind(keras_case, tf_keras_case, tf_module_case, saved_model_case):
+def test_manifest_records_source_kind(keras_case, tf_keras_case, tf_module_case, saved_model_case, tiny, root):
     kinds = [c.result.manifest["source"]["kind"] for c in (keras_case, tf_keras_case, tf_module_case, saved_model_case)]
-    assert kinds == list(export.SOURCE_KINDS)
+    tf1 = export.export_module(tiny.tf1, root, "tf1")  # a TF1 Hub module: migrated (tests/test_tf1_modules.py)
+    assert kinds + [tf1.manifest["source"]["kind"]] == list(export.SOURCE_KINDS)
     assert saved_model_case.result.manifest["source"]["description"] == saved_model_case.source
 
 
