@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from pipelines import embed, export, finetune, handles, modules, sinks, tf1_migrate
+from pipelines import embed, export, finetune, handles, module_release, modules, sinks, tf1_migrate
 from pipelines import inspect as inspect_cli
 from tests.fixtures import finetune_data
 from tests.fixtures import tf1_hub as th
@@ -335,6 +335,9 @@ def test_finetune_a_tf1_module_saves_trained_weights(tf1, migrated, tmp_path, ca
     assert set(trained) == set(original)
     changed = {name for name in original if not np.allclose(trained[name], original[name])}
     assert changed == set(original) - {"elmo/word_embeddings"}  # the frozen variable stayed as it was
+    # The release DAG's validate step accepts it against its TF1 parent (same signatures, finite outputs).
+    report = module_release.validate(summary["path"])
+    assert report["parent"] == {"handle": tf1.elmo, "fingerprint": handles.fingerprint_dir(tf1.elmo)}
     # The migration itself (a TF2 module) fine-tunes the same way.
     argv = ["--module", migrated.nnlm, "--data", str(data), "--output-root", str(root), "--name", "nnlm-tuned",
             "--steps", "2", "--learning-rate", "0.05"]
