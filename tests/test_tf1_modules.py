@@ -224,6 +224,12 @@ def test_migrated_module_reproduces_the_tf1_module_and_trains_through_the_train_
     assert len(grads) == 5 and all(g is not None and float(tf.reduce_sum(tf.abs(g))) > 0 for g in grads)
 
 
+def test_embed_with_the_migrated_module(migrated, tmp_path):
+    rows = _embed(tmp_path, migrated.elmo, ELMO_TEXTS, "--signature", "default", "--output-key", "elmo")
+    for row_id, text in ELMO_TEXTS.items():
+        np.testing.assert_allclose(rows[row_id], th.elmo_reference(text.split())["elmo"], atol=1e-5)
+
+
 def test_one_set_of_variables_serves_both_graphs(tf1):
     module = tf1_migrate.migrate(tf1.elmo)
     scaling = next(v for v in module.trainable_variables if v.name.startswith("elmo/aggregation/scaling"))
