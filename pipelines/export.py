@@ -513,13 +513,22 @@ def _signature_function(endpoint: _Endpoint) -> Any:
     return tf.function(serve).get_concrete_function(**endpoint.inputs)
 
 
-def _call_function(endpoint: _Endpoint) -> Any:
-    """The root's `__call__(inputs, training=False)`, traced for both values of `training`."""
+def _call_function(endpoint: _Endpoint, inference: Any = None) -> Any:
+    """The root's `__call__(inputs, training=False)`, traced for both values of `training`.
+
+    Args:
+      endpoint: what `__call__` runs.
+      inference: the `default` signature's function when it runs the same
+        endpoint: `training=False` then calls it instead of tracing the model a
+        second time (one copy less of the graph for every load to rebuild).
+    """
     tf = _tf()
     names = list(endpoint.inputs)
 
     def call(inputs: Any, training: bool = False) -> Any:
         by_name = inputs if isinstance(inputs, Mapping) else {names[0]: inputs}
+        if not training and inference is not None:
+            return inference(**by_name)[DEFAULT_OUTPUT_KEY]
         return endpoint.call(dict(by_name), training)[DEFAULT_OUTPUT_KEY]
 
     function = tf.function(call)
@@ -548,7 +557,8 @@ def _trace_and_save(prepared: _Prepared, path: str) -> None:
     root.trainable_variables = list(prepared.trainable_variables)
     root.regularization_losses = []
     root.resources = list(prepared.resources)
-    root.__call__ = _call_function(prepared.call)
+    shared = prepared.call is prepared.signatures[DEFAULT_SIGNATURE]
+    root.__call__ = _call_function(prepared.call, signatures[DEFAULT_SIGNATURE] if shared else None)
     try:
         tf.saved_model.save(root, path, signatures=signatures)
     except (AssertionError, TypeError, ValueError) as e:  # e.g. a variable or table the source does not track
