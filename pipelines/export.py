@@ -594,7 +594,7 @@ def synthetic_probe(inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return probe
 
 
-def _max_abs_diff(expected: Any, actual: Any) -> float:
+def max_abs_diff(expected: Any, actual: Any) -> float:
     """Largest absolute difference (inf for mismatched shapes or unequal non-float values)."""
     a, b = np.asarray(expected), np.asarray(actual)
     if a.shape != b.shape:
@@ -610,7 +610,7 @@ def _max_abs_diff(expected: Any, actual: Any) -> float:
 def _compare(what: str, expected: Mapping[str, Any], actual: Mapping[str, Any]) -> float:
     if set(expected) != set(actual):
         raise ExportVerificationError(f"{what}: reloaded outputs {sorted(actual)} differ from {sorted(expected)}.")
-    return max((_max_abs_diff(expected[k], actual[k]) for k in expected), default=0.0)
+    return max((max_abs_diff(expected[k], actual[k]) for k in expected), default=0.0)
 
 
 def _verify(prepared: _Prepared, loaded: Any, probes: Mapping[str, Mapping[str, Any]], atol: float) -> dict[str, float]:
@@ -630,7 +630,7 @@ def _verify(prepared: _Prepared, loaded: Any, probes: Mapping[str, Mapping[str, 
         diffs[name] = _compare(f"Signature {name!r}", expected, loaded.signatures[name](**probe))
     call_probe = {k: tf.constant(v) for k, v in probes[DEFAULT_SIGNATURE].items()}
     expected = prepared.call.call(call_probe, False)[DEFAULT_OUTPUT_KEY]
-    diffs["__call__"] = _max_abs_diff(expected, loaded(_pack_inputs(call_probe)))
+    diffs["__call__"] = max_abs_diff(expected, loaded(_pack_inputs(call_probe)))
     failed = {k: v for k, v in diffs.items() if not v <= atol}
     if failed:
         raise ExportVerificationError(

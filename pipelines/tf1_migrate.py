@@ -45,8 +45,6 @@ import functools
 import os
 from typing import Any, Callable, Mapping
 
-import numpy as np
-
 from pipelines import handles, modules, tf1_graphs
 from pipelines.tf1_graphs import INFERENCE_TAGS, TRAIN_TAGS, MigrationError, check_module_def, is_tf1_hub_module
 
@@ -315,6 +313,8 @@ def _module_class():
             Raises:
               SourceMismatchError: a difference above `atol` or different output keys.
             """
+            from pipelines import export  # it imports this module: the one measure of a difference is its
+
             diffs: dict[str, float] = {}
             not_compared: dict[str, list[str]] = {}
             graphs = [(INFERENCE_TAGS, "", modules.load(self.path))]
@@ -336,7 +336,7 @@ def _module_class():
                             f"differ from the TF1 module's {sorted(expected)}."
                         )
                     diffs[prefix + name] = max(
-                        (_max_abs_diff(expected[k].numpy(), actual[k].numpy()) for k in expected), default=0.0
+                        (export.max_abs_diff(expected[k].numpy(), actual[k].numpy()) for k in expected), default=0.0
                     )
             failed = {k: v for k, v in diffs.items() if not v <= atol}
             if failed:
@@ -368,16 +368,6 @@ class _GraphHolder:
 def _random_ops(fn: Any) -> list[str]:
     """Names of the stateful random ops in a pruned signature function."""
     return sorted(op.name for op in fn.graph.get_operations() if op.type in _RANDOM_OPS)
-
-
-def _max_abs_diff(expected: np.ndarray, actual: np.ndarray) -> float:
-    if expected.shape != actual.shape:
-        return float("inf")
-    if not (np.issubdtype(expected.dtype, np.floating) and np.issubdtype(actual.dtype, np.floating)):
-        return 0.0 if np.array_equal(expected, actual) else float("inf")
-    if expected.size == 0:
-        return 0.0
-    return float(np.max(np.abs(expected.astype(np.float64) - actual.astype(np.float64))))
 
 
 @functools.lru_cache(maxsize=1)
