@@ -43,6 +43,11 @@ def render_text(info: modules.ModuleInfo) -> str:
         f"trainable:    {'yes' if info.trainable else 'no'} "
         f"({info.num_trainable_variables} trainable of {info.num_variables} variables)",
     ]
+    if info.format == "tf1_hub" and not info.trainable:
+        lines.append(
+            "              (TF1 Hub format: `python -m pipelines.export --source PATH --root ROOT --name NAME` "
+            "migrates it to a trainable TF2 module)"
+        )
     if info.name is not None:
         lines.append(f"name/version: {info.name}/{info.version}")
     if info.recommended_batch_size is not None:

@@ -116,6 +116,7 @@ def test_inspect_shows_signatures_and_outputs(tf1, capsys):
     assert inspect_cli.main([tf1.nnlm]) == 0
     text = capsys.readouterr().out
     assert "TF1 Hub format" in text
+    assert "(TF1 Hub format: `python -m pipelines.export --source PATH --root ROOT --name NAME` migrates it" in text
     assert [line.split()[:4] for line in text.splitlines() if line.startswith("default ")] == [
         ["default", "input", "default", "string"], ["default", "output", "default", "float32"]]
 
