@@ -65,6 +65,36 @@ def test_refuses_any_other_global(tmp_path):
         read_state_dict(path)
 
 
+class _RunsCode:
+    """Pickles as a call of os.system: unpickling it with `pickle.load` would run the command."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("slot", ["magic number", "protocol", "system info", "storage keys"])
+def test_a_header_that_would_run_code_is_refused_without_running_it(tmp_path, slot):
+    """Every pickle of a legacy file, the header values too, is read with no globals allowed."""
+    marker = tmp_path / "ran"
+    values = {"magic number": LEGACY_MAGIC, "protocol": LEGACY_PROTOCOL, "system info": {"little_endian": True},
+              "storage keys": []}
+    values[slot] = _RunsCode(marker)
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        for name in ("magic number", "protocol", "system info"):
+            pickle.dump(values[name], f)
+        f.write(pickle.dumps(collections.OrderedDict(), protocol=2))
+        pickle.dump(values["storage keys"], f)
+    with pytest.raises(TorchFileError, match=r"evil\.pt: refusing to unpickle (posix|os)\.system in a torch file's header"):
+        read_state_dict(str(path))
+    assert not marker.exists()
+
+
 def test_refuses_a_pickle_without_tensors(tmp_path):
     path = _legacy_file(tmp_path / "list.pt", pickle.dumps(collections.OrderedDict(a=[1, 2]), protocol=2))
     with pytest.raises(TorchFileError, match=r"list\.pt: holds a OrderedDict, not a state dict of tensors"):

@@ -11,8 +11,10 @@
 
 Only what a state dict of tensors needs is unpickled (`OrderedDict`, tensors
 rebuilt by `torch._utils._rebuild_tensor_v2` / `_rebuild_parameter`, typed
-storages); any other global in the pickle is refused, so a weights file cannot
-run code. Tensors come back as C-contiguous NumPy arrays in their own dtype.
+storages); any other global in the pickle is refused, and the legacy format's
+header values are read with no globals at all, so a weights file cannot run
+code: every pickle goes through an `Unpickler` whose `find_class` allows only
+those names (never `pickle.load`). Tensors come back as C-contiguous NumPy arrays in their own dtype.
 """
 
 from __future__ import annotations
@@ -136,17 +138,32 @@ class _Unpickler(pickle.Unpickler):
         return self.storages[key]
 
 
+class _PlainUnpickler(_Unpickler):
+    """For the legacy format's plain values (magic number, protocol, system info, storage keys): no globals at all."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise TorchFileError(f"refusing to unpickle {module}.{name} in a torch file's header")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise TorchFileError(f"unexpected persistent id {pid!r} in a torch file's header")
+
+
+def _load_plain(f: BinaryIO) -> Any:
+    """One pickled plain value (numbers, strings, lists, dicts); anything that names code is refused."""
+    return _PlainUnpickler(f).load()
+
+
 def _read_legacy(f: BinaryIO) -> tuple[Any, dict[str, _Storage]]:
     """The legacy format, from just after the magic number's pickle."""
-    protocol = pickle.load(f)
+    protocol = _load_plain(f)
     if protocol != LEGACY_PROTOCOL:
         raise TorchFileError(f"legacy protocol version {protocol!r}, expected {LEGACY_PROTOCOL}")
-    sys_info = pickle.load(f)
+    sys_info = _load_plain(f)
     if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
         raise TorchFileError("big-endian torch files are not supported")
     unpickler = _Unpickler(f)
     result = unpickler.load()
-    for key in pickle.load(f):  # the storages' bytes follow the object, in this order
+    for key in _load_plain(f):  # the storages' bytes follow the object, in this order
         storage = unpickler.storages.get(str(key))
         if storage is None:
             raise TorchFileError(f"storage {key} is not named in the pickle")
@@ -203,7 +220,9 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
         else:
             with open(path, "rb") as f:
                 try:
-                    magic = pickle.load(f)
+                    magic = _load_plain(f)
+                except TorchFileError:
+                    raise
                 except Exception as e:  # pickle raises many types on garbage
                     raise TorchFileError(f"{path}: not a torch file ({type(e).__name__}: {e})") from None
                 if magic != LEGACY_MAGIC:
