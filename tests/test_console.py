@@ -218,3 +218,14 @@ def test_a_module_that_fails_to_load_still_says_why_in_a_quiet_run(tiny, tmp_pat
     assert inspected.returncode == 2
     assert "error: Module at" in inspected.stderr and "Op type not registered 'HubEmbedNoSuchOp'" in inspected.stderr
     assert _noise(inspected.stderr) == [], inspected.stderr
+
+
+@pytest.mark.parametrize(
+    "command", ["embed", "inspect", "export", "finetune", "models.build_minilm", "models.build_efficientnet"]
+)
+def test_every_command_takes_verbose(command):
+    """`--verbose` is a flag of each command, not an error of its argument parser."""
+    done = subprocess.run([sys.executable, "-m", f"pipelines.{command}", "--verbose", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--verbose" in done.stdout

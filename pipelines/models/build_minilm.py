@@ -20,7 +20,7 @@ import argparse
 import os
 import sys
 
-from pipelines import export, modules
+from pipelines import console, export, modules
 
 NAME = "all-minilm-l6-v2"
 DEFAULT_ROOT = os.path.join("build", "modules")
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", type=int, default=1)
     parser.add_argument("--weights-dir", default=None, help="directory with config.json, vocab.txt, model.safetensors")
     parser.add_argument("--pack", action="store_true", help="also write <root>/<name>/<version>.tar.gz")
+    console.add_verbose_flag(parser)
     args = parser.parse_args(argv)
     try:
         path = build(args.output_root, args.version, args.weights_dir, args.pack)
