@@ -106,10 +106,11 @@ def find(sig: Any, output_key: str, image: bool, length_key: str | None = None) 
       TrimError: `length_key` is not an int `[N]` or int/bool `[N, T]` output of `sig`.
     """
     outputs = {t.name: t for t in sig.outputs}
+    usable = candidates(sig, output_key)
     if length_key is not None:
         chosen = outputs.get(length_key)
-        if chosen is None or length_key == output_key or not (_is_mask(chosen) or _is_length(chosen)):
-            valid = ", ".join(repr(name) for name in candidates(sig, output_key)) or "none"
+        if length_key not in usable:
+            valid = ", ".join(repr(name) for name in usable) or "none"
             what = "not an output of it" if chosen is None else f"{chosen.dtype}{list(chosen.shape)}"
             raise TrimError(
                 f"output_length_key {length_key!r} cannot trim output {output_key!r} of signature {sig.name!r} "
@@ -118,10 +119,10 @@ def find(sig: Any, output_key: str, image: bool, length_key: str | None = None) 
         return TokenTrim(MASK if _is_mask(chosen) else LENGTH, length_key)
     if image:
         return TokenTrim(ALL)
-    masks = sorted((n for n in candidates(sig, output_key) if _is_mask(outputs[n])), key=lambda n: (MASK not in n, n))
+    masks = sorted((n for n in usable if _is_mask(outputs[n])), key=lambda n: (MASK not in n, n))
     if masks:
         return TokenTrim(MASK, masks[0])
-    lengths = [n for n in candidates(sig, output_key) if _is_length(outputs[n])]
+    lengths = [n for n in usable if _is_length(outputs[n])]
     if len(lengths) > 1:
         lengths = [n for n in lengths if "len" in n.lower()]
     if len(lengths) == 1:
@@ -134,7 +135,8 @@ def find(sig: Any, output_key: str, image: bool, length_key: str | None = None) 
 
 def missing_message(sig: Any, output_key: str) -> str:
     """Why a per-token text output is refused, and what would make it usable."""
-    lengths = [t.name for t in sig.outputs if t.name != output_key and _is_length(t)]
+    outputs = {t.name: t for t in sig.outputs}
+    lengths = [n for n in candidates(sig, output_key) if _is_length(outputs[n])]
     length = "no length output (int [N])"
     if len(lengths) > 1:
         length = f"several int [N] outputs ({', '.join(map(repr, lengths))}) and none of them alone named *len*"
