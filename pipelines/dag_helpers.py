@@ -65,7 +65,7 @@ import yaml
 from airflow.providers.apache.beam.operators import beam as beam_operators
 from airflow.sdk import Asset, AssetAlias, TaskGroup, get_current_context, task
 
-from pipelines.config import DEFAULT_MODULE  # stdlib + PyYAML only: cheap at parse time
+from pipelines.config import BEAM_PATH_OPTIONS, DEFAULT_MODULE  # stdlib + PyYAML only: cheap at parse time
 
 PROJECT_ROOT_ENV = "HUB_EMBED_PROJECT_ROOT"
 PROJECT_ROOT = os.environ.get(PROJECT_ROOT_ENV) or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +96,6 @@ _DATAFLOW_CONFIG_FIELDS = (
 _DATAFLOW_ALIASES = {"project": "project_id", "region": "location"}
 _DATAFLOW_REQUIRED = ("project_id", "location", "temp_location")
 _LOCAL_PATH_KEYS = ("input", "output", "module")
-_BEAM_FILE_OPTIONS = ("setup_file", "requirements_file", "extra_package", "extra_packages")
 _RUN_KEYS = ("module", "output", "overwrite", "reuse")  # set per run by `pipeline_options`
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _STAMP_RE = re.compile(r"^\d{8}T\d{6}(-\d{6})?$")  # what `run_stamp` writes
@@ -347,7 +346,7 @@ def _read_job(path: str) -> ScheduledJob | None:
     beam.pop("runner", None)
     if runner not in RUNNERS:
         raise ConfigDiscoveryError(f"{path}: schedule.runner must be one of {', '.join(RUNNERS)}, got {runner!r}.")
-    beam = {k: (_absolute_paths(v) if k in _BEAM_FILE_OPTIONS else v) for k, v in beam.items()}
+    beam = {k: (_absolute_paths(v) if k in BEAM_PATH_OPTIONS else v) for k, v in beam.items()}
     config, options = _split_dataflow(path, runner, schedule.get("dataflow") or {}, beam, name)
     module = values.get("module") or absolute(DEFAULT_MODULE)
     return ScheduledJob(

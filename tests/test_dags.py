@@ -126,7 +126,8 @@ def job_configs(configs, tmp_path):
         configs, "cloud",
         input="gs://bucket/in/*.txt", output="gs://bucket/tables/cloud", module="gs://bucket/modules/enc/3.tar.gz",
         passthrough=["lang", "source"],
-        beam={"runner": "DataflowRunner", "region": "europe-west1", "max_num_workers": 4, "setup_file": "./pyproject.toml"},
+        beam={"runner": "DataflowRunner", "region": "europe-west1", "max_num_workers": 4, "setup_file": "./pyproject.toml",
+              "requirements_cache": "build/requirements-cache"},
         schedule={"cron": None, "dataflow": {"project": "proj", "temp_location": "gs://bucket/tmp"}},
     )
     write_config(configs, "unscheduled", input="x.txt", output="y")
@@ -166,6 +167,8 @@ def test_embedding_tasks_are_wired_from_the_config(job_configs):
     assert cloud.pipeline_options["temp_location"] == "gs://bucket/tmp"
     assert cloud.pipeline_options["passthrough"] == "lang,source" and cloud.pipeline_options["max_num_workers"] == 4
     assert cloud.pipeline_options["setup_file"] == os.path.join(airflow_env.REPO, "pyproject.toml")
+    # Every Beam option that names a local file is taken from the project root (config.BEAM_PATH_OPTIONS).
+    assert cloud.pipeline_options["requirements_cache"] == os.path.join(airflow_env.REPO, "build", "requirements-cache")
     assert "runner" not in cloud.pipeline_options
 
     reembed = bag.dags["reembed_on_module_update"]
