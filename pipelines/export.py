@@ -37,14 +37,21 @@ Publishing is atomic and verified: the module is written to a hidden
 signature (and `__call__`) is compared with the in-memory source on probe
 inputs. Only if the largest absolute difference is at most `atol` is the
 directory renamed to its version; otherwise `ExportVerificationError` is raised
-and nothing is published. Exports of one name are serialized by an `fcntl`
+and nothing is published.
+
+`precision="bfloat16"` (`--precision bfloat16`) writes a version whose heavy
+ops (matmuls, convolutions) compute in bfloat16 (`pipelines.precision`), same
+signatures, inputs and outputs; it is verified against the float32 source by
+cosine instead (min per output vector >= `min_cosine`, default 0.999; other
+outputs equal), and `module.json` records the precision, the probe set and the
+measured min/mean cosine. Exports of one name are serialized by an `fcntl`
 lock on `<root>/<name>/.lock` (released by the kernel if the holder dies), so
 concurrent exporters get distinct versions and an existing version is never
 overwritten. `root` must be a local filesystem; `pack=True` also writes
 `<root>/<name>/<version>.tar.gz`, which any http(s)/gs/s3 handle can serve.
 
 CLI: `python -m pipelines.export --source PATH --root ROOT --name NAME
-[--version N] [--pack]` prints the written path and fingerprint.
+[--version N] [--pack] [--precision bfloat16 [--min-cosine C]]` prints the written path and fingerprint.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import hashlib
 import importlib.metadata
 import inspect
 import json
@@ -67,6 +75,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from pipelines import archives, console, graph_asserts, handles, locks, modules, tf1_migrate
+from pipelines import precision as reduced_precision
 
 DEFAULT_SIGNATURE = modules.DEFAULT_SIGNATURE
 DEFAULT_OUTPUT_KEY = modules.DEFAULT_OUTPUT_KEY
@@ -607,37 +616,127 @@ def max_abs_diff(expected: Any, actual: Any) -> float:
     return float(np.max(np.where(np.isnan(a) & np.isnan(b), 0.0, diff)))
 
 
-def _compare(what: str, expected: Mapping[str, Any], actual: Mapping[str, Any]) -> float:
+def _same_keys(what: str, expected: Mapping[str, Any], actual: Mapping[str, Any]) -> None:
     if set(expected) != set(actual):
         raise ExportVerificationError(f"{what}: reloaded outputs {sorted(actual)} differ from {sorted(expected)}.")
-    return max((max_abs_diff(expected[k], actual[k]) for k in expected), default=0.0)
 
 
-def _verify(prepared: _Prepared, loaded: Any, probes: Mapping[str, Mapping[str, Any]], atol: float) -> dict[str, float]:
+def _outputs_side_by_side(
+    prepared: _Prepared, loaded: Any, probes: Mapping[str, Mapping[str, Any]]
+) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """(source outputs, reloaded outputs) per signature and for `__call__`, on the probe inputs."""
+    tf = _tf()
+    pairs = {}
+    for name, endpoint in prepared.signatures.items():
+        probe = {k: tf.constant(v) for k, v in probes[name].items()}
+        expected, actual = endpoint.call(probe, False), loaded.signatures[name](**probe)
+        _same_keys(f"Signature {name!r}", expected, actual)
+        pairs[name] = (expected, actual)
+    call_probe = {k: tf.constant(v) for k, v in probes[DEFAULT_SIGNATURE].items()}
+    expected = prepared.call.call(call_probe, False)[DEFAULT_OUTPUT_KEY]
+    pairs["__call__"] = ({DEFAULT_OUTPUT_KEY: expected}, {DEFAULT_OUTPUT_KEY: loaded(_pack_inputs(call_probe))})
+    return pairs
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    """How closely a written module must reproduce its source on the probe inputs.
+
+    Attributes:
+      precision: the module's compute precision (`pipelines.precision.PRECISIONS`).
+      atol: float32: the largest absolute difference allowed in any output.
+      min_cosine: reduced precision: the smallest cosine allowed between a
+        source vector and the module's (`pipelines.precision.cosine_stats`); non-float
+        outputs must still be equal.
+    """
+
+    precision: str = reduced_precision.FLOAT32
+    atol: float = DEFAULT_ATOL
+    min_cosine: float = reduced_precision.DEFAULT_MIN_COSINE
+
+
+def _verify(
+    prepared: _Prepared, loaded: Any, probes: Mapping[str, Mapping[str, Any]], tolerance: Tolerance
+) -> dict[str, Any]:
     """Compares every reloaded signature and `__call__` with the in-memory source.
 
     Returns:
-      Max abs difference per signature (and `__call__`).
+      The manifest's `verification` entry: max abs difference per signature
+      (and `__call__`); for a reduced precision also the cosine per signature
+      and its overall min and mean.
 
     Raises:
-      ExportVerificationError: a difference above `atol`, or different outputs.
+      ExportVerificationError: outside `tolerance`, or different outputs.
     """
-    tf = _tf()
-    diffs = {}
-    for name, endpoint in prepared.signatures.items():
-        probe = {k: tf.constant(v) for k, v in probes[name].items()}
-        expected = endpoint.call(probe, False)
-        diffs[name] = _compare(f"Signature {name!r}", expected, loaded.signatures[name](**probe))
-    call_probe = {k: tf.constant(v) for k, v in probes[DEFAULT_SIGNATURE].items()}
-    expected = prepared.call.call(call_probe, False)[DEFAULT_OUTPUT_KEY]
-    diffs["__call__"] = max_abs_diff(expected, loaded(_pack_inputs(call_probe)))
-    failed = {k: v for k, v in diffs.items() if not v <= atol}
-    if failed:
+    pairs = _outputs_side_by_side(prepared, loaded, probes)
+    diffs = {name: max((max_abs_diff(e[k], a[k]) for k in e), default=0.0) for name, (e, a) in pairs.items()}
+    if tolerance.precision == reduced_precision.FLOAT32:
+        failed = {k: v for k, v in diffs.items() if not v <= tolerance.atol}
+        if failed:
+            raise ExportVerificationError(
+                f"The reloaded module does not reproduce the model (max abs diff must be <= {tolerance.atol:g}): "
+                + ", ".join(f"{k}: {v:.3g}" for k, v in sorted(failed.items()))
+            )
+        return {"metric": "max_abs_diff", "atol": tolerance.atol, "max_abs_diff": dict(sorted(diffs.items()))}
+    cosines, unequal = {}, []
+    for name, (expected, actual) in pairs.items():
+        stats = []
+        for key in expected:
+            if _is_float(expected[key]):
+                stats.append(reduced_precision.cosine_stats(expected[key], actual[key]))
+            elif max_abs_diff(expected[key], actual[key]) != 0.0:
+                unequal.append(f"{name}/{key}")
+        cosines[name] = _combined(stats)
+    low = {k: v["min"] for k, v in cosines.items() if not v["min"] >= tolerance.min_cosine}
+    if unequal or low:
         raise ExportVerificationError(
-            f"The reloaded module does not reproduce the model (max abs diff must be <= {atol:g}): "
-            + ", ".join(f"{k}: {v:.3g}" for k, v in sorted(failed.items()))
+            f"The {tolerance.precision} module does not reproduce its float32 source (min cosine per vector must "
+            f"be >= {tolerance.min_cosine:g}, other outputs equal): "
+            + ", ".join([*(f"{k}: min cosine {v:.6f}" for k, v in sorted(low.items())), *(f"{k}: differs" for k in unequal)])
         )
-    return diffs
+    overall = _combined(list(cosines.values()))
+    return {
+        "metric": "cosine",
+        "reference": "the float32 source, in memory",
+        "min_cosine_required": tolerance.min_cosine,
+        "min_cosine": overall["min"],
+        "mean_cosine": overall["mean"],
+        "cosine": dict(sorted(cosines.items())),
+        "max_abs_diff": dict(sorted(diffs.items())),
+    }
+
+
+def _is_float(value: Any) -> bool:
+    return np.issubdtype(np.asarray(value).dtype, np.floating)
+
+
+def _combined(stats: Sequence[Mapping[str, float | int]]) -> dict[str, float | int]:
+    """Min, vector-weighted mean and count over several `pipelines.precision.cosine_stats` results."""
+    vectors = sum(s["vectors"] for s in stats)
+    if not vectors:
+        return {"min": 1.0, "mean": 1.0, "vectors": 0}
+    mean = sum(s["mean"] * s["vectors"] for s in stats) / vectors
+    return {"min": min(s["min"] for s in stats if s["vectors"]), "mean": mean, "vectors": vectors}
+
+
+def probe_record(probes: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What the manifest records about the probe inputs: rows and a content hash per signature."""
+    record = {}
+    for name, inputs in sorted(probes.items()):
+        digest = hashlib.sha256()
+        rows = 0
+        for key, value in sorted(inputs.items()):
+            array = np.asarray(value)
+            rows = max(rows, array.shape[0] if array.ndim else 1)
+            digest.update(f"{key}|{array.dtype.kind}|{array.shape}|".encode())
+            if array.dtype.kind in "OSU":
+                for item in array.reshape(-1):
+                    data = item if isinstance(item, bytes) else str(item).encode("utf-8")
+                    digest.update(len(data).to_bytes(8, "little") + data)
+            else:
+                digest.update(np.ascontiguousarray(array).tobytes())
+        record[name] = {"rows": rows, "sha256": digest.hexdigest()}
+    return record
 
 
 def _probes(prepared: _Prepared, probe_inputs: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
@@ -705,8 +804,8 @@ def _manifest(
     info: modules.ModuleInfo,
     prepared: _Prepared,
     parent: ModuleRef | None,
-    diffs: Mapping[str, float],
-    atol: float,
+    verification: Mapping[str, Any],
+    compute: Mapping[str, Any],
     extra: Mapping[str, Any] | None,
     batch_size: int | None,
 ) -> dict[str, Any]:
@@ -723,7 +822,8 @@ def _manifest(
         "parent": parent.to_dict() if parent else None,
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "code_version": code_version(),
-        "verification": {"atol": atol, "max_abs_diff": dict(sorted(diffs.items()))},
+        "precision": dict(compute),
+        "verification": dict(verification),
         "serving": {"batch_size": batch_size} if batch_size else {},
         "extra": _redact_urls(dict(extra or {})),
     }
@@ -754,6 +854,8 @@ def export_module(
     batch_size: int | None = None,
     pack: bool = False,
     atol: float = DEFAULT_ATOL,
+    precision: str = reduced_precision.FLOAT32,
+    min_cosine: float = reduced_precision.DEFAULT_MIN_COSINE,
 ) -> ExportResult:
     """Exports `source` as a verified, reusable TF Hub module version `<root>/<name>/<version>/`.
 
@@ -782,7 +884,13 @@ def export_module(
         (e.g. a module that sorts and chunks its input itself gains from
         large calls). None: no recommendation.
       pack: also write `<root>/<name>/<version>.tar.gz`.
-      atol: largest absolute difference allowed by verification.
+      atol: largest absolute difference allowed by verification (float32).
+      precision: the precision the module's heavy ops compute in (one of
+        `pipelines.precision.PRECISIONS`): "bfloat16" rewrites the written
+        SavedModel (`pipelines.precision.rewrite_saved_model`) and verifies it
+        against the float32 source by cosine instead of `atol`.
+      min_cosine: reduced precision: the smallest cosine per output vector
+        allowed against the source (non-float outputs must be equal).
 
     Returns:
       The published version. Its `module.json` holds: name, version,
@@ -792,15 +900,24 @@ def export_module(
       tag_sets, training_graph, initializers, attachments and verification
       against it}, parent {name, version, fingerprint, handle}
       or null, created_at (UTC ISO 8601), code_version {package, version,
-      git_commit, git_dirty}, verification {atol, max_abs_diff per signature
-      and `__call__`}, serving {batch_size} (or {}), extra.
+      git_commit, git_dirty}, precision {compute; for bfloat16 also the ops
+      converted}, verification {metric, probe {rows, sha256 per signature},
+      max_abs_diff per signature and `__call__`; float32: atol; bfloat16:
+      reference, min_cosine_required, min_cosine, mean_cosine, cosine per
+      signature}, serving {batch_size} (or {}), extra.
 
     Raises:
       ExportError: bad source, signatures, name, version or probe inputs.
       ExportVerificationError: the reloaded module does not reproduce the
-        source within `atol`. No version is left behind (nor on any other error).
+        source within `atol` (or `min_cosine`). No version is left behind (nor
+        on any other error).
     """
     _check_name(name)
+    try:
+        reduced_precision.check_precision(precision)
+    except reduced_precision.PrecisionError as e:
+        raise ExportError(str(e)) from e
+    tolerance = Tolerance(precision, atol, min_cosine)
     if batch_size is not None and not modules.is_batch_size(batch_size):
         raise ExportError(f"batch_size must be a positive integer, got {batch_size!r}.")
     prepared = _prepare(source, signatures, source_description)
@@ -814,7 +931,7 @@ def export_module(
         chosen = _choose_version(root, name, version)
         temp = os.path.join(name_dir, f"{_TEMP_PREFIX}{chosen}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
-            manifest = _write_verified(prepared, temp, name, chosen, probes, parent, atol, extra_manifest, batch_size)
+            manifest = _write_verified(prepared, temp, name, chosen, probes, parent, tolerance, extra_manifest, batch_size)
             final = version_dir(root, name, chosen)
             os.rename(temp, final)
         finally:
@@ -840,16 +957,23 @@ def _write_verified(
     version: int,
     probes: Mapping[str, Mapping[str, Any]],
     parent: ModuleRef | None,
-    atol: float,
+    tolerance: Tolerance,
     extra: Mapping[str, Any] | None,
     batch_size: int | None,
 ) -> dict[str, Any]:
-    """Saves, reloads, verifies and writes the manifest into `path`; returns the manifest."""
+    """Saves, rewrites to its precision, reloads, verifies and writes the manifest into `path`; returns the manifest."""
     _save(prepared, path)
+    try:
+        rewrite = reduced_precision.rewrite_saved_model(path, tolerance.precision)
+    except reduced_precision.PrecisionError as e:
+        raise ExportError(str(e)) from e
     loaded = modules.load(path)
-    diffs = _verify(prepared, loaded, probes, atol)
+    verification = {**_verify(prepared, loaded, probes, tolerance), "probe": probe_record(probes)}
+    compute = {"compute": tolerance.precision}
+    if tolerance.precision != reduced_precision.FLOAT32:
+        compute.update(rewrite.to_dict())
     info = modules.inspect_loaded(loaded, handles.ResolvedModule(path, path, handles.fingerprint_dir(path)))
-    manifest = _manifest(name, version, info, prepared, parent, diffs, atol, extra, batch_size)
+    manifest = _manifest(name, version, info, prepared, parent, verification, compute, extra, batch_size)
     _write_json(os.path.join(path, handles.MANIFEST_NAME), manifest)
     return manifest
 
@@ -869,8 +993,19 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--version", type=int, help="version to write (default: next free one)")
     parser.add_argument("--batch-size", type=int, help="rows per call to recommend to embedding jobs (module.json serving.batch_size)")
     parser.add_argument("--pack", action="store_true", help="also write ROOT/NAME/VERSION.tar.gz")
+    add_precision_flags(parser)
     console.add_verbose_flag(parser)
     return parser.parse_args(argv)
+
+
+def add_precision_flags(parser: argparse.ArgumentParser) -> None:
+    """`--precision` and `--min-cosine`, for every command that exports a module."""
+    parser.add_argument("--precision", default=reduced_precision.FLOAT32,
+                        help=f"precision of the heavy ops ({', '.join(reduced_precision.PRECISIONS)}; default: %(default)s); "
+                             "a reduced one is verified against the float32 source by cosine")
+    parser.add_argument("--min-cosine", type=float, default=reduced_precision.DEFAULT_MIN_COSINE,
+                        help="reduced precision: smallest cosine per output vector against the float32 source "
+                             "(default: %(default)s)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -878,7 +1013,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         result = export_module(
-            args.source, args.root, args.name, version=args.version, batch_size=args.batch_size, pack=args.pack
+            args.source, args.root, args.name, version=args.version, batch_size=args.batch_size, pack=args.pack,
+            precision=args.precision, min_cosine=args.min_cosine,
         )
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)

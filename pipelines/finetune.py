@@ -23,7 +23,9 @@
    object keeps every signature of the parent (those we did not write too,
    e.g. a `tokens` signature) and its `__call__`; the export is verified
    against the in-memory fine-tuned encoder (max abs diff 1e-5) before it is
-   published. Its manifest links the parent (name, version, fingerprint) and
+   published. A bfloat16 parent (`pipelines.precision`) trains with bfloat16
+   matmuls and float32 weights, and its child is a bfloat16 version too
+   (verified by cosine against the in-memory encoder). Its manifest links the parent (name, version, fingerprint) and
    records, under `extra.finetune`, the data (path, content hash, classes),
    the hyperparameters and the metrics.
 
@@ -62,6 +64,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pipelines import console, export, handles, labeled, modules
+from pipelines import precision as reduced_precision
 
 TASKS = ("classification",)
 DEFAULT_EPOCHS = 3
@@ -406,6 +409,7 @@ def _finetune(
                         **({"tf1_migration": migration} if migration else {})},
         batch_size=info.recommended_batch_size,  # same graph, same best call size
         pack=pack,
+        precision=info.precision if info.precision in reduced_precision.PRECISIONS else reduced_precision.FLOAT32,
     )
     return FinetuneResult(published, metrics, loaded, examples.classes)
 

@@ -32,6 +32,16 @@ def per_token_rows(sig: modules.SignatureInfo, output: str) -> str:
     return trim.describe() if trim else "refused by embed: no mask or length output (see --output-length-key)"
 
 
+def precision_line(info: modules.ModuleInfo) -> str:
+    """The precision its heavy ops compute in, with what its manifest measured against float32."""
+    if info.precision == "float32":
+        return "float32"
+    verification = modules.read_manifest(info.path).get("verification") or {}
+    cosine = verification.get("min_cosine")
+    measured = f"; min cosine {cosine:.6f} to its float32 source" if isinstance(cosine, float) else ""
+    return f"{info.precision} (matmuls and convolutions; outputs float32{measured})"
+
+
 def render_text(info: modules.ModuleInfo) -> str:
     """Renders a module description as a human-readable report."""
     lines = [
@@ -50,6 +60,8 @@ def render_text(info: modules.ModuleInfo) -> str:
         )
     if info.name is not None:
         lines.append(f"name/version: {info.name}/{info.version}")
+    if info.precision is not None:
+        lines.append(f"precision:    {precision_line(info)}")
     if info.recommended_batch_size is not None:
         lines.append(f"batch size:   {info.recommended_batch_size} rows per call (recommended by its module.json)")
     rows = [("signature", "kind", "name", "dtype", "shape", "per row")]

@@ -100,6 +100,9 @@ class ModuleInfo:
       version: module version from its module.json manifest, if any.
       recommended_batch_size: rows per call its manifest recommends
         (`serving.batch_size`), if any.
+      precision: what its heavy ops compute in, from its manifest
+        (`precision.compute`, e.g. "bfloat16"); "float32" for a manifest
+        written before precisions existed; None without a manifest.
     """
 
     handle: str
@@ -114,6 +117,7 @@ class ModuleInfo:
     name: str | None = None
     version: int | None = None
     recommended_batch_size: int | None = None
+    precision: str | None = None
 
     def signature(self, name: str) -> SignatureInfo:
         """Returns the signature called `name`, or raises ModuleError listing the valid ones."""
@@ -252,12 +256,21 @@ def _with_manifest(
         name=manifest.get("name"),
         version=manifest.get("version"),
         recommended_batch_size=_recommended_batch_size(manifest),
+        precision=_precision(manifest),
     )
 
 
 def is_batch_size(value: Any) -> bool:
     """True for a usable rows-per-call value: a positive int (not a bool)."""
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _precision(manifest: dict[str, Any]) -> str | None:
+    if not manifest:
+        return None
+    recorded = manifest.get("precision")
+    compute = recorded.get("compute") if isinstance(recorded, dict) else None
+    return compute if isinstance(compute, str) else "float32"
 
 
 def _recommended_batch_size(manifest: dict[str, Any]) -> int | None:
@@ -330,7 +343,7 @@ def describe_resolved(
     so they are stored under its fingerprint (their content hash; see
     `handles.write_record`) the first time it is described, and read back
     afterwards instead of loading the module (seconds for a large one). Its
-    name, version and recommended batch size come from `module.json`, which
+    name, version, recommended batch size and precision come from `module.json`, which
     the fingerprint leaves out, and are read afresh each time. An entry that
     is unreadable, corrupt, or written by another description version or
     TensorFlow version is ignored and rewritten.

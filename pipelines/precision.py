@@ -1,0 +1,295 @@
+"""Reduced-precision module versions: a SavedModel's heavy ops rewritten to run in bfloat16.
+
+`rewrite_saved_model(path, "bfloat16")` edits the function library of a
+written SavedModel (every signature, `__call__`, loop bodies and branches)
+so that
+
+* the heavy ops, `MatMul`, `BatchMatMulV2/V3`, `Conv2D` and
+  `DepthwiseConv2dNative` on float32, compute in bfloat16: their inputs are
+  cast to bfloat16 where they come from float32;
+* the cheap element-wise ops right after them (`BiasAdd` with its bias cast,
+  and activations such as GELU's `Mul`/`Neg`/`Erfc`, `Relu`, `Tanh`) whose
+  inputs are all bfloat16 results or constants stay in bfloat16 too, so that
+  oneDNN still fuses `MatMul + BiasAdd + activation` into one kernel;
+* everything else stays float32, cast back at the first consumer outside
+  those regions: residual additions, LayerNorm, softmax, pooling,
+  normalization and every output (outputs keep their dtypes and shapes).
+
+Variables stay float32 (the module stays trainable, with bfloat16 compute and
+float32 weights, as mixed-precision training does); the cast of each weight
+happens on every call. Signatures, inputs and outputs are unchanged. The
+export tool (`pipelines.export`, `precision=`) verifies the result against
+the float32 source by cosine (`cosine_stats`) before publishing it.
+
+The rewrite is a pure graph edit: it runs on any SavedModel the export tool
+writes (Keras, tf.Module, SavedModel or migrated TF1 sources alike), and is
+idempotent (ops already in bfloat16 are counted, not converted again).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+FLOAT32 = "float32"
+BFLOAT16 = "bfloat16"
+PRECISIONS = (FLOAT32, BFLOAT16)
+# Verification of a reduced-precision version against its float32 source: min cosine per vector.
+DEFAULT_MIN_COSINE = 0.999
+
+# Heavy ops -> their type attributes (all float32 for the op to be converted).
+HEAVY_OPS: dict[str, tuple[str, ...]] = {
+    "MatMul": ("T",),
+    "BatchMatMulV2": ("T",),
+    "BatchMatMulV3": ("Ta", "Tb", "Tout"),
+    "Conv2D": ("T",),
+    "DepthwiseConv2dNative": ("T",),
+}
+# Element-wise ops that stay in bfloat16 after a heavy op (attribute `T`), when every
+# input is a bfloat16 result or a constant; BiasAdd's bias (input 1) may be anything.
+FOLLOW_OPS = frozenset({
+    "BiasAdd", "Mul", "AddV2", "Add", "Sub", "Neg", "Erf", "Erfc", "Relu", "Relu6", "Tanh", "Sigmoid",
+})
+_BIAS_INPUT = {"BiasAdd": 1}
+_CAST_SUFFIX = {True: "/to_bf16", False: "/to_f32"}
+
+
+class PrecisionError(ValueError):
+    """A precision that does not exist, or a module that has nothing to run in it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RewriteResult:
+    """What `rewrite_saved_model` did.
+
+    Attributes:
+      converted: heavy op type -> how many were converted to bfloat16.
+      already: heavy ops that were bfloat16 already (a re-export of a bfloat16 module).
+      elementwise: element-wise ops that run in bfloat16 with them.
+    """
+
+    converted: Mapping[str, int]
+    already: int
+    elementwise: int
+
+    @property
+    def heavy_ops(self) -> int:
+        """Heavy ops that now run in bfloat16."""
+        return sum(self.converted.values()) + self.already
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"converted": dict(sorted(self.converted.items())), "already_bfloat16": self.already,
+                "elementwise_bfloat16": self.elementwise}
+
+
+def check_precision(precision: str) -> str:
+    """Returns `precision` if it is one of `PRECISIONS`.
+
+    Raises:
+      PrecisionError: naming the bad value and the valid ones.
+    """
+    if precision not in PRECISIONS:
+        raise PrecisionError(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
+    return precision
+
+
+def rewrite_saved_model(path: str, precision: str) -> RewriteResult:
+    """Rewrites the SavedModel at `path` in place so its heavy ops compute in `precision`.
+
+    Args:
+      path: a SavedModel directory (its `saved_model.pb` is replaced, and its
+        `fingerprint.pb` rewritten to match).
+      precision: one of `PRECISIONS`; "float32" changes nothing, but checks
+        that no heavy op computes in bfloat16 already (a module written from
+        a bfloat16 one would then be recorded as float32).
+
+    Returns:
+      What was converted.
+
+    Raises:
+      PrecisionError: unknown precision, no float32 heavy op to convert, or
+        bfloat16 heavy ops in what is meant to be float32.
+    """
+    check_precision(precision)
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb_path = os.path.join(path, "saved_model.pb")
+    saved_model = saved_model_pb2.SavedModel()
+    with open(pb_path, "rb") as f:
+        saved_model.ParseFromString(f.read())
+    if precision == FLOAT32:
+        already = sum(_count_bfloat16(f) for mg in saved_model.meta_graphs for f in mg.graph_def.library.function)
+        if already:
+            raise PrecisionError(
+                f"The module computes {already} matmul/convolution ops in bfloat16 already (it was written from a "
+                "bfloat16 module?); export it with precision bfloat16 so that its manifest says so."
+            )
+        return RewriteResult({}, 0, 0)
+    converted: dict[str, int] = {}
+    already = elementwise = 0
+    for meta_graph in saved_model.meta_graphs:
+        for function in meta_graph.graph_def.library.function:
+            result = _rewrite_function(function)
+            for op, count in result.converted.items():
+                converted[op] = converted.get(op, 0) + count
+            already += result.already
+            elementwise += result.elementwise
+    result = RewriteResult(converted, already, elementwise)
+    if not result.heavy_ops:
+        raise PrecisionError(
+            f"The module has no float32 {', '.join(sorted(HEAVY_OPS))} op to run in {precision}; "
+            "export it in float32."
+        )
+    with open(pb_path, "wb") as f:
+        f.write(saved_model.SerializeToString())
+    _write_fingerprint(path)
+    return result
+
+
+def _write_fingerprint(path: str) -> None:
+    """Rewrites `fingerprint.pb` for the edited `saved_model.pb` (TensorFlow records its checksum)."""
+    from tensorflow.python.saved_model import fingerprinting_utils
+
+    fingerprint = os.path.join(path, "fingerprint.pb")
+    if os.path.exists(fingerprint):
+        os.remove(fingerprint)
+    fingerprinting_utils.write_fingerprint(path)
+
+
+def _output_ref(node: Any) -> str:
+    """`node:output_arg:0`, how a FunctionDef names a single-output node's result."""
+    from tensorflow.python.framework import op_def_registry
+
+    return f"{node.name}:{op_def_registry.get(node.op).output_arg[0].name}:0"
+
+
+def _cast(name: str, source: str, to_bfloat16: bool) -> Any:
+    from tensorflow.core.framework import node_def_pb2, types_pb2
+
+    node = node_def_pb2.NodeDef(name=name, op="Cast", input=[source])
+    f32, bf16 = types_pb2.DT_FLOAT, types_pb2.DT_BFLOAT16
+    node.attr["SrcT"].type, node.attr["DstT"].type = (f32, bf16) if to_bfloat16 else (bf16, f32)
+    node.attr["Truncate"].b = False
+    return node
+
+
+def _count_bfloat16(function: Any) -> int:
+    """Heavy ops of a FunctionDef that compute in bfloat16."""
+    from tensorflow.core.framework import types_pb2
+
+    return sum(
+        all(node.attr[a].type == types_pb2.DT_BFLOAT16 for a in HEAVY_OPS[node.op])
+        for node in function.node_def if node.op in HEAVY_OPS
+    )
+
+
+def _rewrite_function(function: Any) -> RewriteResult:
+    """Converts one FunctionDef in place (see the module docstring)."""
+    from tensorflow.core.framework import types_pb2
+
+    f32, bf16 = types_pb2.DT_FLOAT, types_pb2.DT_BFLOAT16
+    nodes = {node.name: node for node in function.node_def}
+    heavy = [node for node in function.node_def if node.op in HEAVY_OPS]
+    already = _count_bfloat16(function)
+    region = {node.name for node in heavy if all(node.attr[a].type == f32 for a in HEAVY_OPS[node.op])}
+    converted: dict[str, int] = {}
+    for name in region:
+        converted[nodes[name].op] = converted.get(nodes[name].op, 0) + 1
+    seeds = set(region)
+    region |= _grow_region(function, nodes, region)
+    region_refs = {_output_ref(nodes[name]) for name in region}
+    added = []
+    to_bf16: dict[str, str] = {}  # float32 ref -> its bfloat16 cast, one per ref
+
+    def cast_in(ref: str) -> str:
+        if ref not in to_bf16:
+            node = _cast(f"{ref.split(':')[0]}{_CAST_SUFFIX[True]}_{len(to_bf16)}", ref, True)
+            added.append(node)
+            to_bf16[ref] = f"{node.name}:y:0"
+        return to_bf16[ref]
+
+    for name in region:
+        node = nodes[name]
+        for i, ref in enumerate(node.input):
+            if not ref.startswith("^") and ref not in region_refs:
+                node.input[i] = cast_in(ref)
+        for attr in HEAVY_OPS.get(node.op, ("T",)):
+            node.attr[attr].type = bf16
+    to_f32: dict[str, str] = {}
+
+    def cast_out(ref: str) -> str:
+        if ref not in to_f32:
+            node = _cast(f"{ref.split(':')[0]}{_CAST_SUFFIX[False]}", ref, False)
+            added.append(node)
+            to_f32[ref] = f"{node.name}:y:0"
+        return to_f32[ref]
+
+    for node in function.node_def:
+        if node.name not in region:
+            for i, ref in enumerate(node.input):
+                if ref in region_refs:
+                    node.input[i] = cast_out(ref)
+    for key, ref in list(function.ret.items()):
+        if ref in region_refs:
+            function.ret[key] = cast_out(ref)
+    function.node_def.extend(added)
+    return RewriteResult(converted, already, len(region) - len(seeds))
+
+
+def _grow_region(function: Any, nodes: Mapping[str, Any], seeds: set[str]) -> set[str]:
+    """The element-wise float32 ops that can join the bfloat16 ops `seeds` (see `FOLLOW_OPS`)."""
+    from tensorflow.core.framework import types_pb2
+
+    region = set(seeds)
+    grew = True
+    while grew:
+        grew = False
+        for node in function.node_def:
+            if node.name in region or node.op not in FOLLOW_OPS or node.attr["T"].type != types_pb2.DT_FLOAT:
+                continue
+            producers = [ref.split(":")[0] for ref in node.input if not ref.startswith("^")]
+            free = _BIAS_INPUT.get(node.op)
+
+            def joins(i: int, producer: str) -> bool:
+                return producer in region or i == free or getattr(nodes.get(producer), "op", None) == "Const"
+
+            if any(p in region for p in producers) and all(joins(i, p) for i, p in enumerate(producers)):
+                if free is not None and producers[0] not in region:
+                    continue  # a bias added to float32 values: nothing to gain
+                region.add(node.name)
+                grew = True
+    return region - seeds
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def cosine_stats(expected: Any, actual: Any) -> dict[str, float | int]:
+    """Cosine similarity of `actual` to `expected`, per vector along the last axis.
+
+    A float output of shape [..., D] (D >= 2) is compared as its D-vectors (a
+    row's embedding, a token's embedding); any other float output as one
+    vector. Vectors that are zero in both (e.g. padded token positions) carry
+    nothing to compare and are left out; a zero vector against a non-zero one
+    counts as cosine 0.
+
+    Returns:
+      {"min": ..., "mean": ..., "vectors": n compared}; min and mean are 1.0
+      when nothing is compared, -inf when the shapes differ.
+    """
+    a, b = np.asarray(expected, dtype=np.float64), np.asarray(actual, dtype=np.float64)
+    if a.shape != b.shape:
+        return {"min": float("-inf"), "mean": float("-inf"), "vectors": 0}
+    width = a.shape[-1] if a.ndim >= 2 and a.shape[-1] >= 2 else max(a.size, 1)
+    a, b = a.reshape(-1, width), b.reshape(-1, width)
+    norm_a, norm_b = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    compared = (norm_a > 0) | (norm_b > 0)
+    if not compared.any():
+        return {"min": 1.0, "mean": 1.0, "vectors": 0}
+    a, b, norms = a[compared], b[compared], (norm_a * norm_b)[compared]
+    cosine = np.sum(a * b, axis=1) / np.where(norms > 0, norms, 1.0)
+    cosine = np.where(np.isfinite(cosine), cosine, -1.0)
+    return {"min": float(np.min(cosine)), "mean": float(np.mean(cosine)), "vectors": int(len(cosine))}
