@@ -28,6 +28,7 @@ idempotent (ops already in bfloat16 are counted, not converted again).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 from typing import Any, Mapping
@@ -186,6 +187,24 @@ def _count_bfloat16(function: Any) -> int:
     )
 
 
+class _Casts:
+    """The Cast nodes of one direction added to a function: one per source ref."""
+
+    def __init__(self, to_bfloat16: bool):
+        self.to_bfloat16 = to_bfloat16
+        self.nodes: list[Any] = []
+        self._refs: dict[str, str] = {}
+
+    def of(self, ref: str) -> str:
+        """The ref of `ref` cast (added on first use)."""
+        if ref not in self._refs:
+            suffix = f"{_CAST_SUFFIX[True]}_{len(self.nodes)}" if self.to_bfloat16 else _CAST_SUFFIX[False]
+            node = _cast(f"{ref.split(':')[0]}{suffix}", ref, self.to_bfloat16)
+            self.nodes.append(node)
+            self._refs[ref] = f"{node.name}:y:0"
+        return self._refs[ref]
+
+
 def _rewrite_function(function: Any) -> RewriteResult:
     """Converts one FunctionDef in place (see the module docstring)."""
     from tensorflow.core.framework import types_pb2
@@ -195,46 +214,26 @@ def _rewrite_function(function: Any) -> RewriteResult:
     heavy = [node for node in function.node_def if node.op in HEAVY_OPS]
     already = _count_bfloat16(function)
     region = {node.name for node in heavy if all(node.attr[a].type == f32 for a in HEAVY_OPS[node.op])}
-    converted: dict[str, int] = {}
-    for name in region:
-        converted[nodes[name].op] = converted.get(nodes[name].op, 0) + 1
+    converted = dict(collections.Counter(nodes[name].op for name in region))
     seeds = set(region)
     region |= _grow_region(function, nodes, region)
     region_refs = {_output_ref(nodes[name]) for name in region}
-    added = []
-    to_bf16: dict[str, str] = {}  # float32 ref -> its bfloat16 cast, one per ref
-
-    def cast_in(ref: str) -> str:
-        if ref not in to_bf16:
-            node = _cast(f"{ref.split(':')[0]}{_CAST_SUFFIX[True]}_{len(to_bf16)}", ref, True)
-            added.append(node)
-            to_bf16[ref] = f"{node.name}:y:0"
-        return to_bf16[ref]
-
-    for name in region:
-        node = nodes[name]
-        for i, ref in enumerate(node.input):
-            if not ref.startswith("^") and ref not in region_refs:
-                node.input[i] = cast_in(ref)
-        for attr in HEAVY_OPS.get(node.op, ("T",)):
-            node.attr[attr].type = bf16
-    to_f32: dict[str, str] = {}
-
-    def cast_out(ref: str) -> str:
-        if ref not in to_f32:
-            node = _cast(f"{ref.split(':')[0]}{_CAST_SUFFIX[False]}", ref, False)
-            added.append(node)
-            to_f32[ref] = f"{node.name}:y:0"
-        return to_f32[ref]
-
-    for node in function.node_def:
-        if node.name not in region:
+    to_bf16, to_f32 = _Casts(to_bfloat16=True), _Casts(to_bfloat16=False)
+    for node in function.node_def:  # in graph order, so the cast names are the same on every export
+        if node.name in region:
+            for i, ref in enumerate(node.input):
+                if not ref.startswith("^") and ref not in region_refs:
+                    node.input[i] = to_bf16.of(ref)
+            for attr in HEAVY_OPS.get(node.op, ("T",)):
+                node.attr[attr].type = bf16
+        else:
             for i, ref in enumerate(node.input):
                 if ref in region_refs:
-                    node.input[i] = cast_out(ref)
-    for key, ref in list(function.ret.items()):
+                    node.input[i] = to_f32.of(ref)
+    for key, ref in sorted(function.ret.items()):
         if ref in region_refs:
-            function.ret[key] = cast_out(ref)
+            function.ret[key] = to_f32.of(ref)
+    added = [*to_bf16.nodes, *to_f32.nodes]
     function.node_def.extend(added)
     return RewriteResult(converted, already, len(region) - len(seeds))
 
