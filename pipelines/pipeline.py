@@ -79,6 +79,7 @@ def prepare(cfg: EmbedConfig, module: modules.ModuleInfo | None = None) -> Job:
         "module_name": module.name,
         "module_version": module.version,
         "module_format": module.format,
+        "module_precision": module.precision,
         "signature": cfg.model.signature,
         "output_key": spec.output_key,
         "dimension": spec.dim,

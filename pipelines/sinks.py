@@ -11,8 +11,8 @@ Table columns: `id` (string), `embedding` (`fixed_size_list<float32>[D]`, or
 `list<fixed_size_list<float32>[D]>` for per-token outputs), `content_hash`
 (string: SHA-256 hex of what the module is fed, see `pipelines.content`), then
 the passthrough columns (strings). Every part's schema metadata `hub_embed`
-holds JSON: module handle (without secrets), fingerprint, name and version,
-signature, output key, dimension, content-hash scheme, config hash, code
+holds JSON: module handle (without secrets), fingerprint, name, version,
+format and precision (from its module.json, e.g. "bfloat16"), signature, output key, dimension, content-hash scheme, config hash, code
 version and run id. The manifest holds the same plus the table's row count, its
 counts, the reuse table it took vectors from (if any) and its files with their
 row counts (each part's Parquet footer holds its own).

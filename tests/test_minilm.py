@@ -166,7 +166,9 @@ def test_bfloat16_module_matches_reference_and_embeds_like_float32(tmp_path):
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps({"id": f"r{i}", "text": t}) + "\n" for i, t in enumerate(texts[:40])))
     assert embed.main(["--input", str(source), "--id-field", "id", "--module", path, "--output", str(tmp_path / "out")]) == 0
-    counts = sinks.read_manifest(str(tmp_path / "out"))["counts"]
+    table_manifest = sinks.read_manifest(str(tmp_path / "out"))
+    assert table_manifest["table"]["module_precision"] == "bfloat16"
+    counts = table_manifest["counts"]
     assert (counts["rows_in"], counts["rows_written"], counts["rows_failed"]) == (40, 40, 0)
     rows = sinks.read_table(str(tmp_path / "out")).to_pylist()
     job = {row["id"]: np.asarray(row["embedding"]) for row in rows}
