@@ -163,16 +163,18 @@ def test_bfloat16_module_matches_reference_and_embeds_like_float32(tmp_path):
     moved = (alone * ours[:24]).sum(1) / np.linalg.norm(alone, axis=1)
     assert moved.min() >= 0.99999, moved.min()
 
-    source = tmp_path / "in.jsonl"
-    source.write_text("".join(json.dumps({"id": f"r{i}", "text": t}) + "\n" for i, t in enumerate(texts[:40])))
-    assert embed.main(["--input", str(source), "--id-field", "id", "--module", path, "--output", str(tmp_path / "out")]) == 0
-    table_manifest = sinks.read_manifest(str(tmp_path / "out"))
+    # The shipped config runs it on the sample corpus; every row matches the float32 module's vector.
+    out = str(tmp_path / "out")
+    assert embed.main(["--config", "configs/sample-bf16.yaml", "--output", out]) == 0
+    table_manifest = sinks.read_manifest(out)
     assert table_manifest["table"]["module_precision"] == "bfloat16"
     counts = table_manifest["counts"]
-    assert (counts["rows_in"], counts["rows_written"], counts["rows_failed"]) == (40, 40, 0)
-    rows = sinks.read_table(str(tmp_path / "out")).to_pylist()
-    job = {row["id"]: np.asarray(row["embedding"]) for row in rows}
-    job_cosine = [float(job[f"r{i}"] @ reference[i]) for i in range(40)]
+    assert (counts["rows_in"], counts["rows_written"], counts["rows_failed"]) == (400, 400, 0)
+    rows = sinks.read_table(out).to_pylist()
+    with open("pipelines/data/sample.txt") as f:
+        sample = f.read().splitlines()
+    float32 = modules.load(build_minilm.build()).signatures["default"](text=tf.constant(sample))["default"].numpy()
+    job_cosine = [float(np.dot(row["embedding"], float32[int(row["id"].rsplit(":", 1)[1]) - 1])) for row in rows]
     assert min(job_cosine) >= 0.999
 
 
