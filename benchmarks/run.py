@@ -508,7 +508,8 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [
         f"hub-embed benchmark, {meta['date']}, {meta['cpu']} ({meta['cores']} cores"
         f"{', ' + ' '.join(meta['cpu_flags']) if meta.get('cpu_flags') else ''}), "
-        f"load average {meta['load_average_at_start']:.2f} at start",
+        f"load average {meta['load_average_at_start']:.2f} at start"
+        + (f", {meta['load_average_at_end']:.2f} at end" if meta.get("load_average_at_end") is not None else ""),
         cpu_line(meta),
         f"{meta['rows']} rows of {meta['corpus']}, module {meta['module']}"
         if meta["rows"] else f"corpus {meta['corpus']}, module {meta['module']}",
@@ -548,8 +549,11 @@ def format_table(report: dict[str, Any]) -> str:
     for suffix, bound in PARITY_BOUNDS.items():
         ours, theirs = report.get(f"pipeline_best_{suffix}"), report.get(f"st_best_{suffix}")
         lines.append(f"fastest at min cos >= {bound}: ours {_fmt(ours)}, sentence-transformers {_fmt(theirs)}")
-    if meta["load_average_at_start"] > BUSY_LOAD_PER_CORE * (meta["cores"] or 1):
+    busy = BUSY_LOAD_PER_CORE * (meta["cores"] or 1)
+    if meta["load_average_at_start"] > busy:
         lines.append("\nWARNING: the machine was busy when the benchmark started; timings are noisy.")
+    elif (meta.get("load_average_at_end") or 0) > busy:
+        lines.append("\nWARNING: the machine was busy when the benchmark ended; timings are noisy.")
     return "\n".join(lines)
 
 
@@ -679,7 +683,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = tempfile.mkdtemp(prefix="hub-embed-bench-")
     try:
         results = run_all(args, workdir)
-        report = build_report(meta, results, run_incremental(args, workdir) if INCREMENTAL in args.only else None)
+        incremental_result = run_incremental(args, workdir) if INCREMENTAL in args.only else None
+        meta["load_average_at_end"] = os.getloadavg()[0]  # others' work during the run shows here
+        report = build_report(meta, results, incremental_result)
     finally:
         if args.keep_workdir:
             print(f"work directory kept: {workdir}", file=sys.stderr)

@@ -296,6 +296,7 @@ def test_harness_smoke_run_of_raw_and_pipelines(tiny, tmp_path):
     assert report["pipeline_best_0999"] in ("pipeline", "pipeline_mp", "pipeline_bf16")
     assert report["st_best_0999"] is None and report["pipeline_best_vs_st_best_0999"] is None  # no ST contender ran
     assert report["meta"]["module_bf16"] == str(bf16) and set(report["meta"]["cpu_features"]) == set(cpu.KEY_FLAGS)
+    assert report["meta"]["load_average_at_end"] >= 0 and " at end" in done.stdout
     assert "CPU: " in done.stdout and "raw bf16 module" in done.stdout and "pipeline_bf16_vs_fp32" in done.stdout
 
 
