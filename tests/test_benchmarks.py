@@ -451,3 +451,15 @@ def test_incremental_smoke_run_has_the_scenario_counts_and_bit_identical_vectors
     assert report["targets"]["incremental_vs_full_wall"]["value"] == m["incremental_vs_full_wall"]
     table = run.format_table(report)
     assert "incremental_vs_full_work" in table and "run2_vectors" in table and "contender" not in table
+
+
+def test_header_warns_of_other_work_from_the_load_at_start_or_beyond_the_contenders_own_at_the_end():
+    meta = {"date": "now", "cpu": "cpu", "cpu_flags": [], "cores": 2, "load_average_at_start": 0.1,
+            "load_average_at_end": 2.2, "tf_threads": {"intra_op": 2, "inter_op": 1}, "rows": 5,
+            "corpus": CORPUS, "module": "m"}
+    table = run.format_table(run.build_report(meta, {}))
+    assert "load average 0.10 at start, 2.20 at end" in table and "WARNING" not in table  # its own 2 threads
+    table = run.format_table(run.build_report({**meta, "load_average_at_end": 3.5}, {}))
+    assert "WARNING: other work ran on the machine during the benchmark" in table
+    table = run.format_table(run.build_report({**meta, "load_average_at_start": 1.5}, {}))
+    assert "WARNING: the machine was busy when the benchmark started" in table
