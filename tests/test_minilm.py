@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import importlib
 import inspect
-import json
 import os
 import random
 from pathlib import Path
