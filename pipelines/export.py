@@ -690,14 +690,14 @@ def _verify(
     low = {k: v["min"] for k, v in cosines.items() if not v["min"] >= tolerance.min_cosine}
     if unequal or low:
         raise ExportVerificationError(
-            f"The {tolerance.precision} module does not reproduce its float32 source (min cosine per vector must "
+            f"The {tolerance.precision} module does not reproduce its source (min cosine per vector must "
             f"be >= {tolerance.min_cosine:g}, other outputs equal): "
             + ", ".join([*(f"{k}: min cosine {v:.6f}" for k, v in sorted(low.items())), *(f"{k}: differs" for k in unequal)])
         )
     overall = _combined(list(cosines.values()))
     return {
         "metric": "cosine",
-        "reference": "the float32 source, in memory",
+        "reference": "the source, in memory",
         "min_cosine_required": tolerance.min_cosine,
         "min_cosine": overall["min"],
         "mean_cosine": overall["mean"],
@@ -903,8 +903,8 @@ def export_module(
       git_commit, git_dirty}, precision {compute; for bfloat16 also the ops
       converted}, verification {metric, probe {rows, sha256 per signature},
       max_abs_diff per signature and `__call__`; float32: atol; bfloat16:
-      reference, min_cosine_required, min_cosine, mean_cosine, cosine per
-      signature}, serving {batch_size} (or {}), extra.
+      reference (the float32 source, or a bfloat16 one re-exported),
+      min_cosine_required, min_cosine, mean_cosine, cosine per signature}, serving {batch_size} (or {}), extra.
 
     Raises:
       ExportError: bad source, signatures, name, version or probe inputs.
@@ -917,6 +917,8 @@ def export_module(
         reduced_precision.check_precision(precision)
     except reduced_precision.PrecisionError as e:
         raise ExportError(str(e)) from e
+    if isinstance(min_cosine, bool) or not isinstance(min_cosine, (int, float)) or not 0 < min_cosine <= 1:
+        raise ExportError(f"min_cosine must be a number in (0, 1], got {min_cosine!r}.")
     tolerance = Tolerance(precision, atol, min_cosine)
     if batch_size is not None and not modules.is_batch_size(batch_size):
         raise ExportError(f"batch_size must be a positive integer, got {batch_size!r}.")
@@ -972,6 +974,9 @@ def _write_verified(
     compute = {"compute": tolerance.precision}
     if tolerance.precision != reduced_precision.FLOAT32:
         compute.update(rewrite.to_dict())
+        # What the cosines were measured against: the float32 model, or a source already in bfloat16.
+        source = tolerance.precision if rewrite.already else reduced_precision.FLOAT32
+        verification["reference"] = f"the {source} source, in memory"
     info = modules.inspect_loaded(loaded, handles.ResolvedModule(path, path, handles.fingerprint_dir(path)))
     manifest = _manifest(name, version, info, prepared, parent, verification, compute, extra, batch_size)
     _write_json(os.path.join(path, handles.MANIFEST_NAME), manifest)

@@ -85,6 +85,7 @@ def test_bfloat16_export_computes_matmuls_in_bfloat16_with_the_same_interface(tm
 
     verification = manifest["verification"]
     assert verification["metric"] == "cosine" and verification["min_cosine_required"] == 0.999
+    assert verification["reference"] == "the float32 source, in memory"
     assert verification["probe"]["default"]["rows"] == 64
     assert 0.999 <= verification["min_cosine"] <= verification["mean_cosine"] < 1.0
     assert verification["cosine"]["default"]["vectors"] == 64 + 1  # 64 rows of `default` and the [N] score
@@ -122,6 +123,7 @@ def test_bfloat16_version_of_a_keras_saved_model_and_its_reexport(tmp_path):
     again = export.export_module(bf16.path, root, "keras3-bf16", precision="bfloat16")
     assert again.manifest["precision"]["converted"] == {} and again.manifest["precision"]["already_bfloat16"] == 4
     assert again.manifest["verification"]["min_cosine"] == pytest.approx(1.0)  # against the bfloat16 source
+    assert again.manifest["verification"]["reference"] == "the bfloat16 source, in memory"
     with pytest.raises(export.ExportError, match="computes 4 matmul/convolution ops in bfloat16 already"):
         export.export_module(bf16.path, root, "mislabelled")
     assert export.list_versions(root, "mislabelled") == []
@@ -143,6 +145,9 @@ def test_nothing_to_convert_and_bad_precision_are_refused(tmp_path, capsys):
         export.export_module(text, root, "text", precision="bfloat16")
     with pytest.raises(export.ExportError, match=r"Unknown precision 'float16'; choose one of float32, bfloat16"):
         export.export_module(es.LinearModule(), root, "linear", precision="float16")
+    for bad in (0, 1.5, -1, True, "0.99"):
+        with pytest.raises(export.ExportError, match=r"min_cosine must be a number in \(0, 1\]"):
+            export.export_module(es.LinearModule(), root, "linear", precision="bfloat16", min_cosine=bad)
     assert export.list_versions(root, "text") == [] and not os.path.exists(os.path.join(root, "linear"))
     source = export.export_module(es.LinearModule(), root, "linear").path
     assert export.main(["--source", source, "--root", root, "--name", "x", "--precision", "int4"]) == 2
