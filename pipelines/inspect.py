@@ -33,12 +33,12 @@ def per_token_rows(sig: modules.SignatureInfo, output: str) -> str:
 
 
 def precision_line(info: modules.ModuleInfo) -> str:
-    """The precision its heavy ops compute in, with what its manifest measured against float32."""
+    """The precision its heavy ops compute in, with the parity its manifest measured on export."""
     if info.precision == "float32":
         return "float32"
     verification = modules.read_manifest(info.path).get("verification") or {}
     cosine = verification.get("min_cosine")
-    measured = f"; min cosine {cosine:.6f} to its float32 source" if isinstance(cosine, float) else ""
+    measured = f"; min cosine {cosine:.6f} to its source on export" if isinstance(cosine, float) else ""
     return f"{info.precision} (matmuls and convolutions; outputs float32{measured})"
 
 

@@ -109,7 +109,7 @@ def build(
         name,
         signatures=minilm_signatures(model),
         version=version,
-        probe_inputs={name: {"text": tf.constant(PROBE_TEXTS)} for name in ("default", "tokens")},
+        probe_inputs={signature: {"text": tf.constant(PROBE_TEXTS)} for signature in ("default", "tokens")},
         source_description=f"sentence-transformers/all-MiniLM-L6-v2 weights from {weights}",
         # The module sorts and chunks each call itself, with memory bounded per chunk, so
         # large calls only amortize per-call work: 1024 ran 7-16% faster than 256.
