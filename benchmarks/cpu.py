@@ -59,6 +59,18 @@ def features(flags: set[str]) -> dict[str, bool]:
     return {flag: flag in flags for flag in KEY_FLAGS}
 
 
+def summary(model: str, cores: int | None, found: dict[str, bool]) -> str:
+    """One line naming the CPU and which flags it has, e.g. `CPU: AMD EPYC, 2 cores; avx512f yes, amx_bf16 no`.
+
+    Args:
+      model: the CPU's model name.
+      cores: its core count (None: unknown, not shown).
+      found: flag -> whether the CPU has it (`features`, or any other flags), in the order shown.
+    """
+    flags = ", ".join(f"{flag} {'yes' if has else 'no'}" for flag, has in found.items())
+    return f"CPU: {model}" + (f", {cores} cores" if cores else "") + (f"; {flags}" if flags else "")
+
+
 def listed_flags(flags: set[str]) -> list[str]:
     """The `LISTED_FLAGS` among `flags`, in that order."""
     return [flag for flag in LISTED_FLAGS if flag in flags]

@@ -48,7 +48,6 @@ import argparse
 import importlib
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -61,6 +60,9 @@ THREADS = int(os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "2"))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks import corpus  # noqa: E402
+from benchmarks import cpu as cpu_flags  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "benchmarks" / "data" / "docstrings.jsonl"
 DENSE_NAMES = ("query", "key", "value", "attention_output", "intermediate", "output")
@@ -70,17 +72,8 @@ FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16")
 
 
 def cpu_info() -> dict:
-    """CPU model name and the int8/bf16 flags that matter here."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
+    """CPU model name and the int8/bf16 flags that matter here (`benchmarks.cpu`)."""
+    model, flags = cpu_flags.read_cpuinfo()
     return {"model": model, "cores": os.cpu_count(), **{flag: flag in flags for flag in FLAGS}}
 
 
@@ -269,11 +262,6 @@ def micro(rounds: int) -> list[dict]:
 # --------------------------------------------------------------------------- 2. end to end
 
 
-def load_texts(count: int) -> list[str]:
-    with CORPUS.open() as lines:
-        return [json.loads(line)["text"] for line, _ in zip(lines, range(count))]
-
-
 def swap_dense(model, factory) -> None:
     """Replaces every encoder Dense by factory(kernel, bias) (originals kept in `_f32_dense`)."""
     for block in model.encoder.blocks:
@@ -420,8 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     tf.config.threading.set_intra_op_parallelism_threads(THREADS)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     cpu = cpu_info()
-    flags = " ".join(f"{flag}={'yes' if cpu[flag] else 'no'}" for flag in FLAGS)
-    print(f"CPU: {cpu['model']} ({cpu['cores']} cores), {flags}; TF {tf.__version__}, "
+    print(f"{cpu_flags.summary(cpu['model'], cpu['cores'], {flag: cpu[flag] for flag in FLAGS})}; TF {tf.__version__}, "
           f"{THREADS} intra-op threads, oneDNN opts {os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default(on)')}")
     results = {"cpu": cpu, "tensorflow": tf.__version__, "threads": THREADS}
     started = time.perf_counter()
@@ -439,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(ROOT))
         from pipelines.models.minilm import load_minilm
 
-        model, texts = load_minilm(), load_texts(args.rows)
+        model, texts = load_minilm(), corpus.read_texts(str(CORPUS), args.rows)
         if "e2e" in parts:
             results["e2e"], reference = e2e(model, texts, args.e2e_rounds)
             print(f"\n2. MiniLM embed(), {len(texts)} docstrings (rows/s median [range]; cosine vs float32)")

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     texts = corpus.read_texts(args.corpus, args.rows)
     results = [profile(module, texts) for module in args.modules]
     model, flags = cpu.read_cpuinfo()
-    print(f"CPU: {model}; " + ", ".join(f"{flag} {'yes' if has else 'no'}" for flag, has in cpu.features(flags).items()))
+    print(cpu.summary(model, os.cpu_count(), cpu.features(flags)))
     print(render(results))
     if args.json:
         with open(args.json, "w") as f:

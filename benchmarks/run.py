@@ -498,16 +498,14 @@ def _time_split(results: dict[str, dict[str, Any]]) -> list[str]:
 def cpu_line(meta: dict[str, Any]) -> str:
     """The header's CPU line: model name and which of `cpu.KEY_FLAGS` it has."""
     found = meta.get("cpu_features") or {}
-    flags = ", ".join(f"{flag} {'yes' if found[flag] else 'no'}" for flag in cpu.KEY_FLAGS if flag in found)
-    return f"CPU: {meta['cpu']}, {meta['cores']} cores" + (f"; {flags}" if flags else "")
+    return cpu.summary(meta["cpu"], meta["cores"], {flag: found[flag] for flag in cpu.KEY_FLAGS if flag in found})
 
 
 def format_table(report: dict[str, Any]) -> str:
     """The printed report: one line per contender, then the ratios against their targets."""
     meta = report["meta"]
     lines = [
-        f"hub-embed benchmark, {meta['date']}, {meta['cpu']} ({meta['cores']} cores"
-        f"{', ' + ' '.join(meta['cpu_flags']) if meta.get('cpu_flags') else ''}), "
+        f"hub-embed benchmark, {meta['date']}, "
         f"load average {meta['load_average_at_start']:.2f} at start"
         + (f", {meta['load_average_at_end']:.2f} at end" if meta.get("load_average_at_end") is not None else ""),
         cpu_line(meta),
