@@ -129,16 +129,9 @@ def rewrite_saved_model(path: str, precision: str) -> RewriteResult:
                 "bfloat16 module?); export it with precision bfloat16 so that its manifest says so."
             )
         return RewriteResult({}, 0, 0)
-    converted: dict[str, int] = {}
-    already = elementwise = 0
-    for meta_graph in saved_model.meta_graphs:
-        for function in meta_graph.graph_def.library.function:
-            result = _rewrite_function(function)
-            for op, count in result.converted.items():
-                converted[op] = converted.get(op, 0) + count
-            already += result.already
-            elementwise += result.elementwise
-    result = RewriteResult(converted, already, elementwise)
+    results = [_rewrite_function(f) for mg in saved_model.meta_graphs for f in mg.graph_def.library.function]
+    converted = sum((collections.Counter(r.converted) for r in results), collections.Counter())
+    result = RewriteResult(dict(converted), sum(r.already for r in results), sum(r.elementwise for r in results))
     if not result.heavy_ops:
         raise PrecisionError(
             f"The module has no float32 {', '.join(sorted(HEAVY_OPS))} op to run in {precision}; "
