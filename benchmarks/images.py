@@ -268,7 +268,10 @@ def format_report(report: dict[str, Any]) -> str:
     def fmt(value: Any, digits: int = 1) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
-    lines = [f"{'contender':<31} {'images/s':>9} {'vs raw':>7} {'outside ms/img':>15}  runs (images/s)"]
+    meta = report.get("meta")
+    lines = [f"hub-embed image benchmark, {meta['date']}, load average {meta['load_average_at_start']:.2f} at start",
+             bench_run.cpu_line(meta)] if meta else []
+    lines += [f"{'contender':<31} {'images/s':>9} {'vs raw':>7} {'outside ms/img':>15}  runs (images/s)"]
     for name, label in LABELS.items():
         if name not in report["contenders"]:
             continue
@@ -325,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                 workdirs[name] = os.path.join(workdir, f"{name}-{i}")
                 runs[name].append(run_contender(name, image_dir, args.module, workdirs[name], args.timeout))
         report = summarize(runs, workdirs)
-    report["meta"] = meta
+    report["meta"] = {**meta, "load_average_at_end": os.getloadavg()[0]}
     print(format_report(report))
     if args.json:
         with open(args.json, "w") as f:
@@ -335,17 +338,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def machine_meta(args: argparse.Namespace) -> dict[str, Any]:
     """Where and how the benchmark ran (taken before it starts)."""
-    import datetime
-    import platform
-
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": bench_run._cpu_model(),
-        "cpu_flags": bench_run._cpu_flags(),
-        "cores": os.cpu_count(),
-        "load_average_at_start": os.getloadavg()[0],
-        "python": platform.python_version(),
-        "versions": bench_run._versions(),
+        **bench_run.machine(),
         "images": args.images,
         "repeats": args.repeats,
         "module": args.module,

@@ -448,8 +448,8 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
-def machine_meta(args: argparse.Namespace) -> dict[str, Any]:
-    """Where and how the benchmark ran."""
+def machine() -> dict[str, Any]:
+    """The machine a benchmark runs on, now: date, CPU model, flags and cores, load, Python and package versions."""
     cpu_model, flags = cpu.read_cpuinfo()
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -460,6 +460,13 @@ def machine_meta(args: argparse.Namespace) -> dict[str, Any]:
         "load_average_at_start": os.getloadavg()[0],
         "python": platform.python_version(),
         "versions": _versions(),
+    }
+
+
+def machine_meta(args: argparse.Namespace) -> dict[str, Any]:
+    """Where and how the benchmark ran."""
+    return {
+        **machine(),
         "corpus": args.corpus,
         "rows": args.rows,
         "only": args.only,

@@ -62,3 +62,15 @@ def test_both_contenders_embed_the_same_pixels(tmp_path):
     report = images.summarize({n: [{**r, "images_per_s": r["rows"] / r["seconds"]}] for n, r in
                                (("raw", raw), ("pipeline", pipe))}, workdirs)
     assert report["min_cosine_pipeline_vs_raw"] > 0.99999 and report["errors"] == {}
+
+
+def test_report_names_the_machine_it_ran_on(tmp_path):
+    args = images.argparse.Namespace(images=7, repeats=2, module="m")
+    meta = images.machine_meta(args)
+    assert meta["images"] == 7 and meta["repeats"] == 2 and meta["cores"] == os.cpu_count()
+    assert meta["cpu"] and set(meta["cpu_features"]) >= {"avx512f", "avx512_bf16", "amx_bf16"}
+    assert meta["versions"]["tensorflow"]
+    report = images.summarize({"raw": [{"error": "exit status 1"}]}, {})
+    report["meta"] = meta
+    header = images.format_report(report).splitlines()[:2]
+    assert header[0].startswith("hub-embed image benchmark, ") and header[1].startswith(f"CPU: {meta['cpu']}")
