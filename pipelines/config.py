@@ -92,6 +92,10 @@ class SourceConfig:
         return "image" if self.input_format == "image" else "text"
 
 
+# Settings that change how fast a run goes, not what it writes (left out of `config_hash`).
+SPEED_KEYS = frozenset({"decode_threads"})
+
+
 @dataclasses.dataclass(frozen=True)
 class PreprocessConfig:
     """Limits and shapes applied before the module sees a record."""
@@ -101,6 +105,9 @@ class PreprocessConfig:
     )
     max_text_bytes: int = _option(1 << 20, "longer texts (UTF-8 bytes) are dead-lettered")
     max_image_pixels: int = _option(50_000_000, "larger images are dead-lettered (decompression-bomb guard)")
+    decode_threads: int | None = _option(
+        None, "images decoded side by side per worker process; default: the process's share of the cores"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,9 +176,9 @@ class EmbedConfig:
         return flat
 
     def config_hash(self) -> str:
-        """`sha256:<hex>` of everything that decides the table's content (not where it goes)."""
-        sink_keys = {f.name for f in dataclasses.fields(SinkConfig)}
-        content = {k: v for k, v in self.to_dict().items() if k not in sink_keys}
+        """`sha256:<hex>` of everything that decides the table's content (not where it goes, nor how fast)."""
+        skipped = {f.name for f in dataclasses.fields(SinkConfig)} | SPEED_KEYS
+        content = {k: v for k, v in self.to_dict().items() if k not in skipped}
         return "sha256:" + hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
@@ -433,6 +440,8 @@ def _validate(cfg: EmbedConfig) -> EmbedConfig:
         raise ConfigError(f"passthrough lists a column twice: {list(source.passthrough)}.")
     _positive("max_text_bytes", pre.max_text_bytes)
     _positive("max_image_pixels", pre.max_image_pixels)
+    if pre.decode_threads is not None:
+        _positive("decode_threads", pre.decode_threads)
     for size in pre.image_size or ():
         _positive("image_size", size)
     for key in ("module", "signature", "output_key"):

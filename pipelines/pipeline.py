@@ -94,6 +94,11 @@ def prepare(cfg: EmbedConfig, module: modules.ModuleInfo | None = None) -> Job:
     return Job(module, spec, run_id, metadata, reuse_plan)
 
 
+def decode_threads(cfg: EmbedConfig, options: PipelineOptions) -> int:
+    """Images decoded side by side per worker process: the config's, else the process's share of the cores."""
+    return cfg.preprocess.decode_threads or tf_threads(options) or os.cpu_count() or 1
+
+
 def tf_threads(options: PipelineOptions) -> int | None:
     """TensorFlow threads per worker process: the cores shared out among processes.
 
@@ -163,7 +168,7 @@ def build_pipeline(p: beam.Pipeline, cfg: EmbedConfig, job: Job | None = None) -
     ready = unique.records | "Preprocess" >> Preprocess(cfg.preprocess, job.spec)
     reusable = p | "ReadReuse" >> ReadReusedVectors(job.reuse, job.spec.sequence)
     joined = {"rows": ready.records, "reused": reusable} | "JoinContent" >> content.JoinContent()
-    decoded = joined.misses | "Decode" >> Decode(cfg.preprocess, job.spec)
+    decoded = joined.misses | "Decode" >> Decode(cfg.preprocess, job.spec, decode_threads(cfg, p.options))
     embedded = decoded.records | "Embed" >> Embed(_handler(cfg, job.module, job.spec, tf_threads(p.options)))
     failures = (
         (read.failures, unique.failures, ready.failures, decoded.failures, embedded.failures) | "AllFailures" >> beam.Flatten()

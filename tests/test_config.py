@@ -92,6 +92,7 @@ def test_bad_yaml_is_a_clear_error(tmp_path, text, message):
         (["--input", "x.csv", "--output", "o", "--passthrough", "a,a"], "passthrough lists a column twice"),
         (["--input", "x.csv"], "output is required"),
         (["--input", "x.csv", "--output", "o", "--batch-size", "0"], "batch_size must be a positive integer"),
+        (["--input", "x.jpg", "--output", "o", "--decode-threads", "0"], "decode_threads must be a positive integer, got 0"),
         (["--input", "x.csv", "--output", "o", "--max-error-fraction", "2"], "max_error_fraction must be between 0 and 1"),
         (["--input", "x.csv", "--output", "o", "--signature", " "], "signature must not be empty"),
         # Beam's `*` does not cross "/": data/out/part-*.parquet is not matched by data/*, data/part-*.parquet is.
@@ -171,7 +172,8 @@ def test_config_hash_ignores_where_the_table_goes():
     a = config.from_dict({"input": "x.txt", "output": "o1"})
     b = config.from_dict({"input": "x.txt", "output": "o2", "overwrite": True})
     c = config.from_dict({"input": "x.txt", "output": "o1", "batch_size": 3})
-    assert a.config_hash() == b.config_hash() != c.config_hash()
+    d = config.from_dict({"input": "x.txt", "output": "o1", "decode_threads": 5})  # how fast, not what
+    assert a.config_hash() == b.config_hash() == d.config_hash() != c.config_hash()
 
 
 def test_to_dict_drops_secrets_from_the_module_handle():

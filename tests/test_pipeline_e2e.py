@@ -244,6 +244,37 @@ def test_images_any_mode_and_the_bad_ones(tiny, tmp_path):
     assert "UnidentifiedImageError" in errors[str(src / "empty.png")]["error"]
 
 
+def test_image_decode_threads_change_nothing_in_the_table(tiny, tmp_path):
+    src = tmp_path / "images"
+    src.mkdir()
+    for i in range(9):
+        _image(src / f"{i}.png", "RGB", (28 * i, 255 - 28 * i, 90), size=(12 + i, 10))
+    (src / "empty.png").write_bytes(b"")
+    tables, errors = [], []
+    for threads in ("1", "4"):
+        out = tmp_path / f"out-{threads}"
+        args = ("--input", str(src / "*"), "--input-format", "image", "--module", tiny.image, "--batch-size", "4")
+        assert run(*args, "--decode-threads", threads, "--max-error-fraction", "0.5", output=out) == 0
+        tables.append(table_by_id(out))
+        errors.append(errors_by_source(out))
+    assert len(tables[0]) == 9 and sorted(tables[0]) == sorted(tables[1])
+    for key, row in tables[0].items():
+        np.testing.assert_array_equal(row["embedding"], tables[1][key]["embedding"])
+    assert list(errors[0]) == list(errors[1]) == [str(src / "empty.png")]
+
+
+def test_decode_threads_are_the_configs_else_the_worker_processs_share_of_the_cores():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    cores = os.cpu_count() or 1
+    cfg = config.load(["--input", "x.jpg", "--output", "o"])
+    assert pipeline.decode_threads(cfg, PipelineOptions([])) == cores
+    mp = PipelineOptions(["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+    assert pipeline.decode_threads(cfg, mp) == max(1, cores // 2)
+    assert pipeline.decode_threads(cfg, PipelineOptions(["--runner=DataflowRunner"])) == 1
+    assert pipeline.decode_threads(config.load(["--input", "x.jpg", "--output", "o", "--decode-threads", "3"]), mp) == 3
+
+
 def test_image_module_with_open_size_takes_image_size(tiny, tmp_path):
     src = tmp_path / "a.png"
     _image(src, "RGB", (0, 255, 0))

@@ -56,3 +56,75 @@ def test_modes_become_rgb_and_transparency_goes_over_white():
 def test_too_many_pixels_refused_from_the_header():
     with pytest.raises(ImageError, match=r"image is 30x20 = 600 pixels, over max_image_pixels=599"):
         decode_image(_encoded(Image.new("RGB", (30, 20))), (4, 4), 599)
+
+
+def _groups(tmp_path, count: int) -> list:
+    """`count` image `ContentGroup`s (distinct JPEGs cut from a bundled photo), one row each."""
+    from pipelines import content
+    from pipelines.records import ContentGroup, Record
+
+    with Image.open(photos.photo_paths()[0]) as photo:
+        photo = photo.convert("RGB")
+    groups = []
+    for i in range(count):
+        path = tmp_path / f"{i}.jpg"
+        photo.crop((i * 7, 0, 300 + i * 7, 240)).save(path, quality=90)
+        digest = content.image_hash(path.read_bytes(), (224, 224))
+        groups.append(ContentGroup(digest, str(path), (Record(str(path), str(path), str(path), (), digest),)))
+    return groups
+
+
+def test_decode_images_runs_side_by_side_in_threads_and_keeps_order(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from pipelines import preprocess
+
+    from pipelines import content
+
+    groups = _groups(tmp_path, 8)
+    for i, data in ((2, b"not an image"), (5, (tmp_path / "5.jpg").read_bytes()[:300])):  # bad files, keyed as they are
+        (tmp_path / f"{i}.jpg").write_bytes(data)
+        groups[i] = groups[i]._replace(content_hash=content.image_hash(data, (224, 224)))
+    (tmp_path / "6.jpg").write_bytes((tmp_path / "0.jpg").read_bytes())  # replaced after it was keyed
+    seen, decode = set(), preprocess.decode_image
+
+    def spy(data, size, max_pixels):
+        seen.add(threading.current_thread().name)
+        time.sleep(0.05)  # long enough that every pool thread takes one
+        return decode(data, size, max_pixels)
+
+    monkeypatch.setattr(preprocess, "decode_image", spy)
+    fn = preprocess._DecodeImages((224, 224), MAX_PIXELS, threads=3)
+    fn.setup()
+    try:
+        outputs = list(fn.process(groups))
+    finally:
+        fn.teardown()
+    assert len(seen) == 3 and all(name.startswith("hub-embed-decode") for name in seen)
+    reasons = {2: "UnidentifiedImageError", 5: "Truncated File Read", 6: "changed while the job ran"}
+    assert len(outputs) == 8  # one output per row: decoded, or its dead letter, in input order
+    for i, output in enumerate(outputs):
+        if i in reasons:
+            assert output.tag == "failures" and output.value.stage == "decode" and output.value.id == groups[i].rows[0].id
+            assert reasons[i] in output.value.error
+            continue
+        with open(groups[i].payload, "rb") as f:
+            expected = decode(f.read(), (224, 224), MAX_PIXELS)
+        assert output.content_hash == groups[i].content_hash
+        np.testing.assert_array_equal(output.payload, expected)
+
+
+def test_decode_images_in_one_thread_gives_the_same_pixels(tmp_path):
+    from pipelines import preprocess
+
+    groups = _groups(tmp_path, 5)
+    results = {}
+    for threads in (1, 4):
+        fn = preprocess._DecodeImages((224, 224), MAX_PIXELS, threads)
+        fn.setup()
+        results[threads] = list(fn.process(groups))
+        fn.teardown()
+    assert fn._pool is None
+    for one, four in zip(results[1], results[4]):
+        np.testing.assert_array_equal(one.payload, four.payload)
