@@ -22,11 +22,13 @@
   row's vectors do not depend on the rows it shares a call with.
 * `tf_threads` caps TensorFlow's thread pools per process, so that several
   worker processes do not oversubscribe the machine's cores.
-* After each window the handler hands the C heap's free pages back to the
-  system (glibc `malloc_trim`). Each window allocates tensors of new shapes;
-  without the trim, glibc keeps the freed pages, scattered across its arenas,
-  and a worker's RSS crept up window after window (+15% from 2,000 to 20,000
-  rows with the default module) though its live memory did not.
+* After a window, at most every `TRIM_INTERVAL_S` seconds, the handler hands
+  the C heap's free pages back to the system (glibc `malloc_trim`). Each
+  window allocates tensors of new shapes; without the trim, glibc keeps the
+  freed pages, scattered across its arenas, and a worker's RSS crept up window
+  after window (+15% from 2,000 to 20,000 rows with the default module) though
+  its live memory did not. Not after every window: image windows are small
+  and frequent, and pages handed back are faulted in again by the next one.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ WARMUP_TEXTS = tuple(" ".join(["warm-up text"] * n) for n in (1, 4, 16, 64))
 # shape, ≈0.25 s for EfficientNet-Lite0's first call of 32 images after one of 2.
 MAX_WARMUP_IMAGES = 64
 PROGRESS_INTERVAL_S = 30.0
+TRIM_INTERVAL_S = 2.0
 _LOG = logging.getLogger(__name__)
 
 
@@ -193,6 +196,23 @@ def _report_worker_startup() -> None:
         beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "worker_startup_ms").update(round(seconds * 1000))
 
 
+class HeapTrimmer:
+    """Calls `release_free_memory` when asked, at most once every `interval_s` seconds."""
+
+    def __init__(self, interval_s: float = TRIM_INTERVAL_S):
+        self._interval_s = interval_s
+        self._last: float | None = None
+
+    def maybe_release(self, now: float | None = None) -> bool:
+        """Releases the heap's free pages unless that was done less than `interval_s` ago; True when it did."""
+        now = time.monotonic() if now is None else now
+        if self._last is not None and now - self._last < self._interval_s:
+            return False
+        self._last = now
+        release_free_memory()
+        return True
+
+
 class _Progress:
     """Logs rows embedded and rows/s at most every `PROGRESS_INTERVAL_S` seconds."""
 
@@ -234,6 +254,7 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
         self._spec = spec
         self._tf_threads = tf_threads
         self._progress: _Progress | None = None
+        self._trimmer = HeapTrimmer()
 
     def load_model(self) -> LazyModule:
         """Resolves the module and checks it is the one described at launch; loads it on the first batch.
@@ -306,7 +327,7 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
         size = self._spec.batch_size
         for start in range(0, len(batch), size):
             self._embed(batch, [int(i) for i in order[start:start + size]], model, results)
-        release_free_memory()
+        self._trimmer.maybe_release()
         if self._progress is None:
             self._progress = _Progress()
             _report_worker_startup()

@@ -28,3 +28,13 @@ def test_release_free_memory_hands_freed_heap_pages_back():
     released, freed_mb, kept = done.stdout.split()
     assert released == "True" and kept == "250"
     assert int(freed_mb) > 150  # of the ≈234 MiB of holes
+
+
+def test_heap_is_trimmed_at_most_once_per_interval(monkeypatch):
+    from pipelines import model_handler
+
+    calls = []
+    monkeypatch.setattr(model_handler, "release_free_memory", lambda: calls.append(1) or True)
+    trimmer = model_handler.HeapTrimmer(interval_s=2.0)
+    done = [trimmer.maybe_release(now) for now in (100.0, 100.5, 101.9, 102.0, 102.1, 110.0)]
+    assert done == [True, False, False, True, False, True] and len(calls) == 3
