@@ -41,11 +41,30 @@ def test_summarize_takes_medians_and_reports_failures(tmp_path):
     # Paired by round: 45 / 50 and 41 / 60 (round 2 failed), median 0.7917.
     assert report["pipeline_vs_raw_per_round"] == pytest.approx([0.9, 41 / 60])
     assert report["pipeline_vs_raw"] == pytest.approx((0.9 + 41 / 60) / 2) and report["target"]["met"] is False
+    assert report["pipeline_best_vs_raw"] == report["pipeline_vs_raw"] and report["target"]["best"] == "pipeline"
+    assert report["target"]["met_by"] == []
     assert report["raw_decode_ms_per_image"] == pytest.approx(5.0)
     assert report["pipeline_outside_inference_ms_per_image"] == pytest.approx(4.0)
     assert report["min_cosine_pipeline_vs_raw"] == pytest.approx(1.0)
     assert report["errors"] == {"pipeline[1]": "exit status 1"}
-    assert "   0.792 " in images.format_report(report)
+    assert "   0.792 " in images.format_report(report) and "target vs raw >= 0.85: not met" in images.format_report(report)
+
+
+def test_target_names_each_pipeline_configuration_that_meets_it(tmp_path):
+    runs = {"raw": [{"images_per_s": 100.0, "rows": 10, "decode_s": 0.05}] * 3,
+            "pipeline": [{"images_per_s": r, "rows": 10, "outside_inference_s": 0.01} for r in (80.0, 84.0, 90.0)],
+            "pipeline_mp": [{"images_per_s": r, "rows": 10} for r in (86.0, 88.0, 70.0)],
+            "pipeline_serial_decode": [{"images_per_s": r, "rows": 10, "outside_inference_s": 0.02} for r in (64.0, 70.0, 72.0)]}
+    for name in runs:
+        os.makedirs(tmp_path / name)
+        np.save(tmp_path / name / "embeddings.npy", np.eye(3, dtype=np.float32))
+    report = images.summarize(runs, {n: str(tmp_path / n) for n in runs})
+    assert report["pipeline_vs_raw"] == pytest.approx(0.84) and report["pipeline_mp_vs_raw"] == pytest.approx(0.86)
+    assert report["pipeline_best_vs_raw"] == pytest.approx(0.86)
+    assert report["parallel_decode_gain"] == pytest.approx(1.25)  # rounds: 80/64, 84/70, 90/72
+    assert report["pipeline_serial_decode_outside_inference_ms_per_image"] == pytest.approx(2.0)
+    assert report["target"] == {"vs_raw": 0.85, "best": "pipeline_mp", "met": True, "met_by": ["pipeline_mp"]}
+    assert "target vs raw >= 0.85: met by pipeline, 2 worker processes; best 0.860" in images.format_report(report)
 
 
 def test_both_contenders_embed_the_same_pixels(tmp_path):
@@ -57,11 +76,20 @@ def test_both_contenders_embed_the_same_pixels(tmp_path):
         os.makedirs(d)
     raw = images.raw(paths, MODULE, workdirs["raw"], batch_size=4, threads=None)
     pipe = images.pipeline(paths, MODULE, workdirs["pipeline"], threads=None)
-    assert raw["rows"] == pipe["rows"] == 6 and pipe["counts"]["rows_embedded"] == 6
+    serial = images.pipeline_serial_decode(paths, MODULE, workdirs["pipeline_serial_decode"], threads=None)
+    assert raw["rows"] == pipe["rows"] == 6 and pipe["counts"]["rows_embedded"] == serial["counts"]["rows_embedded"] == 6
     assert raw["seconds"] > 0 and raw["decode_s"] > 0 and pipe["seconds"] > 0 and pipe["batch_size"] == 32
     report = images.summarize({n: [{**r, "images_per_s": r["rows"] / r["seconds"]}] for n, r in
-                               (("raw", raw), ("pipeline", pipe))}, workdirs)
+                               (("raw", raw), ("pipeline", pipe), ("pipeline_serial_decode", serial))}, workdirs)
     assert report["min_cosine_pipeline_vs_raw"] > 0.99999 and report["errors"] == {}
+    assert report["min_cosine_pipeline_serial_decode_vs_raw"] > 0.99999
+
+
+def test_unknown_contender_is_refused_naming_the_valid_ones(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        images.main(["--only", "raw,pipline"])
+    assert exit_info.value.code == 2
+    assert "unknown contender(s) pipline; valid: raw, pipeline, pipeline_mp, pipeline_serial_decode" in capsys.readouterr().err
 
 
 def test_report_names_the_machine_it_ran_on(tmp_path):
