@@ -211,7 +211,8 @@ class Decode(beam.PTransform):
     """
 
     def __init__(self, cfg: PreprocessConfig, spec: ModelSpec, threads: int = 1):
-        """
+        """Initializes the transform.
+
         Args:
           cfg: the preprocessing limits.
           spec: the module's input description.
