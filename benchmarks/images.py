@@ -26,6 +26,13 @@ Three contenders, each in a process of its own, with TensorFlow at 2 intra-op /
   TensorFlow thread and one decoding thread each): one process decodes while
   the other runs the module. Worker start-up and model load are excluded likewise.
 
+* `pipeline_serial_decode`: `pipeline` with `--decode-threads 1`, each image
+  decoded after the other (the threads' gain, `parallel_decode_gain`).
+* `raw_decoding`: the raw loop, but each batch's files are read and decoded
+  (2 threads, as the pipeline does) just before its call: the pipeline's work
+  without Beam, the ceiling of any one-process pipeline on this machine
+  (`raw_decoding_vs_raw`).
+
 The contenders run `--repeats` times each, alternating (raw, pipeline, raw,
 ...), so load from elsewhere on the machine hits both alike; each one's median
 images/s is reported. Reported: images/s of each (median, and every run's),
@@ -40,6 +47,7 @@ go in, so it should be 1).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -61,6 +69,7 @@ TARGET = 0.85
 LONG_SIDE = (480, 640)
 CROP_FRACTION = (0.6, 1.0)
 RESULT_FILE = "result.json"
+DECODE_THREADS = 2  # the pipeline's default on the 2-core machines this runs on (`raw_decoding`)
 
 
 def make_image_set(directory: str, count: int, seed: int = 0) -> list[str]:
@@ -104,10 +113,13 @@ def make_image_set(directory: str, count: int, seed: int = 0) -> list[str]:
 # --------------------------------------------------------------------------- contenders (one process each)
 
 
-def raw(paths: list[str], module: str, workdir: str, batch_size: int, threads: tuple[int, int] | None = (2, 1)) -> dict:
+def raw(paths: list[str], module: str, workdir: str, batch_size: int, threads: tuple[int, int] | None = (2, 1),
+        decode_threads: int = 0) -> dict:
     """Decode every image once, then time the module's calls alone (see the module docstring).
 
     `threads` (intra-op, inter-op) configures TensorFlow first; None leaves it as it is.
+    `decode_threads` > 0: the timed loop decodes each batch itself first, in that many
+    threads, then calls the module (`raw_decoding`).
     """
     if threads:
         contenders.configure_tf_threads(*threads)
@@ -123,20 +135,29 @@ def raw(paths: list[str], module: str, workdir: str, batch_size: int, threads: t
     height, width = signature.structured_input_signature[1][name].shape[1:3]
     max_pixels = PreprocessConfig().max_image_pixels
 
-    def decode_all() -> np.ndarray:
-        pixels = []
-        for path in paths:
-            with open(path, "rb") as f:
-                pixels.append(decode_image(f.read(), (height, width), max_pixels))
-        return np.stack(pixels)
+    def decode(path: str) -> np.ndarray:
+        with open(path, "rb") as f:
+            return decode_image(f.read(), (height, width), max_pixels)
 
-    images, decode_s = contenders.timed(decode_all)
     call = modules.bind(loaded)
-    _, first_call_s = contenders.timed(lambda: call({name: tf.constant(images[:batch_size])}))
+    starts = range(0, len(paths), batch_size)
+    if decode_threads:  # raw_decoding: each batch decoded just before its call
+        pool = concurrent.futures.ThreadPoolExecutor(decode_threads)
+
+        def batch(start: int) -> np.ndarray:
+            return np.stack(list(pool.map(decode, paths[start:start + batch_size])))
+
+        decode_s = None
+    else:  # raw: every image decoded once, before the clock starts
+        images, decode_s = contenders.timed(lambda: np.stack([decode(path) for path in paths]))
+
+        def batch(start: int) -> np.ndarray:
+            return images[start:start + batch_size]
+
+    _, first_call_s = contenders.timed(lambda: call({name: tf.constant(batch(0))}))
 
     def loop() -> np.ndarray:
-        return np.concatenate([np.asarray(call({name: tf.constant(images[i:i + batch_size])}))
-                               for i in range(0, len(images), batch_size)])
+        return np.concatenate([np.asarray(call({name: tf.constant(batch(start))})) for start in starts])
 
     embeddings, seconds = contenders.timed(loop)
     np.save(os.path.join(workdir, contenders.EMBEDDINGS_FILE), embeddings.astype(np.float32))
@@ -196,8 +217,17 @@ def pipeline_serial_decode(paths: list[str], module: str, workdir: str,
     return pipeline(paths, module, workdir, threads, ("--decode-threads", "1"))
 
 
+def raw_decoding(paths: list[str], module: str, workdir: str, batch_size: int,
+                 threads: tuple[int, int] | None = (2, 1)) -> dict:
+    """The raw loop that decodes each batch (2 threads, as the pipeline does) just before its call: no Beam.
+
+    The ceiling of any one-process pipeline that decodes between module calls on this machine.
+    """
+    return raw(paths, module, workdir, batch_size, threads, decode_threads=DECODE_THREADS)
+
+
 CONTENDERS = {"raw": raw, "pipeline": pipeline, "pipeline_mp": pipeline_mp,
-              "pipeline_serial_decode": pipeline_serial_decode}
+              "pipeline_serial_decode": pipeline_serial_decode, "raw_decoding": raw_decoding}
 # The pipeline's configurations, each measured against raw.
 PIPELINES = ("pipeline", "pipeline_mp", "pipeline_serial_decode")
 
@@ -266,6 +296,10 @@ def summarize(runs: dict[str, list[dict[str, Any]]], workdirs: dict[str, str]) -
         report[f"min_cosine_{name}_vs_raw"] = (
             _min_cosine(*(os.path.join(workdirs[n], contenders.EMBEDDINGS_FILE) for n in ("raw", name)))
             if last_ok else None)
+    ceiling = [d["images_per_s"] / r["images_per_s"] for r, d in zip(runs.get("raw", []), runs.get("raw_decoding", []))
+               if "error" not in r and "error" not in d]
+    report["raw_decoding_vs_raw"] = float(np.median(ceiling)) if ceiling else None  # one process's ceiling
+    report["raw_decoding_vs_raw_per_round"] = ceiling
     gains = [p["images_per_s"] / q["images_per_s"]
              for p, q in zip(runs.get("pipeline", []), runs.get("pipeline_serial_decode", []))
              if "error" not in p and "error" not in q]
@@ -281,7 +315,8 @@ def summarize(runs: dict[str, list[dict[str, Any]]], workdirs: dict[str, str]) -
 
 
 LABELS = {"raw": "raw module loop (decoded once)", "pipeline": "pipeline, DirectRunner",
-          "pipeline_mp": "pipeline, 2 worker processes", "pipeline_serial_decode": "pipeline, 1 decode thread"}
+          "pipeline_mp": "pipeline, 2 worker processes", "pipeline_serial_decode": "pipeline, 1 decode thread",
+          "raw_decoding": "raw loop decoding each batch"}
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -329,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.contender:
         paths = sorted(os.path.join(args.image_dir, n) for n in os.listdir(args.image_dir) if n.endswith(".jpg"))
-        if args.contender == "raw":
-            result = raw(paths, args.module, args.workdir, batch_size=_batch_size(args.module))
+        if args.contender in ("raw", "raw_decoding"):
+            result = CONTENDERS[args.contender](paths, args.module, args.workdir, batch_size=_batch_size(args.module))
         else:
             result = CONTENDERS[args.contender](paths, args.module, args.workdir)
         with open(os.path.join(args.workdir, RESULT_FILE), "w") as f:
