@@ -1,6 +1,6 @@
 """`python -m benchmarks.images`: the image pipeline's speed against its raw module loop.
 
-    python -m benchmarks.images [--images 320] [--repeats 3] [--module build/modules/efficientnet-lite0/1] [--json OUT]
+    python -m benchmarks.images [--images 320] [--repeats 3] [--only raw,pipeline,...] [--module DIR] [--json OUT]
 
 The image set: `--images` distinct JPEGs (quality 90) cut from the bundled
 photos (`pipelines/data/images/`): photo `i mod 5`, a seeded random crop of
@@ -8,7 +8,7 @@ photos (`pipelines/data/images/`): photo `i mod 5`, a seeded random crop of
 the photos themselves). Every file's content differs, so the pipeline's
 one-call-per-content deduplication does not help it.
 
-Three contenders, each in a process of its own, with TensorFlow at 2 intra-op /
+Five contenders, each in a process of its own, with TensorFlow at 2 intra-op /
 1 inter-op threads (`benchmarks.run.contender_env`):
 
 * `raw`: every image decoded **once** beforehand, exactly as the pipeline
@@ -25,7 +25,6 @@ Three contenders, each in a process of its own, with TensorFlow at 2 intra-op /
   (`--direct_num_workers=2 --direct_running_mode=multi_processing`, one
   TensorFlow thread and one decoding thread each): one process decodes while
   the other runs the module. Worker start-up and model load are excluded likewise.
-
 * `pipeline_serial_decode`: `pipeline` with `--decode-threads 1`, each image
   decoded after the other (the threads' gain, `parallel_decode_gain`).
 * `raw_decoding`: the raw loop, but each batch's files are read and decoded
@@ -36,9 +35,9 @@ Three contenders, each in a process of its own, with TensorFlow at 2 intra-op /
 The contenders run `--repeats` times each, alternating (raw, pipeline, raw,
 ...), so load from elsewhere on the machine hits both alike; each one's median
 images/s is reported. Reported: images/s of each (median, and every run's),
-`pipeline_vs_raw` and `pipeline_mp_vs_raw` (the median of each round's pipeline / raw
-ratio, so load that drifts between rounds cancels out), `pipeline_best_vs_raw` (the
-better of the two; the target, >= 0.85, names each configuration that meets it), the raw loop's
+`<contender>_vs_raw` (the median of each round's contender / raw ratio, so load that
+drifts between rounds cancels out), `pipeline_best_vs_raw` (the best of the pipeline's
+configurations; the target, >= 0.85, names each configuration that meets it), the raw loop's
 decode time per image, the pipeline's time outside its module calls per image,
 and the smallest cosine between the two contenders' vectors (the same pixels
 go in, so it should be 1).
@@ -160,6 +159,8 @@ def raw(paths: list[str], module: str, workdir: str, batch_size: int, threads: t
         return np.concatenate([np.asarray(call({name: tf.constant(batch(start))})) for start in starts])
 
     embeddings, seconds = contenders.timed(loop)
+    if decode_threads:
+        pool.shutdown()
     np.save(os.path.join(workdir, contenders.EMBEDDINGS_FILE), embeddings.astype(np.float32))
     return {"rows": len(paths), "seconds": seconds, "load_s": load_s, "first_call_s": first_call_s,
             "decode_s": decode_s, "batch_size": batch_size}
