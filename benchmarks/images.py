@@ -19,8 +19,8 @@ Five contenders, each in a process of its own, with TensorFlow at 2 intra-op /
 * `pipeline`: `pipelines.embed`'s job on DirectRunner in one process, from the
   image files to the committed Parquet table (reading, hashing, decoding and
   resizing every file included; each module call's images are decoded side by
-  side in two threads, `--decode-threads`' default here); the workers' model load
-  is subtracted as in `benchmarks.contenders`.
+  side in one thread per core, `--decode-threads`' default in one process); the
+  workers' model load is subtracted as in `benchmarks.contenders`.
 * `pipeline_mp`: the same job with two DirectRunner worker processes
   (`--direct_num_workers=2 --direct_running_mode=multi_processing`, one
   TensorFlow thread and one decoding thread each): one process decodes while
@@ -28,7 +28,7 @@ Five contenders, each in a process of its own, with TensorFlow at 2 intra-op /
 * `pipeline_serial_decode`: `pipeline` with `--decode-threads 1`, each image
   decoded after the other (the threads' gain, `parallel_decode_gain`).
 * `raw_decoding`: the raw loop, but each batch's files are read and decoded
-  (2 threads, as the pipeline does) just before its call: the pipeline's work
+  (one thread per core, as the pipeline does) just before its call: the pipeline's work
   without Beam, the ceiling of any one-process pipeline on this machine
   (`raw_decoding_vs_raw`).
 
@@ -68,7 +68,6 @@ TARGET = 0.85
 LONG_SIDE = (480, 640)
 CROP_FRACTION = (0.6, 1.0)
 RESULT_FILE = "result.json"
-DECODE_THREADS = 2  # the pipeline's default on the 2-core machines this runs on (`raw_decoding`)
 
 
 def make_image_set(directory: str, count: int, seed: int = 0) -> list[str]:
@@ -220,11 +219,12 @@ def pipeline_serial_decode(paths: list[str], module: str, workdir: str,
 
 def raw_decoding(paths: list[str], module: str, workdir: str, batch_size: int,
                  threads: tuple[int, int] | None = (2, 1)) -> dict:
-    """The raw loop that decodes each batch (2 threads, as the pipeline does) just before its call: no Beam.
+    """The raw loop that decodes each batch (one thread per core, as the pipeline does) just before its call: no Beam.
 
     The ceiling of any one-process pipeline that decodes between module calls on this machine.
     """
-    return raw(paths, module, workdir, batch_size, threads, decode_threads=DECODE_THREADS)
+    # One process's default of `pipelines.pipeline.decode_threads`: every core.
+    return raw(paths, module, workdir, batch_size, threads, decode_threads=os.cpu_count() or 1)
 
 
 CONTENDERS = {"raw": raw, "pipeline": pipeline, "pipeline_mp": pipeline_mp,
@@ -260,6 +260,13 @@ def _min_cosine(a_path: str, b_path: str) -> float:
     return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
 
 
+def _paired_ratios(runs: dict[str, list[dict[str, Any]]], name: str, base: str) -> list[float]:
+    """`name`'s images/s over `base`'s, round by round (run i of each ran back to back, so load that drifts
+    between rounds cancels out); rounds where either failed are left out."""
+    return [a["images_per_s"] / b["images_per_s"] for a, b in zip(runs.get(name, []), runs.get(base, []))
+            if "error" not in a and "error" not in b]
+
+
 def summarize(runs: dict[str, list[dict[str, Any]]], workdirs: dict[str, str]) -> dict[str, Any]:
     """The report's metrics from every contender's runs (None where one failed or did not run).
 
@@ -284,9 +291,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]], workdirs: dict[str, str]) -
         float(np.median([r["decode_s"] / r["rows"] * 1e3 for r in raw_r])) if raw_r else None)
     for name in PIPELINES:
         rs = good.get(name) or []
-        # Paired by round (run i of each ran back to back), so load that drifts between rounds cancels out.
-        pairs = [p["images_per_s"] / r["images_per_s"] for r, p in zip(runs.get("raw", []), runs.get(name, []))
-                 if "error" not in r and "error" not in p]
+        pairs = _paired_ratios(runs, name, "raw")
         report[f"{name}_vs_raw"] = float(np.median(pairs)) if pairs else None
         report[f"{name}_vs_raw_per_round"] = pairs
         # Two processes embed side by side: their summed inference time is no part of one wall clock.
@@ -297,13 +302,10 @@ def summarize(runs: dict[str, list[dict[str, Any]]], workdirs: dict[str, str]) -
         report[f"min_cosine_{name}_vs_raw"] = (
             _min_cosine(*(os.path.join(workdirs[n], contenders.EMBEDDINGS_FILE) for n in ("raw", name)))
             if last_ok else None)
-    ceiling = [d["images_per_s"] / r["images_per_s"] for r, d in zip(runs.get("raw", []), runs.get("raw_decoding", []))
-               if "error" not in r and "error" not in d]
+    ceiling = _paired_ratios(runs, "raw_decoding", "raw")
     report["raw_decoding_vs_raw"] = float(np.median(ceiling)) if ceiling else None  # one process's ceiling
     report["raw_decoding_vs_raw_per_round"] = ceiling
-    gains = [p["images_per_s"] / q["images_per_s"]
-             for p, q in zip(runs.get("pipeline", []), runs.get("pipeline_serial_decode", []))
-             if "error" not in p and "error" not in q]
+    gains = _paired_ratios(runs, "pipeline", "pipeline_serial_decode")
     report["parallel_decode_gain"] = float(np.median(gains)) if gains else None  # pipeline / 1 decode thread
     ratios = {name: report[f"{name}_vs_raw"] for name in PIPELINES if report[f"{name}_vs_raw"] is not None}
     best = max(ratios, key=ratios.get) if ratios else None
