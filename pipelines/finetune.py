@@ -26,8 +26,8 @@
    published. A bfloat16 parent (`pipelines.precision`) trains with bfloat16
    matmuls and float32 weights, and its child is a bfloat16 version too
    (verified by cosine against the in-memory encoder). Its manifest links the
-   parent (name, version, fingerprint) and records, under `extra.finetune`, the data (path, content hash, classes),
-   the hyperparameters and the metrics.
+   parent (name, version, fingerprint) and records, under `extra.finetune`,
+   the data (path, content hash, classes), the hyperparameters and the metrics.
 
 Metrics: loss and accuracy of the fine-tuned encoder + head on the train and
 held-out splits, and a *probe*: the held-out accuracy of a closed-form ridge

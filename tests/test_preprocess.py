@@ -78,9 +78,7 @@ def test_decode_images_runs_side_by_side_in_threads_and_keeps_order(tmp_path, mo
     import threading
     import time
 
-    from pipelines import preprocess
-
-    from pipelines import content
+    from pipelines import content, preprocess
 
     groups = _groups(tmp_path, 8)
     for i, data in ((2, b"not an image"), (5, (tmp_path / "5.jpg").read_bytes()[:300])):  # bad files, keyed as they are
