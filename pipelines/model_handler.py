@@ -11,7 +11,8 @@
   first batch's.
 * Texts arrive in windows of `WINDOW_BATCHES * batch_size` records; each window
   is sorted by length and cut into module calls of `batch_size` rows, so rows
-  of a call pad to similar lengths. Images are called `batch_size` at a time.
+  of a call pad to similar lengths. Images are called `batch_size` at a time,
+  stacked into a buffer each thread reuses (`stack_images`).
 * A call that raises is split in halves until the failing rows are isolated:
   only the rows the module rejects (e.g. over-long inputs) are dead-lettered,
   with the module's error. Rows with NaN/inf values are dead-lettered too. An
@@ -213,6 +214,24 @@ class HeapTrimmer:
         return True
 
 
+_BATCH_BUFFERS = threading.local()
+
+
+def stack_images(images: Sequence[np.ndarray]) -> np.ndarray:
+    """`np.stack(images)` into a buffer this thread reuses from call to call.
+
+    `tf.constant` copies its input anyway; stacking into the same memory each
+    time spares a fresh ≈19 MB array per call of 32 224x224 images, whose
+    pages the kernel has to fault in and zero (≈9 ms a call, measured). The
+    result is only valid until this thread's next call.
+    """
+    shape = (len(images), *images[0].shape)
+    buffer = getattr(_BATCH_BUFFERS, "array", None)
+    if buffer is None or buffer.shape[1:] != shape[1:] or buffer.shape[0] < shape[0] or buffer.dtype != images[0].dtype:
+        buffer = _BATCH_BUFFERS.array = np.empty(shape, images[0].dtype)
+    return np.stack(images, out=buffer[: shape[0]])
+
+
 class _Progress:
     """Logs rows embedded and rows/s at most every `PROGRESS_INTERVAL_S` seconds."""
 
@@ -366,7 +385,7 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
 
         spec = self._spec
         if spec.kind == "image":
-            return {spec.inputs[0]: tf.constant(np.stack(payloads))}, None
+            return {spec.inputs[0]: tf.constant(stack_images(payloads))}, None
         if not spec.tokenized:
             return {spec.inputs[0]: tf.constant(payloads, dtype=tf.string)}, None
         tokens = [text.split() for text in payloads]

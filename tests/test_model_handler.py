@@ -38,3 +38,29 @@ def test_heap_is_trimmed_at_most_once_per_interval(monkeypatch):
     trimmer = model_handler.HeapTrimmer(interval_s=2.0)
     done = [trimmer.maybe_release(now) for now in (100.0, 100.5, 101.9, 102.0, 102.1, 110.0)]
     assert done == [True, False, False, True, False, True] and len(calls) == 3
+
+
+def test_images_are_stacked_into_one_buffer_per_thread():
+    import threading
+
+    import numpy as np
+
+    from pipelines.model_handler import stack_images
+
+    rng = np.random.default_rng(0)
+    images = [rng.random((6, 5, 3), dtype=np.float32) for _ in range(4)]
+    first = stack_images(images)
+    np.testing.assert_array_equal(first, np.stack(images))
+    again = stack_images(images[::-1][:3])  # a smaller call (a halved batch) reuses the same memory
+    assert np.shares_memory(first, again)
+    np.testing.assert_array_equal(again, np.stack(images[::-1][:3]))
+    larger = stack_images(images * 2)  # more rows, or another shape or dtype: a new buffer
+    assert not np.shares_memory(larger, again) and larger.shape == (8, 6, 5, 3)
+    other = stack_images([image.astype(np.float64)[:, :4] for image in images])
+    assert other.dtype == np.float64 and other.shape == (4, 6, 4, 3)
+    np.testing.assert_array_equal(other, np.stack([image.astype(np.float64)[:, :4] for image in images]))
+    elsewhere = []
+    thread = threading.Thread(target=lambda: elsewhere.append(stack_images(images)))
+    thread.start()
+    thread.join()
+    assert not np.shares_memory(elsewhere[0], stack_images(images))  # each thread has its own
