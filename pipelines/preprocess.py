@@ -5,7 +5,8 @@ file, and sets the record's `content_hash` (`pipelines.content`). `Decode`
 runs after the content join, on what still needs a module call: it decodes
 each such image once, however many records share it, in batches of one
 module call side by side in threads (`decode_threads`: Pillow releases the
-GIL while it decodes and resizes). Texts pass it unchanged.
+GIL while it decodes and resizes), one batch ahead of the module. Texts pass
+it unchanged.
 
 Texts: an empty or whitespace-only text, or one longer than `max_text_bytes`
 UTF-8 bytes, is dead-lettered (stage `validate`) in every input format. Other
@@ -31,6 +32,7 @@ from typing import Any, Iterator
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines import content
 from pipelines.config import ModelSpec, PreprocessConfig
@@ -154,10 +156,16 @@ def _decode_group(group: ContentGroup, size: tuple[int, int], max_pixels: int) -
 
 
 class _DecodeImages(beam.DoFn):
-    """Decodes a batch of `ContentGroup`s' images side by side, in `threads` threads, and emits them in order.
+    """Decodes batches of `ContentGroup`s' images side by side in `threads` threads, one batch ahead of the module.
 
     Pillow releases the GIL while it decodes and resizes, so the threads use
-    the worker's cores between module calls (which use them all themselves).
+    the worker's cores. A batch is handed on when the next one arrives (or at
+    the end of the bundle), and the next one is decoded meanwhile: while the
+    module embeds batch k downstream, in this thread, the pool decodes batch
+    k+1 in the cores' idle moments, rather than the module waiting for each
+    batch to be decoded. So at most two batches of pixels are held. Outputs
+    keep their order. With one thread, each batch is decoded in the bundle's
+    own thread when it arrives.
     """
 
     def __init__(self, size: tuple[int, int], max_pixels: int, threads: int):
@@ -165,22 +173,48 @@ class _DecodeImages(beam.DoFn):
         self._max_pixels = max_pixels
         self._threads = threads
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._ahead: tuple[list[concurrent.futures.Future], WindowedValue] | None = None
 
     def setup(self) -> None:
         if self._threads > 1:
             self._pool = concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="hub-embed-decode")
 
-    def process(self, groups: list[ContentGroup]) -> Iterator[Any]:
-        def decode(group: ContentGroup) -> list[Any]:
-            return _decode_group(group, self._size, self._max_pixels)
+    def start_bundle(self) -> None:
+        self._ahead = None
 
-        for outputs in (self._pool.map(decode, groups) if self._pool and len(groups) > 1 else map(decode, groups)):
-            yield from outputs
+    def _decode(self, group: ContentGroup) -> list[Any]:
+        return _decode_group(group, self._size, self._max_pixels)
+
+    def process(self, groups: list[ContentGroup], timestamp: Any = beam.DoFn.TimestampParam,
+                window: Any = beam.DoFn.WindowParam) -> Iterator[Any]:
+        if self._pool is None:
+            for group in groups:
+                yield from self._decode(group)
+            return
+        previous = self._ahead
+        self._ahead = ([self._pool.submit(self._decode, group) for group in groups], WindowedValue(None, timestamp, (window,)))
+        if previous is not None:
+            yield from _emit(*previous)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        if self._ahead is not None:
+            previous, self._ahead = self._ahead, None
+            yield from _emit(*previous)
 
     def teardown(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown()
+            self._pool.shutdown(cancel_futures=True)
             self._pool = None
+
+
+def _emit(futures: list[concurrent.futures.Future], where: WindowedValue) -> Iterator[Any]:
+    """A decoded batch's outputs in order, each in the window and with the timestamp of the batch they came in."""
+    for future in futures:
+        for output in future.result():
+            if isinstance(output, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(output.tag, where.with_value(output.value))
+            else:
+                yield where.with_value(output)
 
 
 class Preprocess(beam.PTransform):

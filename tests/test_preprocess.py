@@ -74,6 +74,35 @@ def _groups(tmp_path, count: int) -> list:
     return groups
 
 
+def _decode_bundle(fn, batches: list[list]) -> list[list]:
+    """Runs the `_DecodeImages` `fn` over `batches` as one bundle, as Beam does.
+
+    Returns what it emitted for each batch and then at the bundle's end, its
+    values unwrapped from the `WindowedValue`s of held-back batches (which
+    must carry the batch's window and timestamp).
+    """
+    from apache_beam.pvalue import TaggedOutput
+    from apache_beam.transforms.window import GlobalWindow
+    from apache_beam.utils.windowed_value import WindowedValue
+
+    def unwrapped(output):
+        if isinstance(output, TaggedOutput):
+            return TaggedOutput(output.tag, unwrapped(output.value))
+        if isinstance(output, WindowedValue):
+            assert output.windows == (GlobalWindow(),) and output.timestamp == 7
+            return output.value
+        return output
+
+    fn.setup()
+    try:
+        fn.start_bundle()
+        emitted = [list(fn.process(batch, timestamp=7, window=GlobalWindow())) for batch in batches]
+        emitted.append(list(fn.finish_bundle() or ()))
+    finally:
+        fn.teardown()
+    return [[unwrapped(output) for output in batch] for batch in emitted]
+
+
 def test_decode_images_runs_side_by_side_in_threads_and_keeps_order(tmp_path, monkeypatch):
     import threading
     import time
@@ -93,13 +122,11 @@ def test_decode_images_runs_side_by_side_in_threads_and_keeps_order(tmp_path, mo
         return decode(data, size, max_pixels)
 
     monkeypatch.setattr(preprocess, "decode_image", spy)
-    fn = preprocess._DecodeImages((224, 224), MAX_PIXELS, threads=3)
-    fn.setup()
-    try:
-        outputs = list(fn.process(groups))
-    finally:
-        fn.teardown()
+    emitted = _decode_bundle(preprocess._DecodeImages((224, 224), MAX_PIXELS, threads=3), [groups[:4], groups[4:]])
     assert len(seen) == 3 and all(name.startswith("hub-embed-decode") for name in seen)
+    # One batch ahead: a batch comes out when the next one goes in, the last one when the bundle finishes.
+    assert [len(e) for e in emitted] == [0, 4, 4]
+    outputs = emitted[1] + emitted[2]
     reasons = {2: "UnidentifiedImageError", 5: "Truncated File Read", 6: "changed while the job ran"}
     assert len(outputs) == 8  # one output per row: decoded, or its dead letter, in input order
     for i, output in enumerate(outputs):
@@ -120,9 +147,11 @@ def test_decode_images_in_one_thread_gives_the_same_pixels(tmp_path):
     results = {}
     for threads in (1, 4):
         fn = preprocess._DecodeImages((224, 224), MAX_PIXELS, threads)
-        fn.setup()
-        results[threads] = list(fn.process(groups))
-        fn.teardown()
+        emitted = _decode_bundle(fn, [groups[:2], groups[2:]])
+        assert [len(e) for e in emitted] == ([2, 3, 0] if threads == 1 else [0, 2, 3])  # one thread: none held back
+        results[threads] = [output for batch in emitted for output in batch]
     assert fn._pool is None
+    assert len(results[1]) == len(results[4]) == 5
     for one, four in zip(results[1], results[4]):
+        assert one.content_hash == four.content_hash
         np.testing.assert_array_equal(one.payload, four.payload)
