@@ -239,6 +239,7 @@ def run_contender(name: str, image_dir: str, module: str, workdir: str, timeout:
     log_path = os.path.join(workdir, "log.txt")
     cmd = [sys.executable, "-m", "benchmarks.images", "--contender", name, "--image-dir", image_dir,
            "--module", module, "--workdir", workdir]
+    steal_before = bench_run.steal_seconds()
     try:
         with open(log_path, "w") as log:
             status = subprocess.run(cmd, cwd=REPO_ROOT, env=contender_env(2, 1), stdout=log, stderr=subprocess.STDOUT,
@@ -252,6 +253,8 @@ def run_contender(name: str, image_dir: str, module: str, workdir: str, timeout:
     with open(result_path) as f:
         result = json.load(f)
     result["images_per_s"] = result["rows"] / result["seconds"]
+    steal_after = bench_run.steal_seconds()
+    result["steal_s"] = None if steal_before is None or steal_after is None else steal_after - steal_before
     return result
 
 
@@ -346,6 +349,10 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"raw decode {fmt(report['raw_decode_ms_per_image'], 2)} ms/image; "
                  f"parallel decode gain (pipeline / 1 decode thread) {fmt(report['parallel_decode_gain'], 3)}; "
                  f"min cosine vs raw: {cosines}")
+    steals = {name: [r.get("steal_s") for r in rs] for name, rs in report["contenders"].items()}
+    if any(s is not None for rs in steals.values() for s in rs):
+        lines.append("CPU seconds the host gave other guests (steal) during each contender process, start-up included: "
+                     + "; ".join(f"{name} {', '.join(fmt(s) for s in rs)}" for name, rs in steals.items()))
     for name, error in report["errors"].items():
         lines.append(f"{name}: {error}")
     return "\n".join(lines)

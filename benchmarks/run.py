@@ -448,6 +448,23 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
+def steal_seconds(stat_path: str = "/proc/stat") -> float | None:
+    """CPU time the hypervisor has given other guests since boot (`steal` in `/proc/stat`), summed over this VM's
+    CPUs, in seconds; None where the kernel does not report it.
+
+    On a shared VM the host can take seconds of CPU from a run of a few seconds;
+    the difference around a run says how much of its wall time was not its own.
+    """
+    try:
+        with open(stat_path) as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+
+
 def machine() -> dict[str, Any]:
     """The machine a benchmark runs on, now: date, CPU model, flags and cores, load, Python and package versions."""
     cpu_model, flags = cpu.read_cpuinfo()

@@ -107,3 +107,21 @@ def test_report_names_the_machine_it_ran_on(tmp_path):
     report["meta"] = meta
     header = images.format_report(report).splitlines()[:2]
     assert header[0].startswith("hub-embed image benchmark, ") and header[1].startswith(f"CPU: {meta['cpu']}")
+
+
+def test_host_steal_is_read_from_proc_stat_and_reported_per_run(tmp_path):
+    from benchmarks import run as bench_run
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  4070914 59134 353710 3698479 32741 0 4047 28120 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    assert bench_run.steal_seconds(str(stat)) == 28120 / os.sysconf("SC_CLK_TCK")
+    assert bench_run.steal_seconds(str(tmp_path / "absent")) is None
+    stat.write_text("intr 1 2 3\n")
+    assert bench_run.steal_seconds(str(stat)) is None
+    runs = {"raw": [{"images_per_s": 100.0, "rows": 10, "decode_s": 0.05, "steal_s": 0.0},
+                    {"images_per_s": 90.0, "rows": 10, "decode_s": 0.05, "steal_s": 2.5}],
+            "pipeline": [{"images_per_s": 80.0, "rows": 10, "outside_inference_s": 0.01, "steal_s": 0.25},
+                         {"error": "exit status 1"}]}
+    text = images.format_report(images.summarize(runs, {}))
+    assert "(steal) during each contender process, start-up included: raw 0.0, 2.5; pipeline 0.2, -" in text
+    assert "steal" not in images.format_report(images.summarize({"raw": [{"error": "exit status 1"}]}, {}))
