@@ -162,8 +162,9 @@ class _DecodeImages(beam.DoFn):
     the worker's cores. A batch is handed on when the next one arrives (or at
     the end of the bundle), and the next one is decoded meanwhile: while the
     module embeds batch k downstream, in this thread, the pool decodes batch
-    k+1 in the cores' idle moments, rather than the module waiting for each
-    batch to be decoded. So at most two batches of pixels are held. Outputs
+    k+1, rather than the module waiting for each batch to be decoded. Where
+    the module keeps every core busy, the decoding slows its calls instead
+    (see the README's image benchmark). At most two batches of pixels are held. Outputs
     keep their order. With one thread, each batch is decoded in the bundle's
     own thread when it arrives.
     """
