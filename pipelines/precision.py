@@ -40,6 +40,9 @@ BFLOAT16 = "bfloat16"
 PRECISIONS = (FLOAT32, BFLOAT16)
 # Verification of a reduced-precision version against its float32 source: min cosine per vector.
 DEFAULT_MIN_COSINE = 0.999
+# ... and the share of elements of each non-float output (ids, masks, an argmax) that must be equal:
+# all of them unless told otherwise (an argmax can flip where bfloat16 rounds two close scores to a tie).
+DEFAULT_MIN_AGREEMENT = 1.0
 
 # Heavy ops -> their type attributes (all float32 for the op to be converted).
 HEAVY_OPS: dict[str, tuple[str, ...]] = {
@@ -285,3 +288,17 @@ def cosine_stats(expected: Any, actual: Any) -> dict[str, float | int]:
     cosine = np.sum(a * b, axis=1) / np.where(norms > 0, norms, 1.0)
     cosine = np.where(np.isfinite(cosine), cosine, -1.0)
     return {"min": float(np.min(cosine)), "mean": float(np.mean(cosine)), "vectors": int(len(cosine))}
+
+
+def agreement(expected: Any, actual: Any) -> dict[str, float | int]:
+    """Share of equal elements between two non-float outputs (ids, masks, an argmax).
+
+    Returns:
+      {"share": equal / elements (1.0 when empty, 0.0 when the shapes differ),
+      "equal": n, "elements": n}.
+    """
+    a, b = np.asarray(expected), np.asarray(actual)
+    if a.shape != b.shape:
+        return {"share": 0.0, "equal": 0, "elements": int(max(a.size, b.size))}
+    equal = int(np.count_nonzero(a == b))
+    return {"share": equal / a.size if a.size else 1.0, "equal": equal, "elements": int(a.size)}
