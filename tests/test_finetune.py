@@ -31,6 +31,22 @@ class Tuned:
     result: finetune.FinetuneResult
 
 
+def test_the_bundled_digits_are_the_uci_test_set_scikit_learn_ships():
+    """`pipelines/data/digits.csv.gz`, unchanged from scikit-learn 1.9.1 (its SHA-256 in `digits.md`)."""
+    import hashlib
+
+    with open(digits.DIGITS_CSV, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    with open(os.path.join(os.path.dirname(digits.DIGITS_CSV), "digits.md")) as f:
+        assert digest in f.read()
+    images, labels = digits.load_digits()
+    assert images.shape == (1797, 8, 8) and labels.dtype == np.int32
+    assert np.bincount(labels).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    assert images.min() == 0 and images.max() == 16 and np.array_equal(images, np.round(images))
+    files, png_labels = digits.digits_png()
+    assert len(files) == 1797 and files[0].startswith(b"\x89PNG") and np.array_equal(png_labels, labels)
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("modules"))

@@ -58,21 +58,21 @@ def _vectors(table_dir: str) -> dict[str, tuple[bytes, str]]:
 
 @pytest.mark.slow
 def test_the_wheel_ships_the_package_data(tmp_path):
-    """The sample texts, ImageNet class names and bundled photos (with their licences) install with the wheel."""
+    """The sample texts, ImageNet class names, digits and bundled photos (with their licences) install with the wheel."""
     from pipelines.models import photos
 
     venv = worker_venv.ensure()
     listing = subprocess.run(
         [venv.python, "-c", "import os, pipelines.models.photos as p; print(p.PHOTOS_DIR); print(*sorted(os.listdir(p.PHOTOS_DIR)));"
-         "import pipelines.data as d; print(*sorted(f for f in os.listdir(os.path.dirname(d.__file__)) if f.endswith('.txt')))"],
+         "import pipelines.data as d; print(*sorted(f for f in os.listdir(os.path.dirname(d.__file__)) if f.endswith(('.txt', '.gz', '.md'))))"],
         capture_output=True, text=True, cwd=tmp_path, env=venv.env(), timeout=120,
     )
     assert listing.returncode == 0, listing.stderr
-    installed_dir, installed_photos, texts = listing.stdout.splitlines()
+    installed_dir, installed_photos, data = listing.stdout.splitlines()
     assert installed_dir.startswith(venv.root + "/")
     assert installed_photos.split() == sorted(os.listdir(photos.PHOTOS_DIR))
     assert {"LICENSE.md", "chelsea.jpg"} <= set(installed_photos.split())
-    assert texts.split() == ["imagenet_classes.txt", "sample.txt"]
+    assert data.split() == ["digits.csv.gz", "digits.md", "imagenet_classes.txt", "sample.txt"]
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
-"""`digits-encoder`: a small image encoder trained from scratch on scikit-learn's digits.
+"""`digits-encoder`: a small image encoder trained from scratch on the UCI handwritten digits.
 
-The 1,797 8x8 grayscale digits of `sklearn.datasets.load_digits` are split
+The 1,797 8x8 grayscale digits that scikit-learn's `load_digits` gives, bundled
+as `pipelines/data/digits.csv.gz` (see `pipelines/data/digits.md`), are split
 in two stratified halves (seeded):
 
 * the *pretrain* half, restricted to the digits `PRETRAIN_DIGITS` (0-4),
@@ -41,19 +42,27 @@ DEFAULT_EPOCHS = 8
 DATA_DIR_NAME = "digits-finetune-data"
 
 
-def digits_png() -> tuple[list[bytes], np.ndarray]:
-    """All scikit-learn digits as 8x8 grayscale PNG files, and their labels."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
+DIGITS_CSV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "digits.csv.gz")
 
-    digits = load_digits()
-    pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The bundled digits: pixel counts float64 `[1797, 8, 8]` in 0..16, and int32 labels `[1797]`."""
+    table = np.loadtxt(DIGITS_CSV, delimiter=",")  # numpy reads the .gz itself
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int32)
+
+
+def digits_png() -> tuple[list[bytes], np.ndarray]:
+    """All the digits as 8x8 grayscale PNG files, and their labels."""
+    from PIL import Image
+
+    images, labels = load_digits()
+    pixels = np.round(images * (255.0 / 16.0)).astype(np.uint8)
     files = []
     for image in pixels:
         buffer = io.BytesIO()
         Image.fromarray(image, mode="L").save(buffer, format="PNG")
         files.append(buffer.getvalue())
-    return files, digits.target.astype(np.int32)
+    return files, labels
 
 
 def decode(files: Sequence[bytes]) -> np.ndarray:
@@ -138,8 +147,8 @@ def build(output_root: str, data_dir: str | None = None, epochs: int = DEFAULT_E
         encoder,
         output_root,
         NAME,
-        source_description=f"CNN trained from scratch on sklearn digits {list(PRETRAIN_DIGITS)}",
-        extra_manifest={"pretrain": {"dataset": "sklearn.datasets.load_digits", "digits": list(PRETRAIN_DIGITS),
+        source_description=f"CNN trained from scratch on the UCI digits {list(PRETRAIN_DIGITS)}",
+        extra_manifest={"pretrain": {"dataset": "pipelines/data/digits.csv.gz (UCI digits, as sklearn.datasets.load_digits)", "digits": list(PRETRAIN_DIGITS),
                                      "examples": len(pretrain_idx), "epochs": epochs, "seed": seed}},
     )
     if finetune_limit is not None:
