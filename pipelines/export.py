@@ -695,7 +695,7 @@ def _verify(
     unequal = {k: v for k, v in agreements.items() if not v["share"] >= tolerance.min_agreement}
     if unequal or low:
         hint = (" (an integer output computed from scores, such as an argmax, changes where bfloat16 rounds two "
-                "close scores to a tie; --min-agreement accepts a share)") if unequal else ""
+                "close scores to a tie; --min-agreement, or min_agreement=, accepts a share)") if unequal else ""
         raise ExportVerificationError(
             f"The {tolerance.precision} module does not reproduce its source (min cosine per vector must "
             f"be >= {tolerance.min_cosine:g}, share of equal elements per other output >= {tolerance.min_agreement:g}): "
@@ -917,7 +917,7 @@ def export_module(
       or null, created_at (UTC ISO 8601), code_version {package, version,
       git_commit, git_dirty}, precision {compute; for bfloat16 also the ops
       converted}, verification {metric, probe {rows, sha256 per signature},
-      max_abs_diff per signature and `__call__`; float32: atol; bfloat16:
+      max_abs_diff per signature and `__call__` (bfloat16: of float outputs); float32: atol; bfloat16:
       reference (the float32 source, or a bfloat16 one re-exported),
       min_cosine_required, min_cosine, mean_cosine, cosine per signature,
       min_agreement_required, agreement per non-float output}, serving {batch_size} (or {}), extra.
