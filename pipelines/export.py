@@ -672,7 +672,9 @@ def _verify(
       ExportVerificationError: outside `tolerance`, or different outputs.
     """
     pairs = _outputs_side_by_side(prepared, loaded, probes)
-    diffs = {name: max((max_abs_diff(e[k], a[k]) for k in e), default=0.0) for name, (e, a) in pairs.items()}
+    floats_only = tolerance.precision != reduced_precision.FLOAT32  # then other outputs are compared by agreement
+    diffs = {name: max((max_abs_diff(e[k], a[k]) for k in e if not floats_only or _is_float(e[k])), default=0.0)
+             for name, (e, a) in pairs.items()}
     if tolerance.precision == reduced_precision.FLOAT32:
         failed = {k: v for k, v in diffs.items() if not v <= tolerance.atol}
         if failed:
@@ -681,13 +683,12 @@ def _verify(
                 + ", ".join(f"{k}: {v:.3g}" for k, v in sorted(failed.items()))
             )
         return {"metric": "max_abs_diff", "atol": tolerance.atol, "max_abs_diff": dict(sorted(diffs.items()))}
-    cosines, agreements, float_diffs = {}, {}, {}
+    cosines, agreements = {}, {}
     for name, (expected, actual) in pairs.items():
         stats = []
         for key in expected:
             if _is_float(expected[key]):
                 stats.append(reduced_precision.cosine_stats(expected[key], actual[key]))
-                float_diffs[name] = max(float_diffs.get(name, 0.0), max_abs_diff(expected[key], actual[key]))
             else:
                 agreements[f"{name}/{key}"] = reduced_precision.agreement(expected[key], actual[key])
         cosines[name] = _combined(stats)
@@ -713,8 +714,15 @@ def _verify(
         "cosine": dict(sorted(cosines.items())),
         "min_agreement_required": tolerance.min_agreement,
         "agreement": {k: v["share"] for k, v in sorted(agreements.items())},
-        "max_abs_diff": {name: float_diffs.get(name, 0.0) for name in sorted(diffs)},
+        "max_abs_diff": dict(sorted(diffs.items())),
     }
+
+
+def _check_fraction(name: str, value: Any, zero_allowed: bool) -> None:
+    """Raises ExportError unless `value` is a number in [0, 1] (or (0, 1])."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number or not ((0 <= value if zero_allowed else 0 < value) and value <= 1):
+        raise ExportError(f"{name} must be a number in {'[' if zero_allowed else '('}0, 1], got {value!r}.")
 
 
 def _is_float(value: Any) -> bool:
@@ -933,10 +941,8 @@ def export_module(
         reduced_precision.check_precision(precision)
     except reduced_precision.PrecisionError as e:
         raise ExportError(str(e)) from e
-    if isinstance(min_cosine, bool) or not isinstance(min_cosine, (int, float)) or not 0 < min_cosine <= 1:
-        raise ExportError(f"min_cosine must be a number in (0, 1], got {min_cosine!r}.")
-    if isinstance(min_agreement, bool) or not isinstance(min_agreement, (int, float)) or not 0 <= min_agreement <= 1:
-        raise ExportError(f"min_agreement must be a number in [0, 1], got {min_agreement!r}.")
+    _check_fraction("min_cosine", min_cosine, zero_allowed=False)
+    _check_fraction("min_agreement", min_agreement, zero_allowed=True)
     tolerance = Tolerance(precision, atol, min_cosine, min_agreement)
     if batch_size is not None and not modules.is_batch_size(batch_size):
         raise ExportError(f"batch_size must be a positive integer, got {batch_size!r}.")

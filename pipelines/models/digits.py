@@ -23,6 +23,7 @@ DIR (default `ROOT/digits-finetune-data`).
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import io
 import os
 import sys
@@ -42,7 +43,7 @@ DEFAULT_EPOCHS = 8
 DATA_DIR_NAME = "digits-finetune-data"
 
 
-DIGITS_CSV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "digits.csv.gz")
+DIGITS_CSV = str(importlib.resources.files("pipelines.data") / "digits.csv.gz")  # as config.SAMPLE_INPUT
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
