@@ -17,7 +17,8 @@ Images: the file is decoded with Pillow (format from content, not extension),
 EXIF orientation applied, converted to RGB (grayscale and palette expanded,
 CMYK converted, transparency composited over white), resized (stretched) to
 the module's height x width with bilinear filtering and scaled to float32
-[0, 1]. 16-bit grayscale images are scaled by 1/65535 (not clipped at 255),
+[0, 1] (8-bit pixels travel as uint8 and are scaled in the module call, for
+the whole batch at once: `decode_pixels`, `model_handler.image_batch`). 16-bit grayscale images are scaled by 1/65535 (not clipped at 255),
 32-bit integer ones likewise (samples over 65535 clip); 32-bit float images
 have no standard range and are dead-lettered. Images with more than `max_image_pixels` pixels are refused before
 their pixels are decoded (decompression bombs). Empty, truncated or
@@ -57,6 +58,8 @@ class ImageError(ValueError):
 def decode_image(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndarray:
     """Decodes an encoded image into a float32 `[height, width, 3]` array in [0, 1].
 
+    `unit_scale(decode_pixels(...))`: what the module is fed for the image.
+
     Args:
       data: the encoded file (JPEG, PNG, or any format Pillow reads).
       size: (height, width) to resize to.
@@ -65,6 +68,21 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndar
     Raises:
       ImageError: too many pixels.
       PIL.UnidentifiedImageError, OSError, ValueError: not an image, truncated, corrupt.
+    """
+    return unit_scale(decode_pixels(data, size, max_pixels))
+
+
+def decode_pixels(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+    """Decodes an encoded image into a `[height, width, 3]` array of its resized pixels, not yet scaled.
+
+    8-bit images (nearly all) come out as uint8, their samples x 255 of what
+    the module is fed (`unit_scale` divides them); 16- and 32-bit integer
+    grayscale as float32 already in [0, 1]. Keeping 8-bit pixels as bytes
+    until the module call holds a quarter of the memory, and the division is
+    done once per call on the whole batch (`model_handler`), with the same
+    float32 results.
+
+    Args and raises: as `decode_image`.
     """
     from PIL import Image, ImageOps
 
@@ -85,8 +103,14 @@ def decode_image(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndar
             image = Image.alpha_composite(background, image.convert("RGBA"))
         if image.mode != "RGB":  # convert() of an RGB image would copy it
             image = image.convert("RGB")
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-        return np.asarray(image, dtype=np.float32) / np.float32(255.0)
+        return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
+
+
+def unit_scale(pixels: np.ndarray) -> np.ndarray:
+    """`decode_pixels`' output as float32 in [0, 1]: uint8 samples divided by 255, float32 as they are."""
+    if pixels.dtype == np.uint8:
+        return np.asarray(pixels, dtype=np.float32) / np.float32(255.0)
+    return pixels
 
 
 def _gray16(image: Any, size: tuple[int, int]) -> np.ndarray:
@@ -149,7 +173,7 @@ def _decode_group(group: ContentGroup, size: tuple[int, int], max_pixels: int) -
         data = _read_file(group.payload)
         if content.image_hash(data, size) != group.content_hash:
             raise OSError(f"{group.payload} changed while the job ran (its content hash differs from the first read)")
-        image = decode_image(data, size, max_pixels)
+        image = decode_pixels(data, size, max_pixels)
     except Exception as e:  # Pillow raises many types for bad files; each is this content's failure.
         return group.failed(Stage.DECODE, e)
     return [group._replace(payload=image)]

@@ -41,7 +41,7 @@ class Record(NamedTuple):
     Attributes:
       id: the record's id (`--id-field` value, else its position `source`).
       payload: the text; for images first the file path, then the decoded
-        float32 `[H, W, 3]` array.
+        `[H, W, 3]` pixels (`preprocess.decode_pixels`).
       source: where the record came from: `<file>:<n>` (n = 1-based line or
         record number) or, for images, the file path.
       passthrough: values of the `--passthrough` columns, in their order.
@@ -72,7 +72,7 @@ class ContentGroup(NamedTuple):
     Attributes:
       content_hash: their content hash.
       payload: what the module is fed: the text; for images first the file
-        path, then the decoded float32 `[H, W, 3]` array; after the module
+        path, then the decoded `[H, W, 3]` pixels; after the module
         call, the embedding.
       rows: the records, without their payloads, first by file and position.
     """

@@ -53,6 +53,24 @@ def test_modes_become_rgb_and_transparency_goes_over_white():
     np.testing.assert_allclose(decode_image(_encoded(palette, "PNG"), (4, 4), MAX_PIXELS)[..., 1], 1.0)
 
 
+def test_pixels_stay_bytes_until_scaled_and_scale_exactly_as_decode_image():
+    from pipelines.preprocess import decode_pixels, unit_scale
+
+    for path in photos.photo_paths()[:2]:
+        with open(path, "rb") as f:
+            data = f.read()
+        pixels = decode_pixels(data, (224, 224), MAX_PIXELS)
+        assert pixels.dtype == np.uint8 and pixels.shape == (224, 224, 3)
+        scaled = unit_scale(pixels)
+        assert scaled.dtype == np.float32
+        np.testing.assert_array_equal(scaled, decode_image(data, (224, 224), MAX_PIXELS))
+        np.testing.assert_array_equal(scaled, pixels.astype(np.float32) / np.float32(255.0))
+    deep = _encoded(Image.fromarray(np.full((8, 8), 40000, np.uint16)), "PNG")  # 16-bit gray: float32 already
+    gray = decode_pixels(deep, (4, 4), MAX_PIXELS)
+    assert gray.dtype == np.float32 and unit_scale(gray) is gray
+    np.testing.assert_allclose(gray, 40000 / 65535, rtol=1e-6)
+
+
 def test_too_many_pixels_refused_from_the_header():
     with pytest.raises(ImageError, match=r"image is 30x20 = 600 pixels, over max_image_pixels=599"):
         decode_image(_encoded(Image.new("RGB", (30, 20))), (4, 4), 599)
@@ -114,14 +132,14 @@ def test_decode_images_runs_side_by_side_in_threads_and_keeps_order(tmp_path, mo
         (tmp_path / f"{i}.jpg").write_bytes(data)
         groups[i] = groups[i]._replace(content_hash=content.image_hash(data, (224, 224)))
     (tmp_path / "6.jpg").write_bytes((tmp_path / "0.jpg").read_bytes())  # replaced after it was keyed
-    seen, decode = set(), preprocess.decode_image
+    seen, decode = set(), preprocess.decode_pixels
 
     def spy(data, size, max_pixels):
         seen.add(threading.current_thread().name)
         time.sleep(0.05)  # long enough that every pool thread takes one
         return decode(data, size, max_pixels)
 
-    monkeypatch.setattr(preprocess, "decode_image", spy)
+    monkeypatch.setattr(preprocess, "decode_pixels", spy)
     emitted = _decode_bundle(preprocess._DecodeImages((224, 224), MAX_PIXELS, threads=3), [groups[:4], groups[4:]])
     assert len(seen) == 3 and all(name.startswith("hub-embed-decode") for name in seen)
     # One batch ahead: a batch comes out when the next one goes in, the last one when the bundle finishes.
@@ -137,6 +155,7 @@ def test_decode_images_runs_side_by_side_in_threads_and_keeps_order(tmp_path, mo
         with open(groups[i].payload, "rb") as f:
             expected = decode(f.read(), (224, 224), MAX_PIXELS)
         assert output.content_hash == groups[i].content_hash
+        assert output.payload.dtype == np.uint8  # 8-bit pixels travel as bytes, scaled in the module call
         np.testing.assert_array_equal(output.payload, expected)
 
 
