@@ -41,6 +41,14 @@ configurations; the target, >= 0.85, names each configuration that meets it), th
 decode time per image, the pipeline's time outside its module calls per image,
 and the smallest cosine between the two contenders' vectors (the same pixels
 go in, so it should be 1).
+
+And what the machine allows: `one_process_ceiling_vs_raw`, the most of raw's
+rate that any single process that decodes could reach here. Raw records the
+CPU its module calls use (`raw_cores_busy` of the cores) and the CPU that
+decoding each image takes (`decode_pixels`, one thread); a process doing both
+needs their sum, spread over the cores at best. Where the module already keeps
+the cores busy, the decoding's CPU is what the ceiling loses, before any of
+Beam's own work.
 """
 
 from __future__ import annotations
@@ -125,7 +133,7 @@ def raw(paths: list[str], module: str, workdir: str, batch_size: int, threads: t
 
     from pipelines import modules
     from pipelines.config import PreprocessConfig
-    from pipelines.preprocess import decode_image
+    from pipelines.preprocess import decode_image, decode_pixels, unit_scale
 
     loaded, load_s = contenders.timed(lambda: modules.load(module))
     signature = loaded.signatures[modules.DEFAULT_SIGNATURE]
@@ -137,6 +145,18 @@ def raw(paths: list[str], module: str, workdir: str, batch_size: int, threads: t
         with open(path, "rb") as f:
             return decode_image(f.read(), (height, width), max_pixels)
 
+    def decode_all() -> tuple[np.ndarray, float]:
+        """Every image, and the CPU seconds `decode_pixels` took for them (what the pipeline's decode threads do)."""
+        pixels, cpu_s = np.empty((len(paths), height, width, 3), np.float32), 0.0
+        for i, path in enumerate(paths):
+            with open(path, "rb") as f:
+                data = f.read()
+            start = time.thread_time()
+            decoded = decode_pixels(data, (height, width), max_pixels)
+            cpu_s += time.thread_time() - start
+            pixels[i] = unit_scale(decoded)
+        return pixels, cpu_s
+
     call = modules.bind(loaded)
     starts = range(0, len(paths), batch_size)
     if decode_threads:  # raw_decoding: each batch decoded just before its call
@@ -145,9 +165,9 @@ def raw(paths: list[str], module: str, workdir: str, batch_size: int, threads: t
         def batch(start: int) -> np.ndarray:
             return np.stack(list(pool.map(decode, paths[start:start + batch_size])))
 
-        decode_s = None
+        decode_s = decode_cpu_s = None
     else:  # raw: every image decoded once, before the clock starts
-        images, decode_s = contenders.timed(lambda: np.stack([decode(path) for path in paths]))
+        (images, decode_cpu_s), decode_s = contenders.timed(decode_all)
 
         def batch(start: int) -> np.ndarray:
             return images[start:start + batch_size]
@@ -157,12 +177,36 @@ def raw(paths: list[str], module: str, workdir: str, batch_size: int, threads: t
     def loop() -> np.ndarray:
         return np.concatenate([np.asarray(call({name: tf.constant(batch(start))})) for start in starts])
 
+    cpu_before = _process_cpu_s()
     embeddings, seconds = contenders.timed(loop)
+    cpu_s = _process_cpu_s() - cpu_before
     if decode_threads:
         pool.shutdown()
     np.save(os.path.join(workdir, contenders.EMBEDDINGS_FILE), embeddings.astype(np.float32))
-    return {"rows": len(paths), "seconds": seconds, "load_s": load_s, "first_call_s": first_call_s,
-            "decode_s": decode_s, "batch_size": batch_size}
+    return {"rows": len(paths), "seconds": seconds, "cpu_s": cpu_s, "cores": len(os.sched_getaffinity(0)),
+            "load_s": load_s, "first_call_s": first_call_s, "decode_s": decode_s, "decode_cpu_s": decode_cpu_s,
+            "batch_size": batch_size}
+
+
+def _process_cpu_s() -> float:
+    """CPU seconds this process has used so far, all threads (user + system)."""
+    times = os.times()
+    return times.user + times.system
+
+
+def one_process_ceiling(raw_result: dict[str, Any]) -> float | None:
+    """The most of raw's rate that any one process that also decodes could reach on this machine.
+
+    Such a process needs the CPU of raw's module calls plus that of decoding
+    every image (`decode_cpu_s`), on `cores` cores: its time is at least
+    their sum over the cores, and at least raw's own time. Beam's work, and
+    what sharing the cores costs the module's threads, come on top, so a
+    pipeline stays below it. None when the run lacks the figures.
+    """
+    if not raw_result.get("cpu_s") or raw_result.get("decode_cpu_s") is None or not raw_result.get("cores"):
+        return None
+    seconds = raw_result["seconds"]
+    return seconds / max(seconds, (raw_result["cpu_s"] + raw_result["decode_cpu_s"]) / raw_result["cores"])
 
 
 def pipeline(paths: list[str], module: str, workdir: str, threads: tuple[int, int] | None = (2, 1),
@@ -263,6 +307,10 @@ def _min_cosine(a_path: str, b_path: str) -> float:
     return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
 
 
+def _median(values: list[float]) -> float | None:
+    return float(np.median(values)) if values else None
+
+
 def _paired_ratios(runs: dict[str, list[dict[str, Any]]], name: str, base: str) -> list[float]:
     """`name`'s images/s over `base`'s, round by round (run i of each ran back to back, so load that drifts
     between rounds cancels out); rounds where either failed are left out."""
@@ -283,15 +331,20 @@ def summarize(runs: dict[str, list[dict[str, Any]]], workdirs: dict[str, str]) -
       `min_cosine_<pipeline>_vs_raw` (last runs), the raw decode and the
       pipelines' time outside module calls per image, `parallel_decode_gain` (median of
       the rounds' pipeline / pipeline_serial_decode), `pipeline_best_vs_raw`, `target`
-      (`best`, `met`, `met_by`), `contenders`, `errors`.
+      (`best`, `met`, `met_by`), `raw_cores_busy` and `raw_decode_cpu_ms_per_image` (raw's module
+      calls' CPU over their wall time, and its decoding's CPU per image) with the
+      `one_process_ceiling_vs_raw` they give (see `one_process_ceiling`), `contenders`, `errors`.
     """
     errors = {f"{name}[{i}]": r["error"] for name, rs in runs.items() for i, r in enumerate(rs) if "error" in r}
     good = {name: [r for r in rs if "error" not in r] for name, rs in runs.items()}
     median = {name: float(np.median([r["images_per_s"] for r in rs])) if rs else None for name, rs in good.items()}
     report: dict[str, Any] = {f"{name}_images_per_s": median.get(name) for name in CONTENDERS}
     raw_r = good.get("raw") or []
-    report["raw_decode_ms_per_image"] = (
-        float(np.median([r["decode_s"] / r["rows"] * 1e3 for r in raw_r])) if raw_r else None)
+    report["raw_decode_ms_per_image"] = _median([r["decode_s"] / r["rows"] * 1e3 for r in raw_r])
+    report["raw_decode_cpu_ms_per_image"] = _median(
+        [r["decode_cpu_s"] / r["rows"] * 1e3 for r in raw_r if r.get("decode_cpu_s") is not None])
+    report["raw_cores_busy"] = _median([r["cpu_s"] / r["seconds"] for r in raw_r if r.get("cpu_s")])
+    report["one_process_ceiling_vs_raw"] = _median([c for c in map(one_process_ceiling, raw_r) if c is not None])
     for name in PIPELINES:
         rs = good.get(name) or []
         pairs = _paired_ratios(runs, name, "raw")
@@ -349,6 +402,11 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"raw decode {fmt(report['raw_decode_ms_per_image'], 2)} ms/image; "
                  f"parallel decode gain (pipeline / 1 decode thread) {fmt(report['parallel_decode_gain'], 3)}; "
                  f"min cosine vs raw: {cosines}")
+    if report["one_process_ceiling_vs_raw"] is not None:
+        cores = next(r["cores"] for r in report["contenders"]["raw"] if r.get("cores"))
+        lines.append(f"one-process ceiling {fmt(report['one_process_ceiling_vs_raw'], 3)}: raw's module calls keep "
+                     f"{fmt(report['raw_cores_busy'], 2)} of {cores} cores busy, and decoding takes "
+                     f"{fmt(report['raw_decode_cpu_ms_per_image'], 2)} ms of CPU per image")
     steals = {name: [r.get("steal_s") for r in rs] for name, rs in report["contenders"].items()}
     if any(s is not None for rs in steals.values() for s in rs):
         lines.append("CPU seconds the host gave other guests (steal) during each contender process, start-up included: "

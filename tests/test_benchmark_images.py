@@ -84,10 +84,30 @@ def test_both_contenders_embed_the_same_pixels(tmp_path):
     serial = images.pipeline_serial_decode(paths, MODULE, workdirs["pipeline_serial_decode"], threads=None)
     assert raw["rows"] == pipe["rows"] == 6 and pipe["counts"]["rows_embedded"] == serial["counts"]["rows_embedded"] == 6
     assert raw["seconds"] > 0 and raw["decode_s"] > 0 and pipe["seconds"] > 0 and pipe["batch_size"] == 32
+    assert raw["cpu_s"] > 0 and 0 < raw["decode_cpu_s"] < raw["decode_s"] + 0.5 and raw["cores"] >= 1
+    assert 0 < images.one_process_ceiling(raw) <= 1 and images.one_process_ceiling(decoding) is None
     report = images.summarize({n: [{**r, "images_per_s": r["rows"] / r["seconds"]}] for n, r in
                                (("raw", raw), ("pipeline", pipe), ("pipeline_serial_decode", serial))}, workdirs)
     assert report["min_cosine_pipeline_vs_raw"] > 0.99999 and report["errors"] == {}
     assert report["min_cosine_pipeline_serial_decode_vs_raw"] > 0.99999
+
+
+def test_one_process_ceiling_adds_decoding_cpu_to_the_module_calls_over_the_cores(tmp_path):
+    raw = {"rows": 100, "seconds": 10.0, "cpu_s": 18.0, "decode_s": 4.5, "decode_cpu_s": 4.0, "cores": 2}
+    assert images.one_process_ceiling(raw) == pytest.approx(10 / 11)  # (18 + 4) / 2 = 11 s at best
+    idle = {**raw, "cpu_s": 10.0, "decode_cpu_s": 8.0}  # one core idle: decoding fits in it
+    assert images.one_process_ceiling(idle) == 1.0
+    assert images.one_process_ceiling({**raw, "decode_cpu_s": None}) is None
+    runs = {"raw": [{**raw, "images_per_s": 10.0}, {**raw, "cpu_s": 16.0, "images_per_s": 10.0}],
+            "pipeline": [{"images_per_s": 8.0, "rows": 100, "outside_inference_s": 1.0}] * 2}
+    for name in runs:
+        os.makedirs(tmp_path / name)
+        np.save(tmp_path / name / "embeddings.npy", np.eye(3, dtype=np.float32))
+    report = images.summarize(runs, {n: str(tmp_path / n) for n in runs})
+    assert report["one_process_ceiling_vs_raw"] == pytest.approx(np.median([10 / 11, 1.0]))
+    assert report["raw_cores_busy"] == pytest.approx(1.7) and report["raw_decode_cpu_ms_per_image"] == pytest.approx(40.0)
+    assert ("one-process ceiling 0.955: raw's module calls keep 1.70 of 2 cores busy, and decoding takes 40.00 ms of CPU"
+            in images.format_report(report))
 
 
 def test_unknown_contender_is_refused_naming_the_valid_ones(capsys):
