@@ -18,8 +18,9 @@ EXIF orientation applied, converted to RGB (grayscale and palette expanded,
 CMYK converted, transparency composited over white), resized (stretched) to
 the module's height x width with bilinear filtering and scaled to float32
 [0, 1] (8-bit pixels travel as uint8 and are scaled in the module call, for
-the whole batch at once: `decode_pixels`, `model_handler.image_batch`). 16-bit grayscale images are scaled by 1/65535 (not clipped at 255),
-32-bit integer ones likewise (samples over 65535 clip); 32-bit float images
+the whole batch at once: `decode_pixels`, `model_handler.image_batch`).
+16-bit grayscale images are scaled by 1/65535 (not clipped at 255), 32-bit
+integer ones likewise (samples over 65535 clip); 32-bit float images
 have no standard range and are dead-lettered. Images with more than `max_image_pixels` pixels are refused before
 their pixels are decoded (decompression bombs). Empty, truncated or
 unidentifiable files are dead-lettered (stage `decode`).
@@ -82,7 +83,14 @@ def decode_pixels(data: bytes, size: tuple[int, int], max_pixels: int) -> np.nda
     done once per call on the whole batch (`model_handler`), with the same
     float32 results.
 
-    Args and raises: as `decode_image`.
+    Args:
+      data: the encoded file (JPEG, PNG, or any format Pillow reads).
+      size: (height, width) to resize to.
+      max_pixels: larger images raise `ImageError` before decoding their pixels.
+
+    Raises:
+      ImageError: too many pixels.
+      PIL.UnidentifiedImageError, OSError, ValueError: not an image, truncated, corrupt.
     """
     from PIL import Image, ImageOps
 
