@@ -57,18 +57,10 @@ class ImageError(ValueError):
 
 
 def decode_image(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndarray:
-    """Decodes an encoded image into a float32 `[height, width, 3]` array in [0, 1].
+    """Decodes an encoded image into the float32 `[height, width, 3]` array in [0, 1] the module is fed.
 
-    `unit_scale(decode_pixels(...))`: what the module is fed for the image.
-
-    Args:
-      data: the encoded file (JPEG, PNG, or any format Pillow reads).
-      size: (height, width) to resize to.
-      max_pixels: larger images raise `ImageError` before decoding their pixels.
-
-    Raises:
-      ImageError: too many pixels.
-      PIL.UnidentifiedImageError, OSError, ValueError: not an image, truncated, corrupt.
+    `unit_scale(decode_pixels(data, size, max_pixels))`: its arguments and
+    errors are `decode_pixels`'.
     """
     return unit_scale(decode_pixels(data, size, max_pixels))
 
