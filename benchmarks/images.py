@@ -8,8 +8,8 @@ photos (`pipelines/data/images/`): photo `i mod 5`, a seeded random crop of
 the photos themselves). Every file's content differs, so the pipeline's
 one-call-per-content deduplication does not help it.
 
-Five contenders, each in a process of its own, with TensorFlow at 2 intra-op /
-1 inter-op threads (`benchmarks.run.contender_env`):
+Six contenders, each in a process of its own, with TensorFlow at 2 intra-op /
+1 inter-op threads (`benchmarks.run.contender_env`) unless said otherwise:
 
 * `raw`: every image decoded **once** beforehand, exactly as the pipeline
   decodes (`preprocess.decode_image`: RGB, bilinear resize to 224x224, [0, 1];
@@ -29,8 +29,13 @@ Five contenders, each in a process of its own, with TensorFlow at 2 intra-op /
   decoded after the other (the threads' gain, `parallel_decode_gain`).
 * `raw_decoding`: the raw loop, but each batch's files are read and decoded
   (one thread per core, as the pipeline does) just before its call: the pipeline's work
-  without Beam, the ceiling of any one-process pipeline on this machine
-  (`raw_decoding_vs_raw`).
+  without Beam, the ceiling of any one-process pipeline that decodes between its
+  module calls on this machine (`raw_decoding_vs_raw`).
+* `raw_side_by_side`: the raw loop as one thread per core, side by side, each
+  reading and decoding its own batch just before its call, with TensorFlow at 1
+  intra-op thread and one inter-op thread per core (`raw_side_by_side_vs_raw`):
+  no op then waits for a thread whose core a decoder took. The way of calling
+  the module that a one-process pipeline could adopt next (not built yet).
 
 The contenders run `--repeats` times each, alternating (raw, pipeline, raw,
 ...), so load from elsewhere on the machine hits both alike; each one's median
@@ -120,12 +125,13 @@ def make_image_set(directory: str, count: int, seed: int = 0) -> list[str]:
 
 
 def raw(paths: list[str], module: str, workdir: str, batch_size: int, threads: tuple[int, int] | None = (2, 1),
-        decode_threads: int = 0) -> dict:
+        decode_threads: int = 0, calls: int = 1) -> dict:
     """Decode every image once, then time the module's calls alone (see the module docstring).
 
     `threads` (intra-op, inter-op) configures TensorFlow first; None leaves it as it is.
     `decode_threads` > 0: the timed loop decodes each batch itself first, in that many
-    threads, then calls the module (`raw_decoding`).
+    threads, then calls the module (`raw_decoding`). `calls` > 1: that many threads
+    side by side, each decoding its own batch and then calling the module (`raw_side_by_side`).
     """
     if threads:
         contenders.configure_tf_threads(*threads)
@@ -159,9 +165,13 @@ def raw(paths: list[str], module: str, workdir: str, batch_size: int, threads: t
 
     call = modules.bind(loaded)
     starts = range(0, len(paths), batch_size)
-    if decode_threads:  # raw_decoding: each batch decoded just before its call
-        pool = concurrent.futures.ThreadPoolExecutor(decode_threads)
+    pool = concurrent.futures.ThreadPoolExecutor(max(calls, decode_threads)) if calls > 1 or decode_threads else None
+    if calls > 1:  # raw_side_by_side: each call's thread decodes its own batch just before the call
+        def batch(start: int) -> np.ndarray:
+            return np.stack([decode(path) for path in paths[start:start + batch_size]])
 
+        decode_s = decode_cpu_s = None
+    elif decode_threads:  # raw_decoding: each batch decoded just before its call, in the pool
         def batch(start: int) -> np.ndarray:
             return np.stack(list(pool.map(decode, paths[start:start + batch_size])))
 
@@ -174,13 +184,16 @@ def raw(paths: list[str], module: str, workdir: str, batch_size: int, threads: t
 
     _, first_call_s = contenders.timed(lambda: call({name: tf.constant(batch(0))}))
 
+    def embed(start: int) -> np.ndarray:
+        return np.asarray(call({name: tf.constant(batch(start))}))
+
     def loop() -> np.ndarray:
-        return np.concatenate([np.asarray(call({name: tf.constant(batch(start))})) for start in starts])
+        return np.concatenate(list(pool.map(embed, starts)) if calls > 1 else [embed(start) for start in starts])
 
     cpu_before = _process_cpu_s()
     embeddings, seconds = contenders.timed(loop)
     cpu_s = _process_cpu_s() - cpu_before
-    if decode_threads:
+    if pool is not None:
         pool.shutdown()
     np.save(os.path.join(workdir, contenders.EMBEDDINGS_FILE), embeddings.astype(np.float32))
     return {"rows": len(paths), "seconds": seconds, "cpu_s": cpu_s, "cores": len(os.sched_getaffinity(0)),
@@ -271,8 +284,23 @@ def raw_decoding(paths: list[str], module: str, workdir: str, batch_size: int,
     return raw(paths, module, workdir, batch_size, threads, decode_threads=os.cpu_count() or 1)
 
 
+def raw_side_by_side(paths: list[str], module: str, workdir: str, batch_size: int,
+                     threads: tuple[int, int] | None = (2, 1)) -> dict:
+    """The raw loop as one thread per core side by side, each decoding its own batch just before its call: no Beam.
+
+    Each call runs on one TensorFlow thread (intra-op 1, inter-op one per core; `threads`
+    None leaves TensorFlow as it is), so no op waits for a thread whose core a decoder
+    took: the way of calling the module that a one-process pipeline could adopt next.
+    """
+    cores = os.cpu_count() or 1
+    return raw(paths, module, workdir, batch_size, (1, cores) if threads else None, calls=cores)
+
+
 CONTENDERS = {"raw": raw, "pipeline": pipeline, "pipeline_mp": pipeline_mp,
-              "pipeline_serial_decode": pipeline_serial_decode, "raw_decoding": raw_decoding}
+              "pipeline_serial_decode": pipeline_serial_decode, "raw_decoding": raw_decoding,
+              "raw_side_by_side": raw_side_by_side}
+# The raw loop's variants that decode in the timed loop, each measured against raw.
+RAW_DECODING = ("raw_decoding", "raw_side_by_side")
 # The pipeline's configurations, each measured against raw.
 PIPELINES = ("pipeline", "pipeline_mp", "pipeline_serial_decode")
 
@@ -358,9 +386,10 @@ def summarize(runs: dict[str, list[dict[str, Any]]], workdirs: dict[str, str]) -
         report[f"min_cosine_{name}_vs_raw"] = (
             _min_cosine(*(os.path.join(workdirs[n], contenders.EMBEDDINGS_FILE) for n in ("raw", name)))
             if last_ok else None)
-    ceiling = _paired_ratios(runs, "raw_decoding", "raw")
-    report["raw_decoding_vs_raw"] = float(np.median(ceiling)) if ceiling else None  # one process's ceiling
-    report["raw_decoding_vs_raw_per_round"] = ceiling
+    for name in RAW_DECODING:
+        ratios = _paired_ratios(runs, name, "raw")
+        report[f"{name}_vs_raw"] = _median(ratios)
+        report[f"{name}_vs_raw_per_round"] = ratios
     gains = _paired_ratios(runs, "pipeline", "pipeline_serial_decode")
     report["parallel_decode_gain"] = float(np.median(gains)) if gains else None  # pipeline / 1 decode thread
     ratios = {name: report[f"{name}_vs_raw"] for name in PIPELINES if report[f"{name}_vs_raw"] is not None}
@@ -375,7 +404,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]], workdirs: dict[str, str]) -
 
 LABELS = {"raw": "raw module loop (decoded once)", "pipeline": "pipeline, DirectRunner",
           "pipeline_mp": "pipeline, 2 worker processes", "pipeline_serial_decode": "pipeline, 1 decode thread",
-          "raw_decoding": "raw loop decoding each batch"}
+          "raw_decoding": "raw loop decoding each batch", "raw_side_by_side": "raw loop, calls side by side"}
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -432,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.contender:
         paths = sorted(os.path.join(args.image_dir, n) for n in os.listdir(args.image_dir) if n.endswith(".jpg"))
-        if args.contender in ("raw", "raw_decoding"):
+        if args.contender in ("raw", *RAW_DECODING):
             result = CONTENDERS[args.contender](paths, args.module, args.workdir, batch_size=_batch_size(args.module))
         else:
             result = CONTENDERS[args.contender](paths, args.module, args.workdir)

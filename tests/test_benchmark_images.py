@@ -55,7 +55,8 @@ def test_target_names_each_pipeline_configuration_that_meets_it(tmp_path):
             "pipeline": [{"images_per_s": r, "rows": 10, "outside_inference_s": 0.01} for r in (80.0, 84.0, 90.0)],
             "pipeline_mp": [{"images_per_s": r, "rows": 10} for r in (86.0, 88.0, 70.0)],
             "pipeline_serial_decode": [{"images_per_s": r, "rows": 10, "outside_inference_s": 0.02} for r in (64.0, 70.0, 72.0)],
-            "raw_decoding": [{"images_per_s": r, "rows": 10} for r in (82.0, 91.0, 88.0)]}
+            "raw_decoding": [{"images_per_s": r, "rows": 10} for r in (82.0, 91.0, 88.0)],
+            "raw_side_by_side": [{"images_per_s": r, "rows": 10} for r in (95.0, 89.0, 93.0)]}
     for name in runs:
         os.makedirs(tmp_path / name)
         np.save(tmp_path / name / "embeddings.npy", np.eye(3, dtype=np.float32))
@@ -64,6 +65,7 @@ def test_target_names_each_pipeline_configuration_that_meets_it(tmp_path):
     assert report["pipeline_best_vs_raw"] == pytest.approx(0.86)
     assert report["parallel_decode_gain"] == pytest.approx(1.25)  # rounds: 80/64, 84/70, 90/72
     assert report["raw_decoding_vs_raw"] == pytest.approx(0.88) and "raw_decoding" not in report["target"]["met_by"]
+    assert report["raw_side_by_side_vs_raw"] == pytest.approx(0.93) and "raw_side_by_side" not in report["target"]["met_by"]
     assert report["pipeline_serial_decode_outside_inference_ms_per_image"] == pytest.approx(2.0)
     assert report["target"] == {"vs_raw": 0.85, "best": "pipeline_mp", "met": True, "met_by": ["pipeline_mp"]}
     assert "target vs raw >= 0.85: met by pipeline, 2 worker processes; best 0.860" in images.format_report(report)
@@ -80,6 +82,9 @@ def test_both_contenders_embed_the_same_pixels(tmp_path):
     decoding = images.raw_decoding(paths, MODULE, workdirs["raw_decoding"], batch_size=4, threads=None)
     assert decoding["rows"] == 6 and decoding["decode_s"] is None
     np.testing.assert_array_equal(*(np.load(os.path.join(workdirs[n], "embeddings.npy")) for n in ("raw", "raw_decoding")))
+    side = images.raw_side_by_side(paths, MODULE, workdirs["raw_side_by_side"], batch_size=4, threads=None)
+    assert side["rows"] == 6 and side["decode_s"] is None  # two calls of 4 and 2 images, side by side, in order
+    np.testing.assert_array_equal(*(np.load(os.path.join(workdirs[n], "embeddings.npy")) for n in ("raw", "raw_side_by_side")))
     pipe = images.pipeline(paths, MODULE, workdirs["pipeline"], threads=None)
     serial = images.pipeline_serial_decode(paths, MODULE, workdirs["pipeline_serial_decode"], threads=None)
     assert raw["rows"] == pipe["rows"] == 6 and pipe["counts"]["rows_embedded"] == serial["counts"]["rows_embedded"] == 6
@@ -114,7 +119,8 @@ def test_unknown_contender_is_refused_naming_the_valid_ones(capsys):
     with pytest.raises(SystemExit) as exit_info:
         images.main(["--only", "raw,pipline"])
     assert exit_info.value.code == 2
-    assert "unknown contender(s) pipline; valid: raw, pipeline, pipeline_mp, pipeline_serial_decode, raw_decoding" in capsys.readouterr().err
+    assert ("unknown contender(s) pipline; valid: raw, pipeline, pipeline_mp, pipeline_serial_decode, raw_decoding, "
+            "raw_side_by_side") in capsys.readouterr().err
 
 
 def test_report_names_the_machine_it_ran_on(tmp_path):
