@@ -208,13 +208,15 @@ def _process_cpu_s() -> float:
 
 
 def one_process_ceiling(raw_result: dict[str, Any]) -> float | None:
-    """The most of raw's rate that any one process that also decodes could reach on this machine.
+    """The most of raw's rate that a process that also decodes, calling the module as raw does, could reach here.
 
     Such a process needs the CPU of raw's module calls plus that of decoding
     every image (`decode_cpu_s`), on `cores` cores: its time is at least
     their sum over the cores, and at least raw's own time. Beam's work, and
     what sharing the cores costs the module's threads, come on top, so a
-    pipeline stays below it. None when the run lacks the figures.
+    pipeline stays below it. Calls with other thread settings use other CPU
+    (`raw_side_by_side`'s single-threaded calls use less, and can pass it). None
+    when the run lacks the figures.
     """
     if not raw_result.get("cpu_s") or raw_result.get("decode_cpu_s") is None or not raw_result.get("cores"):
         return None
