@@ -48,7 +48,8 @@ and the smallest cosine between the two contenders' vectors (the same pixels
 go in, so it should be 1).
 
 And what the machine allows: `one_process_ceiling_vs_raw`, the most of raw's
-rate that any single process that decodes could reach here. Raw records the
+rate that a single process that decodes, calling the module as raw does, could
+reach here. Raw records the
 CPU its module calls use (`raw_cores_busy` of the cores) and the CPU that
 decoding each image takes (`decode_pixels`, one thread); a process doing both
 needs their sum, spread over the cores at best. Where the module already keeps
@@ -165,7 +166,8 @@ def raw(paths: list[str], module: str, workdir: str, batch_size: int, threads: t
 
     call = modules.bind(loaded)
     starts = range(0, len(paths), batch_size)
-    pool = concurrent.futures.ThreadPoolExecutor(max(calls, decode_threads)) if calls > 1 or decode_threads else None
+    pool_threads = calls if calls > 1 else decode_threads  # the calls' threads, or the decoding's
+    pool = concurrent.futures.ThreadPoolExecutor(pool_threads) if pool_threads else None
     if calls > 1:  # raw_side_by_side: each call's thread decodes its own batch just before the call
         def batch(start: int) -> np.ndarray:
             return np.stack([decode(path) for path in paths[start:start + batch_size]])
@@ -367,7 +369,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]], workdirs: dict[str, str]) -
     """
     errors = {f"{name}[{i}]": r["error"] for name, rs in runs.items() for i, r in enumerate(rs) if "error" in r}
     good = {name: [r for r in rs if "error" not in r] for name, rs in runs.items()}
-    median = {name: float(np.median([r["images_per_s"] for r in rs])) if rs else None for name, rs in good.items()}
+    median = {name: _median([r["images_per_s"] for r in rs]) for name, rs in good.items()}
     report: dict[str, Any] = {f"{name}_images_per_s": median.get(name) for name in CONTENDERS}
     raw_r = good.get("raw") or []
     report["raw_decode_ms_per_image"] = _median([r["decode_s"] / r["rows"] * 1e3 for r in raw_r])
@@ -378,12 +380,11 @@ def summarize(runs: dict[str, list[dict[str, Any]]], workdirs: dict[str, str]) -
     for name in PIPELINES:
         rs = good.get(name) or []
         pairs = _paired_ratios(runs, name, "raw")
-        report[f"{name}_vs_raw"] = float(np.median(pairs)) if pairs else None
+        report[f"{name}_vs_raw"] = _median(pairs)
         report[f"{name}_vs_raw_per_round"] = pairs
         # Two processes embed side by side: their summed inference time is no part of one wall clock.
         report[f"{name}_outside_inference_ms_per_image"] = (
-            float(np.median([r["outside_inference_s"] / r["rows"] * 1e3 for r in rs])) if rs and name != "pipeline_mp"
-            else None)
+            _median([r["outside_inference_s"] / r["rows"] * 1e3 for r in rs]) if name != "pipeline_mp" else None)
         last_ok = runs.get(name) and "error" not in runs[name][-1] and runs.get("raw") and "error" not in runs["raw"][-1]
         report[f"min_cosine_{name}_vs_raw"] = (
             _min_cosine(*(os.path.join(workdirs[n], contenders.EMBEDDINGS_FILE) for n in ("raw", name)))
@@ -393,7 +394,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]], workdirs: dict[str, str]) -
         report[f"{name}_vs_raw"] = _median(ratios)
         report[f"{name}_vs_raw_per_round"] = ratios
     gains = _paired_ratios(runs, "pipeline", "pipeline_serial_decode")
-    report["parallel_decode_gain"] = float(np.median(gains)) if gains else None  # pipeline / 1 decode thread
+    report["parallel_decode_gain"] = _median(gains)  # pipeline / 1 decode thread
     ratios = {name: report[f"{name}_vs_raw"] for name in PIPELINES if report[f"{name}_vs_raw"] is not None}
     best = max(ratios, key=ratios.get) if ratios else None
     report["pipeline_best_vs_raw"] = ratios.get(best)
