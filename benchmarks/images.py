@@ -18,24 +18,25 @@ Six contenders, each in a process of its own, with TensorFlow at 2 intra-op /
   The ceiling: no Beam, no file reads, no decoding in the timed part.
 * `pipeline`: `pipelines.embed`'s job on DirectRunner in one process, from the
   image files to the committed Parquet table (reading, hashing, decoding and
-  resizing every file included; each module call's images are decoded side by
-  side in one thread per core, `--decode-threads`' default in one process); the
+  resizing every file included; the module's calls run side by side in one
+  thread per core, `--decode-threads`' default in one process, each decoding
+  its own images, with TensorFlow's threads as the pipeline sets them); the
   workers' model load is subtracted as in `benchmarks.contenders`.
 * `pipeline_mp`: the same job with two DirectRunner worker processes
   (`--direct_num_workers=2 --direct_running_mode=multi_processing`, one
   TensorFlow thread and one decoding thread each): one process decodes while
   the other runs the module. Worker start-up and model load are excluded likewise.
-* `pipeline_serial_decode`: `pipeline` with `--decode-threads 1`, each image
-  decoded after the other (the threads' gain, `parallel_decode_gain`).
+* `pipeline_serial_decode`: `pipeline` with `--decode-threads 1`: calls in
+  turn, each image decoded after the other (the threads' gain, `parallel_decode_gain`).
 * `raw_decoding`: the raw loop, but each batch's files are read and decoded
-  (one thread per core, as the pipeline does) just before its call: the pipeline's work
-  without Beam, the ceiling of any one-process pipeline that decodes between its
-  module calls on this machine (`raw_decoding_vs_raw`).
+  (one thread per core) just before its call: the ceiling of a one-process
+  pipeline that decodes between module calls of TensorFlow's two threads, as
+  the pipeline did before its calls ran side by side (`raw_decoding_vs_raw`).
 * `raw_side_by_side`: the raw loop as one thread per core, side by side, each
   reading and decoding its own batch just before its call, with TensorFlow at 1
   intra-op thread and one inter-op thread per core (`raw_side_by_side_vs_raw`):
-  no op then waits for a thread whose core a decoder took. The way of calling
-  the module that a one-process pipeline could adopt next (not built yet).
+  no op then waits for a thread whose core a decoder took. The one-process
+  pipeline's way of calling the module, without Beam: its ceiling here.
 
 The contenders run `--repeats` times each, alternating (raw, pipeline, raw,
 ...), so load from elsewhere on the machine hits both alike; each one's median
@@ -226,11 +227,13 @@ def one_process_ceiling(raw_result: dict[str, Any]) -> float | None:
     return seconds / max(seconds, (raw_result["cpu_s"] + raw_result["decode_cpu_s"]) / raw_result["cores"])
 
 
-def pipeline(paths: list[str], module: str, workdir: str, threads: tuple[int, int] | None = (2, 1),
+def pipeline(paths: list[str], module: str, workdir: str, threads: tuple[int, int] | None = None,
              beam_args: tuple[str, ...] = ()) -> dict:
     """`pipelines.embed` on the image files, DirectRunner (see the module docstring).
 
-    `threads` (intra-op, inter-op) configures TensorFlow first; None leaves it as it is.
+    `threads` (intra-op, inter-op) configures TensorFlow first; None (the default) leaves it to
+    the pipeline, which sets its own (one intra-op thread per call when its calls run side by
+    side); where it sets none, the contender's environment gives 2 intra-op / 1 inter-op.
     `beam_args`: Beam options, e.g. `contenders.MP_BEAM_ARGS` for two worker processes.
     """
     if threads:
@@ -264,7 +267,7 @@ def pipeline(paths: list[str], module: str, workdir: str, threads: tuple[int, in
             "batch_size": job.spec.batch_size, **times}
 
 
-def pipeline_mp(paths: list[str], module: str, workdir: str, threads: tuple[int, int] | None = (2, 1)) -> dict:
+def pipeline_mp(paths: list[str], module: str, workdir: str, threads: tuple[int, int] | None = None) -> dict:
     """The pipeline with two DirectRunner worker processes (1 TensorFlow thread each): one decodes while the other
     runs the module. Their start-up and model load (TensorFlow's import included) are excluded, as in
     `benchmarks.contenders`."""
@@ -272,7 +275,7 @@ def pipeline_mp(paths: list[str], module: str, workdir: str, threads: tuple[int,
 
 
 def pipeline_serial_decode(paths: list[str], module: str, workdir: str,
-                           threads: tuple[int, int] | None = (2, 1)) -> dict:
+                           threads: tuple[int, int] | None = None) -> dict:
     """The one-process pipeline with `--decode-threads 1`: its images decoded one after another, as before
     decoding ran side by side, so that the threads' gain is measured in the same run."""
     return pipeline(paths, module, workdir, threads, ("--decode-threads", "1"))
@@ -280,9 +283,9 @@ def pipeline_serial_decode(paths: list[str], module: str, workdir: str,
 
 def raw_decoding(paths: list[str], module: str, workdir: str, batch_size: int,
                  threads: tuple[int, int] | None = (2, 1)) -> dict:
-    """The raw loop that decodes each batch (one thread per core, as the pipeline does) just before its call: no Beam.
+    """The raw loop that decodes each batch (one thread per core) just before its call: no Beam.
 
-    The ceiling of any one-process pipeline that decodes between module calls on this machine.
+    The ceiling of a one-process pipeline that decodes between module calls of TensorFlow's two threads.
     """
     # One process's default of `pipelines.pipeline.decode_threads`: every core.
     return raw(paths, module, workdir, batch_size, threads, decode_threads=os.cpu_count() or 1)
@@ -294,7 +297,7 @@ def raw_side_by_side(paths: list[str], module: str, workdir: str, batch_size: in
 
     Each call runs on one TensorFlow thread (intra-op 1, inter-op one per core; `threads`
     None leaves TensorFlow as it is), so no op waits for a thread whose core a decoder
-    took: the way of calling the module that a one-process pipeline could adopt next.
+    took: the one-process pipeline's way of calling the module, without Beam.
     """
     cores = os.cpu_count() or 1
     return raw(paths, module, workdir, batch_size, (1, cores) if threads else None, calls=cores)

@@ -106,7 +106,8 @@ class PreprocessConfig:
     max_text_bytes: int = _option(1 << 20, "longer texts (UTF-8 bytes) are dead-lettered")
     max_image_pixels: int = _option(50_000_000, "larger images are dead-lettered (decompression-bomb guard)")
     decode_threads: int | None = _option(
-        None, "images decoded side by side per worker process; default: the process's share of the cores"
+        None, "images decoded side by side per worker process (in one process, module calls side by side, "
+        "each decoding its own images); default: the process's share of the cores"
     )
 
 

@@ -13,6 +13,15 @@
   is sorted by length and cut into module calls of `batch_size` rows, so rows
   of a call pad to similar lengths. Images are called `batch_size` at a time,
   stacked into a buffer each thread reuses (`stack_images`).
+* Image calls side by side (`calls` > 1; one-process runs, see
+  `pipeline.side_by_side_calls`): a window of `calls * CALLS_PER_THREAD`
+  calls arrives as file paths, and `calls` threads take its calls from one
+  queue, each reading and decoding its call's images (`preprocess.decode_content`)
+  and then calling the module on one TensorFlow thread (intra-op 1, one
+  inter-op thread per call). No op then waits for a thread whose core a
+  decoder took, and the cores stay busy: the README's image benchmark. An
+  image that cannot be decoded gets a `DecodeFailure` (dead-lettered at stage
+  `decode`, as the `Decode` step would).
 * A call that raises is split in halves until the failing rows are isolated:
   only the rows the module rejects (e.g. over-long inputs) are dead-lettered,
   with the module's error. Rows with NaN/inf values are dead-lettered too. An
@@ -34,6 +43,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import ctypes.util
 import dataclasses
@@ -49,11 +59,15 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from pipelines import token_trim
-from pipelines.config import ModelSpec
-from pipelines.preprocess import unit_scale
+from pipelines.config import ModelSpec, PreprocessConfig
+from pipelines.preprocess import decode_content, unit_scale
 from pipelines.records import FAILURES, METRICS_NAMESPACE, TALLIES, ContentGroup, Stage, tally
 
 WINDOW_BATCHES = 8
+# Image calls side by side (`calls` > 1): a window holds this many calls per call thread, which take
+# them one after another from a shared queue. Large, as its paths cost little memory: the threads
+# wait for each other, and for Beam's work on the window's results, once per window.
+CALLS_PER_THREAD = 16
 _DIMS = "dims"  # the fingerprint-keyed record of probed output dimensions
 # Warm-up inputs: texts of a few lengths (the module's first call builds and optimizes its graph).
 WARMUP_TEXTS = tuple(" ".join(["warm-up text"] * n) for n in (1, 4, 16, 64))
@@ -75,6 +89,12 @@ class ModuleChangedError(RuntimeError):
 
 class EmbedFailure(NamedTuple):
     """The inference result of a row the module could not embed."""
+
+    error: str
+
+
+class DecodeFailure(NamedTuple):
+    """The inference result of an image the handler's call thread could not decode."""
 
     error: str
 
@@ -155,14 +175,18 @@ def loaded(model: LoadedModule | LazyModule) -> LoadedModule:
     return model.get() if isinstance(model, LazyModule) else model
 
 
-def _configure_threads(threads: int | None) -> None:
-    if not threads:
+def _configure_threads(threads: int | None, calls: int = 1) -> None:
+    """Sets TensorFlow's pools: `threads` intra-op threads (at most 2 inter-op), or for `calls` > 1 calls side
+    by side, one intra-op thread and `calls` inter-op threads. Nothing when TensorFlow has already started
+    in this process (an in-process runner whose launcher loaded the module): it keeps its pools."""
+    if not threads and calls < 2:
         return
     import tensorflow as tf
 
+    intra, inter = (1, calls) if calls > 1 else (threads, min(threads, 2))
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
     except RuntimeError:  # TensorFlow already started in this process (in-process runner): keep its pools.
         pass
 
@@ -213,6 +237,12 @@ class HeapTrimmer:
         self._last = now
         release_free_memory()
         return True
+
+
+@functools.cache
+def _call_pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
+    """The process's pool of `threads` threads for image calls side by side (made once, kept for the process)."""
+    return concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="hub-embed-call")
 
 
 _BATCH_BUFFERS = threading.local()
@@ -272,7 +302,8 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
     `EmbedFailure`. Any element with a `payload` will do.
     """
 
-    def __init__(self, handle: str, signature: str, fingerprint: str, spec: ModelSpec, tf_threads: int | None = None):
+    def __init__(self, handle: str, signature: str, fingerprint: str, spec: ModelSpec, tf_threads: int | None = None,
+                 calls: int = 1, max_image_pixels: int | None = None):
         """Initializes the handler.
 
         Args:
@@ -281,14 +312,23 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
           fingerprint: the module's fingerprint at launch; workers refuse another.
           spec: how to call the signature (see `config.model_spec`).
           tf_threads: TensorFlow intra-op threads per process; None leaves TF's default.
+          calls: image calls run side by side per process, each on one TensorFlow thread,
+            each thread decoding its own call's images (payloads that are still paths).
+          max_image_pixels: the decompression-bomb limit for the images it decodes
+            (default: `PreprocessConfig`'s).
         """
-        window = spec.batch_size * (WINDOW_BATCHES if spec.kind == "text" else 1)
+        if spec.kind == "text":
+            window = spec.batch_size * WINDOW_BATCHES
+        else:
+            window = spec.batch_size * (calls * CALLS_PER_THREAD if calls > 1 else 1)
         super().__init__(min_batch_size=window, max_batch_size=window)
         self._handle = handle
         self._signature = signature
         self._fingerprint = fingerprint
         self._spec = spec
         self._tf_threads = tf_threads
+        self._calls = calls if spec.kind == "image" else 1
+        self._max_image_pixels = max_image_pixels or PreprocessConfig().max_image_pixels
         self._progress: _Progress | None = None
         self._trimmer = HeapTrimmer()
 
@@ -323,7 +363,7 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
         from pipelines import modules
 
         start = time.monotonic()
-        _configure_threads(self._tf_threads)
+        _configure_threads(self._tf_threads, self._calls)
         module = load_module(resolved)
         trim_output = self._spec.trim.output if self._spec.trim else None
         keys = (self._spec.output_key,) + ((trim_output,) if trim_output else ())
@@ -361,8 +401,12 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
         if self._spec.kind == "text":
             order = np.argsort(np.fromiter((len(r.payload) for r in batch), np.int64, len(batch)), kind="stable")
         size = self._spec.batch_size
-        for start in range(0, len(batch), size):
-            self._embed(batch, [int(i) for i in order[start:start + size]], model, results)
+        calls = [[int(i) for i in order[start:start + size]] for start in range(0, len(batch), size)]
+        if self._calls > 1 and len(calls) > 1:
+            list(_call_pool(self._calls).map(lambda rows: self._decode_and_embed(batch, rows, model, results), calls))
+        else:
+            for rows in calls:
+                self._decode_and_embed(batch, rows, model, results)
         self._trimmer.maybe_release()
         if self._progress is None:
             self._progress = _Progress()
@@ -370,9 +414,24 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
         self._progress.add(len(batch))
         return [PredictionResult(record, result) for record, result in zip(batch, results)]
 
-    def _embed(self, batch: Sequence[ContentGroup], rows: list[int], model: LoadedModule, results: list[Any]) -> None:
+    def _decode_and_embed(self, batch: Sequence[ContentGroup], rows: list[int], model: LoadedModule,
+                          results: list[Any]) -> None:
+        """One call's rows: images that are still paths are decoded here first (a `DecodeFailure` each that cannot be)."""
+        payloads = {i: batch[i].payload for i in rows}
+        if self._spec.kind == "image":
+            for i in rows:
+                if isinstance(payloads[i], str):
+                    try:
+                        payloads[i] = decode_content(batch[i], self._spec.image_size, self._max_image_pixels)
+                    except Exception as e:  # Pillow raises many types for bad files; each is this content's failure.
+                        results[i] = DecodeFailure(f"{type(e).__name__}: {e}")
+            rows = [i for i in rows if results[i] is None]
+        if rows:
+            self._embed(payloads, rows, model, results)
+
+    def _embed(self, payloads: dict[int, Any], rows: list[int], model: LoadedModule, results: list[Any]) -> None:
         """Fills `results[i]` for `rows`, halving the call until a failing row stands alone."""
-        inputs, lengths = self._inputs([batch[i].payload for i in rows])
+        inputs, lengths = self._inputs([payloads[i] for i in rows])
         try:
             outputs = model.call(inputs)
         except Exception as e:  # The module rejected some input in this call.
@@ -380,8 +439,8 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
                 results[rows[0]] = EmbedFailure(f"{type(e).__name__}: {e}")
                 return
             half = len(rows) // 2
-            self._embed(batch, rows[:half], model, results)
-            self._embed(batch, rows[half:], model, results)
+            self._embed(payloads, rows[:half], model, results)
+            self._embed(payloads, rows[half:], model, results)
             return
         embeddings = self._check_shape(outputs[self._spec.output_key], len(rows))
         if self._spec.sequence:
@@ -454,7 +513,7 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
 
     def get_num_bytes(self, batch: Sequence[ContentGroup]) -> int:
         if self._spec.kind == "image":
-            return sum(r.payload.nbytes for r in batch)
+            return sum(r.payload.nbytes if isinstance(r.payload, np.ndarray) else len(r.payload) for r in batch)
         return sum(len(r.payload) for r in batch)
 
     def get_metrics_namespace(self) -> str:
@@ -466,8 +525,8 @@ class _SplitResults(beam.DoFn):
 
     def process(self, result: PredictionResult) -> Iterable[Any]:
         group, inference = result.example, result.inference
-        if isinstance(inference, EmbedFailure):
-            yield from group.failed(Stage.EMBED, inference.error)
+        if isinstance(inference, (EmbedFailure, DecodeFailure)):
+            yield from group.failed(Stage.DECODE if isinstance(inference, DecodeFailure) else Stage.EMBED, inference.error)
             return
         rows = len(group.rows)
         yield tally("rows_embedded", rows)

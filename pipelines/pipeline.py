@@ -99,6 +99,19 @@ def decode_threads(cfg: EmbedConfig, options: PipelineOptions) -> int:
     return cfg.preprocess.decode_threads or tf_threads(options) or os.cpu_count() or 1
 
 
+def side_by_side_calls(cfg: EmbedConfig, options: PipelineOptions, spec: ModelSpec) -> int:
+    """Image module calls run side by side in one process, each thread decoding its own call's images.
+
+    A one-process run's decode threads (`decode_threads`) become call threads,
+    each on one TensorFlow thread: no op waits for a thread whose core a
+    decoder took (see the README's image benchmark). 1 (calls one after another,
+    images decoded by `Decode`) for texts and for several worker processes.
+    """
+    if spec.kind != "image" or tf_threads(options) is not None:
+        return 1
+    return decode_threads(cfg, options)
+
+
 def tf_threads(options: PipelineOptions) -> int | None:
     """TensorFlow threads per worker process: the cores shared out among processes.
 
@@ -147,8 +160,10 @@ class _LocalRunner(fn_runner.FnApiRunner):
         return super().run_via_runner_api(pipeline_proto, options)
 
 
-def _handler(cfg: EmbedConfig, module: modules.ModuleInfo, spec: ModelSpec, threads: int | None = None) -> HubModelHandler:
-    return HubModelHandler(cfg.model.module, cfg.model.signature, module.fingerprint, spec, threads)
+def _handler(cfg: EmbedConfig, module: modules.ModuleInfo, spec: ModelSpec, threads: int | None = None,
+             calls: int = 1) -> HubModelHandler:
+    return HubModelHandler(cfg.model.module, cfg.model.signature, module.fingerprint, spec, threads, calls,
+                           cfg.preprocess.max_image_pixels)
 
 
 def build_pipeline(p: beam.Pipeline, cfg: EmbedConfig, job: Job | None = None) -> beam.PCollection:
@@ -168,8 +183,9 @@ def build_pipeline(p: beam.Pipeline, cfg: EmbedConfig, job: Job | None = None) -
     ready = unique.records | "Preprocess" >> Preprocess(cfg.preprocess, job.spec)
     reusable = p | "ReadReuse" >> ReadReusedVectors(job.reuse, job.spec.sequence)
     joined = {"rows": ready.records, "reused": reusable} | "JoinContent" >> content.JoinContent()
-    decoded = joined.misses | "Decode" >> Decode(cfg.preprocess, job.spec, decode_threads(cfg, p.options))
-    embedded = decoded.records | "Embed" >> Embed(_handler(cfg, job.module, job.spec, tf_threads(p.options)))
+    calls = side_by_side_calls(cfg, p.options, job.spec)
+    decoded = joined.misses | "Decode" >> Decode(cfg.preprocess, job.spec, decode_threads(cfg, p.options), calls > 1)
+    embedded = decoded.records | "Embed" >> Embed(_handler(cfg, job.module, job.spec, tf_threads(p.options), calls))
     failures = (
         (read.failures, unique.failures, ready.failures, decoded.failures, embedded.failures) | "AllFailures" >> beam.Flatten()
     )

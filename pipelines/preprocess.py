@@ -6,7 +6,9 @@ runs after the content join, on what still needs a module call: it decodes
 each such image once, however many records share it, in batches of one
 module call side by side in threads (`decode_threads`: Pillow releases the
 GIL while it decodes and resizes), one batch ahead of the module. Texts pass
-it unchanged.
+it unchanged, and so do images when the module's calls run side by side
+(one-process runs): each call's thread then decodes its own images
+(`decode_content`, in `model_handler`).
 
 Texts: an empty or whitespace-only text, or one longer than `max_text_bytes`
 UTF-8 bytes, is dead-lettered (stage `validate`) in every input format. Other
@@ -164,16 +166,25 @@ class _HashImage(beam.DoFn):
         yield record._replace(content_hash=content.image_hash(data, self._size))
 
 
-def _decode_group(group: ContentGroup, size: tuple[int, int], max_pixels: int) -> list[Any]:
-    """The decoded `group`, or one dead letter per row when its file cannot be decoded.
+def decode_content(group: ContentGroup, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+    """The pixels of an image `ContentGroup` whose payload is still its file path (`decode_pixels`).
 
     The file is read again: its hash proves it is the file that was keyed.
+
+    Raises:
+      OSError: the file cannot be read, or changed since it was keyed.
+      ImageError, PIL.UnidentifiedImageError, ValueError: as `decode_pixels`.
     """
+    data = _read_file(group.payload)
+    if content.image_hash(data, size) != group.content_hash:
+        raise OSError(f"{group.payload} changed while the job ran (its content hash differs from the first read)")
+    return decode_pixels(data, size, max_pixels)
+
+
+def _decode_group(group: ContentGroup, size: tuple[int, int], max_pixels: int) -> list[Any]:
+    """The decoded `group`, or one dead letter per row when its file cannot be decoded."""
     try:
-        data = _read_file(group.payload)
-        if content.image_hash(data, size) != group.content_hash:
-            raise OSError(f"{group.payload} changed while the job ran (its content hash differs from the first read)")
-        image = decode_pixels(data, size, max_pixels)
+        image = decode_content(group, size, max_pixels)
     except Exception as e:  # Pillow raises many types for bad files; each is this content's failure.
         return group.failed(Stage.DECODE, e)
     return [group._replace(payload=image)]
@@ -269,21 +280,24 @@ class Decode(beam.PTransform):
       A `DoOutputsTuple`: `.records` (`ContentGroup`s ready for the module) and `.failures`.
     """
 
-    def __init__(self, cfg: PreprocessConfig, spec: ModelSpec, threads: int = 1):
+    def __init__(self, cfg: PreprocessConfig, spec: ModelSpec, threads: int = 1, in_calls: bool = False):
         """Initializes the transform.
 
         Args:
           cfg: the preprocessing limits.
           spec: the module's input description.
           threads: images decoded side by side per worker process (see `_DecodeImages`).
+          in_calls: images are left as paths, for the module's call threads to decode
+            (`model_handler.HubModelHandler` with `calls` > 1); they pass as they are.
         """
         super().__init__()
         self._cfg = cfg
         self._spec = spec
         self._threads = threads
+        self._in_calls = in_calls
 
     def expand(self, groups: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        if self._spec.kind != "image":
+        if self._spec.kind != "image" or self._in_calls:
             return groups | beam.ParDo(_PassThrough()).with_outputs(FAILURES, main="records")
         # Batches of one module call's size: decoded side by side, then handed on to the module in order.
         size = self._spec.batch_size

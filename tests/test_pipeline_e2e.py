@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipelines import config, embed, pipeline, sinks
+from pipelines import config, embed, modules, pipeline, sinks
 from tests.fixtures import tiny_modules as tm
 
 TEXTS = ["The cat sat on the mat.", "Dogs bark", "a", "Embeddings map text to vectors", "cat mat sat"]
@@ -244,7 +244,8 @@ def test_images_any_mode_and_the_bad_ones(tiny, tmp_path):
     assert "UnidentifiedImageError" in errors[str(src / "empty.png")]["error"]
 
 
-def test_image_decode_threads_change_nothing_in_the_table(tiny, tmp_path):
+def test_image_calls_side_by_side_and_decode_threads_change_nothing_in_the_table(tiny, tmp_path):
+    """1 thread: `Decode` decodes, calls in turn; 4: four calls side by side, each thread decoding its own images."""
     src = tmp_path / "images"
     src.mkdir()
     for i in range(9):
@@ -273,6 +274,24 @@ def test_decode_threads_are_the_configs_else_the_worker_processs_share_of_the_co
     assert pipeline.decode_threads(cfg, mp) == max(1, cores // 2)
     assert pipeline.decode_threads(cfg, PipelineOptions(["--runner=DataflowRunner"])) == 1
     assert pipeline.decode_threads(config.load(["--input", "x.jpg", "--output", "o", "--decode-threads", "3"]), mp) == 3
+
+
+def test_image_calls_run_side_by_side_in_one_process_only(tiny):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    cores = os.cpu_count() or 1
+    image_cfg = config.load(["--input", "x.jpg", "--output", "o", "--module", tiny.image])
+    image = config.model_spec(image_cfg, modules.describe(tiny.image))
+    text = config.model_spec(config.load(["--input", "x.txt", "--output", "o", "--module", tiny.text]),
+                             modules.describe(tiny.text))
+    one = PipelineOptions([])
+    assert pipeline.side_by_side_calls(image_cfg, one, image) == cores  # the decode threads' default
+    three = config.load(["--input", "x.jpg", "--output", "o", "--module", tiny.image, "--decode-threads", "3"])
+    assert pipeline.side_by_side_calls(three, one, image) == 3
+    assert pipeline.side_by_side_calls(three, one, text) == 1  # texts: calls in turn
+    mp = PipelineOptions(["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+    assert pipeline.side_by_side_calls(three, mp, image) == 1  # each process already has its share of the cores
+    assert pipeline.side_by_side_calls(three, PipelineOptions(["--runner=DataflowRunner"]), image) == 1
 
 
 def test_image_module_with_open_size_takes_image_size(tiny, tmp_path):
