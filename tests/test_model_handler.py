@@ -114,8 +114,6 @@ def _image_groups(directory, tiny_image, count: int, broken: tuple[int, ...] = (
 def test_image_calls_side_by_side_decode_in_their_threads_and_embed_as_calls_in_turn(tiny, tmp_path, monkeypatch):
     import threading
 
-    import numpy as np
-
     from pipelines import model_handler, preprocess
 
     groups, info, spec = _image_groups(tmp_path, tiny.image, 11, broken=(4,))  # 4 calls of 3, the last one of 2
