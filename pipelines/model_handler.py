@@ -295,11 +295,13 @@ class _Progress:
 
 
 class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]):
-    """Embeds `ContentGroup`s (payload: text or float32 image) with one signature output of a TF Hub module.
+    """Embeds `ContentGroup`s (payload: text, decoded image, or image file path) with one signature output
+    of a TF Hub module.
 
     Each `PredictionResult` carries the group as its example and, as its
-    inference, a float32 `[D]` vector (`[T, D]` for per-token outputs) or an
-    `EmbedFailure`. Any element with a `payload` will do.
+    inference, a float32 `[D]` vector (`[T, D]` for per-token outputs), an
+    `EmbedFailure`, or for a file path that cannot be decoded a
+    `DecodeFailure`. Any element with a `payload` will do.
     """
 
     def __init__(self, handle: str, signature: str, fingerprint: str, spec: ModelSpec, tf_threads: int | None = None,
@@ -520,13 +522,17 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
         return METRICS_NAMESPACE
 
 
+_FAILURE_STAGES = {EmbedFailure: Stage.EMBED, DecodeFailure: Stage.DECODE}
+
+
 class _SplitResults(beam.DoFn):
     """Each embedded `ContentGroup` gives its vector to every one of its rows; a failure fails them all."""
 
     def process(self, result: PredictionResult) -> Iterable[Any]:
         group, inference = result.example, result.inference
-        if isinstance(inference, (EmbedFailure, DecodeFailure)):
-            yield from group.failed(Stage.DECODE if isinstance(inference, DecodeFailure) else Stage.EMBED, inference.error)
+        stage = _FAILURE_STAGES.get(type(inference))
+        if stage is not None:
+            yield from group.failed(stage, inference.error)
             return
         rows = len(group.rows)
         yield tally("rows_embedded", rows)

@@ -274,7 +274,8 @@ class Preprocess(beam.PTransform):
 
 
 class Decode(beam.PTransform):
-    """Decodes the images of the `ContentGroup`s that need a module call; texts pass as they are.
+    """Decodes the images of the `ContentGroup`s that need a module call; texts pass as they are, and so do
+    images that the module's call threads decode (`in_calls`).
 
     Returns:
       A `DoOutputsTuple`: `.records` (`ContentGroup`s ready for the module) and `.failures`.
