@@ -14,8 +14,8 @@
   of a call pad to similar lengths. Images are called `batch_size` at a time,
   stacked into a buffer each thread reuses (`stack_images`).
 * Image calls side by side (`calls` > 1; one-process runs, see
-  `pipeline.side_by_side_calls`): a window of `calls * CALLS_PER_THREAD`
-  calls arrives as file paths, and `calls` threads take its calls from one
+  `pipeline.side_by_side_calls`): a window of `calls` x `calls_per_thread`
+  calls (about `WINDOW_ROWS_PER_THREAD` images per thread) arrives as file paths, and `calls` threads take its calls from one
   queue, each reading and decoding its call's images (`preprocess.decode_content`)
   and then calling the module on one TensorFlow thread (intra-op 1, one
   inter-op thread per call). No op then waits for a thread whose core a
@@ -64,10 +64,11 @@ from pipelines.preprocess import decode_content, unit_scale
 from pipelines.records import FAILURES, METRICS_NAMESPACE, TALLIES, ContentGroup, Stage, tally
 
 WINDOW_BATCHES = 8
-# Image calls side by side (`calls` > 1): a window holds this many calls per call thread, which take
-# them one after another from a shared queue. Large, as its paths cost little memory: the threads
-# wait for each other, and for Beam's work on the window's results, once per window.
-CALLS_PER_THREAD = 16
+# Image calls side by side (`calls` > 1): a window holds about this many images per call thread, in
+# whole calls, which the threads take one after another from a shared queue. Large, as its paths
+# cost little memory: the threads wait for each other, and for Beam's work on the window's results,
+# once per window (16 calls of 32 images, 64 of 8).
+WINDOW_ROWS_PER_THREAD = 512
 _DIMS = "dims"  # the fingerprint-keyed record of probed output dimensions
 # Warm-up inputs: texts of a few lengths (the module's first call builds and optimizes its graph).
 WARMUP_TEXTS = tuple(" ".join(["warm-up text"] * n) for n in (1, 4, 16, 64))
@@ -239,6 +240,11 @@ class HeapTrimmer:
         return True
 
 
+def calls_per_thread(batch_size: int) -> int:
+    """Calls per call thread in a window of image calls side by side: `WINDOW_ROWS_PER_THREAD` images, at least one call."""
+    return max(1, WINDOW_ROWS_PER_THREAD // batch_size)
+
+
 @functools.cache
 def _call_pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
     """The process's pool of `threads` threads for image calls side by side (made once, kept for the process)."""
@@ -322,7 +328,7 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
         if spec.kind == "text":
             window = spec.batch_size * WINDOW_BATCHES
         else:
-            window = spec.batch_size * (calls * CALLS_PER_THREAD if calls > 1 else 1)
+            window = spec.batch_size * (calls * calls_per_thread(spec.batch_size) if calls > 1 else 1)
         super().__init__(min_batch_size=window, max_batch_size=window)
         self._handle = handle
         self._signature = signature

@@ -73,6 +73,14 @@ def test_parity_with_the_pytorch_implementation(module, reference, inputs):
     np.testing.assert_allclose(module(batch[:2]).numpy(), features[:2], atol=1e-5)  # the callable is `default`
 
 
+def test_the_module_recommends_calls_of_8_whose_vectors_are_those_of_one_call(module, inputs):
+    assert modules.read_manifest(MODULE)["serving"] == {"batch_size": build_efficientnet.CALL_BATCH_SIZE} == {"batch_size": 8}
+    _, images = inputs  # 30: calls of 8, 8, 8 and 6
+    whole = module.signatures["default"](images=tf.constant(images))["default"].numpy()
+    calls = [module.signatures["default"](images=tf.constant(images[i:i + 8]))["default"].numpy() for i in range(0, 30, 8)]
+    np.testing.assert_allclose(np.concatenate(calls), whole, atol=1e-5)
+
+
 def test_module_signatures_and_trainable_weights(module):
     import tensorflow_hub as hub
 

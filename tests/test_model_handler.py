@@ -111,6 +111,15 @@ def _image_groups(directory, tiny_image, count: int, broken: tuple[int, ...] = (
     return groups, info, config.model_spec(cfg, info)
 
 
+def test_a_window_of_calls_side_by_side_holds_about_the_same_images_per_thread_whatever_the_call_size():
+    from pipelines import model_handler
+
+    rows = model_handler.WINDOW_ROWS_PER_THREAD
+    assert [model_handler.calls_per_thread(size) * size for size in (8, 32)] == [rows, rows]
+    assert model_handler.calls_per_thread(3) == rows // 3
+    assert model_handler.calls_per_thread(rows * 2) == 1  # a call larger than the window is still one call
+
+
 def test_image_calls_side_by_side_decode_in_their_threads_and_embed_as_calls_in_turn(tiny, tmp_path, monkeypatch):
     import threading
 
@@ -121,7 +130,7 @@ def test_image_calls_side_by_side_decode_in_their_threads_and_embed_as_calls_in_
         f.write(b"appended")  # changed since it was keyed
     side_by_side = model_handler.HubModelHandler(tiny.image, "default", info.fingerprint, spec, None, calls=2)
     in_turn = model_handler.HubModelHandler(tiny.image, "default", info.fingerprint, spec, None)
-    assert side_by_side.batch_elements_kwargs()["max_batch_size"] == 3 * 2 * model_handler.CALLS_PER_THREAD
+    assert side_by_side.batch_elements_kwargs()["max_batch_size"] == 3 * 2 * model_handler.calls_per_thread(3)
     assert in_turn.batch_elements_kwargs()["max_batch_size"] == 3
 
     decoders = set()
