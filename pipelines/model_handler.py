@@ -19,10 +19,10 @@
   paths, and `calls` threads take its calls from one queue, each reading and
   decoding its call's images (`preprocess.decode_content`) and then calling
   the module on one TensorFlow thread (intra-op 1, one inter-op thread per
-  call). No op then waits for a thread whose core a
-  decoder took, and the cores stay busy: the README's image benchmark. An
-  image that cannot be decoded gets a `DecodeFailure` (dead-lettered at stage
-  `decode`, as the `Decode` step would).
+  call). No op then waits for a thread whose core a decoder took, and the
+  cores stay busy: the README's image benchmark. An image that cannot be
+  decoded gets a `DecodeFailure` (dead-lettered at stage `decode`, as the
+  `Decode` step would).
 * A call that raises is split in halves until the failing rows are isolated:
   only the rows the module rejects (e.g. over-long inputs) are dead-lettered,
   with the module's error. Rows with NaN/inf values are dead-lettered too. An
