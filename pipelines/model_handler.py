@@ -177,10 +177,17 @@ def loaded(model: LoadedModule | LazyModule) -> LoadedModule:
     return model.get() if isinstance(model, LazyModule) else model
 
 
-def _configure_threads(threads: int | None, calls: int = 1) -> None:
-    """Sets TensorFlow's pools: `threads` intra-op threads (at most 2 inter-op), or for `calls` > 1 calls side
-    by side, one intra-op thread and `calls` inter-op threads. Nothing when TensorFlow has already started
-    in this process (an in-process runner whose launcher loaded the module): it keeps its pools."""
+def configure_threads(threads: int | None, calls: int = 1) -> None:
+    """Sets this process's TensorFlow pools for the module's calls, before TensorFlow starts.
+
+    Nothing when TensorFlow has already started here: its pools are then
+    fixed. (A launcher that must load the module to describe it sets them
+    first, as its in-process workers would: `pipeline.prepare`.)
+
+    Args:
+      threads: intra-op threads per call (inter-op: at most 2); None leaves TensorFlow's defaults.
+      calls: calls side by side (> 1: one intra-op thread each, `calls` inter-op threads).
+    """
     if not threads and calls < 2:
         return
     import tensorflow as tf
@@ -372,7 +379,7 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
         from pipelines import modules
 
         start = time.monotonic()
-        _configure_threads(self._tf_threads, self._calls)
+        configure_threads(self._tf_threads, self._calls)
         module = load_module(resolved)
         trim_output = self._spec.trim.output if self._spec.trim else None
         keys = (self._spec.output_key,) + ((trim_output,) if trim_output else ())

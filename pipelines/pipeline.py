@@ -14,6 +14,7 @@ reused rows, `WriteParts1` the embedded ones).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 from typing import Any
@@ -29,7 +30,7 @@ from apache_beam.runners.portability.portable_runner import JobServiceHandle
 from pipelines import config, content, export, handles, modules, reuse, sinks
 from pipelines.config import EmbedConfig, ModelSpec
 from pipelines.handles import redact
-from pipelines.model_handler import Embed, HubModelHandler, load_module
+from pipelines.model_handler import Embed, HubModelHandler, configure_threads, load_module
 from pipelines.preprocess import Decode, Preprocess
 from pipelines.reuse import ReadReusedVectors, ReusePlan
 from pipelines.sources import DedupeIds, ReadRecords
@@ -66,12 +67,15 @@ def prepare(cfg: EmbedConfig, module: modules.ModuleInfo | None = None) -> Job:
         input, or the reuse table does not exist, is not committed or is corrupt.
       HandleError, ModuleError: the module cannot be resolved or loaded.
     """
+    options = PipelineOptions(list(cfg.beam_args))
+    threads, calls = tf_threads(options), side_by_side_calls(cfg, options)
     if module is None:  # modules.describe; a module it has to load is kept for in-process workers
-        module = modules.describe_resolved(handles.resolve(cfg.model.module), load_module)
+        module = modules.describe_resolved(handles.resolve(cfg.model.module),
+                                           functools.partial(_load_for_workers, threads, calls))
     spec = config.model_spec(cfg, module)
     if spec.dim is None:  # The signature leaves the dimension open: ask the module.
         example = np.zeros((*spec.image_size, 3), np.float32) if spec.kind == "image" else "dimension probe"
-        spec = dataclasses.replace(spec, dim=_handler(cfg, module, spec).probe_dim(example))
+        spec = dataclasses.replace(spec, dim=_handler(cfg, module, spec, threads, calls).probe_dim(example))
     run_id = sinks.new_run_id()
     metadata = {
         "module": redact(cfg.model.module),
@@ -99,7 +103,19 @@ def decode_threads(cfg: EmbedConfig, options: PipelineOptions) -> int:
     return cfg.preprocess.decode_threads or tf_threads(options) or os.cpu_count() or 1
 
 
-def side_by_side_calls(cfg: EmbedConfig, options: PipelineOptions, spec: ModelSpec) -> int:
+def _load_for_workers(threads: int | None, calls: int, resolved: handles.ResolvedModule) -> Any:
+    """Loads the module in the launcher (to describe it), TensorFlow's threads first set as this run's workers set them.
+
+    In-process workers reuse this copy (`load_module`), and TensorFlow's
+    pools cannot change once it has started: left at its defaults here, a
+    one-process image run whose module was not described before ran its calls
+    side by side on every core each, 20-40% slower (see the README).
+    """
+    configure_threads(threads, calls)
+    return load_module(resolved)
+
+
+def side_by_side_calls(cfg: EmbedConfig, options: PipelineOptions) -> int:
     """Image module calls run side by side in one process, each thread decoding its own call's images.
 
     A one-process run's decode threads (`decode_threads`) become call threads,
@@ -107,7 +123,7 @@ def side_by_side_calls(cfg: EmbedConfig, options: PipelineOptions, spec: ModelSp
     decoder took (see the README's image benchmark). 1 (calls one after another,
     images decoded by `Decode`) for texts and for several worker processes.
     """
-    if spec.kind != "image" or tf_threads(options) is not None:
+    if cfg.source.kind != "image" or tf_threads(options) is not None:
         return 1
     return decode_threads(cfg, options)
 
@@ -183,7 +199,7 @@ def build_pipeline(p: beam.Pipeline, cfg: EmbedConfig, job: Job | None = None) -
     ready = unique.records | "Preprocess" >> Preprocess(cfg.preprocess, job.spec)
     reusable = p | "ReadReuse" >> ReadReusedVectors(job.reuse, job.spec.sequence)
     joined = {"rows": ready.records, "reused": reusable} | "JoinContent" >> content.JoinContent()
-    calls = side_by_side_calls(cfg, p.options, job.spec)
+    calls = side_by_side_calls(cfg, p.options)
     decoded = joined.misses | "Decode" >> Decode(cfg.preprocess, job.spec, decode_threads(cfg, p.options), calls > 1)
     embedded = decoded.records | "Embed" >> Embed(_handler(cfg, job.module, job.spec, tf_threads(p.options), calls))
     failures = (

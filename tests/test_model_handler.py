@@ -177,11 +177,11 @@ def test_tensorflow_runs_calls_side_by_side_on_one_intra_op_thread_each():
     script = textwrap.dedent(
         """
         import tensorflow as tf
-        from pipelines.model_handler import _configure_threads
-        _configure_threads(None, 3)
+        from pipelines.model_handler import configure_threads
+        configure_threads(None, 3)
         print(tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads())
         tf.constant(1.0) + 1  # TensorFlow has started: its pools are kept, and nothing raises
-        _configure_threads(2)
+        configure_threads(2)
         print(tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads())
         """
     )

@@ -6,6 +6,9 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pyarrow as pa
@@ -280,18 +283,36 @@ def test_image_calls_run_side_by_side_in_one_process_only(tiny):
     from apache_beam.options.pipeline_options import PipelineOptions
 
     cores = os.cpu_count() or 1
-    image_cfg = config.load(["--input", "x.jpg", "--output", "o", "--module", tiny.image])
-    image = config.model_spec(image_cfg, modules.describe(tiny.image))
-    text = config.model_spec(config.load(["--input", "x.txt", "--output", "o", "--module", tiny.text]),
-                             modules.describe(tiny.text))
+    image = config.load(["--input", "x.jpg", "--output", "o", "--module", tiny.image])
     one = PipelineOptions([])
-    assert pipeline.side_by_side_calls(image_cfg, one, image) == cores  # the decode threads' default
+    assert pipeline.side_by_side_calls(image, one) == cores  # the decode threads' default
     three = config.load(["--input", "x.jpg", "--output", "o", "--module", tiny.image, "--decode-threads", "3"])
-    assert pipeline.side_by_side_calls(three, one, image) == 3
-    assert pipeline.side_by_side_calls(three, one, text) == 1  # texts: calls in turn
+    assert pipeline.side_by_side_calls(three, one) == 3
+    text = config.load(["--input", "x.txt", "--output", "o", "--module", tiny.text, "--decode-threads", "3"])
+    assert pipeline.side_by_side_calls(text, one) == 1  # texts: calls in turn
     mp = PipelineOptions(["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
-    assert pipeline.side_by_side_calls(three, mp, image) == 1  # each process already has its share of the cores
-    assert pipeline.side_by_side_calls(three, PipelineOptions(["--runner=DataflowRunner"]), image) == 1
+    assert pipeline.side_by_side_calls(three, mp) == 1  # each process already has its share of the cores
+    assert pipeline.side_by_side_calls(three, PipelineOptions(["--runner=DataflowRunner"])) == 1
+
+
+def test_a_launcher_that_loads_the_module_sets_tensorflows_threads_as_its_side_by_side_calls_need(tiny, tmp_path):
+    # A fresh process and an empty module cache (the autouse fixture's, inherited): prepare must load
+    # the module to describe it, which starts TensorFlow; the in-process workers then reuse that copy,
+    # and TensorFlow's pools cannot change any more.
+    script = textwrap.dedent(
+        f"""
+        import tensorflow as tf
+        from pipelines import config, model_handler, pipeline
+        cfg = config.load(["--input", "x.jpg", "--output", "o", "--module", {tiny.image!r}, "--decode-threads", "3"])
+        job = pipeline.prepare(cfg)
+        assert model_handler._LOADED, "prepare did not load the module: the description was cached"
+        print(tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads())
+        """
+    )
+    env = dict(os.environ, TF_NUM_INTRAOP_THREADS="2", TF_NUM_INTEROP_THREADS="1")  # what it must override
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["1", "3"]  # one intra-op thread per call, one inter-op thread per call
 
 
 def test_image_module_with_open_size_takes_image_size(tiny, tmp_path):
