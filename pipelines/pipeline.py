@@ -67,15 +67,12 @@ def prepare(cfg: EmbedConfig, module: modules.ModuleInfo | None = None) -> Job:
         input, or the reuse table does not exist, is not committed or is corrupt.
       HandleError, ModuleError: the module cannot be resolved or loaded.
     """
-    options = PipelineOptions(list(cfg.beam_args))
-    threads, calls = tf_threads(options), side_by_side_calls(cfg, options)
     if module is None:  # modules.describe; a module it has to load is kept for in-process workers
-        module = modules.describe_resolved(handles.resolve(cfg.model.module),
-                                           functools.partial(_load_for_workers, threads, calls))
+        module = modules.describe_resolved(handles.resolve(cfg.model.module), functools.partial(_load_for_workers, cfg))
     spec = config.model_spec(cfg, module)
     if spec.dim is None:  # The signature leaves the dimension open: ask the module.
         example = np.zeros((*spec.image_size, 3), np.float32) if spec.kind == "image" else "dimension probe"
-        spec = dataclasses.replace(spec, dim=_handler(cfg, module, spec, threads, calls).probe_dim(example))
+        spec = dataclasses.replace(spec, dim=_handler(cfg, module, spec, *_worker_threads(cfg)).probe_dim(example))
     run_id = sinks.new_run_id()
     metadata = {
         "module": redact(cfg.model.module),
@@ -103,15 +100,21 @@ def decode_threads(cfg: EmbedConfig, options: PipelineOptions) -> int:
     return cfg.preprocess.decode_threads or tf_threads(options) or os.cpu_count() or 1
 
 
-def _load_for_workers(threads: int | None, calls: int, resolved: handles.ResolvedModule) -> Any:
+def _worker_threads(cfg: EmbedConfig) -> tuple[int | None, int]:
+    """TensorFlow threads per worker process (`tf_threads`) and image calls side by side (`side_by_side_calls`)."""
+    options = PipelineOptions(list(cfg.beam_args))
+    return tf_threads(options), side_by_side_calls(cfg, options)
+
+
+def _load_for_workers(cfg: EmbedConfig, resolved: handles.ResolvedModule) -> Any:
     """Loads the module in the launcher (to describe it), TensorFlow's threads first set as this run's workers set them.
 
     In-process workers reuse this copy (`load_module`), and TensorFlow's
-    pools cannot change once it has started: left at its defaults here, a
-    one-process image run whose module was not described before ran its calls
-    side by side on every core each, 20-40% slower (see the README).
+    pools cannot change once it has started. Left at the launcher's pools
+    (two intra-op threads per call here), a first one-process image run of a
+    module not described before took 1.25-1.39 times as long (see the README).
     """
-    configure_threads(threads, calls)
+    configure_threads(*_worker_threads(cfg))
     return load_module(resolved)
 
 

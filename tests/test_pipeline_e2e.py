@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipelines import config, embed, modules, pipeline, sinks
+from pipelines import config, embed, pipeline, sinks
 from tests.fixtures import tiny_modules as tm
 
 TEXTS = ["The cat sat on the mat.", "Dogs bark", "a", "Embeddings map text to vectors", "cat mat sat"]
