@@ -295,7 +295,7 @@ def test_image_calls_run_side_by_side_in_one_process_only(tiny):
     assert pipeline.side_by_side_calls(three, PipelineOptions(["--runner=DataflowRunner"])) == 1
 
 
-def test_a_launcher_that_loads_the_module_sets_tensorflows_threads_as_its_side_by_side_calls_need(tiny, tmp_path):
+def test_a_launcher_that_loads_the_module_sets_tensorflows_threads_as_its_side_by_side_calls_need(tiny):
     # A fresh process and an empty module cache (the autouse fixture's, inherited): prepare must load
     # the module to describe it, which starts TensorFlow; the in-process workers then reuse that copy,
     # and TensorFlow's pools cannot change any more.
@@ -304,7 +304,7 @@ def test_a_launcher_that_loads_the_module_sets_tensorflows_threads_as_its_side_b
         import tensorflow as tf
         from pipelines import config, model_handler, pipeline
         cfg = config.load(["--input", "x.jpg", "--output", "o", "--module", {tiny.image!r}, "--decode-threads", "3"])
-        job = pipeline.prepare(cfg)
+        pipeline.prepare(cfg)
         assert model_handler._LOADED, "prepare did not load the module: the description was cached"
         print(tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads())
         """
