@@ -26,6 +26,11 @@ integer ones likewise (samples over 65535 clip); 32-bit float images
 have no standard range and are dead-lettered. Images with more than `max_image_pixels` pixels are refused before
 their pixels are decoded (decompression bombs). Empty, truncated or
 unidentifiable files are dead-lettered (stage `decode`).
+
+Where `make setup` could build it, Pillow is Pillow-SIMD of the same version
+(`pillow_build` says which): its resize is about 5x as fast (SSE4) and its
+pixels are Pillow's but for rounding, at most one level apart in about 0.2%
+of samples; content keys treat the two alike (`pipelines.content`).
 """
 
 from __future__ import annotations
@@ -56,6 +61,24 @@ def check_text(text: str, max_bytes: int) -> str | None:
 
 class ImageError(ValueError):
     """An image refused before decoding (too many pixels)."""
+
+
+def pillow_build() -> str:
+    """Which Pillow decodes and resizes images here: `Pillow-SIMD 12.1.1.post0` or `Pillow 12.1.1`.
+
+    Pillow-SIMD installs the same `PIL` package under another distribution name;
+    it is the one in use when that distribution's version is `PIL.__version__`
+    (a Pillow installed over it later overwrites its files and its version).
+    """
+    import importlib.metadata
+
+    import PIL
+
+    try:
+        simd = importlib.metadata.version("pillow-simd")
+    except importlib.metadata.PackageNotFoundError:
+        simd = None
+    return f"Pillow-SIMD {PIL.__version__}" if simd == PIL.__version__ else f"Pillow {PIL.__version__}"
 
 
 def decode_image(data: bytes, size: tuple[int, int], max_pixels: int) -> np.ndarray:

@@ -154,10 +154,14 @@ def test_report_names_the_machine_it_ran_on(tmp_path):
     assert meta["images"] == 7 and meta["repeats"] == 2 and meta["cores"] == os.cpu_count()
     assert meta["cpu"] and set(meta["cpu_features"]) >= {"avx512f", "avx512_bf16", "amx_bf16"}
     assert meta["versions"]["tensorflow"]
+    import PIL
+
+    assert meta["pillow"] in (f"Pillow {PIL.__version__}", f"Pillow-SIMD {PIL.__version__}")
     report = images.summarize({"raw": [{"error": "exit status 1"}]}, {})
     report["meta"] = meta
-    header = images.format_report(report).splitlines()[:2]
+    header = images.format_report(report).splitlines()[:3]
     assert header[0].startswith("hub-embed image benchmark, ") and header[1].startswith(f"CPU: {meta['cpu']}")
+    assert header[2] == f"images decoded and resized by {meta['pillow']}"
 
 
 def test_host_steal_is_read_from_proc_stat_and_reported_per_run(tmp_path):

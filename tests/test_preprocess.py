@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from pipelines.models import photos
-from pipelines.preprocess import ImageError, decode_image
+from pipelines.preprocess import ImageError, decode_image, pillow_build
 
 MAX_PIXELS = 50_000_000
 
@@ -27,6 +27,26 @@ def test_photos_decode_as_plain_pillow_does():
         with Image.open(path) as image:
             expected = np.asarray(image.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR), np.float32) / 255
         np.testing.assert_array_equal(decode_image(data, (224, 224), MAX_PIXELS), expected.astype(np.float32))
+
+
+@pytest.mark.parametrize("pil_version, simd_dist, expected", [
+    ("12.1.1.post0", "12.1.1.post0", "Pillow-SIMD 12.1.1.post0"),
+    ("12.1.1", None, "Pillow 12.1.1"),
+    ("12.1.1", "12.1.1.post0", "Pillow 12.1.1"),  # Pillow installed over Pillow-SIMD: its files are Pillow's
+])
+def test_pillow_build_names_the_pillow_whose_files_are_loaded(pil_version, simd_dist, expected, monkeypatch):
+    import importlib.metadata
+
+    import PIL
+
+    def version(name):
+        if name == "pillow-simd" and simd_dist:
+            return simd_dist
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(PIL, "__version__", pil_version)
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert pillow_build() == expected
 
 
 @pytest.mark.parametrize("orientation, top, bottom", [(1, None, None), (6, "red", "blue"), (8, "blue", "red")])
