@@ -8,6 +8,7 @@ leave Pillow in place; where it can, it must install Pillow-SIMD.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import subprocess
@@ -28,7 +29,9 @@ PILLOW = _locked("pillow")
 
 
 def _can_build_pillow() -> bool:
-    return bool(shutil.which("cc")) and all(os.path.exists(f"/usr/include/{h}") for h in ("jpeglib.h", "zlib.h"))
+    """A C compiler and the libjpeg and zlib headers (at /usr/include or its multiarch folders)."""
+    return bool(shutil.which("cc")) and all(glob.glob(f"/usr/include/**/{header}", recursive=True)
+                                            for header in ("jpeglib.h", "zlib.h"))
 
 
 def _offline() -> dict[str, str]:

