@@ -44,7 +44,7 @@ def venv(tmp_path) -> str:
     path = str(tmp_path / "venv")
     subprocess.run([UV, "venv", "-q", "--python", sys.executable, path], check=True, env=_offline())
     _uv_install(path, f"pillow=={PILLOW}")
-    _stamp_after(os.path.join(path, ".installed"), *(os.path.join(REPO, name) for name in ("pyproject.toml", "requirements.lock")))
+    _stamp_after(os.path.join(path, ".installed"), os.path.join(REPO, "pyproject.toml"), os.path.join(REPO, "requirements.lock"))
     return path
 
 
