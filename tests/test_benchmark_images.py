@@ -15,6 +15,14 @@ from pipelines.models import build_efficientnet
 MODULE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), build_efficientnet.DEFAULT_HANDLE)
 
 
+def _workdirs(tmp_path, names) -> dict[str, str]:
+    """A workdir per contender, each holding the same embeddings (so every min cosine is 1)."""
+    for name in names:
+        os.makedirs(tmp_path / name)
+        np.save(tmp_path / name / "embeddings.npy", np.eye(3, dtype=np.float32))
+    return {name: str(tmp_path / name) for name in names}
+
+
 def test_image_set_is_distinct_deterministic_and_photo_sized(tmp_path):
     paths = images.make_image_set(str(tmp_path / "a"), 12)
     again = images.make_image_set(str(tmp_path / "b"), 12)
@@ -27,15 +35,13 @@ def test_image_set_is_distinct_deterministic_and_photo_sized(tmp_path):
 
 
 def test_summarize_takes_medians_and_reports_failures(tmp_path):
-    for name in ("raw", "pipeline"):
-        os.makedirs(tmp_path / name)
-        np.save(tmp_path / name / "embeddings.npy", np.eye(3, dtype=np.float32))
+    workdirs = _workdirs(tmp_path, ("raw", "pipeline"))
     runs = {
         "raw": [{"images_per_s": r, "rows": 10, "decode_s": 0.05} for r in (50.0, 40.0, 60.0)],
         "pipeline": [{"images_per_s": 45.0, "rows": 10, "outside_inference_s": 0.03}, {"error": "exit status 1"},
                      {"images_per_s": 41.0, "rows": 10, "outside_inference_s": 0.05}],
     }
-    report = images.summarize(runs, {n: str(tmp_path / n) for n in runs})
+    report = images.summarize(runs, workdirs)
     assert report["pipeline_mp_images_per_s"] is None and report["pipeline_mp_vs_raw"] is None
     assert report["raw_images_per_s"] == 50.0 and report["pipeline_images_per_s"] == 43.0
     # Paired by round: 45 / 50 and 41 / 60 (round 2 failed), median 0.7917.
@@ -57,10 +63,7 @@ def test_target_names_each_pipeline_configuration_that_meets_it(tmp_path):
             "pipeline_serial_decode": [{"images_per_s": r, "rows": 10, "outside_inference_s": 0.02} for r in (64.0, 70.0, 72.0)],
             "raw_decoding": [{"images_per_s": r, "rows": 10} for r in (82.0, 91.0, 88.0)],
             "raw_side_by_side": [{"images_per_s": r, "rows": 10} for r in (95.0, 89.0, 93.0)]}
-    for name in runs:
-        os.makedirs(tmp_path / name)
-        np.save(tmp_path / name / "embeddings.npy", np.eye(3, dtype=np.float32))
-    report = images.summarize(runs, {n: str(tmp_path / n) for n in runs})
+    report = images.summarize(runs, _workdirs(tmp_path, runs))
     assert report["pipeline_vs_raw"] == pytest.approx(0.84) and report["pipeline_mp_vs_raw"] == pytest.approx(0.86)
     assert report["pipeline_best_vs_raw"] == pytest.approx(0.86)
     assert report["parallel_decode_gain"] == pytest.approx(1.25)  # rounds: 80/64, 84/70, 90/72
@@ -82,15 +85,13 @@ def test_report_says_when_even_the_loop_without_beam_misses_the_target(tmp_path)
     runs = {"raw": [{"images_per_s": 100.0, "rows": 10, "decode_s": 0.05}] * 3,
             "pipeline": [{"images_per_s": r, "rows": 10, "outside_inference_s": 0.01} for r in (78.0, 80.0, 79.0)],
             "raw_side_by_side": [{"images_per_s": r, "rows": 10} for r in (84.0, 86.0, 83.0)]}
-    for name in runs:
-        os.makedirs(tmp_path / name)
-        np.save(tmp_path / name / "embeddings.npy", np.eye(3, dtype=np.float32))
-    report = images.summarize(runs, {n: str(tmp_path / n) for n in runs})
+    workdirs = _workdirs(tmp_path, runs)
+    report = images.summarize(runs, workdirs)
     assert report["raw_side_by_side_vs_raw"] == pytest.approx(0.84) and report["target"]["out_of_reach_without_beam"]
     assert report["pipeline_vs_raw_side_by_side"] == pytest.approx(80 / 86)  # rounds: 78/84, 80/86, 79/83
     assert ("the raw loop with calls side by side, which decodes as the pipeline does but without Beam, reached 0.840 "
             "of raw: below the target itself on this machine") in images.format_report(report)
-    without_loop = images.summarize({n: runs[n] for n in ("raw", "pipeline")}, {n: str(tmp_path / n) for n in runs})
+    without_loop = images.summarize({n: runs[n] for n in ("raw", "pipeline")}, workdirs)
     assert without_loop["target"]["out_of_reach_without_beam"] is None
     assert without_loop["pipeline_vs_raw_side_by_side"] is None
     assert "calls side by side" not in images.format_report(without_loop)
@@ -130,10 +131,7 @@ def test_one_process_ceiling_adds_decoding_cpu_to_the_module_calls_over_the_core
     assert images.one_process_ceiling({**raw, "decode_cpu_s": None}) is None
     runs = {"raw": [{**raw, "images_per_s": 10.0}, {**raw, "cpu_s": 16.0, "images_per_s": 10.0}],
             "pipeline": [{"images_per_s": 8.0, "rows": 100, "outside_inference_s": 1.0}] * 2}
-    for name in runs:
-        os.makedirs(tmp_path / name)
-        np.save(tmp_path / name / "embeddings.npy", np.eye(3, dtype=np.float32))
-    report = images.summarize(runs, {n: str(tmp_path / n) for n in runs})
+    report = images.summarize(runs, _workdirs(tmp_path, runs))
     assert report["one_process_ceiling_vs_raw"] == pytest.approx(np.median([10 / 11, 1.0]))
     assert report["raw_cores_busy"] == pytest.approx(1.7) and report["raw_decode_cpu_ms_per_image"] == pytest.approx(40.0)
     assert ("one-process ceiling 0.955: raw's module calls keep 1.70 of 2 cores busy, and decoding takes 40.00 ms of CPU"

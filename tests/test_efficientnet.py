@@ -46,7 +46,8 @@ def reference() -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
-def _reference_pixels(reference) -> np.ndarray:
+@pytest.fixture(scope="module")
+def reference_pixels(reference) -> np.ndarray:
     """The uint8 pixels PyTorch saw (`efficientnet_reference_inputs.png`), checked against their recorded SHA-256."""
     from PIL import Image
 
@@ -58,15 +59,15 @@ def _reference_pixels(reference) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def inputs(reference):
+def inputs(reference, reference_pixels):
     """The reference's inputs, exactly the pixels PyTorch saw, as the module takes them."""
-    return list(reference["names"]), _reference_pixels(reference).astype(np.float32) / np.float32(255.0)
+    return list(reference["names"]), reference_pixels.astype(np.float32) / np.float32(255.0)
 
 
-def test_photo_variants_are_the_reference_inputs_but_for_pillow_simds_rounding(reference):
+def test_photo_variants_are_the_reference_inputs_but_for_pillow_simds_rounding(reference, reference_pixels):
     names, pixels = photos.variants()
     assert names == list(reference["names"])
-    expected = _reference_pixels(reference)
+    expected = reference_pixels
     if preprocess.pillow_build().startswith("Pillow "):  # the Pillow the reference was made with: the same bytes
         np.testing.assert_array_equal(pixels, expected)
         return
