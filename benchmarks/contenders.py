@@ -32,8 +32,9 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +78,7 @@ class Inputs:
 
 def configure_tf_threads(intra_op: int, inter_op: int) -> None:
     """Sets this process's TensorFlow thread pools (before TensorFlow runs anything)."""
-    from pipelines.modules import import_tf
+    from pipelines.hub.modules import import_tf
 
     tf = import_tf()  # with tensorflow_text's ops, which the module's graph uses
     tf.config.threading.set_intra_op_parallelism_threads(intra_op)
@@ -138,7 +139,7 @@ def runinference_times(result: Any) -> dict[str, float | int]:
         and Beam imports up to a ready harness, `hub_embed/worker_startup_ms`),
         0 when the run started no worker process.
     """
-    from pipelines.model_handler import MODEL_LOAD_METRIC
+    from pipelines.embedding.model_handler import MODEL_LOAD_METRIC
 
     loads = beam_distributions(result, MODEL_LOAD_METRIC)
     inference = beam_distributions(result, "inference_batch_latency_micro_secs")
@@ -153,6 +154,7 @@ def runinference_times(result: Any) -> dict[str, float | int]:
 
 def run_beam(p: Any) -> tuple[Any, float]:
     """Runs a Beam pipeline to the end; returns its result and the wall seconds."""
+
     def run() -> Any:
         result = p.run()
         result.wait_until_finish()
@@ -174,7 +176,7 @@ def raw(inputs: Inputs) -> dict[str, Any]:
     configure_tf_threads(inputs.intra_op, inputs.inter_op)
     import tensorflow as tf
 
-    from pipelines import modules
+    from pipelines.hub import modules
 
     ids, texts = inputs.rows()
     loaded, load_s = timed(lambda: modules.load(inputs.module))
@@ -202,7 +204,7 @@ def _pipeline(inputs: Inputs, beam_args: Iterable[str] = ()) -> dict[str, Any]:
     configure_tf_threads(inputs.intra_op, inputs.inter_op)
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines import config, pipeline, sinks
+    from pipelines.embedding import config, pipeline, sinks
 
     ids, _ = inputs.rows()
     output = os.path.join(inputs.workdir, "table")
@@ -284,8 +286,12 @@ def _st_encode(inputs: Inputs, model: Any, load_s: float, **details: Any) -> dic
     embeddings, seconds = timed(lambda: encode(texts))
     save_embeddings(inputs, embeddings)  # bfloat16 comes back as float32 (sentence-transformers casts it)
     return {
-        "rows": len(texts), "seconds": seconds, "load_s": load_s, "first_call_s": first_call_s,
-        "versions": st_versions(), **details,
+        "rows": len(texts),
+        "seconds": seconds,
+        "load_s": load_s,
+        "first_call_s": first_call_s,
+        "versions": st_versions(),
+        **details,
     }
 
 
@@ -350,7 +356,9 @@ def _st_onnx_export(st: Any, inputs: Inputs, weights: str) -> tuple[Any, str, fl
       (the exported model, loaded; the copy's directory, which now has `onnx/model.onnx`; export seconds).
     """
     copy = _st_model_copy(weights, inputs.workdir)
-    model, export_s = timed(lambda: st.SentenceTransformer(copy, device="cpu", backend="onnx", model_kwargs=_ort_kwargs(inputs)))
+    model, export_s = timed(
+        lambda: st.SentenceTransformer(copy, device="cpu", backend="onnx", model_kwargs=_ort_kwargs(inputs))
+    )
     model.save_pretrained(copy)
     if not os.path.isfile(os.path.join(copy, ST_ONNX_FILE)):
         raise RuntimeError(f"the ONNX export wrote no {ST_ONNX_FILE} into {copy}")
@@ -365,8 +373,11 @@ def st_onnx(inputs: Inputs) -> dict[str, Any]:
     """
     st, _, weights = _st_setup(inputs)
     _, copy, export_s = _st_onnx_export(st, inputs, weights)
-    model, load_s = timed(lambda: st.SentenceTransformer(
-        copy, device="cpu", backend="onnx", model_kwargs=_ort_kwargs(inputs, ST_ONNX_FILE)))
+    model, load_s = timed(
+        lambda: st.SentenceTransformer(
+            copy, device="cpu", backend="onnx", model_kwargs=_ort_kwargs(inputs, ST_ONNX_FILE)
+        )
+    )
     return _st_encode(inputs, model, export_s + load_s, export_s=export_s, onnx_file=ST_ONNX_FILE)
 
 
@@ -387,12 +398,20 @@ def st_onnx_int8(inputs: Inputs) -> dict[str, Any]:
     _, quantize_s = timed(lambda: export_dynamic_quantized_onnx_model(exported, preset, copy))
     file_name = f"onnx/model_qint8_{preset}.onnx"
     if not os.path.isfile(os.path.join(copy, file_name)):
-        raise RuntimeError(f"quantization wrote no {file_name} into {copy}: {sorted(os.listdir(os.path.join(copy, 'onnx')))}")
-    model, load_s = timed(lambda: st.SentenceTransformer(
-        copy, device="cpu", backend="onnx", model_kwargs=_ort_kwargs(inputs, file_name)))
+        raise RuntimeError(
+            f"quantization wrote no {file_name} into {copy}: {sorted(os.listdir(os.path.join(copy, 'onnx')))}"
+        )
+    model, load_s = timed(
+        lambda: st.SentenceTransformer(copy, device="cpu", backend="onnx", model_kwargs=_ort_kwargs(inputs, file_name))
+    )
     return _st_encode(
-        inputs, model, export_s + quantize_s + load_s,
-        export_s=export_s, quantize_s=quantize_s, quantization_preset=preset, onnx_file=file_name,
+        inputs,
+        model,
+        export_s + quantize_s + load_s,
+        export_s=export_s,
+        quantize_s=quantize_s,
+        quantization_preset=preset,
+        onnx_file=file_name,
     )
 
 
@@ -403,7 +422,7 @@ def _mltransform_row(record: dict[str, Any]) -> dict[str, Any]:
 def beam_mltransform(inputs: Inputs) -> dict[str, Any]:
     """Stock Beam: `MLTransform` + `TensorflowHubTextEmbeddings`, JSONL in, Parquet out, DirectRunner.
 
-    Runs on the same in-process runner as the pipeline (`pipelines.pipeline.new_pipeline`).
+    Runs on the same in-process runner as the pipeline (`pipelines.embedding.pipeline.new_pipeline`).
     """
     configure_tf_threads(inputs.intra_op, inputs.inter_op)
     import apache_beam as beam
@@ -413,7 +432,7 @@ def beam_mltransform(inputs: Inputs) -> dict[str, Any]:
     from apache_beam.ml.transforms.embeddings.tensorflow_hub import TensorflowHubTextEmbeddings
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines import pipeline
+    from pipelines.embedding import pipeline
 
     ids, _ = inputs.rows()
     prefix = os.path.join(inputs.workdir, "table", "part")
@@ -424,7 +443,8 @@ def beam_mltransform(inputs: Inputs) -> dict[str, Any]:
         p
         | "Read" >> beam.io.ReadFromText(inputs.input)
         | "Parse" >> beam.Map(json.loads)
-        | "Embed" >> MLTransform(write_artifact_location=os.path.join(inputs.workdir, "artifacts")).with_transform(embed)
+        | "Embed"
+        >> MLTransform(write_artifact_location=os.path.join(inputs.workdir, "artifacts")).with_transform(embed)
         | "ToRow" >> beam.Map(_mltransform_row)
         | "Write" >> beam.io.WriteToParquet(prefix, schema, num_shards=1, file_name_suffix=".parquet")
     )
@@ -463,7 +483,7 @@ class TreeRssSampler:
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self.peak_bytes: int | None = None
 
-    def __enter__(self) -> "TreeRssSampler":
+    def __enter__(self) -> TreeRssSampler:
         self._thread.start()
         return self
 

@@ -22,7 +22,7 @@ import random
 import re
 import sys
 import sysconfig
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 DEFAULT_OUTPUT = os.path.join(os.path.dirname(__file__), "data", "docstrings.jsonl")
 DEFAULT_MAX_ROWS = 10_000
@@ -109,8 +109,7 @@ def build(root: str, max_rows: int = DEFAULT_MAX_ROWS, seed: int = SEED) -> list
                     found.append((name, text))
     random.Random(seed).shuffle(found)
     return [
-        {"id": f"docstrings-{i:05d}", "text": text, "source": name}
-        for i, (name, text) in enumerate(found[:max_rows])
+        {"id": f"docstrings-{i:05d}", "text": text, "source": name} for i, (name, text) in enumerate(found[:max_rows])
     ]
 
 
@@ -168,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     records = build(args.stdlib, args.max_rows)
     count = write_jsonl(records, args.output)
     chars = sorted(len(r["text"]) for r in records)
-    print(f"{args.output}: {count} paragraphs from {args.stdlib} "
-          f"(characters: median {chars[len(chars) // 2]}, max {chars[-1]})")
+    print(
+        f"{args.output}: {count} paragraphs from {args.stdlib} "
+        f"(characters: median {chars[len(chars) // 2]}, max {chars[-1]})"
+    )
     return 0
 
 

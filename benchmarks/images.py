@@ -135,8 +135,15 @@ def make_image_set(directory: str, count: int, seed: int = 0) -> list[str]:
 # --------------------------------------------------------------------------- contenders (one process each)
 
 
-def raw(paths: list[str], module: str, workdir: str, batch_size: int, threads: tuple[int, int] | None = (2, 1),
-        decode_threads: int = 0, calls: int = 1) -> dict:
+def raw(
+    paths: list[str],
+    module: str,
+    workdir: str,
+    batch_size: int,
+    threads: tuple[int, int] | None = (2, 1),
+    decode_threads: int = 0,
+    calls: int = 1,
+) -> dict:
     """Decode every image once, then time the module's calls alone (see the module docstring).
 
     `threads` (intra-op, inter-op) configures TensorFlow first; None leaves it as it is.
@@ -148,9 +155,9 @@ def raw(paths: list[str], module: str, workdir: str, batch_size: int, threads: t
         contenders.configure_tf_threads(*threads)
     import tensorflow as tf
 
-    from pipelines import modules
-    from pipelines.config import PreprocessConfig
-    from pipelines.preprocess import decode_image, decode_pixels, unit_scale
+    from pipelines.embedding.config import PreprocessConfig
+    from pipelines.embedding.preprocess import decode_image, decode_pixels, unit_scale
+    from pipelines.hub import modules
 
     loaded, load_s = contenders.timed(lambda: modules.load(module))
     signature = loaded.signatures[modules.DEFAULT_SIGNATURE]
@@ -179,20 +186,22 @@ def raw(paths: list[str], module: str, workdir: str, batch_size: int, threads: t
     pool_threads = calls if calls > 1 else decode_threads  # the calls' threads, or the decoding's
     pool = concurrent.futures.ThreadPoolExecutor(pool_threads) if pool_threads else None
     if calls > 1:  # raw_side_by_side: each call's thread decodes its own batch just before the call
+
         def batch(start: int) -> np.ndarray:
-            return np.stack([decode(path) for path in paths[start:start + batch_size]])
+            return np.stack([decode(path) for path in paths[start : start + batch_size]])
 
         decode_s = decode_cpu_s = None
     elif decode_threads:  # raw_decoding: each batch decoded just before its call, in the pool
+
         def batch(start: int) -> np.ndarray:
-            return np.stack(list(pool.map(decode, paths[start:start + batch_size])))
+            return np.stack(list(pool.map(decode, paths[start : start + batch_size])))
 
         decode_s = decode_cpu_s = None
     else:  # raw: every image decoded once, before the clock starts
         (images, decode_cpu_s), decode_s = contenders.timed(decode_all)
 
         def batch(start: int) -> np.ndarray:
-            return images[start:start + batch_size]
+            return images[start : start + batch_size]
 
     _, first_call_s = contenders.timed(lambda: call({name: tf.constant(batch(0))}))
 
@@ -208,9 +217,17 @@ def raw(paths: list[str], module: str, workdir: str, batch_size: int, threads: t
     if pool is not None:
         pool.shutdown()
     np.save(os.path.join(workdir, contenders.EMBEDDINGS_FILE), embeddings.astype(np.float32))
-    return {"rows": len(paths), "seconds": seconds, "cpu_s": cpu_s, "cores": len(os.sched_getaffinity(0)),
-            "load_s": load_s, "first_call_s": first_call_s, "decode_s": decode_s, "decode_cpu_s": decode_cpu_s,
-            "batch_size": batch_size}
+    return {
+        "rows": len(paths),
+        "seconds": seconds,
+        "cpu_s": cpu_s,
+        "cores": len(os.sched_getaffinity(0)),
+        "load_s": load_s,
+        "first_call_s": first_call_s,
+        "decode_s": decode_s,
+        "decode_cpu_s": decode_cpu_s,
+        "batch_size": batch_size,
+    }
 
 
 def _process_cpu_s() -> float:
@@ -236,8 +253,9 @@ def one_process_ceiling(raw_result: dict[str, Any]) -> float | None:
     return seconds / max(seconds, (raw_result["cpu_s"] + raw_result["decode_cpu_s"]) / raw_result["cores"])
 
 
-def pipeline(paths: list[str], module: str, workdir: str, threads: tuple[int, int] | None = None,
-             beam_args: tuple[str, ...] = ()) -> dict:
+def pipeline(
+    paths: list[str], module: str, workdir: str, threads: tuple[int, int] | None = None, beam_args: tuple[str, ...] = ()
+) -> dict:
     """`pipelines.embed` on the image files, DirectRunner (see the module docstring).
 
     `threads` (intra-op, inter-op) configures TensorFlow first; None (the default) leaves it to
@@ -249,13 +267,14 @@ def pipeline(paths: list[str], module: str, workdir: str, threads: tuple[int, in
         contenders.configure_tf_threads(*threads)
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines import config, sinks
-    from pipelines import pipeline as embed_pipeline
+    from pipelines.embedding import config, sinks
+    from pipelines.embedding import pipeline as embed_pipeline
 
     output = os.path.join(workdir, "table")
     pattern = os.path.join(os.path.dirname(paths[0]), "*.jpg")
-    cfg = config.load(["--input", pattern, "--input-format", "image", "--module", module, "--output", output,
-                       *beam_args])
+    cfg = config.load(
+        ["--input", pattern, "--input-format", "image", "--module", module, "--output", output, *beam_args]
+    )
     config.check_paths(cfg)
     job, prepare_s = contenders.timed(lambda: embed_pipeline.prepare(cfg))
     p = embed_pipeline.new_pipeline(PipelineOptions(list(cfg.beam_args)))
@@ -270,10 +289,18 @@ def pipeline(paths: list[str], module: str, workdir: str, threads: tuple[int, in
     times = contenders.runinference_times(result)
     worker_load_s = times.pop("load_s")
     seconds = run_s - worker_load_s - times["worker_startup_s"]
-    return {"rows": len(paths), "seconds": seconds, "run_s": run_s, "prepare_s": prepare_s,
-            "load_s": prepare_s + worker_load_s + times["worker_startup_s"], "worker_load_s": worker_load_s,
-            "outside_inference_s": seconds - times["inference_s"], "counts": manifest["counts"],
-            "batch_size": job.spec.batch_size, **times}
+    return {
+        "rows": len(paths),
+        "seconds": seconds,
+        "run_s": run_s,
+        "prepare_s": prepare_s,
+        "load_s": prepare_s + worker_load_s + times["worker_startup_s"],
+        "worker_load_s": worker_load_s,
+        "outside_inference_s": seconds - times["inference_s"],
+        "counts": manifest["counts"],
+        "batch_size": job.spec.batch_size,
+        **times,
+    }
 
 
 def pipeline_mp(paths: list[str], module: str, workdir: str, threads: tuple[int, int] | None = None) -> dict:
@@ -283,25 +310,26 @@ def pipeline_mp(paths: list[str], module: str, workdir: str, threads: tuple[int,
     return pipeline(paths, module, workdir, threads, contenders.MP_BEAM_ARGS)
 
 
-def pipeline_serial_decode(paths: list[str], module: str, workdir: str,
-                           threads: tuple[int, int] | None = None) -> dict:
+def pipeline_serial_decode(paths: list[str], module: str, workdir: str, threads: tuple[int, int] | None = None) -> dict:
     """The one-process pipeline with `--decode-threads 1`: its images decoded one after another, as before
     decoding ran side by side, so that the threads' gain is measured in the same run."""
     return pipeline(paths, module, workdir, threads, ("--decode-threads", "1"))
 
 
-def raw_decoding(paths: list[str], module: str, workdir: str, batch_size: int,
-                 threads: tuple[int, int] | None = (2, 1)) -> dict:
+def raw_decoding(
+    paths: list[str], module: str, workdir: str, batch_size: int, threads: tuple[int, int] | None = (2, 1)
+) -> dict:
     """The raw loop that decodes each batch (one thread per core) just before its call: no Beam.
 
     The ceiling of a one-process pipeline that decodes between module calls of TensorFlow's two threads.
     """
-    # One process's default of `pipelines.pipeline.decode_threads`: every core.
+    # One process's default of `pipelines.embedding.pipeline.decode_threads`: every core.
     return raw(paths, module, workdir, batch_size, threads, decode_threads=os.cpu_count() or 1)
 
 
-def raw_side_by_side(paths: list[str], module: str, workdir: str, batch_size: int,
-                     threads: tuple[int, int] | None = (2, 1)) -> dict:
+def raw_side_by_side(
+    paths: list[str], module: str, workdir: str, batch_size: int, threads: tuple[int, int] | None = (2, 1)
+) -> dict:
     """The raw loop as one thread per core side by side, each decoding its own batch just before its call: no Beam.
 
     Each call runs on one TensorFlow thread (intra-op 1, inter-op one per core; `threads`
@@ -312,9 +340,14 @@ def raw_side_by_side(paths: list[str], module: str, workdir: str, batch_size: in
     return raw(paths, module, workdir, batch_size, (1, cores) if threads else None, calls=cores)
 
 
-CONTENDERS = {"raw": raw, "pipeline": pipeline, "pipeline_mp": pipeline_mp,
-              "pipeline_serial_decode": pipeline_serial_decode, "raw_decoding": raw_decoding,
-              "raw_side_by_side": raw_side_by_side}
+CONTENDERS = {
+    "raw": raw,
+    "pipeline": pipeline,
+    "pipeline_mp": pipeline_mp,
+    "pipeline_serial_decode": pipeline_serial_decode,
+    "raw_decoding": raw_decoding,
+    "raw_side_by_side": raw_side_by_side,
+}
 # The raw loop's variants that decode in the timed loop, each measured against raw.
 RAW_DECODING = ("raw_decoding", "raw_side_by_side")
 # The pipeline's configurations, each measured against raw.
@@ -325,13 +358,31 @@ def run_contender(name: str, image_dir: str, module: str, workdir: str, timeout:
     """Runs one contender in its own process; returns its result (with `images_per_s`) or `{"error": ...}`."""
     os.makedirs(workdir, exist_ok=True)
     log_path = os.path.join(workdir, "log.txt")
-    cmd = [sys.executable, "-m", "benchmarks.images", "--contender", name, "--image-dir", image_dir,
-           "--module", module, "--workdir", workdir]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.images",
+        "--contender",
+        name,
+        "--image-dir",
+        image_dir,
+        "--module",
+        module,
+        "--workdir",
+        workdir,
+    ]
     steal_before = bench_run.steal_seconds()
     try:
         with open(log_path, "w") as log:
-            status = subprocess.run(cmd, cwd=REPO_ROOT, env=contender_env(2, 1), stdout=log, stderr=subprocess.STDOUT,
-                                    timeout=timeout, check=False).returncode
+            status = subprocess.run(
+                cmd,
+                cwd=REPO_ROOT,
+                env=contender_env(2, 1),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                check=False,
+            ).returncode
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout}s (log {log_path})"}
     result_path = os.path.join(workdir, RESULT_FILE)
@@ -358,8 +409,11 @@ def _median(values: list[float]) -> float | None:
 def _paired_ratios(runs: dict[str, list[dict[str, Any]]], name: str, base: str) -> list[float]:
     """`name`'s images/s over `base`'s, round by round (run i of each ran back to back, so load that drifts
     between rounds cancels out); rounds where either failed are left out."""
-    return [a["images_per_s"] / b["images_per_s"] for a, b in zip(runs.get(name, []), runs.get(base, []))
-            if "error" not in a and "error" not in b]
+    return [
+        a["images_per_s"] / b["images_per_s"]
+        for a, b in zip(runs.get(name, []), runs.get(base, []))
+        if "error" not in a and "error" not in b
+    ]
 
 
 def summarize(runs: dict[str, list[dict[str, Any]]], workdirs: dict[str, str]) -> dict[str, Any]:
@@ -389,7 +443,8 @@ def summarize(runs: dict[str, list[dict[str, Any]]], workdirs: dict[str, str]) -
     raw_r = good.get("raw") or []
     report["raw_decode_ms_per_image"] = _median([r["decode_s"] / r["rows"] * 1e3 for r in raw_r])
     report["raw_decode_cpu_ms_per_image"] = _median(
-        [r["decode_cpu_s"] / r["rows"] * 1e3 for r in raw_r if r.get("decode_cpu_s") is not None])
+        [r["decode_cpu_s"] / r["rows"] * 1e3 for r in raw_r if r.get("decode_cpu_s") is not None]
+    )
     report["raw_cores_busy"] = _median([r["cpu_s"] / r["seconds"] for r in raw_r if r.get("cpu_s")])
     report["one_process_ceiling_vs_raw"] = _median([c for c in map(one_process_ceiling, raw_r) if c is not None])
     for name in PIPELINES:
@@ -399,11 +454,16 @@ def summarize(runs: dict[str, list[dict[str, Any]]], workdirs: dict[str, str]) -
         report[f"{name}_vs_raw_per_round"] = pairs
         # Two processes embed side by side: their summed inference time is no part of one wall clock.
         report[f"{name}_outside_inference_ms_per_image"] = (
-            _median([r["outside_inference_s"] / r["rows"] * 1e3 for r in rs]) if name != "pipeline_mp" else None)
-        last_ok = runs.get(name) and "error" not in runs[name][-1] and runs.get("raw") and "error" not in runs["raw"][-1]
+            _median([r["outside_inference_s"] / r["rows"] * 1e3 for r in rs]) if name != "pipeline_mp" else None
+        )
+        last_ok = (
+            runs.get(name) and "error" not in runs[name][-1] and runs.get("raw") and "error" not in runs["raw"][-1]
+        )
         report[f"min_cosine_{name}_vs_raw"] = (
             _min_cosine(*(os.path.join(workdirs[n], contenders.EMBEDDINGS_FILE) for n in ("raw", name)))
-            if last_ok else None)
+            if last_ok
+            else None
+        )
     for name in RAW_DECODING:
         ratios = _paired_ratios(runs, name, "raw")
         report[f"{name}_vs_raw"] = _median(ratios)
@@ -418,58 +478,92 @@ def summarize(runs: dict[str, list[dict[str, Any]]], workdirs: dict[str, str]) -
     best = max(ratios, key=ratios.get) if ratios else None
     report["pipeline_best_vs_raw"] = ratios.get(best)
     loop = report["raw_side_by_side_vs_raw"]
-    report["target"] = {"vs_raw": TARGET, "best": best, "met": None if best is None else ratios[best] >= TARGET,
-                        "met_by": [name for name, ratio in ratios.items() if ratio >= TARGET],
-                        "out_of_reach_without_beam": None if loop is None else loop < TARGET}
+    report["target"] = {
+        "vs_raw": TARGET,
+        "best": best,
+        "met": None if best is None else ratios[best] >= TARGET,
+        "met_by": [name for name, ratio in ratios.items() if ratio >= TARGET],
+        "out_of_reach_without_beam": None if loop is None else loop < TARGET,
+    }
     report["contenders"] = runs
     report["errors"] = errors
     return report
 
 
-LABELS = {"raw": "raw module loop (decoded once)", "pipeline": "pipeline, DirectRunner",
-          "pipeline_mp": "pipeline, 2 worker processes", "pipeline_serial_decode": "pipeline, 1 decode thread",
-          "raw_decoding": "raw loop decoding each batch", "raw_side_by_side": "raw loop, calls side by side"}
+LABELS = {
+    "raw": "raw module loop (decoded once)",
+    "pipeline": "pipeline, DirectRunner",
+    "pipeline_mp": "pipeline, 2 worker processes",
+    "pipeline_serial_decode": "pipeline, 1 decode thread",
+    "raw_decoding": "raw loop decoding each batch",
+    "raw_side_by_side": "raw loop, calls side by side",
+}
 
 
 def format_report(report: dict[str, Any]) -> str:
     """The report as a few lines of text."""
+
     def fmt(value: Any, digits: int = 1) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
     meta = report.get("meta")
-    lines = [f"hub-embed image benchmark, {meta['date']}, load average {meta['load_average_at_start']:.2f} at start",
-             bench_run.cpu_line(meta), f"images decoded and resized by {meta['pillow']}"] if meta else []
+    lines = (
+        [
+            f"hub-embed image benchmark, {meta['date']}, load average {meta['load_average_at_start']:.2f} at start",
+            bench_run.cpu_line(meta),
+            f"images decoded and resized by {meta['pillow']}",
+        ]
+        if meta
+        else []
+    )
     lines += [f"{'contender':<31} {'images/s':>9} {'vs raw':>7} {'outside ms/img':>15}  runs (images/s)"]
     for name, label in LABELS.items():
         if name not in report["contenders"]:
             continue
         rates = [fmt(r.get("images_per_s")) for r in report["contenders"][name]]
-        lines.append(f"{label:<31} {fmt(report[f'{name}_images_per_s']):>9} {fmt(report.get(f'{name}_vs_raw'), 3):>7} "
-                     f"{fmt(report.get(f'{name}_outside_inference_ms_per_image'), 2):>15}  {', '.join(rates)}")
+        lines.append(
+            f"{label:<31} {fmt(report[f'{name}_images_per_s']):>9} {fmt(report.get(f'{name}_vs_raw'), 3):>7} "
+            f"{fmt(report.get(f'{name}_outside_inference_ms_per_image'), 2):>15}  {', '.join(rates)}"
+        )
     target = report["target"]
     verdict = ("met by " + ", ".join(LABELS[n] for n in target["met_by"])) if target["met_by"] else "not met"
-    lines.append(f"target vs raw >= {TARGET}: {verdict}; best {fmt(report['pipeline_best_vs_raw'], 3)}"
-                 + (f" ({LABELS[target['best']]})" if target["best"] else ""))
+    lines.append(
+        f"target vs raw >= {TARGET}: {verdict}; best {fmt(report['pipeline_best_vs_raw'], 3)}"
+        + (f" ({LABELS[target['best']]})" if target["best"] else "")
+    )
     if report["pipeline_vs_raw_side_by_side"] is not None:
-        lines.append(f"pipeline / raw loop, calls side by side (the same decoding and calls without Beam): "
-                     f"{fmt(report['pipeline_vs_raw_side_by_side'], 3)}")
+        lines.append(
+            f"pipeline / raw loop, calls side by side (the same decoding and calls without Beam): "
+            f"{fmt(report['pipeline_vs_raw_side_by_side'], 3)}"
+        )
     if target["out_of_reach_without_beam"]:
-        lines.append(f"the raw loop with calls side by side, which decodes as the pipeline does but without Beam, "
-                     f"reached {fmt(report['raw_side_by_side_vs_raw'], 3)} of raw: below the target itself on this machine")
-    cosines = ", ".join(f"{LABELS[n].removeprefix('pipeline, ')} {fmt(report[f'min_cosine_{n}_vs_raw'], 7)}"
-                        for n in PIPELINES if n in report["contenders"])
-    lines.append(f"raw decode {fmt(report['raw_decode_ms_per_image'], 2)} ms/image; "
-                 f"parallel decode gain (pipeline / 1 decode thread) {fmt(report['parallel_decode_gain'], 3)}; "
-                 f"min cosine vs raw: {cosines}")
+        lines.append(
+            f"the raw loop with calls side by side, which decodes as the pipeline does but without Beam, "
+            f"reached {fmt(report['raw_side_by_side_vs_raw'], 3)} of raw: below the target itself on this machine"
+        )
+    cosines = ", ".join(
+        f"{LABELS[n].removeprefix('pipeline, ')} {fmt(report[f'min_cosine_{n}_vs_raw'], 7)}"
+        for n in PIPELINES
+        if n in report["contenders"]
+    )
+    lines.append(
+        f"raw decode {fmt(report['raw_decode_ms_per_image'], 2)} ms/image; "
+        f"parallel decode gain (pipeline / 1 decode thread) {fmt(report['parallel_decode_gain'], 3)}; "
+        f"min cosine vs raw: {cosines}"
+    )
     if report["one_process_ceiling_vs_raw"] is not None:
         cores = next(r["cores"] for r in report["contenders"]["raw"] if r.get("cores"))
-        lines.append(f"one-process ceiling {fmt(report['one_process_ceiling_vs_raw'], 3)}: raw's module calls keep "
-                     f"{fmt(report['raw_cores_busy'], 2)} of {cores} cores busy, and decoding takes "
-                     f"{fmt(report['raw_decode_cpu_ms_per_image'], 2)} ms of CPU per image")
+        lines.append(
+            f"one-process ceiling {fmt(report['one_process_ceiling_vs_raw'], 3)}: raw's module calls keep "
+            f"{fmt(report['raw_cores_busy'], 2)} of {cores} cores busy, and decoding takes "
+            f"{fmt(report['raw_decode_cpu_ms_per_image'], 2)} ms of CPU per image"
+        )
     steals = {name: [r.get("steal_s") for r in rs] for name, rs in report["contenders"].items()}
     if any(s is not None for rs in steals.values() for s in rs):
-        lines.append("CPU seconds the host gave other guests (steal) during each contender process, start-up included: "
-                     + "; ".join(f"{name} {', '.join(fmt(s) for s in rs)}" for name, rs in steals.items()))
+        lines.append(
+            "CPU seconds the host gave other guests (steal) during each contender process, start-up included: "
+            + "; ".join(f"{name} {', '.join(fmt(s) for s in rs)}" for name, rs in steals.items())
+        )
     for name, error in report["errors"].items():
         lines.append(f"{name}: {error}")
     return "\n".join(lines)
@@ -479,11 +573,16 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point: the whole benchmark, or (`--contender`) one contender's process."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.images", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="images in the set (default %(default)s)")
-    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="runs of each contender (default %(default)s)")
+    parser.add_argument(
+        "--repeats", type=int, default=DEFAULT_REPEATS, help="runs of each contender (default %(default)s)"
+    )
     parser.add_argument("--module", default=os.path.join(REPO_ROOT, DEFAULT_MODULE))
     parser.add_argument("--json", default=None, help="also write the report here")
-    parser.add_argument("--only", default=",".join(CONTENDERS),
-                        help="contenders to run, comma-separated (default %(default)s; raw is always run)")
+    parser.add_argument(
+        "--only",
+        default=",".join(CONTENDERS),
+        help="contenders to run, comma-separated (default %(default)s; raw is always run)",
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per contender")
     parser.add_argument("--contender", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
     parser.add_argument("--image-dir", help=argparse.SUPPRESS)
@@ -533,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def machine_meta(args: argparse.Namespace) -> dict[str, Any]:
     """Where and how the benchmark ran (taken before it starts)."""
-    from pipelines import preprocess
+    from pipelines.embedding import preprocess
 
     return {
         **bench_run.machine(),
@@ -548,7 +647,8 @@ def machine_meta(args: argparse.Namespace) -> dict[str, Any]:
 
 def _batch_size(module: str) -> int:
     """The pipeline's call size for this module: its `serving.batch_size`, else the image default."""
-    from pipelines import config, modules
+    from pipelines.embedding import config
+    from pipelines.hub import modules
 
     return (modules.read_manifest(module).get("serving") or {}).get("batch_size") or config.DEFAULT_BATCH_SIZE["image"]
 

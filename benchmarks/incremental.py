@@ -83,7 +83,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -100,18 +101,52 @@ LOG_TAIL_LINES = 15
 # Words an edit may insert, and near-synonyms an edit may put in a word's place.
 _ADVERBS = ("also", "now", "only", "usually", "always", "then", "still", "actually", "currently", "normally")
 _SYNONYMS = {
-    "the": "this", "a": "one", "is": "will be", "are": "will be", "returns": "gives", "Return": "Give",
-    "Returns": "Gives", "return": "give", "object": "instance", "objects": "instances", "value": "result",
-    "values": "results", "function": "callable", "method": "function", "list": "sequence", "string": "str",
-    "file": "stream", "name": "identifier", "number": "count", "used": "needed", "must": "should",
-    "may": "can", "can": "may", "if": "when", "when": "if", "new": "fresh", "given": "specified",
-    "specified": "given", "default": "standard", "data": "content", "argument": "parameter",
-    "arguments": "parameters", "create": "make", "Create": "Make", "set": "assign", "get": "fetch",
+    "the": "this",
+    "a": "one",
+    "is": "will be",
+    "are": "will be",
+    "returns": "gives",
+    "Return": "Give",
+    "Returns": "Gives",
+    "return": "give",
+    "object": "instance",
+    "objects": "instances",
+    "value": "result",
+    "values": "results",
+    "function": "callable",
+    "method": "function",
+    "list": "sequence",
+    "string": "str",
+    "file": "stream",
+    "name": "identifier",
+    "number": "count",
+    "used": "needed",
+    "must": "should",
+    "may": "can",
+    "can": "may",
+    "if": "when",
+    "when": "if",
+    "new": "fresh",
+    "given": "specified",
+    "specified": "given",
+    "default": "standard",
+    "data": "content",
+    "argument": "parameter",
+    "arguments": "parameters",
+    "create": "make",
+    "Create": "Make",
+    "set": "assign",
+    "get": "fetch",
 }
 _SENTENCES = (
-    "See the module documentation for details.", "This may change in a future release.",
-    "New in this version.", "Changed in this version.", "The default is usually sufficient.",
-    "This is an implementation detail.", "Thread safety is not guaranteed.", "Use with care.",
+    "See the module documentation for details.",
+    "This may change in a future release.",
+    "New in this version.",
+    "Changed in this version.",
+    "The default is usually sufficient.",
+    "This is an implementation detail.",
+    "Thread safety is not guaranteed.",
+    "Use with care.",
 )
 _EDIT_KINDS = ("typo", "delete", "insert", "replace", "append")
 
@@ -125,14 +160,17 @@ def _edit_once(text: str, kind: str, rng: random.Random) -> str | None:
     inner = [i for i in range(1, len(words) - 1) if words[i]]  # the first and last words stay
     if kind == "typo":
         candidates = [
-            (i, j) for i, w in enumerate(words) if len(w) >= 4 and w.isalpha()
-            for j in range(1, len(w) - 2) if w[j] != w[j + 1]
+            (i, j)
+            for i, w in enumerate(words)
+            if len(w) >= 4 and w.isalpha()
+            for j in range(1, len(w) - 2)
+            if w[j] != w[j + 1]
         ]
         if not candidates:
             return None
         i, j = rng.choice(candidates)
         w = words[i]
-        words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2:]
+        words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
     elif kind == "delete":
         if len(inner) < 3:
             return None
@@ -222,9 +260,14 @@ class Scenario:
 
     def sizes(self) -> dict[str, int]:
         return {
-            "run1_rows": len(self.run1), "run2_rows": len(self.run2), "unchanged": self.unchanged,
-            "removed": len(self.removed), "changed": len(self.changed), "added": len(self.added),
-            "duplicates": len(self.duplicates), "duplicates_of_unchanged": len(self.duplicates_of_unchanged),
+            "run1_rows": len(self.run1),
+            "run2_rows": len(self.run2),
+            "unchanged": self.unchanged,
+            "removed": len(self.removed),
+            "changed": len(self.changed),
+            "added": len(self.added),
+            "duplicates": len(self.duplicates),
+            "duplicates_of_unchanged": len(self.duplicates_of_unchanged),
             "duplicates_of_new": len(self.duplicates) - len(self.duplicates_of_unchanged),
         }
 
@@ -236,8 +279,11 @@ class Scenario:
         fresh = len(self.changed) + len(self.added)
         dup_new = len(self.duplicates) - len(self.duplicates_of_unchanged)
         return _counts(
-            rows_in=len(self.run2), reused=self.unchanged + len(self.duplicates_of_unchanged),
-            embedded=fresh + dup_new, deduplicated=len(self.duplicates), contents=fresh,
+            rows_in=len(self.run2),
+            reused=self.unchanged + len(self.duplicates_of_unchanged),
+            embedded=fresh + dup_new,
+            deduplicated=len(self.duplicates),
+            contents=fresh,
         )
 
     def expected_all_reused(self) -> dict[str, int]:
@@ -252,8 +298,13 @@ class Scenario:
 
 def _counts(rows_in: int, reused: int, embedded: int, deduplicated: int, contents: int) -> dict[str, int]:
     return {
-        "rows_in": rows_in, "rows_written": rows_in, "rows_embedded": embedded, "rows_reused": reused,
-        "rows_deduplicated": deduplicated, "contents_embedded": contents, "rows_failed": 0,
+        "rows_in": rows_in,
+        "rows_written": rows_in,
+        "rows_embedded": embedded,
+        "rows_reused": reused,
+        "rows_deduplicated": deduplicated,
+        "contents_embedded": contents,
+        "rows_failed": 0,
     }
 
 
@@ -268,9 +319,9 @@ def build_scenario(paragraphs: Sequence[str], n: int, seed: int = SEED) -> Scena
     order = list(range(n))
     random.Random(f"{seed}:select:{n}").shuffle(order)
     removed = order[:removed_n]
-    changed = order[removed_n:removed_n + changed_n]
-    targets = order[removed_n + changed_n:removed_n + changed_n + dup_n]
-    unchanged = order[removed_n + changed_n + dup_n:]
+    changed = order[removed_n : removed_n + changed_n]
+    targets = order[removed_n + changed_n : removed_n + changed_n + dup_n]
+    unchanged = order[removed_n + changed_n + dup_n :]
     if len(unchanged) < dup_n:
         raise ValueError(f"{n} rows are too few for the scenario")
     rng = random.Random(f"{seed}:edits:{n}")
@@ -318,7 +369,19 @@ def write_rows(rows: Iterable[tuple[str, str]], path: str) -> str:
 
 def embed_command(python: str, input_path: str, output: str, module: str, reuse: str | None = None) -> list[str]:
     """The whole command of one run (DirectRunner, in-process)."""
-    cmd = [python, "-m", "pipelines.embed", "--input", input_path, "--id-field", "id", "--output", output, "--module", module]
+    cmd = [
+        python,
+        "-m",
+        "pipelines.embed",
+        "--input",
+        input_path,
+        "--id-field",
+        "id",
+        "--output",
+        output,
+        "--module",
+        module,
+    ]
     return cmd + (["--reuse", reuse] if reuse else [])
 
 
@@ -340,7 +403,9 @@ def timed_command(cmd: list[str], env: dict[str, str], cwd: str, log_path: str, 
     with open(log_path, "w") as log:
         start = time.monotonic()
         try:
-            status = subprocess.run(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
+            status = subprocess.run(
+                cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout
+            ).returncode
         except subprocess.TimeoutExpired:
             raise CommandError(f"{' '.join(cmd[1:4])} timed out after {timeout}s; log:\n{_tail(log_path)}") from None
         seconds = time.monotonic() - start
@@ -365,7 +430,7 @@ class TableView:
 def read_back(output: str) -> TableView:
     import pyarrow as pa
 
-    from pipelines import sinks
+    from pipelines.embedding import sinks
 
     table = sinks.read_table(output)
     column = table.column("embedding").combine_chunks()
@@ -399,8 +464,12 @@ def _bits(matrix: np.ndarray) -> np.ndarray:
 
 
 def verify(
-    rows: Sequence[tuple[str, str]], view: TableView, reference: TableView, reference_rows: Sequence[tuple[str, str]],
-    fresh: TableView | None, fresh_rows: Sequence[tuple[str, str]],
+    rows: Sequence[tuple[str, str]],
+    view: TableView,
+    reference: TableView,
+    reference_rows: Sequence[tuple[str, str]],
+    fresh: TableView | None,
+    fresh_rows: Sequence[tuple[str, str]],
 ) -> dict[str, Any]:
     """Checks a reuse run's vectors.
 
@@ -435,8 +504,12 @@ def verify(
         "reused_rows_bit_identical": int(identical.sum()),
         "duplicate_groups": len(groups),
         "duplicate_groups_bit_identical": int(equal_groups),
-        "content_hash_mismatches": sum(h != text_sha256(text_of[r]) for r, h in zip(view.ids, view.hashes) if r in text_of),
-        "new_rows_checked": 0, "new_rows_min_cosine": None, "new_rows_bit_identical": None,
+        "content_hash_mismatches": sum(
+            h != text_sha256(text_of[r]) for r, h in zip(view.ids, view.hashes) if r in text_of
+        ),
+        "new_rows_checked": 0,
+        "new_rows_min_cosine": None,
+        "new_rows_bit_identical": None,
     }
     if new and fresh is not None:
         fresh_position = fresh.rows()
@@ -446,7 +519,8 @@ def verify(
         b = fresh.vectors[[fresh_by_text[text_of[r]] for r in new]]
         cos = np.sum(a * b, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
         result.update(
-            new_rows_checked=len(new), new_rows_min_cosine=float(cos.min()) if len(new) else None,
+            new_rows_checked=len(new),
+            new_rows_min_cosine=float(cos.min()) if len(new) else None,
             new_rows_bit_identical=int((_bits(a) == _bits(b)).all(axis=1).sum()),
         )
     return result
@@ -467,8 +541,17 @@ def _verdict(check: dict[str, Any], new_expected: int) -> bool:
 
 
 def run_incremental(
-    paragraphs: Sequence[str], n: int, small_n: int, module: str, workdir: str, env: dict[str, str], cwd: str,
-    python: str = sys.executable, timeout: float = 3600, fixed_repeats: int = 2, log: Callable[[str], None] | None = None,
+    paragraphs: Sequence[str],
+    n: int,
+    small_n: int,
+    module: str,
+    workdir: str,
+    env: dict[str, str],
+    cwd: str,
+    python: str = sys.executable,
+    timeout: float = 3600,
+    fixed_repeats: int = 2,
+    log: Callable[[str], None] | None = None,
     launch: Callable[[list[str], str], float] | None = None,
 ) -> dict[str, Any]:
     """Runs the incremental scenario at N (and the all-reused comparison at `small_n`, 0: none).
@@ -500,7 +583,12 @@ def run_incremental(
         log(f"  incremental: {name} ({len(rows)} rows{', reuse' if reuse else ''}) ...")
         seconds = launch(cmd, base + ".log")
         view = read_back(base + "-table")
-        commands[name] = {"rows": len(rows), "wall_s": seconds, "counts": _counts_of(view), "reuse": view.manifest.get("reuse")}
+        commands[name] = {
+            "rows": len(rows),
+            "wall_s": seconds,
+            "counts": _counts_of(view),
+            "reuse": view.manifest.get("reuse"),
+        }
         log(f"  incremental: {name} took {seconds:.2f}s")
         return view, seconds
 
@@ -538,8 +626,10 @@ def run_incremental(
         check_counts(f"{prefix}all-reused", again, sc.expected_all_reused())
         views.update({f"{prefix}run1": run1, f"{prefix}run2": run2, f"{prefix}all-reused": again})
     # One fresh run (no reuse) over the texts that run 2 embedded, of both scenarios.
-    fresh_rows = [(f"fresh-{i:07d}", text) for i, text in enumerate(dict.fromkeys(
-        text for _, sc in runs for text in sc.fresh_texts()))]
+    fresh_rows = [
+        (f"fresh-{i:07d}", text)
+        for i, text in enumerate(dict.fromkeys(text for _, sc in runs for text in sc.fresh_texts()))
+    ]
     fresh, _ = run("fresh", fresh_rows)
     for prefix, sc in runs:
         old_texts = {text for _, text in sc.run1}
@@ -550,9 +640,14 @@ def run_incremental(
     for repeat in range(fixed_repeats - 1):
         measure_fixed(f"end-{repeat}")
     result = {
-        "rows": n, "small_rows": small_n or None, "seed": SEED,
-        "scenario": scenario.sizes(), "small_scenario": small.sizes() if small else None,
-        "fixed_s": fixed, "commands": commands, "checks": checks,
+        "rows": n,
+        "small_rows": small_n or None,
+        "seed": SEED,
+        "scenario": scenario.sizes(),
+        "small_scenario": small.sizes() if small else None,
+        "fixed_s": fixed,
+        "commands": commands,
+        "checks": checks,
         "counts_ok": all(counts_ok.values()),
         "bit_identical": all(c["ok"] for k, c in checks.items() if k.endswith("_vectors")),
     }
@@ -609,8 +704,11 @@ def format_lines(result: dict[str, Any]) -> list[str]:
     if "metrics" not in result:
         return [f"incremental: failed: {result.get('error', '?').splitlines()[0]}"]
     m = result["metrics"]
-    lines = [f"incremental scenario, N = {result['rows']}: {json.dumps(result['scenario'])}", "",
-             f"{'command':<22}{'rows':>8}{'wall s':>9}{'embedded':>10}{'reused':>9}{'dedup':>7}{'contents':>10}"]
+    lines = [
+        f"incremental scenario, N = {result['rows']}: {json.dumps(result['scenario'])}",
+        "",
+        f"{'command':<22}{'rows':>8}{'wall s':>9}{'embedded':>10}{'reused':>9}{'dedup':>7}{'contents':>10}",
+    ]
     for name, c in result["commands"].items():
         k = c["counts"]
         lines.append(
@@ -635,8 +733,11 @@ def format_lines(result: dict[str, Any]) -> list[str]:
         f"(1 hit); counts {'ok' if result['counts_ok'] else 'WRONG'}, "
         f"vectors {'ok' if result['bit_identical'] else 'FAILED'}"
     )
-    for key in ("incremental_us_per_unchanged_row_small", "incremental_us_per_unchanged_row_marginal",
-                "incremental_us_per_unchanged_row_run2"):
+    for key in (
+        "incremental_us_per_unchanged_row_small",
+        "incremental_us_per_unchanged_row_marginal",
+        "incremental_us_per_unchanged_row_run2",
+    ):
         lines.append(f"  {key}: {_f(m[key], 1)}")
     return lines
 
@@ -651,7 +752,7 @@ def _f(value: float | None, digits: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks import run as bench_run
-    from pipelines.config import DEFAULT_MODULE
+    from pipelines.embedding.config import DEFAULT_MODULE
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.incremental", description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", default=corpus.DEFAULT_OUTPUT)
@@ -664,8 +765,13 @@ def main(argv: list[str] | None = None) -> int:
     workdir = tempfile.mkdtemp(prefix="hub-embed-incremental-")
     try:
         result = run_incremental(
-            read_paragraphs(args.corpus), args.rows, args.small_rows, os.path.abspath(args.module), workdir,
-            bench_run.contender_env(2, 1), bench_run.REPO_ROOT,
+            read_paragraphs(args.corpus),
+            args.rows,
+            args.small_rows,
+            os.path.abspath(args.module),
+            workdir,
+            bench_run.contender_env(2, 1),
+            bench_run.REPO_ROOT,
         )
     finally:
         if not args.keep_workdir:

@@ -144,9 +144,16 @@ class Int8Dense(tf.Module):
         span = tf.maximum(tf.reduce_max(x, self.axis, keepdims=True) - lo, 1e-8)
         q = tf.quantization.quantize((x - lo) / span, 0.0, 1.0, tf.quint8, mode="SCALED")
         y = tf.raw_ops.QuantizedMatMulWithBiasAndDequantize(
-            a=q.output, b=tf.bitcast(self.w8, tf.qint8), bias=self.zero_bias,
-            min_a=q.output_min, max_a=q.output_max, min_b=-127.0, max_b=127.0,
-            min_freezed_output=-1.0, max_freezed_output=1.0, Toutput=tf.float32,
+            a=q.output,
+            b=tf.bitcast(self.w8, tf.qint8),
+            bias=self.zero_bias,
+            min_a=q.output_min,
+            max_a=q.output_max,
+            min_b=-127.0,
+            max_b=127.0,
+            min_freezed_output=-1.0,
+            max_freezed_output=1.0,
+            Toutput=tf.float32,
             input_quant_mode="SCALED",
         )
         return y * (span * self.scale) + (lo * self.colsum + self.bias)
@@ -200,10 +207,10 @@ def micro(rounds: int) -> list[dict]:
         w_np = (rng.standard_normal((k, n)) * 0.04).astype(np.float32)
         b_np = (rng.standard_normal(n) * 0.1).astype(np.float32)
         x, w, b = tf.constant(x_np), tf.constant(w_np), tf.constant(b_np)
-        ref = (x_np.astype(np.float64) @ w_np + b_np)
+        ref = x_np.astype(np.float64) @ w_np + b_np
         fns = {}
         for name, make in DENSE_VARIANTS.items():
-            fns[name] = tf.function(lambda layer=make(w_np, b_np): layer(x))
+            fns[name] = tf.function(lambda layer=make(w_np, b_np): layer(x))  # noqa: B008 (binds this variant's layer)
         # Pre-quantized ("static") activations: the int8 kernel + float epilogue alone.
         layer = Int8Dense(w_np, b_np, per_row=False, per_channel=True)
         lo, hi = float(x_np.min()), float(x_np.max())
@@ -214,15 +221,30 @@ def micro(rounds: int) -> list[dict]:
 
         def static_onednn():
             y = tf.raw_ops.QuantizedMatMulWithBiasAndDequantize(
-                a=xq.output, b=tf.bitcast(layer.w8, tf.qint8), bias=layer.zero_bias, min_a=0.0, max_a=1.0,
-                min_b=-127.0, max_b=127.0, min_freezed_output=-1.0, max_freezed_output=1.0,
-                Toutput=tf.float32, input_quant_mode="SCALED")
+                a=xq.output,
+                b=tf.bitcast(layer.w8, tf.qint8),
+                bias=layer.zero_bias,
+                min_a=0.0,
+                max_a=1.0,
+                min_b=-127.0,
+                max_b=127.0,
+                min_freezed_output=-1.0,
+                max_freezed_output=1.0,
+                Toutput=tf.float32,
+                input_quant_mode="SCALED",
+            )
             return y * ((hi - lo) * layer.scale) + (lo * layer.colsum + layer.bias)
 
         def legacy_u8u8():
             return tf.raw_ops.QuantizedMatMul(
-                a=xq_mf.output, b=wq_mf.output, min_a=xq_mf.output_min, max_a=xq_mf.output_max,
-                min_b=wq_mf.output_min, max_b=wq_mf.output_max, Toutput=tf.qint32)[0]
+                a=xq_mf.output,
+                b=wq_mf.output,
+                min_a=xq_mf.output_min,
+                max_a=xq_mf.output_max,
+                min_b=wq_mf.output_min,
+                max_b=wq_mf.output_max,
+                Toutput=tf.qint32,
+            )[0]
 
         def quantize_only():
             lo_, hi_ = tf.reduce_min(x), tf.reduce_max(x)
@@ -231,16 +253,31 @@ def micro(rounds: int) -> list[dict]:
         fns["QMMWithBiasAndDeq u8xs8, act pre-quantized"] = tf.function(static_onednn)
         fns["QuantizedMatMul u8xu8->i32 (static)"] = tf.function(legacy_u8u8)
         fns["  act min/max + QuantizeV2 alone"] = tf.function(quantize_only)
-        reps = {name: 3 for name in fns}
+        reps = dict.fromkeys(fns, 3)
         if (k, n) == SHAPES[0]:
             try:
                 w_uq = tf.raw_ops.UniformQuantize(
-                    input=w, scales=tf.constant(wmax / 127), zero_points=tf.constant(0), Tout=tf.qint8,
-                    quantization_min_val=-127, quantization_max_val=127)
+                    input=w,
+                    scales=tf.constant(wmax / 127),
+                    zero_points=tf.constant(0),
+                    Tout=tf.qint8,
+                    quantization_min_val=-127,
+                    quantization_max_val=127,
+                )
                 fns["UniformQuantizedDotHybrid f32xs8"] = tf.function(
-                    lambda: tf.raw_ops.UniformQuantizedDotHybrid(
-                        lhs=x, rhs=w_uq, rhs_scales=tf.constant(wmax / 127), rhs_zero_points=tf.constant(0),
-                        Tout=tf.float32, rhs_quantization_min_val=-127, rhs_quantization_max_val=127) + b)
+                    lambda: (
+                        tf.raw_ops.UniformQuantizedDotHybrid(
+                            lhs=x,
+                            rhs=w_uq,
+                            rhs_scales=tf.constant(wmax / 127),
+                            rhs_zero_points=tf.constant(0),
+                            Tout=tf.float32,
+                            rhs_quantization_min_val=-127,
+                            rhs_quantization_max_val=127,
+                        )
+                        + b
+                    )
+                )
                 reps["UniformQuantizedDotHybrid f32xs8"] = 1
             except Exception as error:  # noqa: BLE001 - a probe reports what is missing
                 print(f"UniformQuantizedDotHybrid unavailable: {str(error)[:120]}")
@@ -252,10 +289,16 @@ def micro(rounds: int) -> list[dict]:
             if out.dtype == np.float32 and out.shape == ref.shape:
                 cos = float(cosines(out, ref).min())
             t = timing[name]
-            rows.append({"shape": f"{M_TOKENS}x{k}x{n}", "variant": name, **t,
-                         "gflops": flops / t["median_s"] / 1e9,
-                         "gflops_range": [flops / t["max_s"] / 1e9, flops / t["min_s"] / 1e9],
-                         "min_cos_rows": cos})
+            rows.append(
+                {
+                    "shape": f"{M_TOKENS}x{k}x{n}",
+                    "variant": name,
+                    **t,
+                    "gflops": flops / t["median_s"] / 1e9,
+                    "gflops_range": [flops / t["max_s"] / 1e9, flops / t["min_s"] / 1e9],
+                    "min_cos_rows": cos,
+                }
+            )
     return rows
 
 
@@ -285,9 +328,16 @@ def e2e(model, texts: list[str], rounds: int) -> tuple[list[dict], np.ndarray]:
     rows = []
     for name, t in timing.items():
         cos = cosines(outs[name], outs["float32"])
-        rows.append({"variant": name, **t, "rows_per_s": len(texts) / t["median_s"],
-                     "rows_per_s_range": [len(texts) / t["max_s"], len(texts) / t["min_s"]],
-                     "min_cos": float(cos.min()), "mean_cos": float(cos.mean())})
+        rows.append(
+            {
+                "variant": name,
+                **t,
+                "rows_per_s": len(texts) / t["median_s"],
+                "rows_per_s_range": [len(texts) / t["max_s"], len(texts) / t["min_s"]],
+                "min_cos": float(cos.min()),
+                "mean_cos": float(cos.mean()),
+            }
+        )
     return rows, outs["float32"]
 
 
@@ -335,11 +385,11 @@ def tflite(model, texts: list[str], reference: np.ndarray, rounds: int) -> list[
     order = np.argsort([len(r) for r in rows_ids], kind="stable")
     chunks = []
     for start in range(0, len(order), 32):
-        idx = order[start:start + 32]
+        idx = order[start : start + 32]
         length = max(len(rows_ids[i]) for i in idx)
         tok, mask = np.zeros((len(idx), length), np.int32), np.zeros((len(idx), length), np.int32)
         for j, i in enumerate(idx):
-            tok[j, :len(rows_ids[i])], mask[j, :len(rows_ids[i])] = rows_ids[i], 1
+            tok[j, : len(rows_ids[i])], mask[j, : len(rows_ids[i])] = rows_ids[i], 1
         chunks.append((idx, tok, mask))
     fn = pooled_encoder(model)
     concrete = fn.get_concrete_function()
@@ -387,9 +437,13 @@ def tflite(model, texts: list[str], reference: np.ndarray, rounds: int) -> list[
         if row["variant"] in runners:
             t = timing[row["variant"]]
             cos = cosines(outs[row["variant"]], reference)
-            row.update(t, rows_per_s=len(texts) / t["median_s"],
-                       rows_per_s_range=[len(texts) / t["max_s"], len(texts) / t["min_s"]],
-                       min_cos=float(cos.min()), mean_cos=float(cos.mean()))
+            row.update(
+                t,
+                rows_per_s=len(texts) / t["median_s"],
+                rows_per_s_range=[len(texts) / t["max_s"], len(texts) / t["min_s"]],
+                min_cos=float(cos.min()),
+                mean_cos=float(cos.mean()),
+            )
     return out
 
 
@@ -408,8 +462,10 @@ def main(argv: list[str] | None = None) -> int:
     tf.config.threading.set_intra_op_parallelism_threads(THREADS)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     cpu = cpu_info()
-    print(f"{cpu_flags.summary(cpu['model'], cpu['cores'], {flag: cpu[flag] for flag in FLAGS})}; TF {tf.__version__}, "
-          f"{THREADS} intra-op threads, oneDNN opts {os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default(on)')}")
+    print(
+        f"{cpu_flags.summary(cpu['model'], cpu['cores'], {flag: cpu[flag] for flag in FLAGS})}; TF {tf.__version__}, "
+        f"{THREADS} intra-op threads, oneDNN opts {os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default(on)')}"
+    )
     results = {"cpu": cpu, "tensorflow": tf.__version__, "threads": THREADS}
     started = time.perf_counter()
     if "micro" in parts:
@@ -418,8 +474,10 @@ def main(argv: list[str] | None = None) -> int:
         for row in results["micro"]:
             cos = "" if row["min_cos_rows"] is None else f"{row['min_cos_rows']:.5f}"
             lo, hi = row["gflops_range"]
-            print(f"  {row['shape']:14s} {row['variant']:40s} {row['median_s'] * 1e3:8.2f} ms "
-                  f"{row['gflops']:7.1f} [{lo:6.1f}-{hi:6.1f}]  {cos}")
+            print(
+                f"  {row['shape']:14s} {row['variant']:40s} {row['median_s'] * 1e3:8.2f} ms "
+                f"{row['gflops']:7.1f} [{lo:6.1f}-{hi:6.1f}]  {cos}"
+            )
     if parts & {"e2e", "tflite"}:
         importlib.import_module("tensorflow_text")  # registers the tokenizer's ops
 
@@ -432,8 +490,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n2. MiniLM embed(), {len(texts)} docstrings (rows/s median [range]; cosine vs float32)")
             for row in results["e2e"]:
                 lo, hi = row["rows_per_s_range"]
-                print(f"  {row['variant']:40s} {row['rows_per_s']:7.1f} [{lo:6.1f}-{hi:6.1f}]  "
-                      f"min {row['min_cos']:.5f} mean {row['mean_cos']:.5f}")
+                print(
+                    f"  {row['variant']:40s} {row['rows_per_s']:7.1f} [{lo:6.1f}-{hi:6.1f}]  "
+                    f"min {row['min_cos']:.5f} mean {row['mean_cos']:.5f}"
+                )
         if "tflite" in parts:
             swap_dense(model, Float32Dense)
             if "e2e" not in parts:
@@ -445,9 +505,11 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {row['variant']:40s} FAILED: {row['error']}")
                     continue
                 lo, hi = row["rows_per_s_range"]
-                print(f"  {row['variant']:40s} {row['rows_per_s']:7.1f} [{lo:6.1f}-{hi:6.1f}]  "
-                      f"min {row['min_cos']:.5f} mean {row['mean_cos']:.5f}  "
-                      + ("" if row["size_mb"] is None else f"{row['size_mb']:.1f} MB"))
+                print(
+                    f"  {row['variant']:40s} {row['rows_per_s']:7.1f} [{lo:6.1f}-{hi:6.1f}]  "
+                    f"min {row['min_cos']:.5f} mean {row['mean_cos']:.5f}  "
+                    + ("" if row["size_mb"] is None else f"{row['size_mb']:.1f} MB")
+                )
     print(f"\n({time.perf_counter() - started:.0f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

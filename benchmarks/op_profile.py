@@ -33,8 +33,18 @@ DEFAULT_MODULES = ("build/modules/all-minilm-l6-v2/1", "build/modules/all-minilm
 DEFAULT_CORPUS = os.path.join("benchmarks", "data", "docstrings.jsonl")
 TOP_OPS = 14
 # Trace events that wrap others (the function call, the executor, profiler regions): not ops of the model.
-_WRAPPERS = ("Process", "Run", "__inference", "__forward", "PartitionedCall", "StatefulPartitionedCall", "While",
-             "Record", "StartRegion", "StopRegion")
+_WRAPPERS = (
+    "Process",
+    "Run",
+    "__inference",
+    "__forward",
+    "PartitionedCall",
+    "StatefulPartitionedCall",
+    "While",
+    "Record",
+    "StartRegion",
+    "StopRegion",
+)
 
 
 def op_times(xspace_path: str) -> dict[str, float]:
@@ -60,7 +70,7 @@ def op_times(xspace_path: str) -> dict[str, float]:
 
 def profile(module: str, texts: list[str]) -> dict[str, Any]:
     """Profiles one `default` call of `module` on `texts`; returns wall seconds and op milliseconds."""
-    from pipelines import modules
+    from pipelines.hub import modules
 
     tf = modules.import_tf()
     serve = modules.load(module).signatures[modules.DEFAULT_SIGNATURE]
@@ -77,8 +87,14 @@ def profile(module: str, texts: list[str]) -> dict[str, Any]:
         (trace,) = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
         ops = op_times(trace)
     precision = modules.read_manifest(module).get("precision", {}).get("compute", "float32")
-    return {"module": module, "precision": precision, "rows": len(texts), "wall_s": wall,
-            "rows_per_s": len(texts) / wall, "op_ms": dict(sorted(ops.items(), key=lambda kv: -kv[1]))}
+    return {
+        "module": module,
+        "precision": precision,
+        "rows": len(texts),
+        "wall_s": wall,
+        "rows_per_s": len(texts) / wall,
+        "op_ms": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
+    }
 
 
 def render(results: list[dict[str, Any]]) -> str:

@@ -102,7 +102,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import contenders, corpus, cpu, incremental
-from pipelines.config import DEFAULT_MODULE
+from pipelines.embedding.config import DEFAULT_MODULE
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_BENCH_PYTHON = os.path.join(".venv-bench", "bin", "python")
@@ -114,10 +114,19 @@ BUSY_LOAD_PER_CORE = 0.3
 METRIC_WIDTH = 40
 # The incremental group's report keys (`benchmarks.incremental.metrics`).
 INCREMENTAL_KEYS = (
-    "incremental_vs_full_wall", "incremental_vs_full_work", "incremental_us_per_unchanged_row",
-    "incremental_us_per_unchanged_row_small", "incremental_us_per_unchanged_row_marginal",
-    "incremental_us_per_unchanged_row_run2", "incremental_fixed_full_s", "incremental_fixed_reuse_s",
-    "incremental_fixed_reuse_hit_s", "incremental_run1_s", "incremental_run2_s", "incremental_counts_ok", "incremental_bit_identical",
+    "incremental_vs_full_wall",
+    "incremental_vs_full_work",
+    "incremental_us_per_unchanged_row",
+    "incremental_us_per_unchanged_row_small",
+    "incremental_us_per_unchanged_row_marginal",
+    "incremental_us_per_unchanged_row_run2",
+    "incremental_fixed_full_s",
+    "incremental_fixed_reuse_s",
+    "incremental_fixed_reuse_hit_s",
+    "incremental_run1_s",
+    "incremental_run2_s",
+    "incremental_counts_ok",
+    "incremental_bit_identical",
 )
 PYCACHE_DIR = os.path.join("build", "bench-pycache")
 
@@ -169,8 +178,17 @@ ST_CONTENDERS = ("sentence_transformers", "st_bf16", "st_onnx", "st_onnx_int8")
 PARITY_BOUNDS = {"0999": 0.999, "099": 0.99}
 # Contenders whose rows/s the report lists as `<name>_rows_per_s`.
 SPEED_KEYS = (
-    "raw", "pipeline", "pipeline_mp", "sentence_transformers", "beam_mltransform",
-    "raw_bf16", "pipeline_bf16", "pipeline_mp_bf16", "st_bf16", "st_onnx", "st_onnx_int8",
+    "raw",
+    "pipeline",
+    "pipeline_mp",
+    "sentence_transformers",
+    "beam_mltransform",
+    "raw_bf16",
+    "pipeline_bf16",
+    "pipeline_mp_bf16",
+    "st_bf16",
+    "st_onnx",
+    "st_onnx_int8",
 )
 # Task groups that are not one contender process: `--only` takes their names too.
 INCREMENTAL = "incremental"
@@ -291,16 +309,35 @@ def run_task(name: str, python: str, input_path: str, args: argparse.Namespace, 
     result_path, log_path = os.path.join(taskdir, "result.json"), os.path.join(taskdir, "log.txt")
     module = task_module(task, args)
     cmd = [
-        python, "-m", "benchmarks.contenders", task.contender, "--input", input_path, "--module", module,
-        "--workdir", taskdir, "--result", result_path, "--intra-op", str(args.intra_op), "--inter-op", str(args.inter_op),
+        python,
+        "-m",
+        "benchmarks.contenders",
+        task.contender,
+        "--input",
+        input_path,
+        "--module",
+        module,
+        "--workdir",
+        taskdir,
+        "--result",
+        result_path,
+        "--intra-op",
+        str(args.intra_op),
+        "--inter-op",
+        str(args.inter_op),
     ]
     if args.profile:
         cmd += ["--profile", os.path.join(os.path.abspath(args.profile), f"{name}.pstats")]
     try:
         with open(log_path, "w") as log:
             status = subprocess.run(
-                cmd, cwd=REPO_ROOT, env=contender_env(args.intra_op, args.inter_op), stdout=log,
-                stderr=subprocess.STDOUT, timeout=args.timeout, check=False,
+                cmd,
+                cwd=REPO_ROOT,
+                env=contender_env(args.intra_op, args.inter_op),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=args.timeout,
+                check=False,
             ).returncode
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {args.timeout}s; log: {_tail(log_path)}"}
@@ -354,6 +391,7 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The report's metrics (the issue's keys) from the contenders' results."""
+
     def value(name: str, key: str) -> Any:
         return results.get(name, {}).get(key)
 
@@ -376,7 +414,9 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     metrics["rss_10n_vs_n"] = _ratio(metrics["peak_rss_mb_10n"], metrics["peak_rss_mb_n"])
     job_rate = {name: rows_per_job_second(results.get(name, {})) for name in ("pipeline", "pipeline_mp")}
     metrics["mp_vs_single_with_worker_startup"] = _ratio(job_rate["pipeline_mp"], job_rate["pipeline"])
-    metrics["pipeline_marginal_rows_per_s"] = marginal_rate(results.get("pipeline", {}), results.get("pipeline_10n", {}))
+    metrics["pipeline_marginal_rows_per_s"] = marginal_rate(
+        results.get("pipeline", {}), results.get("pipeline_10n", {})
+    )
     metrics.update(best_at_parity_metrics(results))
     return metrics
 
@@ -390,6 +430,7 @@ def fastest_at_parity(results: dict[str, dict[str, Any]], names: tuple[str, ...]
     Returns:
       Its name, or None when none qualifies.
     """
+
     def at_parity(name: str) -> bool:
         result = results.get(name, {})
         cosine = result.get("min_cosine_vs_raw")
@@ -469,7 +510,7 @@ def machine() -> dict[str, Any]:
     """The machine a benchmark runs on, now: date, CPU model, flags and cores, load, Python and package versions."""
     cpu_model, flags = cpu.read_cpuinfo()
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpu": cpu_model,
         "cpu_flags": cpu.listed_flags(flags),
         "cpu_features": cpu.features(flags),
@@ -534,10 +575,13 @@ def format_table(report: dict[str, Any]) -> str:
         + (f", {meta['load_average_at_end']:.2f} at end" if meta.get("load_average_at_end") is not None else ""),
         cpu_line(meta),
         f"{meta['rows']} rows of {meta['corpus']}, module {meta['module']}"
-        if meta["rows"] else f"corpus {meta['corpus']}, module {meta['module']}",
+        if meta["rows"]
+        else f"corpus {meta['corpus']}, module {meta['module']}",
         "",
     ]
-    if meta.get("module_bf16") and any(TASKS[name].module == BFLOAT16 for name in report["contenders"] if name in TASKS):
+    if meta.get("module_bf16") and any(
+        TASKS[name].module == BFLOAT16 for name in report["contenders"] if name in TASKS
+    ):
         lines.insert(-1, f"bfloat16 module {meta['module_bf16']}")
     if report["contenders"]:
         lines.append(
@@ -565,7 +609,9 @@ def format_table(report: dict[str, Any]) -> str:
         verdict = {True: "met", False: "NOT met", None: "not measured"}[check["met"]]
         lines.append(f"{key:<{METRIC_WIDTH}}{_fmt(check['value'], 3):>10}  {check['target']} ({verdict})")
     lines.append(f"{'overhead_us_per_row':<{METRIC_WIDTH}}{_fmt(report['overhead_us_per_row']):>10}")
-    lines.append(f"{'mp_vs_single_with_worker_startup':<{METRIC_WIDTH}}{_fmt(report['mp_vs_single_with_worker_startup'], 3):>10}")
+    lines.append(
+        f"{'mp_vs_single_with_worker_startup':<{METRIC_WIDTH}}{_fmt(report['mp_vs_single_with_worker_startup'], 3):>10}"
+    )
     for key in ("peak_rss_mb_n", "peak_rss_mb_10n", "pipeline_marginal_rows_per_s"):
         lines.append(f"{key:<{METRIC_WIDTH}}{_fmt(report[key], 0):>10}")
     for suffix, bound in PARITY_BOUNDS.items():
@@ -586,24 +632,45 @@ def format_table(report: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", required=True, help="JSONL with a 'text' field, or plain text, one record per line")
-    parser.add_argument("--rows", type=int, default=None,
-                        help="N: rows per contender (10 x N for pipeline_10n); needed unless only incremental runs")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        help="N: rows per contender (10 x N for pipeline_10n); needed unless only incremental runs",
+    )
     parser.add_argument("--json", default=None, help="write the report here")
     choices = (*TASKS, *GROUPS)
     parser.add_argument("--only", default=",".join(choices), help=f"comma-separated subset of: {', '.join(choices)}")
-    parser.add_argument("--incremental-rows", type=int, default=incremental.DEFAULT_ROWS,
-                        help="N of the incremental scenario (default: %(default)s)")
-    parser.add_argument("--incremental-small-rows", type=int, default=incremental.DEFAULT_SMALL_ROWS,
-                        help="the incremental scenario's comparison size, for the cost of an unchanged row "
-                             "(default: %(default)s; 0: none)")
+    parser.add_argument(
+        "--incremental-rows",
+        type=int,
+        default=incremental.DEFAULT_ROWS,
+        help="N of the incremental scenario (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--incremental-small-rows",
+        type=int,
+        default=incremental.DEFAULT_SMALL_ROWS,
+        help="the incremental scenario's comparison size, for the cost of an unchanged row "
+        "(default: %(default)s; 0: none)",
+    )
     parser.add_argument("--module", default=DEFAULT_MODULE, help="TF Hub module directory (default: %(default)s)")
-    parser.add_argument("--module-bf16", default=DEFAULT_MODULE_BF16,
-                        help="the bfloat16 module, for raw_bf16 and the *_bf16 pipelines (default: %(default)s)")
-    parser.add_argument("--bench-python", default=None,
-                        help=f"interpreter with sentence-transformers (default: {DEFAULT_BENCH_PYTHON} if present)")
-    parser.add_argument("--bench-onnx-python", default=None,
-                        help="interpreter with sentence-transformers' ONNX backend (Optimum, ONNX Runtime; "
-                             f"default: {DEFAULT_BENCH_ONNX_PYTHON} if present)")
+    parser.add_argument(
+        "--module-bf16",
+        default=DEFAULT_MODULE_BF16,
+        help="the bfloat16 module, for raw_bf16 and the *_bf16 pipelines (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--bench-python",
+        default=None,
+        help=f"interpreter with sentence-transformers (default: {DEFAULT_BENCH_PYTHON} if present)",
+    )
+    parser.add_argument(
+        "--bench-onnx-python",
+        default=None,
+        help="interpreter with sentence-transformers' ONNX backend (Optimum, ONNX Runtime; "
+        f"default: {DEFAULT_BENCH_ONNX_PYTHON} if present)",
+    )
     parser.add_argument("--intra-op", type=int, default=2, help="TensorFlow/PyTorch intra-op threads")
     parser.add_argument("--inter-op", type=int, default=1, help="TensorFlow/PyTorch inter-op threads")
     parser.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT_S, help="seconds per contender")
@@ -663,10 +730,18 @@ def run_incremental(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
     taskdir = os.path.join(workdir, INCREMENTAL)
     os.makedirs(taskdir)
     try:
-        (result, seconds) = contenders.timed(lambda: incremental.run_incremental(
-            incremental.read_paragraphs(args.corpus), args.incremental_rows, args.incremental_small_rows,
-            args.module, taskdir, contender_env(args.intra_op, args.inter_op), REPO_ROOT, timeout=args.timeout,
-        ))
+        (result, seconds) = contenders.timed(
+            lambda: incremental.run_incremental(
+                incremental.read_paragraphs(args.corpus),
+                args.incremental_rows,
+                args.incremental_small_rows,
+                args.module,
+                taskdir,
+                contender_env(args.intra_op, args.inter_op),
+                REPO_ROOT,
+                timeout=args.timeout,
+            )
+        )
     except incremental.CommandError as e:
         print("failed", file=sys.stderr, flush=True)
         return {"error": str(e)}
@@ -679,11 +754,13 @@ def run_incremental(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
 
 
 def build_report(
-    meta: dict[str, Any], results: dict[str, dict[str, Any]], incremental_result: dict[str, Any] | None = None,
+    meta: dict[str, Any],
+    results: dict[str, dict[str, Any]],
+    incremental_result: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON report: metrics first, then targets, meta, every result and the errors."""
     metrics = summarize(results)
-    metrics.update((incremental_result or {}).get("metrics") or {key: None for key in INCREMENTAL_KEYS})
+    metrics.update((incremental_result or {}).get("metrics") or dict.fromkeys(INCREMENTAL_KEYS))
     errors = {name: r["error"] for name, r in results.items() if "error" in r}
     if incremental_result and "error" in incremental_result:
         errors[INCREMENTAL] = incremental_result["error"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from airflow.sdk import DAG
 
-from pipelines import dag_helpers
+from pipelines.orchestration import dag_helpers
 
 for job in dag_helpers.discover():
     with DAG(

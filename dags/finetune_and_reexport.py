@@ -19,7 +19,7 @@ from typing import Any
 from airflow.sdk import DAG, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from pipelines import dag_helpers
+from pipelines.orchestration import dag_helpers
 
 PARAMS = {
     "module": Param(type="string", minLength=1, description="Handle of the parent module to fine-tune"),
@@ -48,12 +48,19 @@ def _params() -> dict[str, Any]:
 @task
 def finetune() -> str:
     """Fine-tunes and exports the next version; returns its directory."""
-    from pipelines import module_release
+    from pipelines.finetune import module_release
 
     p = _params()
     cmd = module_release.finetune_command(
-        p["module"], p["data"], p["output_root"], name=p["name"], task=p["task"], steps=p["steps"],
-        epochs=p["epochs"], seed=p["seed"], python=dag_helpers.python(),
+        p["module"],
+        p["data"],
+        p["output_root"],
+        name=p["name"],
+        task=p["task"],
+        steps=p["steps"],
+        epochs=p["epochs"],
+        seed=p["seed"],
+        python=dag_helpers.python(),
     )
     return module_release.run_finetune(cmd)
 
@@ -61,7 +68,7 @@ def finetune() -> str:
 @task
 def validate(path: str) -> dict[str, Any]:
     """Validates the new version against its parent; on failure moves it aside and fails for good."""
-    from pipelines import module_release
+    from pipelines.finetune import module_release
 
     p = _params()
     try:
@@ -76,7 +83,7 @@ def validate(path: str) -> dict[str, Any]:
 @task(outlets=[dag_helpers.MODULE_RELEASES])
 def publish(report: dict[str, Any]) -> dict[str, Any]:
     """Publishes the validated version and emits its `hub-module://<name>` Asset event."""
-    from pipelines import module_release
+    from pipelines.finetune import module_release
 
     context = get_current_context()
     extra = module_release.publish(report["path"], upload_root=context["params"]["upload_root"])

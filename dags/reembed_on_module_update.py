@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from airflow.sdk import DAG, AssetAny
 
-from pipelines import dag_helpers
+from pipelines.orchestration import dag_helpers
 
 jobs = [job for job in dag_helpers.discover() if job.module_name]
 module_names = sorted({job.module_name for job in jobs})

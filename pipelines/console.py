@@ -40,7 +40,8 @@ import os
 import re
 import signal
 import sys
-from typing import TYPE_CHECKING, BinaryIO, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, BinaryIO
 
 if TYPE_CHECKING:
     import argparse
@@ -109,7 +110,8 @@ def verbose(argv: Sequence[str] = ()) -> bool:
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
     """Adds `--verbose` to a command's parser (it is acted on before the command's imports)."""
     parser.add_argument(
-        "--verbose", action="store_true",
+        "--verbose",
+        action="store_true",
         help=f"show TensorFlow's start-up lines and third-party warnings (also: {VERBOSE_ENV}=1)",
     )
 
@@ -210,7 +212,7 @@ def command_of(orig_argv: Sequence[str], argv0: str) -> tuple[str, list[str]] | 
         arg = args[i]
         if arg == "-m" or (arg.startswith("-m") and not arg.startswith("--")):
             module = arg[2:] or (args[i + 1] if i + 1 < len(args) else "")
-            rest = args[i + 1:] if arg[2:] else args[i + 2:]
+            rest = args[i + 1 :] if arg[2:] else args[i + 2 :]
             return (module, rest) if module.startswith("pipelines.") else None
         if arg in ("-c", "-") or not arg.startswith("-"):  # `-c CODE` or a script path: not `-m`
             break

@@ -14,17 +14,19 @@ import logging
 import re
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
-from pipelines import config, console, pipeline, sinks
-from pipelines.handles import HandleError
-from pipelines.model_handler import MODEL_LOAD_METRIC
-from pipelines.modules import ModuleError
-from pipelines.records import METRICS_NAMESPACE
+from pipelines import console
+from pipelines.embedding import config, pipeline, sinks
+from pipelines.embedding.model_handler import MODEL_LOAD_METRIC
+from pipelines.embedding.records import METRICS_NAMESPACE
+from pipelines.hub.handles import HandleError
+from pipelines.hub.modules import ModuleError
 
 _LOG = logging.getLogger("hub_embed")
 _ERROR_LINE = re.compile(r"^\s*[\w.]*(Error|Exception): ")
@@ -64,7 +66,7 @@ def _summary(cfg: config.EmbedConfig, manifest: dict, seconds: float, load_s: fl
         lines.append(f"  reused nothing from {config.display(reuse['table'])}: {reuse['reason']}")
     if counts["rows_failed"]:
         lines.append(f"  failures by stage {counts['failed_by_stage']}: {output}/errors/")
-    lines.append(f"  read it with: pipelines.sinks.read_table({output!r})")
+    lines.append(f"  read it with: pipelines.embedding.sinks.read_table({output!r})")
     return "\n".join(lines)
 
 
@@ -97,8 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             _LOG.warning("Dataflow workers cannot read local paths %s; use gs:// paths.", local)
     _LOG.info(
         "Embedding %s (%s) with %s into %s, run %s",
-        config.display(cfg.source.input), cfg.source.input_format, config.display(job.metadata["module"]),
-        config.display(cfg.sink.output), job.run_id,
+        config.display(cfg.source.input),
+        cfg.source.input_format,
+        config.display(job.metadata["module"]),
+        config.display(cfg.sink.output),
+        job.run_id,
     )
     start = time.monotonic()
     p = pipeline.new_pipeline(options)
@@ -129,6 +134,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 if __name__ == "__main__":
     # Once the summary is printed and the streams are flushed, nothing is left to do: end the process
     # without tearing down an interpreter that holds TensorFlow and Beam's threads (2 s or more).
-    from pipelines import worker
+    from pipelines.embedding import worker
 
     worker.exit_now(main())

@@ -3,7 +3,7 @@
 Prints the module's fingerprint, format (TF2 SavedModel or TF1 Hub format),
 whether it is reusable/trainable, and a table of its signatures with their
 inputs and outputs (for a per-token output: how an embedding job cuts it to
-each row's tokens, see `pipelines.token_trim`). Exits with status 2 and a one-line message when the handle
+each row's tokens, see `pipelines.embedding.token_trim`). Exits with status 2 and a one-line message when the handle
 cannot be resolved or the module cannot be loaded.
 """
 
@@ -13,7 +13,9 @@ import argparse
 import json
 import sys
 
-from pipelines import console, handles, modules, token_trim
+from pipelines import console
+from pipelines.embedding import token_trim
+from pipelines.hub import handles, modules
 
 FORMAT_NAMES = {"tf2": "TF2 SavedModel", "tf1_hub": "TF1 Hub format"}
 

@@ -38,8 +38,11 @@ def test_summarize_takes_medians_and_reports_failures(tmp_path):
     workdirs = _workdirs(tmp_path, ("raw", "pipeline"))
     runs = {
         "raw": [{"images_per_s": r, "rows": 10, "decode_s": 0.05} for r in (50.0, 40.0, 60.0)],
-        "pipeline": [{"images_per_s": 45.0, "rows": 10, "outside_inference_s": 0.03}, {"error": "exit status 1"},
-                     {"images_per_s": 41.0, "rows": 10, "outside_inference_s": 0.05}],
+        "pipeline": [
+            {"images_per_s": 45.0, "rows": 10, "outside_inference_s": 0.03},
+            {"error": "exit status 1"},
+            {"images_per_s": 41.0, "rows": 10, "outside_inference_s": 0.05},
+        ],
     }
     report = images.summarize(runs, workdirs)
     assert report["pipeline_mp_images_per_s"] is None and report["pipeline_mp_vs_raw"] is None
@@ -53,25 +56,39 @@ def test_summarize_takes_medians_and_reports_failures(tmp_path):
     assert report["pipeline_outside_inference_ms_per_image"] == pytest.approx(4.0)
     assert report["min_cosine_pipeline_vs_raw"] == pytest.approx(1.0)
     assert report["errors"] == {"pipeline[1]": "exit status 1"}
-    assert "   0.792 " in images.format_report(report) and "target vs raw >= 0.85: not met" in images.format_report(report)
+    assert "   0.792 " in images.format_report(report) and "target vs raw >= 0.85: not met" in images.format_report(
+        report
+    )
 
 
 def test_target_names_each_pipeline_configuration_that_meets_it(tmp_path):
-    runs = {"raw": [{"images_per_s": 100.0, "rows": 10, "decode_s": 0.05}] * 3,
-            "pipeline": [{"images_per_s": r, "rows": 10, "outside_inference_s": 0.01} for r in (80.0, 84.0, 90.0)],
-            "pipeline_mp": [{"images_per_s": r, "rows": 10} for r in (86.0, 88.0, 70.0)],
-            "pipeline_serial_decode": [{"images_per_s": r, "rows": 10, "outside_inference_s": 0.02} for r in (64.0, 70.0, 72.0)],
-            "raw_decoding": [{"images_per_s": r, "rows": 10} for r in (82.0, 91.0, 88.0)],
-            "raw_side_by_side": [{"images_per_s": r, "rows": 10} for r in (95.0, 89.0, 93.0)]}
+    runs = {
+        "raw": [{"images_per_s": 100.0, "rows": 10, "decode_s": 0.05}] * 3,
+        "pipeline": [{"images_per_s": r, "rows": 10, "outside_inference_s": 0.01} for r in (80.0, 84.0, 90.0)],
+        "pipeline_mp": [{"images_per_s": r, "rows": 10} for r in (86.0, 88.0, 70.0)],
+        "pipeline_serial_decode": [
+            {"images_per_s": r, "rows": 10, "outside_inference_s": 0.02} for r in (64.0, 70.0, 72.0)
+        ],
+        "raw_decoding": [{"images_per_s": r, "rows": 10} for r in (82.0, 91.0, 88.0)],
+        "raw_side_by_side": [{"images_per_s": r, "rows": 10} for r in (95.0, 89.0, 93.0)],
+    }
     report = images.summarize(runs, _workdirs(tmp_path, runs))
     assert report["pipeline_vs_raw"] == pytest.approx(0.84) and report["pipeline_mp_vs_raw"] == pytest.approx(0.86)
     assert report["pipeline_best_vs_raw"] == pytest.approx(0.86)
     assert report["parallel_decode_gain"] == pytest.approx(1.25)  # rounds: 80/64, 84/70, 90/72
     assert report["raw_decoding_vs_raw"] == pytest.approx(0.88) and "raw_decoding" not in report["target"]["met_by"]
-    assert report["raw_side_by_side_vs_raw"] == pytest.approx(0.93) and "raw_side_by_side" not in report["target"]["met_by"]
+    assert (
+        report["raw_side_by_side_vs_raw"] == pytest.approx(0.93)
+        and "raw_side_by_side" not in report["target"]["met_by"]
+    )
     assert report["pipeline_serial_decode_outside_inference_ms_per_image"] == pytest.approx(2.0)
-    assert report["target"] == {"vs_raw": 0.85, "best": "pipeline_mp", "met": True, "met_by": ["pipeline_mp"],
-                                "out_of_reach_without_beam": False}
+    assert report["target"] == {
+        "vs_raw": 0.85,
+        "best": "pipeline_mp",
+        "met": True,
+        "met_by": ["pipeline_mp"],
+        "out_of_reach_without_beam": False,
+    }
     # Beam's share, round by round: 80/95, 84/89, 90/93.
     assert report["pipeline_vs_raw_side_by_side_per_round"] == pytest.approx([80 / 95, 84 / 89, 90 / 93])
     assert report["pipeline_vs_raw_side_by_side"] == pytest.approx(84 / 89)
@@ -82,15 +99,19 @@ def test_target_names_each_pipeline_configuration_that_meets_it(tmp_path):
 
 
 def test_report_says_when_even_the_loop_without_beam_misses_the_target(tmp_path):
-    runs = {"raw": [{"images_per_s": 100.0, "rows": 10, "decode_s": 0.05}] * 3,
-            "pipeline": [{"images_per_s": r, "rows": 10, "outside_inference_s": 0.01} for r in (78.0, 80.0, 79.0)],
-            "raw_side_by_side": [{"images_per_s": r, "rows": 10} for r in (84.0, 86.0, 83.0)]}
+    runs = {
+        "raw": [{"images_per_s": 100.0, "rows": 10, "decode_s": 0.05}] * 3,
+        "pipeline": [{"images_per_s": r, "rows": 10, "outside_inference_s": 0.01} for r in (78.0, 80.0, 79.0)],
+        "raw_side_by_side": [{"images_per_s": r, "rows": 10} for r in (84.0, 86.0, 83.0)],
+    }
     workdirs = _workdirs(tmp_path, runs)
     report = images.summarize(runs, workdirs)
     assert report["raw_side_by_side_vs_raw"] == pytest.approx(0.84) and report["target"]["out_of_reach_without_beam"]
     assert report["pipeline_vs_raw_side_by_side"] == pytest.approx(80 / 86)  # rounds: 78/84, 80/86, 79/83
-    assert ("the raw loop with calls side by side, which decodes as the pipeline does but without Beam, reached 0.840 "
-            "of raw: below the target itself on this machine") in images.format_report(report)
+    assert (
+        "the raw loop with calls side by side, which decodes as the pipeline does but without Beam, reached 0.840 "
+        "of raw: below the target itself on this machine"
+    ) in images.format_report(report)
     without_loop = images.summarize({n: runs[n] for n in ("raw", "pipeline")}, workdirs)
     assert without_loop["target"]["out_of_reach_without_beam"] is None
     assert without_loop["pipeline_vs_raw_side_by_side"] is None
@@ -107,18 +128,34 @@ def test_both_contenders_embed_the_same_pixels(tmp_path):
     raw = images.raw(paths, MODULE, workdirs["raw"], batch_size=4, threads=None)
     decoding = images.raw_decoding(paths, MODULE, workdirs["raw_decoding"], batch_size=4, threads=None)
     assert decoding["rows"] == 6 and decoding["decode_s"] is None
-    np.testing.assert_array_equal(*(np.load(os.path.join(workdirs[n], "embeddings.npy")) for n in ("raw", "raw_decoding")))
+    np.testing.assert_array_equal(
+        *(np.load(os.path.join(workdirs[n], "embeddings.npy")) for n in ("raw", "raw_decoding"))
+    )
     side = images.raw_side_by_side(paths, MODULE, workdirs["raw_side_by_side"], batch_size=4, threads=None)
     assert side["rows"] == 6 and side["decode_s"] is None  # two calls of 4 and 2 images, side by side, in order
-    np.testing.assert_array_equal(*(np.load(os.path.join(workdirs[n], "embeddings.npy")) for n in ("raw", "raw_side_by_side")))
+    np.testing.assert_array_equal(
+        *(np.load(os.path.join(workdirs[n], "embeddings.npy")) for n in ("raw", "raw_side_by_side"))
+    )
     pipe = images.pipeline(paths, MODULE, workdirs["pipeline"], threads=None)
     serial = images.pipeline_serial_decode(paths, MODULE, workdirs["pipeline_serial_decode"], threads=None)
-    assert raw["rows"] == pipe["rows"] == 6 and pipe["counts"]["rows_embedded"] == serial["counts"]["rows_embedded"] == 6
-    assert raw["seconds"] > 0 and raw["decode_s"] > 0 and pipe["seconds"] > 0 and pipe["batch_size"] == build_efficientnet.CALL_BATCH_SIZE == 8
+    assert (
+        raw["rows"] == pipe["rows"] == 6 and pipe["counts"]["rows_embedded"] == serial["counts"]["rows_embedded"] == 6
+    )
+    assert (
+        raw["seconds"] > 0
+        and raw["decode_s"] > 0
+        and pipe["seconds"] > 0
+        and pipe["batch_size"] == build_efficientnet.CALL_BATCH_SIZE == 8
+    )
     assert raw["cpu_s"] > 0 and 0 < raw["decode_cpu_s"] < raw["decode_s"] + 0.5 and raw["cores"] >= 1
     assert 0 < images.one_process_ceiling(raw) <= 1 and images.one_process_ceiling(decoding) is None
-    report = images.summarize({n: [{**r, "images_per_s": r["rows"] / r["seconds"]}] for n, r in
-                               (("raw", raw), ("pipeline", pipe), ("pipeline_serial_decode", serial))}, workdirs)
+    report = images.summarize(
+        {
+            n: [{**r, "images_per_s": r["rows"] / r["seconds"]}]
+            for n, r in (("raw", raw), ("pipeline", pipe), ("pipeline_serial_decode", serial))
+        },
+        workdirs,
+    )
     assert report["min_cosine_pipeline_vs_raw"] > 0.99999 and report["errors"] == {}
     assert report["min_cosine_pipeline_serial_decode_vs_raw"] > 0.99999
 
@@ -129,21 +166,29 @@ def test_one_process_ceiling_adds_decoding_cpu_to_the_module_calls_over_the_core
     idle = {**raw, "cpu_s": 10.0, "decode_cpu_s": 8.0}  # one core idle: decoding fits in it
     assert images.one_process_ceiling(idle) == 1.0
     assert images.one_process_ceiling({**raw, "decode_cpu_s": None}) is None
-    runs = {"raw": [{**raw, "images_per_s": 10.0}, {**raw, "cpu_s": 16.0, "images_per_s": 10.0}],
-            "pipeline": [{"images_per_s": 8.0, "rows": 100, "outside_inference_s": 1.0}] * 2}
+    runs = {
+        "raw": [{**raw, "images_per_s": 10.0}, {**raw, "cpu_s": 16.0, "images_per_s": 10.0}],
+        "pipeline": [{"images_per_s": 8.0, "rows": 100, "outside_inference_s": 1.0}] * 2,
+    }
     report = images.summarize(runs, _workdirs(tmp_path, runs))
     assert report["one_process_ceiling_vs_raw"] == pytest.approx(np.median([10 / 11, 1.0]))
-    assert report["raw_cores_busy"] == pytest.approx(1.7) and report["raw_decode_cpu_ms_per_image"] == pytest.approx(40.0)
-    assert ("one-process ceiling 0.955: raw's module calls keep 1.70 of 2 cores busy, and decoding takes 40.00 ms of CPU"
-            in images.format_report(report))
+    assert report["raw_cores_busy"] == pytest.approx(1.7) and report["raw_decode_cpu_ms_per_image"] == pytest.approx(
+        40.0
+    )
+    assert (
+        "one-process ceiling 0.955: raw's module calls keep 1.70 of 2 cores busy, and decoding takes 40.00 ms of CPU"
+        in images.format_report(report)
+    )
 
 
 def test_unknown_contender_is_refused_naming_the_valid_ones(capsys):
     with pytest.raises(SystemExit) as exit_info:
         images.main(["--only", "raw,pipline"])
     assert exit_info.value.code == 2
-    assert ("unknown contender(s) pipline; valid: raw, pipeline, pipeline_mp, pipeline_serial_decode, raw_decoding, "
-            "raw_side_by_side") in capsys.readouterr().err
+    assert (
+        "unknown contender(s) pipline; valid: raw, pipeline, pipeline_mp, pipeline_serial_decode, raw_decoding, "
+        "raw_side_by_side"
+    ) in capsys.readouterr().err
 
 
 def test_report_names_the_machine_it_ran_on(tmp_path):
@@ -171,10 +216,16 @@ def test_host_steal_is_read_from_proc_stat_and_reported_per_run(tmp_path):
     assert bench_run.steal_seconds(str(tmp_path / "absent")) is None
     stat.write_text("intr 1 2 3\n")
     assert bench_run.steal_seconds(str(stat)) is None
-    runs = {"raw": [{"images_per_s": 100.0, "rows": 10, "decode_s": 0.05, "steal_s": 0.0},
-                    {"images_per_s": 90.0, "rows": 10, "decode_s": 0.05, "steal_s": 2.5}],
-            "pipeline": [{"images_per_s": 80.0, "rows": 10, "outside_inference_s": 0.01, "steal_s": 0.25},
-                         {"error": "exit status 1"}]}
+    runs = {
+        "raw": [
+            {"images_per_s": 100.0, "rows": 10, "decode_s": 0.05, "steal_s": 0.0},
+            {"images_per_s": 90.0, "rows": 10, "decode_s": 0.05, "steal_s": 2.5},
+        ],
+        "pipeline": [
+            {"images_per_s": 80.0, "rows": 10, "outside_inference_s": 0.01, "steal_s": 0.25},
+            {"error": "exit status 1"},
+        ],
+    }
     text = images.format_report(images.summarize(runs, {}))
     assert "(steal) during each contender process, start-up included: raw 0.0, 2.5; pipeline 0.2, -" in text
     assert "steal" not in images.format_report(images.summarize({"raw": [{"error": "exit status 1"}]}, {}))

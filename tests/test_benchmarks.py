@@ -58,7 +58,7 @@ def test_committed_corpus_is_mixed_english_prose():
     with open(CORPUS, encoding="utf-8") as f:
         records = [json.loads(line) for line in f]
     texts = [r["text"] for r in records]
-    assert 5000 <= len(records) and os.path.getsize(CORPUS) < 4 * 2**20
+    assert len(records) >= 5000 and os.path.getsize(CORPUS) < 4 * 2**20
     assert len(set(texts)) == len(texts) and len({r["id"] for r in records}) == len(records)
     assert all(corpus.is_prose(t) for t in texts)
     lengths = sorted(len(t) for t in texts[:2000])
@@ -91,7 +91,14 @@ def test_read_texts_reads_jsonl_and_plain_text_and_repeats(tmp_path):
 def test_summarize_computes_the_issue_ratios():
     results = {
         "raw": {"rows_per_s": 500.0},
-        "pipeline": {"rows": 100, "seconds": 0.25, "job_seconds": 0.25, "rows_per_s": 400.0, "load_s": 3.0, "peak_rss_mb": 1000.0},
+        "pipeline": {
+            "rows": 100,
+            "seconds": 0.25,
+            "job_seconds": 0.25,
+            "rows_per_s": 400.0,
+            "load_s": 3.0,
+            "peak_rss_mb": 1000.0,
+        },
         "pipeline_mp": {"rows": 100, "rows_per_s": 380.0, "job_seconds": 0.3125},
         "sentence_transformers": {"rows_per_s": 200.0},
         "beam_mltransform": {"error": "boom"},
@@ -164,7 +171,9 @@ def test_best_at_parity_leaves_out_failed_unmeasured_and_uncompared_contenders()
     # No sentence-transformers contender within the bound: no ratio, no winner, target not measured.
     results["sentence_transformers"]["min_cosine_vs_raw"] = 0.98
     m = run.summarize(results)
-    assert m["st_best_099"] is None and m["pipeline_best_vs_st_best_099"] is None and m["pipeline_best_099"] == "pipeline"
+    assert (
+        m["st_best_099"] is None and m["pipeline_best_vs_st_best_099"] is None and m["pipeline_best_099"] == "pipeline"
+    )
     assert run.check_targets(m)["pipeline_best_vs_st_best_099"]["met"] is None
     m = run.summarize({})
     assert all(m[key] is None for key in ISSUE_15_KEYS)
@@ -204,7 +213,11 @@ def test_cpuinfo_gives_the_model_name_and_which_bf16_and_int8_flags_are_present(
     model, flags = cpu.parse_cpuinfo(SAMPLE_CPUINFO)
     assert model == "Intel(R) Xeon(R) Platinum 8480+"
     assert cpu.features(flags) == {
-        "avx512f": True, "avx512_vnni": True, "avx512_bf16": True, "amx_int8": False, "amx_bf16": True,
+        "avx512f": True,
+        "avx512_vnni": True,
+        "avx512_bf16": True,
+        "amx_int8": False,
+        "amx_bf16": True,
     }
     assert cpu.listed_flags(flags) == ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"]
     assert cpu.quantization_preset(flags, "x86_64") == "avx512_vnni"
@@ -227,10 +240,20 @@ def test_a_missing_bf16_module_or_onnx_interpreter_fails_only_its_own_contenders
     (tmp_path / "fp32").mkdir()
     (tmp_path / "fp32" / "saved_model.pb").write_bytes(b"")  # parse_args only checks that the module is there
     missing = str(tmp_path / "no-bf16")
-    args = run.parse_args([
-        "--corpus", CORPUS, "--rows", "3", "--module", str(tmp_path / "fp32"), "--module-bf16", missing,
-        "--only", "raw_bf16,pipeline_bf16,pipeline_mp_bf16,st_onnx,st_onnx_int8",
-    ])
+    args = run.parse_args(
+        [
+            "--corpus",
+            CORPUS,
+            "--rows",
+            "3",
+            "--module",
+            str(tmp_path / "fp32"),
+            "--module-bf16",
+            missing,
+            "--only",
+            "raw_bf16,pipeline_bf16,pipeline_mp_bf16,st_onnx,st_onnx_int8",
+        ]
+    )
     launched = []
     monkeypatch.setattr(run, "run_task", lambda name, *rest: launched.append(name) or {"error": "ran"})
     monkeypatch.setattr(run, "default_bench_onnx_python", lambda: None)
@@ -242,7 +265,9 @@ def test_a_missing_bf16_module_or_onnx_interpreter_fails_only_its_own_contenders
         assert results[name]["error"].startswith(f"no bfloat16 module at {missing}")
         assert "--precision bfloat16" in results[name]["error"]
     for name in ("st_onnx", "st_onnx_int8"):
-        assert "ONNX backend is not installed" in results[name]["error"] and ".venv-bench-onnx" in results[name]["error"]
+        assert (
+            "ONNX backend is not installed" in results[name]["error"] and ".venv-bench-onnx" in results[name]["error"]
+        )
     report = run.build_report(run.machine_meta(args), results)
     assert set(report["errors"]) == set(results) and report["pipeline_bf16_vs_fp32"] is None
     assert report["pipeline_best_vs_st_best_0999"] is None
@@ -256,9 +281,21 @@ def test_harness_smoke_run_of_raw_and_pipelines(tiny, tmp_path):
     # The bf16 tasks get a copy of the tiny module at another path: the report shows which module each used.
     bf16 = shutil.copytree(tiny.text, tmp_path / "bf16-stand-in")
     cmd = [
-        sys.executable, "-m", "benchmarks.run", "--corpus", CORPUS, "--rows", "24",
-        "--only", "raw,pipeline,pipeline_mp,raw_bf16,pipeline_bf16", "--module", tiny.text,
-        "--module-bf16", str(bf16), "--json", str(out),
+        sys.executable,
+        "-m",
+        "benchmarks.run",
+        "--corpus",
+        CORPUS,
+        "--rows",
+        "24",
+        "--only",
+        "raw,pipeline,pipeline_mp,raw_bf16,pipeline_bf16",
+        "--module",
+        tiny.text,
+        "--module-bf16",
+        str(bf16),
+        "--json",
+        str(out),
     ]
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=230)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -292,7 +329,9 @@ def test_harness_smoke_run_of_raw_and_pipelines(tiny, tmp_path):
     for name in ("raw_bf16", "pipeline_bf16", "pipeline"):
         assert contenders[name]["min_cosine_vs_raw"] > 0.999
         assert contenders[name]["min_cosine_vs_raw"] <= contenders[name]["mean_cosine_vs_raw"] <= 1 + 1e-6
-    assert report["pipeline_bf16_vs_fp32"] == pytest.approx(report["pipeline_bf16_rows_per_s"] / report["pipeline_rows_per_s"])
+    assert report["pipeline_bf16_vs_fp32"] == pytest.approx(
+        report["pipeline_bf16_rows_per_s"] / report["pipeline_rows_per_s"]
+    )
     assert report["pipeline_best_0999"] in ("pipeline", "pipeline_mp", "pipeline_bf16")
     assert report["st_best_0999"] is None and report["pipeline_best_vs_st_best_0999"] is None  # no ST contender ran
     assert report["meta"]["module_bf16"] == str(bf16) and set(report["meta"]["cpu_features"]) == set(cpu.KEY_FLAGS)
@@ -333,8 +372,13 @@ def test_incremental_scenario_is_deterministic_with_the_planted_changes(paragrap
     untouched = set(new) - sc.changed - sc.added - set(sc.duplicates)
     assert all(new[row] == old[row] for row in untouched) and len(untouched) == sc.unchanged == 1920
     assert sc.expected_run2() == {
-        "rows_in": 2000, "rows_written": 2000, "rows_embedded": 60, "rows_reused": 1940,
-        "rows_deduplicated": 40, "contents_embedded": 40, "rows_failed": 0,
+        "rows_in": 2000,
+        "rows_written": 2000,
+        "rows_embedded": 60,
+        "rows_reused": 1940,
+        "rows_deduplicated": 40,
+        "contents_embedded": 40,
+        "rows_failed": 0,
     }
     assert len(sc.fresh_texts()) == 40
     # Ids and texts are stable across N: a smaller scenario's run 1 is a prefix of a larger one's.
@@ -372,11 +416,16 @@ def test_incremental_verify_catches_a_changed_bit():
 
 def test_incremental_metrics_subtract_the_fixed_cost():
     result = {
-        "rows": 50_000, "small_rows": 10_000, "counts_ok": True, "bit_identical": True,
+        "rows": 50_000,
+        "small_rows": 10_000,
+        "counts_ok": True,
+        "bit_identical": True,
         "scenario": {"unchanged": 48_000, "changed": 500, "added": 500},
         "fixed_s": {"full": [11.0, 10.0], "reuse": [10.5, 11.0], "reuse_hit": [3.0, 2.5]},
-        "commands": {name: {"wall_s": s} for name, s in (
-            ("run1", 210.0), ("run2", 20.0), ("all-reused", 5.0), ("small-all-reused", 3.3))},
+        "commands": {
+            name: {"wall_s": s}
+            for name, s in (("run1", 210.0), ("run2", 20.0), ("all-reused", 5.0), ("small-all-reused", 3.3))
+        },
     }
     m = incremental.metrics(result)
     assert m["incremental_fixed_full_s"] == 10.0 and m["incremental_fixed_reuse_s"] == 10.5
@@ -402,7 +451,9 @@ def test_run_selects_incremental_alone_without_rows(tmp_path):
     with pytest.raises(SystemExit):
         run.parse_args(["--corpus", CORPUS, "--only", "raw", "--module", module])  # contenders need --rows
     with pytest.raises(SystemExit):
-        run.parse_args(["--corpus", CORPUS, "--only", "incremental", "--incremental-small-rows", "60000", "--module", module])
+        run.parse_args(
+            ["--corpus", CORPUS, "--only", "incremental", "--incremental-small-rows", "60000", "--module", module]
+        )
 
 
 def _in_process(cmd, log_path):
@@ -410,7 +461,7 @@ def _in_process(cmd, log_path):
     from pipelines import embed
 
     start = time.monotonic()
-    status = embed.main(cmd[cmd.index("pipelines.embed") + 1:])
+    status = embed.main(cmd[cmd.index("pipelines.embed") + 1 :])
     if status != 0:
         raise incremental.CommandError(f"exit status {status}")
     return time.monotonic() - start
@@ -421,15 +472,32 @@ def _in_process(cmd, log_path):
 def test_incremental_smoke_run_has_the_scenario_counts_and_bit_identical_vectors(tiny, tmp_path, paragraphs):
     n = 200
     result = incremental.run_incremental(
-        paragraphs, n, 0, tiny.text, str(tmp_path), dict(os.environ), REPO_ROOT, fixed_repeats=1,
-        launch=_in_process, log=lambda message: None,
+        paragraphs,
+        n,
+        0,
+        tiny.text,
+        str(tmp_path),
+        dict(os.environ),
+        REPO_ROOT,
+        fixed_repeats=1,
+        launch=_in_process,
+        log=lambda message: None,
     )
     scenario = incremental.build_scenario(paragraphs, n)
     counts = {name: c["counts"] for name, c in result["commands"].items()}
-    assert {k: counts["run2"][k] for k in scenario.expected_run2()} == scenario.expected_run2() == {
-        "rows_in": 200, "rows_written": 200, "rows_embedded": 6, "rows_reused": 194,
-        "rows_deduplicated": 4, "contents_embedded": 4, "rows_failed": 0,
-    }
+    assert (
+        {k: counts["run2"][k] for k in scenario.expected_run2()}
+        == scenario.expected_run2()
+        == {
+            "rows_in": 200,
+            "rows_written": 200,
+            "rows_embedded": 6,
+            "rows_reused": 194,
+            "rows_deduplicated": 4,
+            "contents_embedded": 4,
+            "rows_failed": 0,
+        }
+    )
     assert counts["run1"]["rows_embedded"] == 200 and counts["run1"]["rows_reused"] == 0
     assert counts["all-reused"]["rows_reused"] == 200 and counts["all-reused"]["contents_embedded"] == 0
     assert counts["fixed-reuse-start"]["rows_reused"] == 0 and counts["fixed-reuse-start"]["rows_embedded"] == 1
@@ -444,8 +512,16 @@ def test_incremental_smoke_run_has_the_scenario_counts_and_bit_identical_vectors
     m = result["metrics"]
     assert m["incremental_vs_full_wall"] > 0 and m["incremental_us_per_unchanged_row"] is not None
     # The report carries the group's keys, targets and printed lines.
-    meta = {"date": "now", "cpu": "cpu", "cpu_flags": [], "cores": 2, "load_average_at_start": 0.0,
-            "rows": None, "corpus": CORPUS, "module": tiny.text}
+    meta = {
+        "date": "now",
+        "cpu": "cpu",
+        "cpu_flags": [],
+        "cores": 2,
+        "load_average_at_start": 0.0,
+        "rows": None,
+        "corpus": CORPUS,
+        "module": tiny.text,
+    }
     report = run.build_report(meta, {}, result)
     assert set(ISSUE_KEYS[-3:]) <= set(report) and report["errors"] == {}
     assert report["targets"]["incremental_vs_full_wall"]["value"] == m["incremental_vs_full_wall"]
@@ -454,9 +530,18 @@ def test_incremental_smoke_run_has_the_scenario_counts_and_bit_identical_vectors
 
 
 def test_header_warns_of_other_work_from_the_load_at_start_or_beyond_the_contenders_own_at_the_end():
-    meta = {"date": "now", "cpu": "cpu", "cpu_flags": [], "cores": 2, "load_average_at_start": 0.1,
-            "load_average_at_end": 2.2, "tf_threads": {"intra_op": 2, "inter_op": 1}, "rows": 5,
-            "corpus": CORPUS, "module": "m"}
+    meta = {
+        "date": "now",
+        "cpu": "cpu",
+        "cpu_flags": [],
+        "cores": 2,
+        "load_average_at_start": 0.1,
+        "load_average_at_end": 2.2,
+        "tf_threads": {"intra_op": 2, "inter_op": 1},
+        "rows": 5,
+        "corpus": CORPUS,
+        "module": "m",
+    }
     table = run.format_table(run.build_report(meta, {}))
     assert "load average 0.10 at start, 2.20 at end" in table and "WARNING" not in table  # its own 2 threads
     table = run.format_table(run.build_report({**meta, "load_average_at_end": 3.5}, {}))

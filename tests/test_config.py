@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from pipelines import config
-from pipelines.config import ConfigError
+from pipelines.embedding import config
+from pipelines.embedding.config import ConfigError
 
 
 def _yaml(tmp_path, text: str) -> str:
@@ -39,7 +39,11 @@ def test_flags_override_yaml_which_overrides_defaults(tmp_path):
     assert cfg.model.batch_size == 64
     assert cfg.source.passthrough == ("title", "url")
     assert cfg.source.input_format == "jsonl"
-    assert cfg.beam_args == ("--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing")
+    assert cfg.beam_args == (
+        "--runner=DirectRunner",
+        "--direct_num_workers=2",
+        "--direct_running_mode=multi_processing",
+    )
 
 
 def test_schedule_section_is_left_to_airflow(tmp_path):
@@ -50,8 +54,21 @@ def test_schedule_section_is_left_to_airflow(tmp_path):
 
 def test_flags_parse_values_and_accept_underscore_spelling():
     cfg = config.load(
-        ["--input", "x.csv", "--output", "o", "--batch_size", "8", "--passthrough", "a, b", "--image-size", "32x48",
-         "--max-error-fraction", "0.5", "--overwrite"]
+        [
+            "--input",
+            "x.csv",
+            "--output",
+            "o",
+            "--batch_size",
+            "8",
+            "--passthrough",
+            "a, b",
+            "--image-size",
+            "32x48",
+            "--max-error-fraction",
+            "0.5",
+            "--overwrite",
+        ]
     )
     assert (cfg.model.batch_size, cfg.source.passthrough, cfg.preprocess.image_size) == (8, ("a", "b"), (32, 48))
     assert cfg.sink.max_error_fraction == 0.5 and cfg.sink.overwrite is True
@@ -92,12 +109,24 @@ def test_bad_yaml_is_a_clear_error(tmp_path, text, message):
         (["--input", "x.csv", "--output", "o", "--passthrough", "a,a"], "passthrough lists a column twice"),
         (["--input", "x.csv"], "output is required"),
         (["--input", "x.csv", "--output", "o", "--batch-size", "0"], "batch_size must be a positive integer"),
-        (["--input", "x.jpg", "--output", "o", "--decode-threads", "0"], "decode_threads must be a positive integer, got 0"),
-        (["--input", "x.csv", "--output", "o", "--max-error-fraction", "2"], "max_error_fraction must be between 0 and 1"),
+        (
+            ["--input", "x.jpg", "--output", "o", "--decode-threads", "0"],
+            "decode_threads must be a positive integer, got 0",
+        ),
+        (
+            ["--input", "x.csv", "--output", "o", "--max-error-fraction", "2"],
+            "max_error_fraction must be between 0 and 1",
+        ),
         (["--input", "x.csv", "--output", "o", "--signature", " "], "signature must not be empty"),
         # Beam's `*` does not cross "/": data/out/part-*.parquet is not matched by data/*, data/part-*.parquet is.
-        (["--input", "data/*", "--input-format", "image", "--output", "data"], "output 'data' is inside the input 'data/\\*'"),
-        (["--input", "corpus/**", "--input-format", "jsonl", "--output", "corpus/2026/embedded"], "is inside the input"),
+        (
+            ["--input", "data/*", "--input-format", "image", "--output", "data"],
+            "output 'data' is inside the input 'data/\\*'",
+        ),
+        (
+            ["--input", "corpus/**", "--input-format", "jsonl", "--output", "corpus/2026/embedded"],
+            "is inside the input",
+        ),
     ],
 )
 def test_bad_flags_are_clear_errors(argv, message):
@@ -119,19 +148,39 @@ def test_output_beside_input_is_fine():
 
 def test_local_paths_are_made_absolute_at_launch(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = config.load([
-        "--input", "corpus/*.jsonl", "--output", "tables/out", "--module", "models/enc/3", "--reuse", "../old",
-        "--temp_location", "tmp", "--setup_file=./pyproject.toml", "--runner", "DirectRunner",
-    ])
+    cfg = config.load(
+        [
+            "--input",
+            "corpus/*.jsonl",
+            "--output",
+            "tables/out",
+            "--module",
+            "models/enc/3",
+            "--reuse",
+            "../old",
+            "--temp_location",
+            "tmp",
+            "--setup_file=./pyproject.toml",
+            "--runner",
+            "DirectRunner",
+        ]
+    )
     assert cfg.source.input == f"{tmp_path}/corpus/*.jsonl"  # the glob is kept, made absolute
     assert cfg.sink.output == f"{tmp_path}/tables/out"
     assert cfg.model.module == f"{tmp_path}/models/enc/3"
     assert cfg.sink.reuse == str(tmp_path.parent / "old")
     assert cfg.beam_args == (
-        "--temp_location", f"{tmp_path}/tmp", f"--setup_file={tmp_path}/pyproject.toml", "--runner", "DirectRunner",
+        "--temp_location",
+        f"{tmp_path}/tmp",
+        f"--setup_file={tmp_path}/pyproject.toml",
+        "--runner",
+        "DirectRunner",
     )
     assert cfg.to_dict()["input"] == cfg.source.input  # what the manifest records, and what workers get
-    assert config.load(["--input", "corpus/", "--input-format", "txt", "--output", "o"]).source.input == f"{tmp_path}/corpus/"
+    assert (
+        config.load(["--input", "corpus/", "--input-format", "txt", "--output", "o"]).source.input
+        == f"{tmp_path}/corpus/"
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # the same flags from another directory name other files
@@ -140,13 +189,25 @@ def test_local_paths_are_made_absolute_at_launch(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "handle",
-    ["gs://b/models/enc/3/", "s3://b/enc-3.tar.gz", "https://user:pw@host/enc-3.tar.gz?x=1", "http://host/m/3",
-     "file:///models/enc/3"],
+    [
+        "gs://b/models/enc/3/",
+        "s3://b/enc-3.tar.gz",
+        "https://user:pw@host/enc-3.tar.gz?x=1",
+        "http://host/m/3",
+        "file:///models/enc/3",
+    ],
 )
 def test_remote_and_file_url_handles_are_untouched(handle, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = config.load(["--input", "gs://b/in/*.txt", "--output", "s3://b/out", "--module", handle, "--reuse", "gs://b/old"])
-    assert (cfg.source.input, cfg.sink.output, cfg.model.module, cfg.sink.reuse) == ("gs://b/in/*.txt", "s3://b/out", handle, "gs://b/old")
+    cfg = config.load(
+        ["--input", "gs://b/in/*.txt", "--output", "s3://b/out", "--module", handle, "--reuse", "gs://b/old"]
+    )
+    assert (cfg.source.input, cfg.sink.output, cfg.model.module, cfg.sink.reuse) == (
+        "gs://b/in/*.txt",
+        "s3://b/out",
+        handle,
+        "gs://b/old",
+    )
 
 
 def test_relative_paths_are_still_checked_by_the_launcher(tmp_path, monkeypatch):
@@ -221,7 +282,7 @@ def test_check_paths(tmp_path):
 
 
 def _spec(tiny_path, **values):
-    from pipelines import modules
+    from pipelines.hub import modules
 
     cfg = config.from_dict({"output": "o", **values, "module": tiny_path})
     return config.model_spec(cfg, modules.describe(tiny_path))
@@ -229,7 +290,13 @@ def _spec(tiny_path, **values):
 
 def test_model_spec_for_text_modules(tiny):
     pooled = _spec(tiny.text, input="x.txt")
-    assert (pooled.kind, pooled.inputs, pooled.dim, pooled.sequence, pooled.tokenized) == ("text", ("text",), 8, False, False)
+    assert (pooled.kind, pooled.inputs, pooled.dim, pooled.sequence, pooled.tokenized) == (
+        "text",
+        ("text",),
+        8,
+        False,
+        False,
+    )
     tokens = _spec(tiny.text, input="x.txt", signature="tokens", output_key="elmo")
     assert tokens.inputs == ("tokens", "sequence_len") and tokens.input_dtypes == ("string", "int32")
     assert tokens.sequence and tokens.tokenized and tokens.trim.label() == "fed:sequence_len" and tokens.dim == 8
@@ -240,7 +307,7 @@ def test_model_spec_for_text_modules(tiny):
 def test_batch_size_is_the_configs_else_the_modules_recommendation_else_the_default(tiny):
     import dataclasses
 
-    from pipelines import modules
+    from pipelines.hub import modules
 
     info = modules.describe(tiny.text)
     assert info.recommended_batch_size is None
@@ -267,7 +334,10 @@ def test_model_spec_for_image_modules(tiny):
 @pytest.mark.parametrize(
     "values, message",
     [
-        ({"input": "x.txt", "signature": "serving"}, "Signature 'serving' not found.*valid signatures: 'default', 'tokens'"),
+        (
+            {"input": "x.txt", "signature": "serving"},
+            "Signature 'serving' not found.*valid signatures: 'default', 'tokens'",
+        ),
         ({"input": "x.txt", "output_key": "pooled"}, "Output key 'pooled' not found.*valid output keys: 'default'"),
         ({"input": "x.png"}, "image input needs one float32"),
     ],

@@ -49,8 +49,16 @@ REAL_LINES = [
     b"To enable the following instructions, read the manual.",
 ]
 # Substrings no line of a quiet run may hold.
-NOISE = ("absl::InitializeLog", "oneDNN", "cuda drivers", "cuInit", "cpu_feature_guard", "rebuild TensorFlow",
-         "pkg_resources", "Resource module is not available")
+NOISE = (
+    "absl::InitializeLog",
+    "oneDNN",
+    "cuda drivers",
+    "cuInit",
+    "cpu_feature_guard",
+    "rebuild TensorFlow",
+    "pkg_resources",
+    "Resource module is not available",
+)
 
 
 @pytest.mark.parametrize("line", CHATTER_LINES)
@@ -101,8 +109,8 @@ def test_known_python_warnings_and_log_lines_are_dropped_and_others_kept(caplog)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         console.quiet_python()
-        warnings.warn("pkg_resources is deprecated as an API. See https://setuptools.pypa.io/.", UserWarning)
-        warnings.warn("some other deprecation", DeprecationWarning)
+        warnings.warn("pkg_resources is deprecated as an API. See https://setuptools.pypa.io/.", UserWarning)  # noqa: B028
+        warnings.warn("some other deprecation", DeprecationWarning)  # noqa: B028
     try:
         with caplog.at_level(logging.WARNING):
             logging.warning(console.LOG_NOISE[0])
@@ -132,7 +140,9 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 def test_a_killed_process_still_gets_its_last_lines_out():
     """The filter is a process of its own: it writes what it was given after the command died."""
-    done = subprocess.run([sys.executable, "-c", KILLED_SCRIPT, "a real error"], capture_output=True, timeout=60, env=_env())
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_SCRIPT, "a real error"], capture_output=True, timeout=60, env=_env()
+    )
     assert done.returncode == -9
     assert done.stderr == b"a real error\nlast words before the kill\n"
 
@@ -142,7 +152,11 @@ def test_a_killed_process_still_gets_its_last_lines_out():
 
 def _env(**extra: str) -> dict[str, str]:
     """The test's environment without the settings that would quiet TensorFlow or make the command verbose."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", console.VERBOSE_ENV, console.FILTER_ENV)}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TF_CPP_MIN_LOG_LEVEL", console.VERBOSE_ENV, console.FILTER_ENV)
+    }
     return {**env, **extra}
 
 
@@ -150,12 +164,25 @@ def _embed(tmp_path, module: str, *flags: str, **env: str) -> subprocess.Complet
     src = tmp_path / "in.txt"
     src.write_text("a first text\nand a second one\n")
     out = tmp_path / f"out-{len(list(tmp_path.iterdir()))}"
-    argv = [sys.executable, "-m", "pipelines.embed", "--input", str(src), "--output", str(out), "--module", module, *flags]
+    argv = [
+        sys.executable,
+        "-m",
+        "pipelines.embed",
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--module",
+        module,
+        *flags,
+    ]
     return subprocess.run(argv, capture_output=True, text=True, timeout=300, env=_env(**env))
 
 
 def _command(module: str, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300, env=_env(**env))
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300, env=_env(**env)
+    )
 
 
 def _noise(stderr: str) -> list[str]:
@@ -164,7 +191,7 @@ def _noise(stderr: str) -> list[str]:
 
 @pytest.mark.slow
 def test_a_quiet_run_prints_our_lines_only_and_verbose_prints_everything(tiny, tmp_path):
-    from pipelines import modules
+    from pipelines.hub import modules
 
     # Described here, so the launchers read the description and TensorFlow is imported by the worker process
     # only (multi-process: it inherits the filtered stream); the next test has a launcher that imports it.
@@ -179,7 +206,9 @@ def test_a_quiet_run_prints_our_lines_only_and_verbose_prints_everything(tiny, t
     assert [line for line in loud.stderr.splitlines() if console.is_chatter(line.encode())], loud.stderr
     assert "rows in 2, embedded 2" in loud.stdout
     # Another command, verbose through the environment (the module cache is new: inspect loads the module).
-    env_verbose = _command("pipelines.inspect", tiny.text, HUB_EMBED_VERBOSE="1", HUB_EMBED_CACHE_DIR=str(tmp_path / "c"))
+    env_verbose = _command(
+        "pipelines.inspect", tiny.text, HUB_EMBED_VERBOSE="1", HUB_EMBED_CACHE_DIR=str(tmp_path / "c")
+    )
     assert env_verbose.returncode == 0 and "signature" in env_verbose.stdout, env_verbose.stderr
     assert _noise(env_verbose.stderr), env_verbose.stderr
 
@@ -225,7 +254,11 @@ def test_a_module_that_fails_to_load_still_says_why_in_a_quiet_run(tiny, tmp_pat
 )
 def test_every_command_takes_verbose(command):
     """`--verbose` is a flag of each command, not an error of its argument parser."""
-    done = subprocess.run([sys.executable, "-m", f"pipelines.{command}", "--verbose", "--help"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", f"pipelines.{command}", "--verbose", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "--verbose" in done.stdout

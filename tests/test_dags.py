@@ -29,7 +29,13 @@ EXPECTED_TASKS = {
     "embed__cloud": {"plan", "embed", "record_table"},
     "finetune_and_reexport": {"finetune", "validate", "publish"},
     "reembed_on_module_update": {
-        "module_updates", "tiny.plan", "tiny.embed", "tiny.record_table", "cloud.plan", "cloud.embed", "cloud.record_table",
+        "module_updates",
+        "tiny.plan",
+        "tiny.embed",
+        "tiny.record_table",
+        "cloud.plan",
+        "cloud.embed",
+        "cloud.record_table",
     },
 }
 TEXTS = [f"sentence number {i} about {'apples and pears' if i % 2 else 'cars and trucks'}" for i in range(12)]
@@ -59,12 +65,14 @@ def dagbag():
     """Parses dags/ the way the dag-processor does (the bundle folder on sys.path)."""
     from airflow.dag_processing.dagbag import BundleDagBag
 
-    return BundleDagBag(dag_folder=airflow_env.DAGS_FOLDER, bundle_path=airflow_env.DAGS_FOLDER, bundle_name="dags-folder")
+    return BundleDagBag(
+        dag_folder=airflow_env.DAGS_FOLDER, bundle_path=airflow_env.DAGS_FOLDER, bundle_name="dags-folder"
+    )
 
 
 def dags_common():
     """The DAGs' shared wiring, imported as the DAG files import it (`from pipelines import dag_helpers`)."""
-    from pipelines import dag_helpers
+    from pipelines.orchestration import dag_helpers
 
     return dag_helpers
 
@@ -83,7 +91,10 @@ def asset_events(session, uri: str) -> list[dict]:
     from sqlalchemy import select
 
     rows = session.scalars(
-        select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id).where(AssetModel.uri == uri).order_by(AssetEvent.id)
+        select(AssetEvent)
+        .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+        .where(AssetModel.uri == uri)
+        .order_by(AssetEvent.id)
     )
     return [dict(row.extra) for row in rows]
 
@@ -118,16 +129,28 @@ def configs(tmp_path, monkeypatch):
 def job_configs(configs, tmp_path):
     """A local DirectRunner job for module `tiny` and a Dataflow job, both scheduled."""
     write_config(
-        configs, "tiny",
-        input=write_lines(tmp_path / "in.txt", TEXTS), output=str(tmp_path / "tables" / "tiny"),
-        module=str(tmp_path / "modules" / "tiny" / "latest"), batch_size=4, schedule={"cron": "@daily"},
+        configs,
+        "tiny",
+        input=write_lines(tmp_path / "in.txt", TEXTS),
+        output=str(tmp_path / "tables" / "tiny"),
+        module=str(tmp_path / "modules" / "tiny" / "latest"),
+        batch_size=4,
+        schedule={"cron": "@daily"},
     )
     write_config(
-        configs, "cloud",
-        input="gs://bucket/in/*.txt", output="gs://bucket/tables/cloud", module="gs://bucket/modules/enc/3.tar.gz",
+        configs,
+        "cloud",
+        input="gs://bucket/in/*.txt",
+        output="gs://bucket/tables/cloud",
+        module="gs://bucket/modules/enc/3.tar.gz",
         passthrough=["lang", "source"],
-        beam={"runner": "DataflowRunner", "region": "europe-west1", "max_num_workers": 4, "setup_file": "./pyproject.toml",
-              "requirements_cache": "build/requirements-cache"},
+        beam={
+            "runner": "DataflowRunner",
+            "region": "europe-west1",
+            "max_num_workers": 4,
+            "setup_file": "./pyproject.toml",
+            "requirements_cache": "build/requirements-cache",
+        },
         schedule={"cron": None, "dataflow": {"project": "proj", "temp_location": "gs://bucket/tmp"}},
     )
     write_config(configs, "unscheduled", input="x.txt", output="y")
@@ -154,7 +177,11 @@ def test_embedding_tasks_are_wired_from_the_config(job_configs):
     embed = local.get_task("embed")
     assert type(embed).__mro__[1].__name__ == "BeamRunPythonPipelineOperator"
     assert (embed.py_file, embed.py_options, embed.runner, embed.py_interpreter) == (
-        "pipelines.embed", ["-m"], "DirectRunner", sys.executable)
+        "pipelines.embed",
+        ["-m"],
+        "DirectRunner",
+        sys.executable,
+    )
     assert embed.pipeline_options["batch_size"] == "4" and embed.pipeline_options["overwrite"] is True
     assert "ti.xcom_pull(task_ids='plan')['output']" in embed.pipeline_options["output"]
     assert "ti.xcom_pull(task_ids='plan')['reuse'] or ''" in embed.pipeline_options["reuse"]
@@ -172,12 +199,17 @@ def test_embedding_tasks_are_wired_from_the_config(job_configs):
     assert "runner" not in cloud.pipeline_options
 
     reembed = bag.dags["reembed_on_module_update"]
-    assert sorted(a.uri for a in reembed.timetable.asset_condition.objects) == ["hub-module://enc/", "hub-module://tiny/"]
+    assert sorted(a.uri for a in reembed.timetable.asset_condition.objects) == [
+        "hub-module://enc/",
+        "hub-module://tiny/",
+    ]
     assert "task_ids='tiny.plan'" in reembed.get_task("tiny.embed").pipeline_options["module"]
 
 
 def test_bad_scheduled_config_is_an_import_error_naming_the_file(configs):
-    path = write_config(configs, "broken", input="a.txt", output="b", schedule={"cron": "@daily", "runner": "FlinkRunner"})
+    path = write_config(
+        configs, "broken", input="a.txt", output="b", schedule={"cron": "@daily", "runner": "FlinkRunner"}
+    )
     errors = dagbag().import_errors
     assert any(path in message and "FlinkRunner" in message for message in errors.values()), errors
 
@@ -205,7 +237,11 @@ PARSE_SCRIPT = textwrap.dedent(
 def test_parsing_is_fast_and_imports_no_tensorflow(job_configs):
     """A fresh interpreter (Airflow imported first) parses the whole folder in < 2 s without TF or Beam."""
     out = subprocess.run(
-        [sys.executable, "-c", PARSE_SCRIPT, airflow_env.DAGS_FOLDER], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", PARSE_SCRIPT, airflow_env.DAGS_FOLDER],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["errors"] == {}
@@ -228,12 +264,16 @@ def test_a_plain_dagbag_in_a_fresh_process_parses_the_folder(job_configs, tmp_pa
     """The usual DAG-integrity test: `DagBag(dag_folder)` with nothing put on sys.path, and a foreign `common` on it."""
     foreign = tmp_path / "foreign"
     foreign.mkdir()
-    (foreign / "common.py").write_text("raise ImportError('another project\'s common module')\n")
+    (foreign / "common.py").write_text("raise ImportError('another project's common module')\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(foreign)
     out = subprocess.run(
         [sys.executable, "-c", PLAIN_DAGBAG_SCRIPT, airflow_env.DAGS_FOLDER],
-        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
@@ -246,11 +286,16 @@ def test_the_airflow_cli_parses_the_folder(airflow_db, job_configs, tmp_path):
     """`airflow dags list --local` (the CLI's own DagBag, as `airflow dags test` uses) with a foreign `common` on PYTHONPATH."""
     foreign = tmp_path / "foreign"
     foreign.mkdir()
-    (foreign / "common.py").write_text("raise ImportError('another project\'s common module')\n")
+    (foreign / "common.py").write_text("raise ImportError('another project's common module')\n")
     env = {**os.environ, "PYTHONPATH": str(foreign)}
     airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
     out = subprocess.run(
-        [airflow, "dags", "list", "--local", "-o", "json"], capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path
+        [airflow, "dags", "list", "--local", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
     listed = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("[")))
@@ -298,10 +343,18 @@ def test_previous_table_on_an_object_store(store, request):
     else:
         client = request.getfixturevalue("s3_server").client()
         client.create_bucket(Bucket="tables-prev")
-        put, base = (lambda key: client.put_object(Bucket="tables-prev", Key=key, Body=b"{}")), "s3://tables-prev/jobs/tiny"
+        put, base = (
+            (lambda key: client.put_object(Bucket="tables-prev", Key=key, Body=b"{}")),
+            "s3://tables-prev/jobs/tiny",
+        )
     assert common.previous_table(base, "20240105T000000") is None
-    for key in ("20240101T000000/_SUCCESS", "20240102T000000/part-00000.parquet", "20240103T000000/_SUCCESS",
-                "tiny-v2/20240104T000000/_SUCCESS", "jobs-other/20240104T000000/_SUCCESS"):
+    for key in (
+        "20240101T000000/_SUCCESS",
+        "20240102T000000/part-00000.parquet",
+        "20240103T000000/_SUCCESS",
+        "tiny-v2/20240104T000000/_SUCCESS",
+        "jobs-other/20240104T000000/_SUCCESS",
+    ):
         put("jobs/tiny/" + key)
     put("jobs/tiny-other/20240104T000000/_SUCCESS")  # shares the prefix `jobs/tiny`, not the folder
     assert common.previous_table(base, "20240103T000000") == base + "/20240101T000000"
@@ -316,11 +369,16 @@ def test_plans_offer_only_their_own_folder_for_reuse(tmp_path):
     commit(base, "20240101T000000", "tiny-v2/20240102T000000")
     update = {"name": "tiny", "version": 3, "handle": "/modules/tiny/3"}
     assert common.scheduled_plan(str(base), "/m", "20240103T000000") == {
-        "module": "/m", "output": str(base / "20240103T000000"), "reuse": str(base / "20240101T000000")}
+        "module": "/m",
+        "output": str(base / "20240103T000000"),
+        "reuse": str(base / "20240101T000000"),
+    }
     plan = common.reembed_plan(update, "tiny", str(base), "20240103T000000")
     assert plan == {"module": "/modules/tiny/3", "output": str(base / "tiny-v3" / "20240103T000000"), "reuse": None}
     commit(base, "tiny-v3/20240102T000000")
-    assert common.reembed_plan(update, "tiny", str(base), "20240103T000000")["reuse"] == str(base / "tiny-v3" / "20240102T000000")
+    assert common.reembed_plan(update, "tiny", str(base), "20240103T000000")["reuse"] == str(
+        base / "tiny-v3" / "20240102T000000"
+    )
     assert common.scheduled_plan(str(base), "/m", "20240103T000000")["reuse"] == str(base / "20240101T000000")
 
 
@@ -329,7 +387,7 @@ def test_plans_offer_only_their_own_folder_for_reuse(tmp_path):
 
 def vectors(table_dir: str) -> dict[str, list[float]]:
     """id -> embedding of a committed table."""
-    from pipelines import sinks
+    from pipelines.embedding import sinks
 
     table = sinks.read_table(table_dir)
     return dict(zip(table.column("id").to_pylist(), table.column("embedding").to_pylist()))
@@ -343,12 +401,19 @@ def test_scheduled_runs_write_tables_and_reuse_the_previous_one(airflow_db, conf
     from airflow.utils.session import create_session
     from airflow.utils.state import DagRunState
 
-    from pipelines import sinks
+    from pipelines.embedding import sinks
 
     output, source = tmp_path / "tables" / "tiny", tmp_path / "in.txt"
-    write_config(configs, "tiny", input=write_lines(source, TEXTS), output=str(output),
-                 module=tiny.text, batch_size=4, schedule={"cron": "@daily"})
-    day = datetime.datetime(2024, 3, 1, tzinfo=datetime.timezone.utc)
+    write_config(
+        configs,
+        "tiny",
+        input=write_lines(source, TEXTS),
+        output=str(output),
+        module=tiny.text,
+        batch_size=4,
+        schedule={"cron": "@daily"},
+    )
+    day = datetime.datetime(2024, 3, 1, tzinfo=datetime.UTC)
     first = dagbag().dags["embed__tiny"].test(logical_date=day)
     assert first.state == DagRunState.SUCCESS  # `--reuse=` would be a config error (exit 2)
     first_dir = str(output / "20240301T000000")
@@ -360,8 +425,13 @@ def test_scheduled_runs_write_tables_and_reuse_the_previous_one(airflow_db, conf
     with create_session() as session:
         (event,) = asset_events(session, f"file://{output}")
     assert event["path"] == first_dir
-    assert (event["rows_in"], event["rows_written"], event["rows_embedded"], event["rows_reused"], event["rows_failed"]) == (
-        len(TEXTS), len(TEXTS), len(TEXTS), 0, 0)
+    assert (
+        event["rows_in"],
+        event["rows_written"],
+        event["rows_embedded"],
+        event["rows_reused"],
+        event["rows_failed"],
+    ) == (len(TEXTS), len(TEXTS), len(TEXTS), 0, 0)
     assert event["reused_from"] is None and event["fingerprint"] == manifest["table"]["fingerprint"]
 
     write_lines(source, TEXTS + ["a sentence the first run never saw"])
@@ -380,7 +450,11 @@ def test_scheduled_runs_write_tables_and_reuse_the_previous_one(airflow_db, conf
     with create_session() as session:
         event = asset_events(session, f"file://{output}")[-1]
     assert (event["path"], event["rows_written"], event["rows_reused"], event["rows_embedded"]) == (
-        second_dir, len(TEXTS) + 1, len(TEXTS), 1)
+        second_dir,
+        len(TEXTS) + 1,
+        len(TEXTS),
+        1,
+    )
     assert event["reused_from"] == {"table": first_dir, "run_id": manifest["run_id"]}
 
 
@@ -392,14 +466,20 @@ def test_reembed_plans_only_the_jobs_of_the_updated_module(airflow_db, job_confi
     monkeypatch.setenv("HUB_EMBED_RETRIES", "0")
     commit(tmp_path / "tables" / "tiny", "20240101T000000", "tiny-v2/20240101T000000")  # other fingerprints
     update = {"name": "tiny", "version": 3, "handle": "/modules/tiny/3", "fingerprint": "sha256:x"}
-    run = dagbag().dags["reembed_on_module_update"].test(run_conf=update, mark_success_pattern=r".*\.(embed|record_table)")
+    run = (
+        dagbag()
+        .dags["reembed_on_module_update"]
+        .test(run_conf=update, mark_success_pattern=r".*\.(embed|record_table)")
+    )
     tis = {ti.task_id: ti for ti in run.get_task_instances()}
     assert tis["module_updates"].xcom_pull(task_ids="module_updates") == {"tiny": update}
     plan = tis["tiny.plan"].xcom_pull(task_ids="tiny.plan")
     assert plan["module"] == "/modules/tiny/3"
     assert os.path.dirname(plan["output"]) == str(tmp_path / "tables" / "tiny" / "tiny-v3")
     assert plan["reuse"] is None  # never a scheduled run's or another version's table
-    assert tis["cloud.plan"].state == TaskInstanceState.SUCCESS and not tis["cloud.plan"].xcom_pull(task_ids="cloud.plan")
+    assert tis["cloud.plan"].state == TaskInstanceState.SUCCESS and not tis["cloud.plan"].xcom_pull(
+        task_ids="cloud.plan"
+    )
     assert (tis["cloud.embed"].state, tis["cloud.record_table"].state) == (TaskInstanceState.SKIPPED,) * 2
 
 
@@ -413,8 +493,12 @@ def release_run(airflow_db, configs, parent_root, tmp_path, monkeypatch):
 
     monkeypatch.setenv("HUB_EMBED_RETRIES", "0")
     root = release.copy_root(parent_root, tmp_path / "modules")
-    conf = {"module": os.path.join(root, "tiny", "1"), "data": release.write_labeled(str(tmp_path / "data.jsonl")),
-            "output_root": root, "steps": 3}
+    conf = {
+        "module": os.path.join(root, "tiny", "1"),
+        "data": release.write_labeled(str(tmp_path / "data.jsonl")),
+        "output_root": root,
+        "steps": 3,
+    }
     return root, conf
 
 
@@ -429,7 +513,7 @@ def module_events() -> list[dict]:
 def test_finetune_dag_publishes_the_next_version(release_run):
     from airflow.utils.state import DagRunState
 
-    from pipelines import modules
+    from pipelines.hub import modules
 
     root, conf = release_run
     before = len(module_events())
@@ -449,7 +533,8 @@ def test_finetune_dag_with_a_broken_export_publishes_nothing(release_run, monkey
     """The export has the wrong output dimension: validate fails, nothing moves, no event."""
     from airflow.utils.state import DagRunState, TaskInstanceState
 
-    from pipelines import export, module_release
+    from pipelines import export
+    from pipelines.finetune import module_release
     from tests.fixtures import tiny_modules as tm
 
     root, conf = release_run
@@ -463,8 +548,11 @@ def test_finetune_dag_with_a_broken_export_publishes_nothing(release_run, monkey
     run = dagbag().dags["finetune_and_reexport"].test(run_conf=conf)
     assert run.state == DagRunState.FAILED
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
-    assert states == {"finetune": TaskInstanceState.SUCCESS, "validate": TaskInstanceState.FAILED,
-                      "publish": TaskInstanceState.UPSTREAM_FAILED}
+    assert states == {
+        "finetune": TaskInstanceState.SUCCESS,
+        "validate": TaskInstanceState.FAILED,
+        "publish": TaskInstanceState.UPSTREAM_FAILED,
+    }
     assert not os.path.lexists(os.path.join(root, "tiny", "latest"))
     assert export.list_versions(root, "tiny") == [1]
     assert [e for e in os.listdir(os.path.join(root, "tiny")) if e.startswith(".rejected-2-")]
@@ -482,8 +570,15 @@ def test_module_event_triggers_reembedding_in_a_running_airflow(airflow_db, tmp_
     home.mkdir()
     shutil.copy(airflow_db + ".template", home / "airflow.db")
     configs, base = tmp_path / "configs", tmp_path / "tables" / "tiny"
-    write_config(configs, "tiny", input=write_lines(tmp_path / "in.txt", TEXTS), output=str(base),
-                 module=str(tmp_path / "modules" / "tiny" / "latest"), batch_size=4, schedule={"cron": None})
+    write_config(
+        configs,
+        "tiny",
+        input=write_lines(tmp_path / "in.txt", TEXTS),
+        output=str(base),
+        module=str(tmp_path / "modules" / "tiny" / "latest"),
+        batch_size=4,
+        schedule={"cron": None},
+    )
     old_table = base / "20240101T000000"
     old_table.mkdir(parents=True)
     (old_table / "_SUCCESS").write_text("{}")  # an earlier table: must stay as it is
@@ -517,7 +612,7 @@ def test_module_event_triggers_reembedding_in_a_running_airflow(airflow_db, tmp_
         airflow.stop()
 
     (success,) = glob.glob(str(base / "tiny-v7" / "*" / "_SUCCESS"))
-    from pipelines import sinks
+    from pipelines.embedding import sinks
 
     manifest = sinks.read_manifest(os.path.dirname(success))
     assert manifest["counts"]["rows_embedded"] == len(TEXTS)

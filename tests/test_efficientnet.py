@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines import embed, finetune, handles, modules, preprocess, sinks
+from pipelines import embed, finetune
+from pipelines.embedding import preprocess, sinks
+from pipelines.hub import handles, modules
 from pipelines.models import build_efficientnet, efficientnet, photos
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,10 +97,16 @@ def test_parity_with_the_pytorch_implementation(module, reference, inputs):
 
 
 def test_the_module_recommends_calls_of_8_whose_vectors_are_those_of_one_call(module, inputs):
-    assert modules.read_manifest(MODULE)["serving"] == {"batch_size": build_efficientnet.CALL_BATCH_SIZE} == {"batch_size": 8}
+    assert (
+        modules.read_manifest(MODULE)["serving"]
+        == {"batch_size": build_efficientnet.CALL_BATCH_SIZE}
+        == {"batch_size": 8}
+    )
     _, images = inputs  # 30: calls of 8, 8, 8 and 6
     whole = module.signatures["default"](images=tf.constant(images))["default"].numpy()
-    calls = [module.signatures["default"](images=tf.constant(images[i:i + 8]))["default"].numpy() for i in range(0, 30, 8)]
+    calls = [
+        module.signatures["default"](images=tf.constant(images[i : i + 8]))["default"].numpy() for i in range(0, 30, 8)
+    ]
     np.testing.assert_allclose(np.concatenate(calls), whole, atol=1e-5)
 
 
@@ -129,7 +137,10 @@ def test_images_config_embeds_the_bundled_photos(module, reference, tmp_path, mo
     assert embed.main(["--config", "configs/images.yaml", "--output", str(out)]) == 0
     manifest = sinks.read_manifest(str(out))
     assert manifest["table"]["dimension"] == 1280
-    rows = {os.path.basename(r["id"]): np.asarray(r["embedding"], np.float32) for r in sinks.read_table(str(out)).to_pylist()}
+    rows = {
+        os.path.basename(r["id"]): np.asarray(r["embedding"], np.float32)
+        for r in sinks.read_table(str(out)).to_pylist()
+    }
     expected = [os.path.basename(p) for p in photos.photo_paths()]
     assert sorted(rows) == expected
     # The pipeline decodes and resizes as the reference's `resize` variant: same features, same class.
@@ -160,7 +171,10 @@ def test_bad_images_and_bad_settings(module, tmp_path, capsys):
 
     for args, messages in [
         (["--signature", "logit"], ("Signature 'logit' not found", "valid signatures: 'default', 'logits'")),
-        (["--signature", "logits"], ("Output key 'default' not found in signature 'logits'; valid output keys: 'logits'",)),
+        (
+            ["--signature", "logits"],
+            ("Output key 'default' not found in signature 'logits'; valid output keys: 'logits'",),
+        ),
         (["--image-size", "300,300"], ("image_size [300, 300] does not match it",)),
     ]:
         assert embed.main([*base, "--output", str(tmp_path / "bad"), *args]) == 2, args
@@ -179,9 +193,13 @@ def test_build_is_idempotent_and_bad_weights_fail_clearly(tmp_path, monkeypatch,
     assert not (tmp_path / "m" / "efficientnet-lite0" / "1").exists()
 
     state = {"_conv_stem.weight": np.zeros((32, 3, 3, 3), np.float32)}
-    with pytest.raises(efficientnet.WeightsError, match=r"the state dict has no '_bn0.weight' \(it is not EfficientNet-Lite0's\)"):
+    with pytest.raises(
+        efficientnet.WeightsError, match=r"the state dict has no '_bn0.weight' \(it is not EfficientNet-Lite0's\)"
+    ):
         efficientnet.convert(state)
-    with pytest.raises(efficientnet.WeightsError, match=r"'_conv_stem.weight' has shape \[32, 3, 5, 5\], expected \[32, 3, 3, 3\]"):
+    with pytest.raises(
+        efficientnet.WeightsError, match=r"'_conv_stem.weight' has shape \[32, 3, 5, 5\], expected \[32, 3, 3, 3\]"
+    ):
         efficientnet.convert({"_conv_stem.weight": np.zeros((32, 3, 5, 5), np.float32)})
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
@@ -205,8 +223,12 @@ def _label_folders(root: Path) -> Path:
 def test_finetune_makes_a_child_version(module, tmp_path):
     parent_fingerprint = handles.fingerprint_dir(MODULE)
     data = _label_folders(tmp_path / "data")
-    result = finetune.finetune(MODULE, str(data), str(tmp_path / "modules"),
-                               hparams=finetune.Hyperparameters(epochs=1, batch_size=8, learning_rate=1e-4))
+    result = finetune.finetune(
+        MODULE,
+        str(data),
+        str(tmp_path / "modules"),
+        hparams=finetune.Hyperparameters(epochs=1, batch_size=8, learning_rate=1e-4),
+    )
     manifest = result.export.manifest
     assert result.export.path == str(tmp_path / "modules" / "efficientnet-lite0" / "2")
     assert manifest["parent"]["name"] == "efficientnet-lite0" and manifest["parent"]["version"] == 1

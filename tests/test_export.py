@@ -10,15 +10,17 @@ import json
 import os
 import subprocess
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_hub as hub
 
-from pipelines import export, handles, modules
+from pipelines import export
 from pipelines import inspect as inspect_cli
+from pipelines.hub import handles, modules
 from tests.fixtures import export_sources as es
 from tests.fixtures import tiny_modules as tm
 
@@ -45,15 +47,25 @@ def root(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def keras_case(root) -> Case:
     model = es.keras3_model()
-    return Case(model, export.export_module(model, root, "keras3"), FEATURES,
-                lambda x: model(x)["default"].numpy(), len(model.trainable_variables))
+    return Case(
+        model,
+        export.export_module(model, root, "keras3"),
+        FEATURES,
+        lambda x: model(x)["default"].numpy(),
+        len(model.trainable_variables),
+    )
 
 
 @pytest.fixture(scope="module")
 def tf_keras_case(root) -> Case:
     model = es.tf_keras_model()
-    return Case(model, export.export_module(model, root, "tf-keras"), FEATURES,
-                lambda x: model(x).numpy(), len(model.trainable_variables))
+    return Case(
+        model,
+        export.export_module(model, root, "tf-keras"),
+        FEATURES,
+        lambda x: model(x).numpy(),
+        len(model.trainable_variables),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +83,12 @@ def saved_model_case(root, tmp_path_factory) -> Case:
     return Case(path, export.export_module(path, root, "text"), tf.constant(TEXTS), tm.text_module_reference, 2)
 
 
-CASES = {"keras": "keras_case", "tf_keras": "tf_keras_case", "tf_module": "tf_module_case", "saved_model": "saved_model_case"}
+CASES = {
+    "keras": "keras_case",
+    "tf_keras": "tf_keras_case",
+    "tf_module": "tf_module_case",
+    "saved_model": "saved_model_case",
+}
 
 
 @pytest.fixture(params=sorted(CASES))
@@ -84,8 +101,9 @@ def vocab_export(root, tmp_path_factory) -> tuple[es.VocabModule, export.ExportR
     """A module using a vocabulary asset in-graph, exported (and packed); the source vocab file is then deleted."""
     vocab = es.write_vocab(str(tmp_path_factory.mktemp("vocab") / "vocab.txt"))
     module = es.VocabModule(vocab)
-    result = export.export_module(module, root, "vocab", signatures={"default": module.__call__, "ids": module.ids},
-                                  pack=True)
+    result = export.export_module(
+        module, root, "vocab", signatures={"default": module.__call__, "ids": module.ids}, pack=True
+    )
     os.remove(vocab)
     return module, result
 
@@ -175,10 +193,14 @@ def test_named_signatures_and_dict_outputs(tf_module_case, keras_case):
     for key in got:
         np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), atol=1e-5)
     assert sorted(tf_module_case.result.manifest["signatures"]["tokens"]["outputs"][i]["name"] for i in (0, 1)) == [
-        "default", "elmo"]
+        "default",
+        "elmo",
+    ]
     keras_outputs = hub.load(keras_case.result.path).signatures["default"](features=tf.constant(FEATURES))
     assert sorted(keras_outputs) == ["default", "hidden"]
-    np.testing.assert_allclose(keras_outputs["hidden"].numpy(), keras_case.source(FEATURES)["hidden"].numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        keras_outputs["hidden"].numpy(), keras_case.source(FEATURES)["hidden"].numpy(), atol=1e-5
+    )
 
 
 def test_explicit_signature_with_several_inputs(root):
@@ -190,7 +212,9 @@ def test_explicit_signature_with_several_inputs(root):
     bias = np.ones((5, 2), np.float32)
     expected = FEATURES @ module.w.numpy() + bias
     np.testing.assert_allclose(loaded({"x": FEATURES, "bias": bias}).numpy(), expected, atol=1e-5)
-    np.testing.assert_allclose(loaded.signatures["default"](x=FEATURES, bias=bias)["default"].numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(
+        loaded.signatures["default"](x=FEATURES, bias=bias)["default"].numpy(), expected, atol=1e-5
+    )
 
 
 def _function_names(module_dir: str) -> list[str]:
@@ -214,8 +238,9 @@ def test_ragged_validations_are_kept_as_plain_asserts(root):
     specs = {"values": tf.TensorSpec([None], tf.float32), "row_splits": tf.TensorSpec([None], tf.int64)}
     signature = export.Signature(lambda inputs: module(inputs["values"], inputs["row_splits"]), specs)
     probe = {"values": tf.constant([1.0, 2.0, 3.0]), "row_splits": tf.constant([0, 2, 3], tf.int64)}
-    result = export.export_module(module, root, "ragged-sums", signatures={"default": signature},
-                                  probe_inputs={"default": probe})
+    result = export.export_module(
+        module, root, "ragged-sums", signatures={"default": signature}, probe_inputs={"default": probe}
+    )
     names = _function_names(result.path)
     assert names and not [n for n in names if "AssertGuard" in n]
     # The same code traced outside an export has them, so the check above can fail.
@@ -334,11 +359,14 @@ def test_concurrent_exporters_get_distinct_versions(root):
 
 def test_manifest_contents(root, keras_case):
     parent = export.module_ref(keras_case.result.path)
-    before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
-    extra = {"data": {"path": "s3://AKIAKEY:topsecret@bucket/train.jsonl?X-Amz-Signature=sig", "sha256": "ab"},
-             "metrics": {"accuracy": 0.75}}
-    result = export.export_module(keras_case.source, root, "keras3", parent=parent, extra_manifest=extra,
-                                  source_description="fine-tuned keras3")
+    before = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    extra = {
+        "data": {"path": "s3://AKIAKEY:topsecret@bucket/train.jsonl?X-Amz-Signature=sig", "sha256": "ab"},
+        "metrics": {"accuracy": 0.75},
+    }
+    result = export.export_module(
+        keras_case.source, root, "keras3", parent=parent, extra_manifest=extra, source_description="fine-tuned keras3"
+    )
     with open(os.path.join(result.path, "module.json")) as f:
         text = f.read()
     manifest = json.loads(text)
@@ -351,8 +379,12 @@ def test_manifest_contents(root, keras_case):
     assert manifest["signatures"]["default"]["inputs"] == [{"name": "features", "dtype": "float32", "shape": [None, 4]}]
     assert manifest["num_trainable_variables"] == 4
     assert manifest["source"] == {"kind": "keras", "description": "fine-tuned keras3"}
-    assert manifest["parent"] == {"name": "keras3", "version": 1, "fingerprint": keras_case.result.fingerprint,
-                                  "handle": keras_case.result.path}
+    assert manifest["parent"] == {
+        "name": "keras3",
+        "version": 1,
+        "fingerprint": keras_case.result.fingerprint,
+        "handle": keras_case.result.path,
+    }
     created = datetime.datetime.fromisoformat(manifest["created_at"])
     assert created.utcoffset() == datetime.timedelta(0) and before <= created
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
@@ -383,8 +415,15 @@ class _NoCall(tf.Module):
         (lambda tmp: _NoCall(), {}, "has no tf.function __call__"),
         (lambda tmp: es.LinearModule(), {"signatures": {"main": es.LinearModule().__call__}}, "no 'default' signature"),
         (lambda tmp: es.LinearModule(), {"signatures": {"default": tf.function(lambda x: x)}}, "no input_signature"),
-        (lambda tmp: es.LinearModule(), {"signatures": {"default": export.Signature(
-            lambda x: {"scores": x}, {"x": tf.TensorSpec([None], tf.float32)})}}, "without a 'default' key"),
+        (
+            lambda tmp: es.LinearModule(),
+            {
+                "signatures": {
+                    "default": export.Signature(lambda x: {"scores": x}, {"x": tf.TensorSpec([None], tf.float32)})
+                }
+            },
+            "without a 'default' key",
+        ),
         (lambda tmp: es.LinearModule(), {"version": 0}, "positive integer"),
         (lambda tmp: es.LinearModule(), {"probe_inputs": {"other": {}}}, "unknown signatures"),
     ],

@@ -9,7 +9,7 @@ multi-process DirectRunner (FnApiRunner) does not retry the bundle on a new
 worker — the run fails ("Channel closed prematurely"). `hub-embed` then exits
 1 naming the cause, commits nothing, and re-running the same command is safe.
 (Dataflow retries a failed bundle on another worker; the commit protocol in
-pipelines/sinks.py only names parts that the committed attempt reported, but
+pipelines/embedding/sinks.py only names parts that the committed attempt reported, but
 no test here runs on Dataflow.)
 
 Covered elsewhere: two processes resolving one remote module, one killed
@@ -30,7 +30,7 @@ import time
 import numpy as np
 import pytest
 
-from pipelines import sinks
+from pipelines.embedding import sinks
 from tests.fixtures import reliability as rel
 from tests.fixtures.reliability import run
 
@@ -43,8 +43,12 @@ def _hooks_env(**extra: str) -> dict[str, str]:
 def _spawn(argv: list[str], log, **env: str) -> subprocess.Popen:
     """`python -m pipelines.embed ARGV` in its own process group, with the test hooks loaded."""
     return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.embed", *argv], cwd=rel.REPO, env=_hooks_env(**env),
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [sys.executable, "-m", "pipelines.embed", *argv],
+        cwd=rel.REPO,
+        env=_hooks_env(**env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
@@ -65,7 +69,9 @@ def _kill_once_parts_exist(proc: subprocess.Popen, output: str, log_path, timeou
             os.killpg(proc.pid, signal.SIGKILL)
             break
         if proc.poll() is not None:
-            pytest.fail(f"the run ended (exit {proc.returncode}) before writing a part:\n{open(log_path).read()[-3000:]}")
+            pytest.fail(
+                f"the run ended (exit {proc.returncode}) before writing a part:\n{open(log_path).read()[-3000:]}"
+            )
         time.sleep(0.01)
     else:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -108,7 +114,9 @@ def test_a_killed_run_and_a_killed_overwrite_then_the_same_command_again(tiny, t
         written = _kill_once_parts_exist(_spawn(argv, log, HUB_EMBED_TEST_PART_ROWS="500"), out, log_path)
     assert written >= 1
     assert not os.path.exists(os.path.join(out, "_SUCCESS"))
-    assert [e for e in os.listdir(out) if not e.startswith(".tmp-")] == [], "a killed run left files in the table's place"
+    assert [e for e in os.listdir(out) if not e.startswith(".tmp-")] == [], (
+        "a killed run left files in the table's place"
+    )
 
     # The same command again: every id exactly once, the killed run's debris gone.
     first = run(out, *argv[:-2])
@@ -162,7 +170,10 @@ def test_a_killed_incremental_run_reusing_its_own_output_then_the_same_command_a
     new = again.rows()
     for i in reused:
         key = f"{src}:{i + 1}"
-        assert np.asarray(new[key]["embedding"], np.float32).tobytes() == np.asarray(old[key]["embedding"], np.float32).tobytes()
+        assert (
+            np.asarray(new[key]["embedding"], np.float32).tobytes()
+            == np.asarray(old[key]["embedding"], np.float32).tobytes()
+        )
 
 
 @pytest.mark.slow
@@ -175,8 +186,16 @@ def test_a_worker_process_dying_inside_a_bundle_fails_the_run_and_a_rerun_is_exa
     src = rel.write_lines(tmp_path / "corpus.txt", texts)
     ids = {f"{src}:{i}" for i in range(1, len(texts) + 1)}
     out = tmp_path / "out"
-    argv = ("--input", src, "--module", tiny.text, "--batch-size", "16",
-            "--direct_num_workers=2", "--direct_running_mode=multi_processing")
+    argv = (
+        "--input",
+        src,
+        "--module",
+        tiny.text,
+        "--batch-size",
+        "16",
+        "--direct_num_workers=2",
+        "--direct_running_mode=multi_processing",
+    )
 
     crashed = run(out, *argv, capsys=capsys)
     assert marker.exists(), "no worker reached the crash point"
@@ -238,7 +257,11 @@ def test_file_size_limit_stands_in_for_a_full_disk(tiny, tmp_path):
 
     done = subprocess.run(
         [sys.executable, "-m", "pipelines.embed", "--input", src, "--output", out, "--module", tiny.text],
-        cwd=rel.REPO, capture_output=True, text=True, preexec_fn=limit, timeout=300,
+        cwd=rel.REPO,
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        timeout=300,
     )
     assert done.returncode == 1, done.stderr[-3000:]
     assert "hub-embed: run failed, nothing committed" in done.stderr and "File too large" in done.stderr

@@ -14,7 +14,9 @@ import tensorflow as tf
 import tensorflow_hub as hub
 import tf_keras
 
-from pipelines import export, finetune, handles, labeled, modules
+from pipelines import export, finetune
+from pipelines.finetune import labeled
+from pipelines.hub import handles, modules
 from pipelines.models import build_minilm, digits
 from tests.fixtures import finetune_data as fd
 from tests.fixtures import tiny_modules as tm
@@ -98,8 +100,9 @@ def test_new_version_has_trained_weights_and_reproduces_the_in_memory_encoder(tu
     published = tuned.result.export
     assert published.version == tuned.parent.version + 1
     name_dir = os.path.dirname(tuned.parent.path)
-    assert published.path == export.version_dir(os.path.dirname(name_dir), os.path.basename(name_dir),
-                                                 published.version)
+    assert published.path == export.version_dir(
+        os.path.dirname(name_dir), os.path.basename(name_dir), published.version
+    )
     parent, child = hub.load(tuned.parent.path), hub.load(published.path)
     changed = [not np.array_equal(p.numpy(), c.numpy()) for p, c in zip(parent.variables, child.variables)]
     assert any(changed)
@@ -128,8 +131,13 @@ def test_parent_is_untouched_and_linked_from_the_manifest(tuned):
     record = manifest["extra"]["finetune"]
     kind = record["data"]["kind"]
     data = labeled.read(tuned.data, kind, (32, 32))
-    assert record["data"] == {"path": os.path.abspath(tuned.data), "kind": kind, "content_hash": data.content_hash,
-                              "examples": len(data), "classes": list(data.classes)}
+    assert record["data"] == {
+        "path": os.path.abspath(tuned.data),
+        "kind": kind,
+        "content_hash": data.content_hash,
+        "examples": len(data),
+        "classes": list(data.classes),
+    }
     assert record["task"] == "classification"
     assert record["hyperparameters"]["seed"] == 0 and record["hyperparameters"]["batch_size"] == 32
     assert record["metrics"] == json.loads(json.dumps(tuned.result.metrics))
@@ -386,8 +394,24 @@ def test_bad_hyperparameters_are_refused():
 def test_cli_prints_metrics_and_a_json_summary(raw_text_module, tmp_path, capsys):
     data = fd.docstrings_jsonl(str(tmp_path / "docs.jsonl"), per_label=5, packages=("email", "xml"))
     out = str(tmp_path / "out")
-    argv = ["--module", raw_text_module, "--data", data, "--task", "classification", "--output-root", out,
-            "--name", "tiny-text", "--steps", "2", "--learning-rate", "0.05", "--seed", "3"]
+    argv = [
+        "--module",
+        raw_text_module,
+        "--data",
+        data,
+        "--task",
+        "classification",
+        "--output-root",
+        out,
+        "--name",
+        "tiny-text",
+        "--steps",
+        "2",
+        "--learning-rate",
+        "0.05",
+        "--seed",
+        "3",
+    ]
     assert finetune.main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(lines[-1])

@@ -19,8 +19,9 @@ import tensorflow as tf
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import config, handles, model_handler, modules, pipeline, sinks
-from pipelines.records import METRICS_NAMESPACE
+from pipelines.embedding import config, model_handler, pipeline, sinks
+from pipelines.embedding.records import METRICS_NAMESPACE
+from pipelines.hub import handles, modules
 from tests.fixtures.reliability import run
 
 
@@ -153,9 +154,13 @@ def test_prepare_probes_an_open_dimension_once(tmp_path, loads):
 def test_describing_a_cached_module_does_not_import_tensorflow(tiny, module_cache):
     """`python -m pipelines.inspect` on a module described before: no TensorFlow, no SavedModel load."""
     modules.describe(tiny.text)
-    script = "import sys; from pipelines import inspect; inspect.main([sys.argv[1]]); print('tensorflow' in sys.modules)"
+    script = (
+        "import sys; from pipelines import inspect; inspect.main([sys.argv[1]]); print('tensorflow' in sys.modules)"
+    )
     env = {**os.environ, "HUB_EMBED_CACHE_DIR": str(module_cache)}
-    done = subprocess.run([sys.executable, "-c", script, tiny.text], capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script, tiny.text], capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "default    output  default       float32  [?, 8]" in done.stdout
     assert done.stdout.strip().endswith("False")
@@ -165,7 +170,9 @@ def test_describing_a_cached_module_does_not_import_tensorflow(tiny, module_cach
 
 
 def handler_for(module_path: str, tf_threads: int | None = None) -> model_handler.HubModelHandler:
-    cfg = config.load(["--input", __file__, "--input-format", "txt", "--output", "/nonexistent/out", "--module", module_path])
+    cfg = config.load(
+        ["--input", __file__, "--input-format", "txt", "--output", "/nonexistent/out", "--module", module_path]
+    )
     info = modules.describe(module_path)
     return model_handler.HubModelHandler(
         module_path, "default", info.fingerprint, config.model_spec(cfg, info), tf_threads
@@ -190,7 +197,8 @@ def test_load_model_does_not_load_until_the_first_batch(text_module, loads):
     handler.run_inference([_Row("again")], model)
     assert model.loaded and len(loads) == 2  # loaded once, on the first batch
     np.testing.assert_allclose(
-        np.stack([r.inference for r in first]), modules.bind(modules.load(str(text_module)))({"text": tf.constant(texts)}),
+        np.stack([r.inference for r in first]),
+        modules.bind(modules.load(str(text_module)))({"text": tf.constant(texts)}),
         atol=1e-6,
     )
 
@@ -206,8 +214,18 @@ def test_an_image_module_is_warmed_up_at_its_call_size(tiny, tmp_path, monkeypat
 
     monkeypatch.setattr(modules, "bind_outputs", spying)
     (tmp_path / "a.png").write_bytes(b"")
-    cfg = config.load(["--input", str(tmp_path / "*.png"), "--output", str(tmp_path / "out"), "--module", tiny.image,
-                       "--batch-size", "5"])
+    cfg = config.load(
+        [
+            "--input",
+            str(tmp_path / "*.png"),
+            "--output",
+            str(tmp_path / "out"),
+            "--module",
+            tiny.image,
+            "--batch-size",
+            "5",
+        ]
+    )
     info = modules.describe(tiny.image)
     handler = model_handler.HubModelHandler(tiny.image, "default", info.fingerprint, config.model_spec(cfg, info), None)
     model_handler._LOADED.clear()

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from pipelines import archives, handles
+from pipelines.hub import archives, handles
 
 
 def _tar_bytes(module_dir: str) -> bytes:
@@ -99,7 +99,7 @@ def test_tfhub_load_uses_our_resolver_and_cache(tiny, text_tar, http_server, mod
     import tensorflow as tf
     import tensorflow_hub as hub
 
-    from pipelines import modules
+    from pipelines.hub import modules
     from tests.fixtures import tiny_modules as tm
     from tests.fixtures.servers import Route
 

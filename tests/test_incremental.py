@@ -21,7 +21,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
-from pipelines import config, pipeline, sinks
+from pipelines.embedding import config, pipeline, sinks
 from tests.fixtures import tiny_modules as tm
 from tests.fixtures.reliability import run
 
@@ -65,7 +65,10 @@ def second_input(tmp_path) -> tuple[str, dict]:
     rows = [(f"t{i}", t, "en") for i, t in enumerate(TEXTS) if i != 0]
     rows[0] = ("t1", TEXTS[1] + " (edited)", "en")
     rows += [("t12", "a brand new sentence", "fr"), ("d1", TEXTS[3], "de"), ("d2", TEXTS[3], "es")]
-    return write_jsonl(tmp_path / "v2.jsonl", rows), {"unchanged": [f"t{i}" for i in range(2, 12)], "new": ["t1", "t12"]}
+    return write_jsonl(tmp_path / "v2.jsonl", rows), {
+        "unchanged": [f"t{i}" for i in range(2, 12)],
+        "new": ["t1", "t12"],
+    }
 
 
 # --------------------------------------------------------------------------- content keys
@@ -110,7 +113,9 @@ def test_only_the_files_the_reuse_manifest_names_are_read(first, tiny, tmp_path)
     """A part no manifest names (a killed run's leftover) holds other vectors for the same contents: never read."""
     named = first / sinks.read_manifest(str(first))["files"][0]["path"]
     table = pq.read_table(named)
-    stray = table.set_column(1, "embedding", pa.array([[9.0] * 8] * table.num_rows, table.schema.field("embedding").type))
+    stray = table.set_column(
+        1, "embedding", pa.array([[9.0] * 8] * table.num_rows, table.schema.field("embedding").type)
+    )
     pq.write_table(stray, first / "part-99999-killed.parquet")
     os.makedirs(first / ".tmp-20200101T000000Z-deadbeef")
     pq.write_table(stray, first / ".tmp-20200101T000000Z-deadbeef" / "part-x.parquet")
@@ -153,7 +158,12 @@ def test_identical_contents_are_embedded_once_and_every_row_keeps_its_own_column
     assert (counter("contents_embedded"), counter("rows_embedded"), counter("rows_written")) == (3, 10, 10)
     assert counter("rows_reused") == 0
     counts = sinks.read_manifest(str(tmp_path / "out"))["counts"]
-    assert (counts["rows_written"], counts["rows_embedded"], counts["rows_deduplicated"], counts["contents_embedded"]) == (10, 10, 7, 3)
+    assert (
+        counts["rows_written"],
+        counts["rows_embedded"],
+        counts["rows_deduplicated"],
+        counts["contents_embedded"],
+    ) == (10, 10, 7, 3)
     table = by_id(tmp_path / "out")
     expected = tm.text_module_reference(TEXTS[:3])
     for i in range(10):
@@ -173,7 +183,10 @@ def test_reuse_counters_are_beam_metrics(first, tiny, tmp_path):
     for c in result.metrics().query(MetricsFilter().with_namespace("hub_embed"))["counters"]:  # summed over steps
         counters[c.key.metric.name] = counters.get(c.key.metric.name, 0) + c.committed
     assert {k: counters.get(k) for k in ("rows_reused", "rows_embedded", "contents_embedded", "rows_written")} == {
-        "rows_reused": 12, "rows_embedded": 2, "contents_embedded": 2, "rows_written": 14,
+        "rows_reused": 12,
+        "rows_embedded": 2,
+        "contents_embedded": 2,
+        "rows_written": 14,
     }
 
 
@@ -202,7 +215,10 @@ def test_per_token_vectors_are_reused_bit_identical(tiny, tmp_path):
     old, new = by_id(tmp_path / "a"), by_id(tmp_path / "b")
     for key, row in old.items():
         assert len(row["embedding"]) == len(TEXTS[int(key.rsplit(":", 1)[1]) - 1].split())
-        assert np.asarray(new[key]["embedding"], np.float32).tobytes() == np.asarray(row["embedding"], np.float32).tobytes()
+        assert (
+            np.asarray(new[key]["embedding"], np.float32).tobytes()
+            == np.asarray(row["embedding"], np.float32).tobytes()
+        )
 
 
 def _image(path, color, size=(10, 6)) -> str:
@@ -309,7 +325,9 @@ def _row_count_lies(table):
         (_row_count_lies, "holds 12 rows, its manifest says 13"),
     ],
 )
-def test_a_reuse_table_that_is_missing_uncommitted_or_corrupt_fails_before_the_run(damage, message, first, tiny, tmp_path, capsys):
+def test_a_reuse_table_that_is_missing_uncommitted_or_corrupt_fails_before_the_run(
+    damage, message, first, tiny, tmp_path, capsys
+):
     table = first if damage else tmp_path / "nothing-here"
     if damage:
         damage(first)

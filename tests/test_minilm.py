@@ -62,8 +62,22 @@ EDGE_CASES = [
 
 def _stdlib_docstrings(count: int) -> list[str]:
     docs, seen = [], set()
-    for name in ("collections", "json", "re", "os", "pathlib", "typing", "functools", "argparse",
-                 "email.message", "http.client", "unittest", "asyncio", "decimal", "datetime"):
+    for name in (
+        "collections",
+        "json",
+        "re",
+        "os",
+        "pathlib",
+        "typing",
+        "functools",
+        "argparse",
+        "email.message",
+        "http.client",
+        "unittest",
+        "asyncio",
+        "decimal",
+        "datetime",
+    ):
         for _, member in inspect.getmembers(importlib.import_module(name)):
             doc = inspect.getdoc(member)
             if doc and doc not in seen:
@@ -82,9 +96,7 @@ def model() -> MiniLM:
 @pytest.fixture(scope="module")
 def original_tokenizer():
     tokenizers = pytest.importorskip("tokenizers")
-    tokenizer = tokenizers.Tokenizer.from_file(
-        os.path.join(minilm.default_weights_dir(), "tokenizer.json")
-    )
+    tokenizer = tokenizers.Tokenizer.from_file(os.path.join(minilm.default_weights_dir(), "tokenizer.json"))
     tokenizer.no_padding()
     tokenizer.enable_truncation(256)
     return tokenizer
@@ -112,7 +124,7 @@ def test_built_module_matches_reference_and_loads_without_assert_guards():
     """The module `make setup` builds (what jobs load): same vectors as the reference, lean graph."""
     from tensorflow.core.protobuf import saved_model_pb2
 
-    from pipelines import modules
+    from pipelines.hub import modules
     from pipelines.models import build_minilm
 
     path = build_minilm.build()  # the existing version, or built now
@@ -135,7 +147,9 @@ def test_built_module_matches_reference_and_loads_without_assert_guards():
 @pytest.mark.slow
 def test_bfloat16_module_matches_reference_and_embeds_like_float32(tmp_path):
     """The bfloat16 version `make setup` builds: reference parity, batch independence and a real embedding job."""
-    from pipelines import embed, modules, sinks
+    from pipelines import embed
+    from pipelines.embedding import sinks
+    from pipelines.hub import modules
     from pipelines.models import build_minilm
 
     path = build_minilm.build(precision="bfloat16")  # the existing version, or built now
@@ -194,11 +208,27 @@ def test_token_ids_match_original_on_docstrings(model, original_tokenizer):
 def test_token_ids_match_original_on_random_unicode(model, original_tokenizer):
     """Random strings over many scripts, controls, marks, symbols and planes."""
     rng = random.Random(0)
-    blocks = [(0x0, 0x24F), (0x250, 0x52F), (0x590, 0x6FF), (0x900, 0xDFF), (0xE00, 0xEFF),
-              (0x1000, 0x1FFF), (0x2000, 0x2BFF), (0x2E00, 0x2E7F), (0x3000, 0x4DBF),
-              (0x4E00, 0x4E80), (0xA640, 0xABFF), (0xAC00, 0xAC80), (0xD7B0, 0xD7FF),
-              (0xE000, 0xE010), (0xF900, 0xFFFF), (0x10000, 0x1FAFF), (0x20000, 0x20010),
-              (0x2B800, 0x2B940), (0xE0000, 0xE007F)]
+    blocks = [
+        (0x0, 0x24F),
+        (0x250, 0x52F),
+        (0x590, 0x6FF),
+        (0x900, 0xDFF),
+        (0xE00, 0xEFF),
+        (0x1000, 0x1FFF),
+        (0x2000, 0x2BFF),
+        (0x2E00, 0x2E7F),
+        (0x3000, 0x4DBF),
+        (0x4E00, 0x4E80),
+        (0xA640, 0xABFF),
+        (0xAC00, 0xAC80),
+        (0xD7B0, 0xD7FF),
+        (0xE000, 0xE010),
+        (0xF900, 0xFFFF),
+        (0x10000, 0x1FAFF),
+        (0x20000, 0x20010),
+        (0x2B800, 0x2B940),
+        (0xE0000, 0xE007F),
+    ]
     texts = []
     for _ in range(3000):
         chars = [chr(rng.randint(*rng.choice(blocks))) for _ in range(rng.randint(1, 30))]
@@ -210,14 +240,13 @@ def test_token_ids_match_original_on_random_unicode(model, original_tokenizer):
 @pytest.mark.slow
 def test_token_ids_match_original_on_every_code_point(model, original_tokenizer):
     """Each code point of planes 0, 1, 2 and 14 in four contexts."""
-    code_points = [
-        c for c in [*range(0x30000), *range(0xE0000, 0xF0000)] if not 0xD800 <= c <= 0xDFFF
-    ]
+    code_points = [c for c in [*range(0x30000), *range(0xE0000, 0xF0000)] if not 0xD800 <= c <= 0xDFFF]
     for start in range(0, len(code_points), 20_000):
-        _assert_same_ids(model, original_tokenizer, [
-            f"ab{c}cd {c} x{c}{c}y {c.upper()}{c.lower()}"
-            for c in map(chr, code_points[start:start + 20_000])
-        ])
+        _assert_same_ids(
+            model,
+            original_tokenizer,
+            [f"ab{c}cd {c} x{c}{c}y {c.upper()}{c.lower()}" for c in map(chr, code_points[start : start + 20_000])],
+        )
 
 
 def test_tokenize_pads_to_longest_and_truncates(model):
@@ -232,7 +261,7 @@ def test_tokenize_pads_to_longest_and_truncates(model):
 def test_sorted_chunks_match_whole_batch(model):
     """embed/token_embeddings (sorted chunks) == encoder over the padded batch."""
     docs = _stdlib_docstrings(70)
-    long_texts = [" ".join(docs[i:i + 12]) for i in range(0, 60, 6)]  # 10 texts at the 256-token cap: chunks of 8
+    long_texts = [" ".join(docs[i : i + 12]) for i in range(0, 60, 6)]  # 10 texts at the 256-token cap: chunks of 8
     texts = tf.constant([doc.split("\n")[0] for doc in docs] + ["", "x", docs[0][:400]] + long_texts)
     ids, mask = model.tokenize(texts)
     tokens = model.encode(ids, mask).numpy()
@@ -262,7 +291,9 @@ def test_chunks_hold_at_most_the_attention_budget(model):
         (32, 128),  # 8 x 10 + 24 x 128: 32 x 128² is exactly the budget
         (16, 181),  # 8 x 128 + 129 + 7 x 181: 16 x 181² fits, 17 do not
         (10, 181),  # the other 10 x 181: an 11th row of 256 would not fit
-        (8, 256), (8, 256), (4, 256),  # rows at the cap: 8 a chunk
+        (8, 256),
+        (8, 256),
+        (4, 256),  # rows at the cap: 8 a chunk
     ]
     assert collections.Counter(map(tuple, shapes.tolist())) == collections.Counter(
         {chunk: chunk[0] * expected_chunks.count(chunk) for chunk in expected_chunks}
@@ -295,7 +326,7 @@ def test_training_mode_has_gradients(model):
 @pytest.mark.slow
 def test_saved_model_round_trip(tmp_path):
     """Saved with [None]-string / [None, None]-int32 traces, reloaded, same outputs."""
-    from pipelines.modules import import_tf
+    from pipelines.hub.modules import import_tf
 
     import_tf()  # registers the tokenizer ops for loading
 
@@ -313,9 +344,7 @@ def test_saved_model_round_trip(tmp_path):
     assert (tmp_path / "assets" / "vocab.txt").is_file()
 
     loaded = tf.saved_model.load(str(tmp_path))
-    np.testing.assert_array_equal(
-        loaded.encoder.word_embeddings.numpy(), model.encoder.word_embeddings.numpy()
-    )
+    np.testing.assert_array_equal(loaded.encoder.word_embeddings.numpy(), model.encoder.word_embeddings.numpy())
     for name, (function, args) in traced.items():
         outputs = zip(tf.nest.flatten(getattr(loaded, name)(*args)), tf.nest.flatten(function(*args)))
         for ours, theirs in outputs:

@@ -1,4 +1,4 @@
-"""`pipelines.model_handler`: what the end-to-end tests do not show directly."""
+"""`pipelines.embedding.model_handler`: what the end-to-end tests do not show directly."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import textwrap
 FRAGMENTED_HEAP = textwrap.dedent(
     """
     import numpy as np, psutil
-    from pipelines.model_handler import release_free_memory
+    from pipelines.embedding.model_handler import release_free_memory
     process = psutil.Process()
     blocks = [np.ones(8192) for _ in range(4000)]
     kept = blocks[::16]
@@ -24,14 +24,16 @@ FRAGMENTED_HEAP = textwrap.dedent(
 
 
 def test_release_free_memory_hands_freed_heap_pages_back():
-    done = subprocess.run([sys.executable, "-c", FRAGMENTED_HEAP], capture_output=True, text=True, timeout=120, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", FRAGMENTED_HEAP], capture_output=True, text=True, timeout=120, check=True
+    )
     released, freed_mb, kept = done.stdout.split()
     assert released == "True" and kept == "250"
     assert int(freed_mb) > 150  # of the ≈234 MiB of holes
 
 
 def test_heap_is_trimmed_at_most_once_per_interval(monkeypatch):
-    from pipelines import model_handler
+    from pipelines.embedding import model_handler
 
     calls = []
     monkeypatch.setattr(model_handler, "release_free_memory", lambda: calls.append(1) or True)
@@ -45,7 +47,7 @@ def test_images_are_stacked_into_one_buffer_per_thread():
 
     import numpy as np
 
-    from pipelines.model_handler import stack_images
+    from pipelines.embedding.model_handler import stack_images
 
     rng = np.random.default_rng(0)
     images = [rng.random((6, 5, 3), dtype=np.float32) for _ in range(4)]
@@ -69,8 +71,8 @@ def test_images_are_stacked_into_one_buffer_per_thread():
 def test_image_batch_scales_bytes_in_tensorflow_exactly_as_unit_scale():
     import numpy as np
 
-    from pipelines.model_handler import image_batch
-    from pipelines.preprocess import unit_scale
+    from pipelines.embedding.model_handler import image_batch
+    from pipelines.embedding.preprocess import unit_scale
 
     rng = np.random.default_rng(0)
     every_value = np.arange(256, dtype=np.uint8).repeat(3).reshape(16, 16, 3)
@@ -92,8 +94,9 @@ def _image_groups(directory, tiny_image, count: int, broken: tuple[int, ...] = (
     (payload: the path), the module's description and its spec with calls of 3."""
     from PIL import Image
 
-    from pipelines import config, content, modules
-    from pipelines.records import ContentGroup, Record
+    from pipelines.embedding import config, content
+    from pipelines.embedding.records import ContentGroup, Record
+    from pipelines.hub import modules
 
     groups = []
     for i in range(count):
@@ -105,14 +108,24 @@ def _image_groups(directory, tiny_image, count: int, broken: tuple[int, ...] = (
         with open(path, "rb") as f:
             key = content.image_hash(f.read(), (8, 8))
         groups.append(ContentGroup(key, path, (Record(path, None, path, (), key),)))
-    cfg = config.load(["--input", str(directory / "*.png"), "--output", str(directory / "out"), "--module", tiny_image,
-                       "--batch-size", "3"])
+    cfg = config.load(
+        [
+            "--input",
+            str(directory / "*.png"),
+            "--output",
+            str(directory / "out"),
+            "--module",
+            tiny_image,
+            "--batch-size",
+            "3",
+        ]
+    )
     info = modules.describe(tiny_image)
     return groups, info, config.model_spec(cfg, info)
 
 
 def test_a_window_of_calls_side_by_side_holds_about_the_same_images_per_thread_whatever_the_call_size():
-    from pipelines import model_handler
+    from pipelines.embedding import model_handler
 
     rows = model_handler.WINDOW_ROWS_PER_THREAD
     assert [model_handler.calls_per_thread(size) * size for size in (8, 32)] == [rows, rows]
@@ -123,7 +136,7 @@ def test_a_window_of_calls_side_by_side_holds_about_the_same_images_per_thread_w
 def test_image_calls_side_by_side_decode_in_their_threads_and_embed_as_calls_in_turn(tiny, tmp_path, monkeypatch):
     import threading
 
-    from pipelines import model_handler, preprocess
+    from pipelines.embedding import model_handler, preprocess
 
     groups, info, spec = _image_groups(tmp_path, tiny.image, 11, broken=(4,))  # 4 calls of 3, the last one of 2
     with open(tmp_path / "7.png", "ab") as f:
@@ -160,8 +173,8 @@ def test_side_by_side_failures_are_dead_lettered_at_stage_decode(tiny, tmp_path)
     import apache_beam as beam
     from apache_beam.testing.util import assert_that, equal_to
 
-    from pipelines import model_handler
-    from pipelines.records import FAILURES
+    from pipelines.embedding import model_handler
+    from pipelines.embedding.records import FAILURES
 
     groups, info, spec = _image_groups(tmp_path, tiny.image, 4, broken=(2,))
     handler = model_handler.HubModelHandler(tiny.image, "default", info.fingerprint, spec, None, calls=2)
@@ -177,7 +190,7 @@ def test_tensorflow_runs_calls_side_by_side_on_one_intra_op_thread_each():
     script = textwrap.dedent(
         """
         import tensorflow as tf
-        from pipelines.model_handler import configure_threads
+        from pipelines.embedding.model_handler import configure_threads
         configure_threads(None, 3)
         print(tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads())
         tf.constant(1.0) + 1  # TensorFlow has started: its pools are kept, and nothing raises

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from pipelines import handles, module_release
+from pipelines.finetune import module_release
+from pipelines.hub import handles
 from tests.fixtures import release
 
 
@@ -83,7 +84,9 @@ def test_publish_moves_latest_forward_only(root):
     assert first["version"] == 1 and os.readlink(os.path.join(root, "tiny", "latest")) == "1"
     second = module_release.publish(child(root))
     assert second == {
-        "name": "tiny", "version": 2, "fingerprint": handles.fingerprint_dir(os.path.join(root, "tiny", "2")),
+        "name": "tiny",
+        "version": 2,
+        "fingerprint": handles.fingerprint_dir(os.path.join(root, "tiny", "2")),
         "handle": os.path.join(root, "tiny", "2"),
     }
     assert module_release.published_version(root, "tiny") == 2
@@ -114,5 +117,20 @@ def test_run_finetune_returns_the_printed_version_path(root, tmp_path):
 
 def test_finetune_command():
     cmd = module_release.finetune_command("m", "d.jsonl", "/root", name="x", steps=5, seed=None, python="py")
-    assert cmd == ["py", "-m", "pipelines.finetune", "--module", "m", "--data", "d.jsonl", "--task", "classification",
-                   "--output-root", "/root", "--name", "x", "--steps", "5"]
+    assert cmd == [
+        "py",
+        "-m",
+        "pipelines.finetune",
+        "--module",
+        "m",
+        "--data",
+        "d.jsonl",
+        "--task",
+        "classification",
+        "--output-root",
+        "/root",
+        "--name",
+        "x",
+        "--steps",
+        "5",
+    ]

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines import handles, inspect, modules
+from pipelines import inspect
+from pipelines.hub import handles, modules
 from tests.fixtures import tiny_modules as tm
 
 TEXTS = ["the quick brown fox", "jumps", ""]
@@ -112,7 +113,17 @@ def test_inspect_prints_table(tiny, capsys):
     assert "trainable:    yes (2 trainable of 2 variables)" in out
     assert handles.fingerprint_dir(tiny.text) in out
     rows = [line.split() for line in out.splitlines()]
-    assert ["tokens", "output", "elmo", "float32", "[?,", "?,", "8]"] + "cut by the token counts fed to input 'sequence_len'".split() in rows
+    assert ["tokens", "output", "elmo", "float32", "[?,", "?,", "8]"] + [
+        "cut",
+        "by",
+        "the",
+        "token",
+        "counts",
+        "fed",
+        "to",
+        "input",
+        "'sequence_len'",
+    ] in rows
     assert ["default", "input", "text", "string", "[?]"] in rows
 
 
@@ -127,7 +138,9 @@ def test_inspect_json_for_tf1_module(tiny, capsys):
 def test_inspect_command_fails_cleanly(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "pipelines.inspect", str(tmp_path / "missing")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: Module handle")

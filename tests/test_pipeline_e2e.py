@@ -18,7 +18,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipelines import config, embed, pipeline, sinks
+from pipelines import embed
+from pipelines.embedding import config, pipeline, sinks
 from tests.fixtures import tiny_modules as tm
 
 TEXTS = ["The cat sat on the mat.", "Dogs bark", "a", "Embeddings map text to vectors", "cat mat sat"]
@@ -149,7 +150,12 @@ def test_txt_with_the_default_signature(tiny, tmp_path, src):
     manifest = sinks.read_manifest(str(tmp_path / "out"))
     assert manifest["counts"]["rows_in"] == manifest["counts"]["rows_embedded"] == len(TEXTS)
     table = manifest["table"]
-    assert (table["dimension"], table["signature"], table["output_key"], table["sequence"]) == (8, "default", "default", False)
+    assert (table["dimension"], table["signature"], table["output_key"], table["sequence"]) == (
+        8,
+        "default",
+        "default",
+        False,
+    )
     assert table["fingerprint"].startswith("sha256:") and table["config_hash"].startswith("sha256:")
 
 
@@ -179,7 +185,10 @@ def test_tf1_hub_format_module(tiny, tmp_path, src):
 
 def test_sequence_output_of_an_elmo_style_tokens_signature(tiny, tmp_path, src):
     out = tmp_path / "out"
-    assert run("--input", str(src), "--module", tiny.text, "--signature", "tokens", "--output-key", "elmo", output=out) == 0
+    assert (
+        run("--input", str(src), "--module", tiny.text, "--signature", "tokens", "--output-key", "elmo", output=out)
+        == 0
+    )
     rows = table_by_id(out)
     reference = tm.ElmoLikeModule(8, 0)
     for i, text in enumerate(TEXTS):
@@ -302,7 +311,7 @@ def test_a_launcher_that_loads_the_module_sets_tensorflows_threads_as_its_side_b
     script = textwrap.dedent(
         f"""
         import tensorflow as tf
-        from pipelines import config, model_handler, pipeline
+        from pipelines.embedding import config, model_handler, pipeline
         cfg = config.load(["--input", "x.jpg", "--output", "o", "--module", {tiny.image!r}, "--decode-threads", "3"])
         pipeline.prepare(cfg)
         assert model_handler._LOADED, "prepare did not load the module: the description was cached"
@@ -325,7 +334,9 @@ def test_image_module_with_open_size_takes_image_size(tiny, tmp_path):
 
 def test_dead_letters_counts_and_the_error_budget(own, tmp_path, capsys):
     src = tmp_path / "in.txt"
-    lines = [b"short", b"nan in here", b"x" * 50, b"   ", b"bad \xff byte", b"also fine"] + [b"ok %d" % i for i in range(4)]
+    lines = [b"short", b"nan in here", b"x" * 50, b"   ", b"bad \xff byte", b"also fine"] + [
+        b"ok %d" % i for i in range(4)
+    ]
     src.write_bytes(b"\n".join(lines) + b"\n")
     args = ("--input", str(src), "--module", own["fussy"], "--batch-size", "4")
     assert run(*args, output=tmp_path / "strict") == 1
@@ -338,7 +349,12 @@ def test_dead_letters_counts_and_the_error_budget(own, tmp_path, capsys):
     assert sorted(rows) == sorted(f"{src}:{n}" for n in (1, 6, 7, 8, 9, 10))
     np.testing.assert_allclose(rows[f"{src}:1"]["embedding"], [5, 10, 1])
     errors = errors_by_source(out)
-    assert {k.rsplit(":", 1)[1]: e["stage"] for k, e in errors.items()} == {"2": "embed", "3": "embed", "4": "validate", "5": "read"}
+    assert {k.rsplit(":", 1)[1]: e["stage"] for k, e in errors.items()} == {
+        "2": "embed",
+        "3": "embed",
+        "4": "validate",
+        "5": "read",
+    }
     assert errors[f"{src}:2"]["error"] == "embedding has NaN or inf values"
     assert "input longer than 40 characters" in errors[f"{src}:3"]["error"]
     counts = sinks.read_manifest(str(out))["counts"]
@@ -358,7 +374,9 @@ def test_config_and_module_errors_exit_2_before_running(tiny, tmp_path, capsys):
     src = tmp_path / "in.txt"
     src.write_text("a\n")
     assert run("--input", str(src), "--module", tiny.text, "--output-key", "pooled", output=tmp_path / "o") == 2
-    assert "Output key 'pooled' not found in signature 'default'; valid output keys: 'default'" in capsys.readouterr().err
+    assert (
+        "Output key 'pooled' not found in signature 'default'; valid output keys: 'default'" in capsys.readouterr().err
+    )
     assert run("--input", str(src), "--module", str(tmp_path / "nope"), output=tmp_path / "o") == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
@@ -389,8 +407,17 @@ def test_dataflow_dry_run_builds_the_expected_job_graph(tiny):
     from apache_beam.options.pipeline_options import PipelineOptions
 
     cfg = config.load(
-        ["--config", os.path.join(os.path.dirname(__file__), "..", "configs", "docs-jsonl-dataflow.yaml"),
-         "--module", tiny.text, "--dry_run=True", "--project", "test-project", "--temp_location", "gs://test-bucket/tmp"]
+        [
+            "--config",
+            os.path.join(os.path.dirname(__file__), "..", "configs", "docs-jsonl-dataflow.yaml"),
+            "--module",
+            tiny.text,
+            "--dry_run=True",
+            "--project",
+            "test-project",
+            "--temp_location",
+            "gs://test-bucket/tmp",
+        ]
     )
     # Staging the package (setup_file) needs `python -m build`; the job graph does not.
     p = pipeline.new_pipeline(PipelineOptions([a for a in cfg.beam_args if not a.startswith("--setup_file")]))
@@ -398,9 +425,22 @@ def test_dataflow_dry_run_builds_the_expected_job_graph(tiny):
     result = p.run()
     transforms = {t.unique_name for t in result.job.proto_pipeline.components.transforms.values()}
     for step in (
-        "Read/Match", "Read/Parse", "DedupeIds/Group", "Preprocess", "ReadReuse/Read",
-        "JoinContent/Join", "JoinContent/Resolve", "Decode", "Embed/RunInference", "Embed/Split",
-        "AllFailures", "AllTallies", "WriteTable/WriteParts", "WriteTable/WriteParts1", "WriteTable/WriteErrorParts", "WriteTable/Commit",
+        "Read/Match",
+        "Read/Parse",
+        "DedupeIds/Group",
+        "Preprocess",
+        "ReadReuse/Read",
+        "JoinContent/Join",
+        "JoinContent/Resolve",
+        "Decode",
+        "Embed/RunInference",
+        "Embed/Split",
+        "AllFailures",
+        "AllTallies",
+        "WriteTable/WriteParts",
+        "WriteTable/WriteParts1",
+        "WriteTable/WriteErrorParts",
+        "WriteTable/Commit",
     ):
         assert step in transforms, step
 
@@ -419,7 +459,7 @@ def test_in_process_and_multi_process_runs_give_identical_tables(tiny, tmp_path)
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(MINILM), reason="the default module is built by `make setup`")
 def test_minilm_on_the_bundled_sample_equals_the_module(tmp_path):
-    from pipelines import modules
+    from pipelines.hub import modules
 
     assert modules.read_manifest(MINILM)["serving"] == {"batch_size": 1024}  # it sorts and chunks each call itself
     out = tmp_path / "sample"

@@ -21,7 +21,8 @@ import time
 import numpy as np
 import pytest
 
-from pipelines import config, embed, sinks
+from pipelines import embed
+from pipelines.embedding import config, sinks
 from tests.fixtures import worker_venv
 
 ROWS = 24  # a few dozen rows: one module call, so both runs batch them alike
@@ -63,9 +64,17 @@ def test_the_wheel_ships_the_package_data(tmp_path):
 
     venv = worker_venv.ensure()
     listing = subprocess.run(
-        [venv.python, "-c", "import os, pipelines.models.photos as p; print(p.PHOTOS_DIR); print(*sorted(os.listdir(p.PHOTOS_DIR)));"
-         "import pipelines.data as d; print(*sorted(f for f in os.listdir(os.path.dirname(d.__file__)) if f.endswith(('.txt', '.gz', '.md'))))"],
-        capture_output=True, text=True, cwd=tmp_path, env=venv.env(), timeout=120,
+        [
+            venv.python,
+            "-c",
+            "import os, pipelines.models.photos as p; print(p.PHOTOS_DIR); print(*sorted(os.listdir(p.PHOTOS_DIR)));"
+            "import pipelines.data as d; print(*sorted(f for f in os.listdir(os.path.dirname(d.__file__)) if f.endswith(('.txt', '.gz', '.md'))))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=venv.env(),
+        timeout=120,
     )
     assert listing.returncode == 0, listing.stderr
     installed_dir, installed_photos, data = listing.stdout.splitlines()
@@ -84,7 +93,11 @@ def worker_pool(tmp_path):
     env = venv.env()
     probe = subprocess.run(
         [venv.python, "-c", "import pipelines, apache_beam; print(pipelines.__file__)"],
-        capture_output=True, text=True, cwd=home, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=home,
+        env=env,
+        timeout=120,
     )
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.strip().startswith(venv.root + "/"), probe.stdout  # the wheel's copy, not the checkout
@@ -93,7 +106,11 @@ def worker_pool(tmp_path):
     with open(log, "w") as out:
         pool = subprocess.Popen(
             [venv.python, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
-            cwd=home, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=home,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         _wait_for_port(port, pool, log)
@@ -119,10 +136,23 @@ def test_portable_runner_with_an_external_worker_pool_equals_the_in_process_run(
         (launch / "in.txt").write_text("".join(f.readlines()[:ROWS]))
 
     argv = [
-        sys.executable, "-m", "pipelines.embed", "--input", "in.txt", "--output", "portable",
-        "--module", "modules/all-minilm-l6-v2/1",
-        "--runner", "PortableRunner", "--job_endpoint", "embed",
-        "--environment_type", "EXTERNAL", "--environment_config", f"localhost:{port}",
+        sys.executable,
+        "-m",
+        "pipelines.embed",
+        "--input",
+        "in.txt",
+        "--output",
+        "portable",
+        "--module",
+        "modules/all-minilm-l6-v2/1",
+        "--runner",
+        "PortableRunner",
+        "--job_endpoint",
+        "embed",
+        "--environment_type",
+        "EXTERNAL",
+        "--environment_config",
+        f"localhost:{port}",
     ]
     run = subprocess.run(argv, cwd=launch, capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n--- worker pool:\n{_tail(log)}"

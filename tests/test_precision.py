@@ -1,4 +1,4 @@
-"""Reduced-precision module versions (`pipelines.precision`, `export --precision`): real tiny models, real exports."""
+"""Reduced-precision module versions (`pipelines.export.precision`, `export --precision`): real tiny models, real exports."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import tensorflow_hub as hub
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
-from pipelines import export, finetune, handles, modules, precision
+from pipelines import export, finetune
 from pipelines import inspect as inspect_cli
+from pipelines.export import precision
+from pipelines.hub import handles, modules
 from pipelines.models import digits
 from tests.fixtures import export_sources as es
 from tests.fixtures import tiny_modules as tm
@@ -62,7 +64,11 @@ def test_cosine_stats_compares_vectors_and_skips_all_zero_ones():
     assert stats["min"] == pytest.approx(np.sqrt(0.5))
     assert stats["mean"] == pytest.approx((np.sqrt(0.5) + 2) / 3)
     assert precision.cosine_stats([[1.0, 0.0]], [[0.0, 0.0]])["min"] == 0.0  # zero against non-zero
-    assert precision.cosine_stats([1.0, 2.0, 3.0], [2.0, 4.0, 6.0]) == {"min": pytest.approx(1.0), "mean": pytest.approx(1.0), "vectors": 1}
+    assert precision.cosine_stats([1.0, 2.0, 3.0], [2.0, 4.0, 6.0]) == {
+        "min": pytest.approx(1.0),
+        "mean": pytest.approx(1.0),
+        "vectors": 1,
+    }
     assert precision.cosine_stats(np.zeros((0, 4)), np.zeros((0, 4)))["vectors"] == 0
     assert precision.cosine_stats(np.ones((2, 3)), np.ones((3, 2)))["min"] == float("-inf")
 
@@ -73,8 +79,14 @@ def test_bfloat16_export_computes_matmuls_in_bfloat16_with_the_same_interface(tm
     reference = export.export_module(module, root, "two-layer")
     # Its argmax of 8 random scores flips on a near-tie or two, depending on the CPU's bfloat16 kernels
     # (measured: 0 of 64 rows on AVX512-BF16, 2 of 64 on AMD Zen 2, where bfloat16 rounded both scores to 4.3669).
-    result = export.export_module(module, root, "two-layer-bf16", precision="bfloat16",
-                                  probe_inputs={"default": {"x": FEATURES}}, min_agreement=0.9)
+    result = export.export_module(
+        module,
+        root,
+        "two-layer-bf16",
+        precision="bfloat16",
+        probe_inputs={"default": {"x": FEATURES}},
+        min_agreement=0.9,
+    )
 
     assert _heavy_op_dtypes(reference.path) == {"MatMul": [types_pb2.DT_FLOAT] * 4}  # default + __call__ x 2 traces
     assert _heavy_op_dtypes(result.path) == {"MatMul": [types_pb2.DT_BFLOAT16] * 4}
@@ -137,9 +149,17 @@ def test_bfloat16_version_of_a_keras_saved_model_and_its_reexport(tmp_path):
 
 def test_missed_parity_fails_the_export_and_leaves_nothing(tmp_path):
     root = str(tmp_path)
-    with pytest.raises(export.ExportVerificationError, match=r"min cosine per vector must be >= 1.*default: min cosine 0\.99"):
-        export.export_module(TwoLayerModule(), root, "strict", precision="bfloat16", min_cosine=1.0,
-                             probe_inputs={"default": {"x": FEATURES}})
+    with pytest.raises(
+        export.ExportVerificationError, match=r"min cosine per vector must be >= 1.*default: min cosine 0\.99"
+    ):
+        export.export_module(
+            TwoLayerModule(),
+            root,
+            "strict",
+            precision="bfloat16",
+            min_cosine=1.0,
+            probe_inputs={"default": {"x": FEATURES}},
+        )
     assert export.list_versions(root, "strict") == []
     assert sorted(os.listdir(os.path.join(root, "strict"))) == [".lock"]
 
@@ -150,7 +170,7 @@ class TiedScoresModule(tf.Module):
     def __init__(self):
         super().__init__()
         column = np.array([1.125, 1.5, 1.25, 1.75], dtype=np.float32)  # exact in bfloat16
-        self.w = tf.Variable(np.stack([column, column * (1 + 2.0 ** -12)], axis=1))
+        self.w = tf.Variable(np.stack([column, column * (1 + 2.0**-12)], axis=1))
 
     @tf.function(input_signature=[tf.TensorSpec([None, es.FEATURES], tf.float32)])
     def __call__(self, x):
@@ -161,13 +181,16 @@ class TiedScoresModule(tf.Module):
 def test_an_argmax_that_bfloat16_ties_fails_the_export_unless_a_share_of_agreement_is_accepted(tmp_path, capsys):
     """float32 always picks the second score; bfloat16 computes two equal scores and picks the first."""
     root, probe = str(tmp_path), {"default": {"x": FEATURES}}
-    with pytest.raises(export.ExportVerificationError,
-                       match=r"default/argmax: 0 of 64 elements equal .*--min-agreement, or min_agreement=, accepts a share"):
+    with pytest.raises(
+        export.ExportVerificationError,
+        match=r"default/argmax: 0 of 64 elements equal .*--min-agreement, or min_agreement=, accepts a share",
+    ):
         export.export_module(TiedScoresModule(), root, "tied", precision="bfloat16", probe_inputs=probe)
     assert export.list_versions(root, "tied") == []
 
-    result = export.export_module(TiedScoresModule(), root, "tied", precision="bfloat16", probe_inputs=probe,
-                                  min_agreement=0.0)
+    result = export.export_module(
+        TiedScoresModule(), root, "tied", precision="bfloat16", probe_inputs=probe, min_agreement=0.0
+    )
     verification = result.manifest["verification"]
     assert verification["agreement"] == {"default/argmax": 0.0} and verification["min_agreement_required"] == 0.0
     assert verification["min_cosine"] > 0.9999  # the scores themselves are as close as bfloat16 gets
@@ -212,8 +235,13 @@ def test_nothing_to_convert_and_bad_precision_are_refused(tmp_path, capsys):
 def test_image_module_convolutions_in_bfloat16_and_fine_tuning_keeps_the_precision(tmp_path):
     root = str(tmp_path)
     parent, data = digits.build(root, str(tmp_path / "data"), epochs=1, finetune_limit=6)
-    bf16 = export.export_module(parent.path, root, "digits-bf16", precision="bfloat16",
-                                probe_inputs={"default": {"images": np.random.default_rng(0).random((8, 32, 32, 3)).astype(np.float32)}})
+    bf16 = export.export_module(
+        parent.path,
+        root,
+        "digits-bf16",
+        precision="bfloat16",
+        probe_inputs={"default": {"images": np.random.default_rng(0).random((8, 32, 32, 3)).astype(np.float32)}},
+    )
     assert set(bf16.manifest["precision"]["converted"]) == {"Conv2D", "MatMul"}
     tuned = finetune.finetune(bf16.path, data, root, hparams=finetune.Hyperparameters(steps=2, batch_size=8, seed=0))
     manifest = tuned.export.manifest

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipelines.embedding.preprocess import ImageError, decode_image, pillow_build
 from pipelines.models import photos
-from pipelines.preprocess import ImageError, decode_image, pillow_build
 
 MAX_PIXELS = 50_000_000
 
@@ -29,11 +29,14 @@ def test_photos_decode_as_plain_pillow_does():
         np.testing.assert_array_equal(decode_image(data, (224, 224), MAX_PIXELS), expected.astype(np.float32))
 
 
-@pytest.mark.parametrize("pil_version, simd_dist, expected", [
-    ("12.1.1.post0", "12.1.1.post0", "Pillow-SIMD 12.1.1.post0"),
-    ("12.1.1", None, "Pillow 12.1.1"),
-    ("12.1.1", "12.1.1.post0", "Pillow 12.1.1"),  # Pillow installed over Pillow-SIMD: its files are Pillow's
-])
+@pytest.mark.parametrize(
+    "pil_version, simd_dist, expected",
+    [
+        ("12.1.1.post0", "12.1.1.post0", "Pillow-SIMD 12.1.1.post0"),
+        ("12.1.1", None, "Pillow 12.1.1"),
+        ("12.1.1", "12.1.1.post0", "Pillow 12.1.1"),  # Pillow installed over Pillow-SIMD: its files are Pillow's
+    ],
+)
 def test_pillow_build_names_the_pillow_whose_files_are_loaded(pil_version, simd_dist, expected, monkeypatch):
     import importlib.metadata
 
@@ -74,7 +77,7 @@ def test_modes_become_rgb_and_transparency_goes_over_white():
 
 
 def test_pixels_stay_bytes_until_scaled_and_16_bit_gray_is_already_scaled():
-    from pipelines.preprocess import decode_pixels, unit_scale
+    from pipelines.embedding.preprocess import decode_pixels, unit_scale
 
     for path in photos.photo_paths()[:2]:
         with open(path, "rb") as f:
@@ -97,8 +100,8 @@ def test_too_many_pixels_refused_from_the_header():
 
 def _groups(tmp_path, count: int) -> list:
     """`count` image `ContentGroup`s (distinct JPEGs cut from a bundled photo), one row each."""
-    from pipelines import content
-    from pipelines.records import ContentGroup, Record
+    from pipelines.embedding import content
+    from pipelines.embedding.records import ContentGroup, Record
 
     with Image.open(photos.photo_paths()[0]) as photo:
         photo = photo.convert("RGB")
@@ -144,7 +147,7 @@ def test_decode_images_runs_side_by_side_in_threads_and_keeps_order(tmp_path, mo
     import threading
     import time
 
-    from pipelines import content, preprocess
+    from pipelines.embedding import content, preprocess
 
     groups = _groups(tmp_path, 8)
     for i, data in ((2, b"not an image"), (5, (tmp_path / "5.jpg").read_bytes()[:300])):  # bad files, keyed as they are
@@ -168,7 +171,9 @@ def test_decode_images_runs_side_by_side_in_threads_and_keeps_order(tmp_path, mo
     assert len(outputs) == 8  # one output per row: decoded, or its dead letter, in input order
     for i, output in enumerate(outputs):
         if i in reasons:
-            assert output.tag == "failures" and output.value.stage == "decode" and output.value.id == groups[i].rows[0].id
+            assert (
+                output.tag == "failures" and output.value.stage == "decode" and output.value.id == groups[i].rows[0].id
+            )
             assert reasons[i] in output.value.error
             continue
         with open(groups[i].payload, "rb") as f:
@@ -179,7 +184,7 @@ def test_decode_images_runs_side_by_side_in_threads_and_keeps_order(tmp_path, mo
 
 
 def test_decode_images_in_one_thread_gives_the_same_pixels(tmp_path):
-    from pipelines import preprocess
+    from pipelines.embedding import preprocess
 
     groups = _groups(tmp_path, 5)
     results = {}

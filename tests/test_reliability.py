@@ -54,7 +54,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from pipelines import handles
+from pipelines.hub import handles
 from tests.fixtures import reliability as rel
 from tests.fixtures.reliability import INF_MARK, NAN_MARK, run
 
@@ -120,8 +120,14 @@ def test_bad_text_lines_are_dead_letters_and_the_rest_is_embedded(marker, tmp_pa
     assert_embedded(
         result,
         marker,
-        {at(1): "plain ascii line", at(2): lines[1].decode(), at(12): "nul\x00inside", at(13): "\x00\x00",
-         at(14): big, at(18): "crlf line"},
+        {
+            at(1): "plain ascii line",
+            at(2): lines[1].decode(),
+            at(12): "nul\x00inside",
+            at(13): "\x00\x00",
+            at(14): big,
+            at(18): "crlf line",
+        },
     )
     assert result.rows()[at(14)]["embedding"][0] == 1_000_000
     assert_dead(
@@ -182,16 +188,35 @@ def test_bad_jsonl_records_byte_order_marks_and_duplicates(marker, tmp_path):
     utf16 = '{"id": "bom16-1", "text": "UTF-16 café"}\r\n{"id": "bom16-2", "text": "second line"}\r\n'
     (src / "c-utf16.jsonl").write_bytes(utf16.encode("utf-16"))
     result = run(
-        tmp_path / "out", "--input", src / "*.jsonl", "--module", marker, "--id-field", "id", "--passthrough", "lang",
-        "--batch-size", "4", "--max-error-fraction", "1",
+        tmp_path / "out",
+        "--input",
+        src / "*.jsonl",
+        "--module",
+        marker,
+        "--id-field",
+        "id",
+        "--passthrough",
+        "lang",
+        "--batch-size",
+        "4",
+        "--max-error-fraction",
+        "1",
     )
     assert result.rc == 0, result.err
     result.assert_balanced(rows_in=len(_jsonl_lines()) - 1 + 3)
     assert_embedded(
         result,
         marker,
-        {"ok": "a fine record", "after-deep": "the line after the deep one", "dup": "first of two", "nul": "a\x00b",
-         "5": "an integer id", "bom8": "after a UTF-8 BOM", "bom16-1": "UTF-16 café", "bom16-2": "second line"},
+        {
+            "ok": "a fine record",
+            "after-deep": "the line after the deep one",
+            "dup": "first of two",
+            "nul": "a\x00b",
+            "5": "an integer id",
+            "bom8": "after a UTF-8 BOM",
+            "bom16-1": "UTF-16 café",
+            "bom16-2": "second line",
+        },
     )
     assert len(result.rows()) == 8
     assert result.rows()["ok"]["lang"] == "en"
@@ -224,7 +249,9 @@ def test_bad_jsonl_records_byte_order_marks_and_duplicates(marker, tmp_path):
 def test_csv_from_excel_and_the_empty_text_policy_in_another_format(marker, tmp_path):
     src = tmp_path / "in.csv"
     # Excel's "CSV UTF-8" export starts the file with a byte-order mark, before the header.
-    body = 'id,text\r\nc1,"a, quoted\nmulti-line text"\r\nc2,\r\nc3,"   "\r\nc4,nul\x00inside\r\nc5,caf\xe9\r\nc6,ok\r\n'
+    body = (
+        'id,text\r\nc1,"a, quoted\nmulti-line text"\r\nc2,\r\nc3,"   "\r\nc4,nul\x00inside\r\nc5,caf\xe9\r\nc6,ok\r\n'
+    )
     src.write_bytes(codecs.BOM_UTF8 + body.encode("latin-1"))
     result = run(tmp_path / "out", "--input", src, "--module", marker, "--id-field", "id", "--max-error-fraction", "1")
     assert result.rc == 0, result.err
@@ -257,8 +284,17 @@ def test_image_edge_cases_beyond_the_e2e_set(tiny, tmp_path):
     (src / "text-named.jpg").write_bytes(b"just some text, not an image\n")
     png = rel.image_bytes("RGB", (10, 20, 30), size=(64, 64))
     (src / "truncated.png").write_bytes(png[: len(png) // 2])
-    result = run(tmp_path / "out", "--input", src / "*", "--input-format", "image", "--module", tiny.image,
-                 "--max-error-fraction", "1")
+    result = run(
+        tmp_path / "out",
+        "--input",
+        src / "*",
+        "--input-format",
+        "image",
+        "--module",
+        tiny.image,
+        "--max-error-fraction",
+        "1",
+    )
     assert result.rc == 0, result.err
     result.assert_balanced(rows_in=10)
 
@@ -295,7 +331,7 @@ def test_image_edge_cases_beyond_the_e2e_set(tiny, tmp_path):
 
 
 def _tar(module_dir: str, path) -> bytes:
-    from pipelines import archives
+    from pipelines.hub import archives
 
     archives.pack_dir(module_dir, str(path))
     return pathlib.Path(path).read_bytes()
@@ -396,9 +432,21 @@ def test_yaml_tags_that_build_python_objects_are_refused(tmp_path, capsys):
 
 
 _UNSAFE_CALLS = {
-    ("pickle", "load"), ("pickle", "loads"), ("cloudpickle", "load"), ("cloudpickle", "loads"), ("dill", "load"),
-    ("dill", "loads"), ("marshal", "load"), ("marshal", "loads"), ("shelve", "open"), ("yaml", "unsafe_load"),
-    ("yaml", "full_load"), ("yaml", "load_all"), ("jsonpickle", "decode"), ("os", "system"), ("os", "popen"),
+    ("pickle", "load"),
+    ("pickle", "loads"),
+    ("cloudpickle", "load"),
+    ("cloudpickle", "loads"),
+    ("dill", "load"),
+    ("dill", "loads"),
+    ("marshal", "load"),
+    ("marshal", "loads"),
+    ("shelve", "open"),
+    ("yaml", "unsafe_load"),
+    ("yaml", "full_load"),
+    ("yaml", "load_all"),
+    ("jsonpickle", "decode"),
+    ("os", "system"),
+    ("os", "popen"),
 }
 
 
@@ -423,7 +471,10 @@ def _unpicklers_without_find_class(tree: ast.AST) -> list[str]:
 
     def derives(node: ast.ClassDef) -> bool:
         for base in node.bases:
-            if isinstance(base, ast.Attribute) and (getattr(base.value, "id", None), base.attr) == ("pickle", "Unpickler"):
+            if isinstance(base, ast.Attribute) and (getattr(base.value, "id", None), base.attr) == (
+                "pickle",
+                "Unpickler",
+            ):
                 return True
             if isinstance(base, ast.Name) and base.id in classes and derives(classes[base.id]):
                 return True
@@ -445,12 +496,17 @@ def test_no_pickle_eval_or_unsafe_yaml_in_the_product_code():
         tree = ast.parse(pathlib.Path(path).read_text(), path)
         restricted = os.path.relpath(path, rel.REPO) == _RESTRICTED_UNPICKLING
         if restricted:
-            found += [f"{path}: {name} unpickles without its own find_class" for name in _unpicklers_without_find_class(tree)]
+            found += [
+                f"{path}: {name} unpickles without its own find_class" for name in _unpicklers_without_find_class(tree)
+            ]
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)) and not restricted:
                 names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
-                found += [f"{path}:{node.lineno}: imports {n}" for n in names if n and n.split(".")[0] in
-                          ("pickle", "cloudpickle", "dill", "marshal", "shelve", "jsonpickle")]
+                found += [
+                    f"{path}:{node.lineno}: imports {n}"
+                    for n in names
+                    if n and n.split(".")[0] in ("pickle", "cloudpickle", "dill", "marshal", "shelve", "jsonpickle")
+                ]
         for node, owner, name in _calls(tree):
             where = f"{path}:{node.lineno}"
             if owner is None and name in ("eval", "exec", "compile", "__import__"):
@@ -459,24 +515,38 @@ def test_no_pickle_eval_or_unsafe_yaml_in_the_product_code():
                 found.append(f"{where}: {owner}.{name}()")
             if (owner, name) == ("yaml", "load"):
                 loader = [k.value for k in node.keywords if k.arg == "Loader"] + node.args[1:2]
-                if not (loader and isinstance(loader[0], ast.Attribute) and loader[0].attr in ("SafeLoader", "CSafeLoader")):
+                if not (
+                    loader and isinstance(loader[0], ast.Attribute) and loader[0].attr in ("SafeLoader", "CSafeLoader")
+                ):
                     found.append(f"{where}: yaml.load without SafeLoader")
             if name == "extractall" and os.path.basename(path) != "archives.py":
                 found.append(f"{where}: extractall outside archives.safe_extract")
-            if name in ("run", "Popen", "call", "check_call", "check_output") and owner == "subprocess":
-                if any(k.arg == "shell" and not (isinstance(k.value, ast.Constant) and k.value.value is False)
-                       for k in node.keywords):
-                    found.append(f"{where}: subprocess with shell=True")
+            if (
+                name in ("run", "Popen", "call", "check_call", "check_output")
+                and owner == "subprocess"
+                and any(
+                    k.arg == "shell" and not (isinstance(k.value, ast.Constant) and k.value.value is False)
+                    for k in node.keywords
+                )
+            ):
+                found.append(f"{where}: subprocess with shell=True")
     assert found == []
     # And the one YAML reader is the safe one.
-    config_src = pathlib.Path(rel.REPO, "pipelines", "config.py").read_text()
+    config_src = pathlib.Path(rel.REPO, "pipelines", "embedding", "config.py").read_text()
     assert "yaml.safe_load(" in config_src
 
 
 @pytest.mark.parametrize(
     "handle",
-    ["ftp://example.com/m.tar.gz", "javascript:alert(1)", "data:application/gzip;base64,H4sIAAAAAAAA",
-     "gopher://example.com/m", "hdfs://namenode/m", "jar:file:///m.jar!/m", "smb://share/m.tar.gz"],
+    [
+        "ftp://example.com/m.tar.gz",
+        "javascript:alert(1)",
+        "data:application/gzip;base64,H4sIAAAAAAAA",
+        "gopher://example.com/m",
+        "hdfs://namenode/m",
+        "jar:file:///m.jar!/m",
+        "smb://share/m.tar.gz",
+    ],
 )
 def test_only_the_documented_module_url_schemes_are_resolved(handle, tmp_path, capsys):
     with pytest.raises(handles.HandleError, match=r"Unsupported handle scheme .*supported: .*s3://"):
@@ -560,8 +630,14 @@ def test_s3_credentials_are_never_written(tiny, s3_server, tmp_path, module_cach
     src = tmp_path / "in.txt"
     src.write_text("hello world\n")
     result = run(
-        tmp_path / "out", "--input", src, "--module", "s3://private-models/text-1.tar.gz",
-        f"--s3_secret_access_key={SECRET}", "--s3_access_key_id=testing", f"--s3_endpoint_url={s3_server.endpoint}",
+        tmp_path / "out",
+        "--input",
+        src,
+        "--module",
+        "s3://private-models/text-1.tar.gz",
+        f"--s3_secret_access_key={SECRET}",
+        "--s3_access_key_id=testing",
+        f"--s3_endpoint_url={s3_server.endpoint}",
     )
     assert result.rc == 0
     result.assert_balanced(rows_in=1)
@@ -589,7 +665,7 @@ def test_s3_credentials_are_never_written(tiny, s3_server, tmp_path, module_cach
     ],
 )
 def test_output_inside_the_input_glob_means_what_beam_would_match(pattern, output, inside):
-    from pipelines import config
+    from pipelines.embedding import config
 
     argv = ["--input", pattern, "--input-format", "parquet", "--output", output]
     if inside:
@@ -600,7 +676,7 @@ def test_output_inside_the_input_glob_means_what_beam_would_match(pattern, outpu
 
 
 def test_an_output_reached_through_a_symlink_into_the_input_is_refused(tmp_path):
-    from pipelines import config
+    from pipelines.embedding import config
 
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "a.parquet").write_bytes(b"x")

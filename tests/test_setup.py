@@ -30,8 +30,9 @@ PILLOW = _locked("pillow")
 
 def _can_build_pillow() -> bool:
     """A C compiler and the libjpeg and zlib headers (at /usr/include or its multiarch folders)."""
-    return bool(shutil.which("cc")) and all(glob.glob(f"/usr/include/**/{header}", recursive=True)
-                                            for header in ("jpeglib.h", "zlib.h"))
+    return bool(shutil.which("cc")) and all(
+        glob.glob(f"/usr/include/**/{header}", recursive=True) for header in ("jpeglib.h", "zlib.h")
+    )
 
 
 def _offline() -> dict[str, str]:
@@ -44,7 +45,9 @@ def venv(tmp_path) -> str:
     path = str(tmp_path / "venv")
     subprocess.run([UV, "venv", "-q", "--python", sys.executable, path], check=True, env=_offline())
     _uv_install(path, f"pillow=={PILLOW}")
-    _stamp_after(os.path.join(path, ".installed"), os.path.join(REPO, "pyproject.toml"), os.path.join(REPO, "requirements.lock"))
+    _stamp_after(
+        os.path.join(path, ".installed"), os.path.join(REPO, "pyproject.toml"), os.path.join(REPO, "requirements.lock")
+    )
     return path
 
 
@@ -56,24 +59,37 @@ def _stamp_after(stamp: str, *paths: str) -> None:
 
 
 def _uv_install(venv: str, requirement: str) -> None:
-    subprocess.run([UV, "pip", "install", "-q", "--python", f"{venv}/bin/python", "--no-deps", requirement],
-                   check=True, env=_offline())
+    subprocess.run(
+        [UV, "pip", "install", "-q", "--python", f"{venv}/bin/python", "--no-deps", requirement],
+        check=True,
+        env=_offline(),
+    )
 
 
 def _make_pillow_simd(venv: str, *variables: str) -> subprocess.CompletedProcess:
     """The Makefile's Pillow-SIMD target for `venv` (whose install step's stamp is newer than the lock)."""
-    return subprocess.run(["make", "-C", REPO, f"VENV={venv}", f"UV={UV}", *variables, f"{venv}/.pillow-simd"],
-                          capture_output=True, text=True, env=_offline())
+    return subprocess.run(
+        ["make", "-C", REPO, f"VENV={venv}", f"UV={UV}", *variables, f"{venv}/.pillow-simd"],
+        capture_output=True,
+        text=True,
+        env=_offline(),
+    )
 
 
 def _pillow_in(venv: str) -> tuple[str, list[str]]:
     """`PIL.__version__` as the venv imports it (with `PIL.Image`), and the Pillow distributions it records."""
     out = subprocess.run(
-        [f"{venv}/bin/python", "-c",
-         "import importlib.metadata as m, PIL, PIL.Image; print(PIL.__version__); "
-         "print(','.join(sorted(d.metadata['Name'].lower() for d in m.distributions() "
-         "if d.metadata['Name'].lower().startswith('pillow'))))"],
-        capture_output=True, text=True, check=True).stdout.split()
+        [
+            f"{venv}/bin/python",
+            "-c",
+            "import importlib.metadata as m, PIL, PIL.Image; print(PIL.__version__); "
+            "print(','.join(sorted(d.metadata['Name'].lower() for d in m.distributions() "
+            "if d.metadata['Name'].lower().startswith('pillow'))))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return out[0], out[1].split(",")
 
 
@@ -99,8 +115,9 @@ def test_setup_installs_pillow_simd_where_it_builds_and_again_after_the_lock_rei
 def test_setup_keeps_pillow_when_pillow_simd_does_not_install(venv):
     done = _make_pillow_simd(venv, "PILLOW_SIMD_VERSION=0.0.0.post0")  # no such release
     assert done.returncode == 0, done.stdout + done.stderr
-    assert (f"Pillow-SIMD 0.0.0.post0 did not install (see {venv}/pillow-simd.log): images are resized by Pillow "
-            f"{PILLOW}") in done.stdout
+    assert (
+        f"Pillow-SIMD 0.0.0.post0 did not install (see {venv}/pillow-simd.log): images are resized by Pillow {PILLOW}"
+    ) in done.stdout
     assert "0.0.0.post0" in open(f"{venv}/pillow-simd.log").read()
     assert _pillow_in(venv) == (PILLOW, ["pillow"])
     assert f"images are decoded by PIL {PILLOW} " in done.stdout and os.path.exists(f"{venv}/.pillow-simd")

@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import pipeline, sinks
-from pipelines.config import SinkConfig
-from pipelines.records import Failure, Record
+from pipelines.embedding import pipeline, sinks
+from pipelines.embedding.config import SinkConfig
+from pipelines.embedding.records import Failure, Record
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIM = 3
@@ -46,9 +46,9 @@ def write(output, records, failures, rows_in, run_id="20260101T000000Z-aaaaaaaa"
     inputs = {
         "records": p | "Records" >> beam.Create(records),
         "failures": p | "Failures" >> beam.Create(failures),
-        "tallies": p | "Tallies" >> beam.Create(
-            [("rows_in", rows_in)] + ([("rows_embedded", len(records))] if tallies is None else tallies)
-        ),
+        "tallies": p
+        | "Tallies"
+        >> beam.Create([("rows_in", rows_in)] + ([("rows_embedded", len(records))] if tallies is None else tallies)),
     }
     _ = inputs | sinks.WriteEmbeddingTable(cfg, run_id, _schema(sequence), {"table": METADATA, "config": {}})
     p.run().wait_until_finish()
@@ -62,7 +62,10 @@ def test_pooled_and_sequence_batches_have_the_documented_arrow_types():
     assert pooled.column("extra").to_pylist() == ["p0", "p1"]
     assert pooled.schema.names == ["id", "embedding", "content_hash", "extra"]
     assert pooled.column("content_hash").to_pylist() == [f"{0:064x}", f"{1:064x}"]
-    rows = [Record("a", np.ones((2, DIM), np.float32), "s", ("x",)), Record("b", np.zeros((0, DIM), np.float32), "s", (None,))]
+    rows = [
+        Record("a", np.ones((2, DIM), np.float32), "s", ("x",)),
+        Record("b", np.zeros((0, DIM), np.float32), "s", (None,)),
+    ]
     sequence = sinks._table_batch(_schema(True), rows)
     assert sequence.schema.field("embedding").type == pa.list_(pa.list_(pa.float32(), DIM))
     assert sequence.column("embedding").to_pylist() == [[[1.0] * DIM] * 2, []]
@@ -73,9 +76,17 @@ def test_commit_writes_parts_errors_and_manifest(tmp_path):
     out = tmp_path / "out"
     manifest = write(out, _records(5), _failures(2), 7)
     assert manifest["counts"] == {
-        "rows_in": 7, "rows_written": 5, "rows_embedded": 5, "rows_reused": 0, "rows_deduplicated": 0,
-        "contents_embedded": 0, "rows_failed": 2, "balanced": True, "error_fraction": 2 / 7,
-        "max_error_fraction": 1.0, "failed_by_stage": {"validate": 2},
+        "rows_in": 7,
+        "rows_written": 5,
+        "rows_embedded": 5,
+        "rows_reused": 0,
+        "rows_deduplicated": 0,
+        "contents_embedded": 0,
+        "rows_failed": 2,
+        "balanced": True,
+        "error_fraction": 2 / 7,
+        "max_error_fraction": 1.0,
+        "failed_by_stage": {"validate": 2},
     }
     assert manifest["run_id"] == "20260101T000000Z-aaaaaaaa" and manifest["format"] == sinks.MANIFEST_FORMAT
     assert manifest["table"] == {**METADATA, "row_count": 5}
@@ -91,8 +102,10 @@ def test_commit_writes_parts_errors_and_manifest(tmp_path):
     errors = sinks.read_errors(str(out))
     assert errors.schema == sinks.ERROR_SCHEMA and sorted(errors.column("id").to_pylist()) == ["bad0", "bad1"]
     # Vectors are stored plainly (a dictionary of floats that hardly repeat only costs time); the strings keep theirs.
-    encodings = {part.metadata.schema.column(i).path: part.metadata.row_group(0).column(i).encodings
-                 for i in range(part.metadata.num_columns)}
+    encodings = {
+        part.metadata.schema.column(i).path: part.metadata.row_group(0).column(i).encodings
+        for i in range(part.metadata.num_columns)
+    }
     assert not any("DICTIONARY" in e for e in encodings["embedding.list.element"])
     assert all(any("DICTIONARY" in e for e in encodings[name]) for name in ("id", "content_hash", "extra"))
 
@@ -148,7 +161,9 @@ def test_parts_are_cut_by_size_and_numbered_at_commit(tmp_path, monkeypatch):
     monkeypatch.setattr(sinks, "PART_BYTES", 1)
     manifest = write(tmp_path / "out", _records(5), [], 5)
     assert sorted(f["rows"] for f in manifest["files"]) == [1, 2, 2]
-    assert [f["path"] for f in manifest["files"]] == [f"part-0000{i}-20260101T000000Z-aaaaaaaa.parquet" for i in range(3)]
+    assert [f["path"] for f in manifest["files"]] == [
+        f"part-0000{i}-20260101T000000Z-aaaaaaaa.parquet" for i in range(3)
+    ]
     assert sinks.read_table(str(tmp_path / "out")).num_rows == 5
 
 
@@ -175,7 +190,10 @@ def test_written_rows_that_are_neither_embedded_nor_reused_commit_nothing(tmp_pa
     assert sinks.read_manifest(str(out)) is None
     manifest = write(out, _records(5), [], 5, tallies=tallies + [("rows_reused", 1), ("rows_deduplicated", 2)])
     assert {k: manifest["counts"][k] for k in sinks.TALLY_NAMES} == {
-        "rows_embedded": 3, "rows_reused": 2, "rows_deduplicated": 2, "contents_embedded": 0,
+        "rows_embedded": 3,
+        "rows_reused": 2,
+        "rows_deduplicated": 2,
+        "contents_embedded": 0,
     }
 
 
@@ -184,7 +202,9 @@ def test_error_budget_exceeded_commits_nothing_and_keeps_the_dead_letters(tmp_pa
     with pytest.raises(Exception, match=r"2 of 7 records failed \(28.57%\), more than max_error_fraction=0.1") as info:
         write(out, _records(5), _failures(2), 7, max_error_fraction=0.1)
     message = str(info.value)
-    assert "Failures by stage: {'validate': 2}" in message and "f:100 (validate): empty or whitespace-only text" in message
+    assert (
+        "Failures by stage: {'validate': 2}" in message and "f:100 (validate): empty or whitespace-only text" in message
+    )
     assert sinks.read_manifest(str(out)) is None
     (tmp,) = os.listdir(out)
     assert tmp.startswith(".tmp-") and len(os.listdir(out / tmp / "errors")) == 1
@@ -217,10 +237,14 @@ def test_a_retried_commit_finishes_what_the_first_attempt_started(tmp_path):
         pq.write_table(pa.Table.from_batches([batch]), tmp / name)
     # The first attempt moved one part, then died.
     os.rename(tmp / "part-a.parquet", out / f"part-00000-{run_id}.parquet")
-    commit = sinks._Commit(SinkConfig(output=str(out), max_error_fraction=0.0), run_id, _schema(), {"table": {}, "config": {}})
+    commit = sinks._Commit(
+        SinkConfig(output=str(out), max_error_fraction=0.0), run_id, _schema(), {"table": {}, "config": {}}
+    )
     parts = [sinks.PartFile("part-a.parquet", 2), sinks.PartFile("part-b.parquet", 2)]
     (manifest,) = commit.process(None, parts, [], {}, [], {"rows_in": 4, "rows_embedded": 4})
     assert [f["path"] for f in manifest["files"]] == [f"part-0000{i}-{run_id}.parquet" for i in range(2)]
     assert sinks.read_table(str(out)).num_rows == 4 and not any(e.startswith(".tmp-") for e in os.listdir(out))
-    (again,) = commit.process(None, parts, [], {}, [], {"rows_in": 4, "rows_embedded": 4})  # a retry after the commit: nothing left to do
+    (again,) = commit.process(
+        None, parts, [], {}, [], {"rows_in": 4, "rows_embedded": 4}
+    )  # a retry after the commit: nothing left to do
     assert again == manifest

@@ -28,7 +28,7 @@ import sys
 
 import pytest
 
-from pipelines import config, sinks
+from pipelines.embedding import config, sinks
 from tests.fixtures import reliability as rel
 
 MAX_GROWTH = 0.10
@@ -39,8 +39,20 @@ def soak(tmp_path, rows: int, module: str, interval_s: float, *extra: str, timeo
     out = str(tmp_path / "out")
     progress = tmp_path / "progress.log"
     log_path = tmp_path / "embed.log"
-    argv = [sys.executable, "-m", "pipelines.embed", "--input", src, "--output", out, "--module", module,
-            "--direct_num_workers=2", "--direct_running_mode=multi_processing", *extra]
+    argv = [
+        sys.executable,
+        "-m",
+        "pipelines.embed",
+        "--input",
+        src,
+        "--output",
+        out,
+        "--module",
+        module,
+        "--direct_num_workers=2",
+        "--direct_running_mode=multi_processing",
+        *extra,
+    ]
     path = os.pathsep.join(p for p in (rel.WORKER_HOOKS, os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path, "HUB_EMBED_TEST_PROGRESS": str(progress)}
     with open(log_path, "w") as log:

@@ -12,9 +12,9 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import config, pipeline
-from pipelines.records import METRICS_NAMESPACE, Failure, Record
-from pipelines.sources import DedupeIds, ReadRecords, passthrough_value
+from pipelines.embedding import config, pipeline
+from pipelines.embedding.records import METRICS_NAMESPACE, Failure, Record
+from pipelines.embedding.sources import DedupeIds, ReadRecords, passthrough_value
 
 _OUT: dict[str, list] = {}
 
@@ -39,7 +39,9 @@ def read(dedupe: bool = False, **values) -> tuple[dict[str, Record], list[Failur
     _ = failures | beam.Flatten() | "CollectFailures" >> beam.Map(_collect, "failures")
     result = p.run()
     result.wait_until_finish()
-    counters = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name("rows_in"))["counters"]
+    counters = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name("rows_in"))[
+        "counters"
+    ]
     records_by_id = {r.id: r for r in _OUT["records"]}
     assert len(records_by_id) == len(_OUT["records"]) or dedupe is False
     return records_by_id, sorted(_OUT["failures"]), sum(c.committed for c in counters)
@@ -191,7 +193,15 @@ def test_duplicate_ids_keep_the_first_by_file_then_position(tmp_path):
 
 @pytest.mark.parametrize(
     "value, stored",
-    [(None, None), ("s", "s"), (b"b\xff", "b\\xff"), (True, "true"), (3, "3"), ([1, "é"], '[1, "é"]'), ({"a": 1}, '{"a": 1}')],
+    [
+        (None, None),
+        ("s", "s"),
+        (b"b\xff", "b\\xff"),
+        (True, "true"),
+        (3, "3"),
+        ([1, "é"], '[1, "é"]'),
+        ({"a": 1}, '{"a": 1}'),
+    ],
 )
 def test_passthrough_values_are_strings(value, stored):
     assert passthrough_value(value) == stored

@@ -19,21 +19,31 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from pipelines import embed, export, finetune, handles, module_release, modules, sinks, tf1_migrate
+from pipelines import embed, export, finetune
 from pipelines import inspect as inspect_cli
+from pipelines.embedding import sinks
+from pipelines.export import tf1_migrate
+from pipelines.finetune import module_release
+from pipelines.hub import handles, modules
 from tests.fixtures import finetune_data
 from tests.fixtures import tf1_hub as th
 
 NNLM_TEXTS = ["The quick brown fox.", "a lazy dog, a cat!", "zebra", "the"]
 # One long row and short ones, all in one module call (the batch size is larger than the input).
-ELMO_TEXTS = {"long": "the quick brown fox jumps over the lazy dog on the mat", "short": "a cat",
-              "oov": "zebra sat", "one": "dog"}
+ELMO_TEXTS = {
+    "long": "the quick brown fox jumps over the lazy dog on the mat",
+    "short": "a cat",
+    "oov": "zebra sat",
+    "one": "dog",
+}
 
 
 @pytest.fixture(scope="module")
 def tf1(tmp_path_factory) -> types.SimpleNamespace:
     root = tmp_path_factory.mktemp("tf1-modules")
-    return types.SimpleNamespace(nnlm=th.build_nnlm_like(str(root / "nnlm")), elmo=th.build_elmo_like(str(root / "elmo")))
+    return types.SimpleNamespace(
+        nnlm=th.build_nnlm_like(str(root / "nnlm")), elmo=th.build_elmo_like(str(root / "elmo"))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +52,9 @@ def migrated(tf1, tmp_path_factory) -> types.SimpleNamespace:
     root = str(tmp_path_factory.mktemp("migrated"))
     for name in ("nnlm", "elmo"):
         assert export.main(["--source", getattr(tf1, name), "--root", root, "--name", f"{name}-like"]) == 0
-    return types.SimpleNamespace(root=root, nnlm=export.version_dir(root, "nnlm-like", 1),
-                                 elmo=export.version_dir(root, "elmo-like", 1))
+    return types.SimpleNamespace(
+        root=root, nnlm=export.version_dir(root, "nnlm-like", 1), elmo=export.version_dir(root, "elmo-like", 1)
+    )
 
 
 def _saved_model(path: str):
@@ -61,7 +72,11 @@ def _elmo_row(module, signature: str, text: str) -> dict[str, np.ndarray]:
     else:
         out = module.signatures["tokens"](tokens=tf.constant([tokens]), sequence_len=tf.constant([len(tokens)]))
     n = int(out["sequence_len"][0])
-    return {"default": out["default"][0].numpy(), "elmo": out["elmo"][0, :n].numpy(), "word_emb": out["word_emb"][0, :n].numpy()}
+    return {
+        "default": out["default"][0].numpy(),
+        "elmo": out["elmo"][0, :n].numpy(),
+        "word_emb": out["word_emb"][0, :n].numpy(),
+    }
 
 
 # --------------------------------------------------------------------------- the fixtures themselves
@@ -109,16 +124,24 @@ def test_inspect_shows_signatures_and_outputs(tf1, capsys):
     assert data["format"] == "tf1_hub" and data["fingerprint"] == handles.fingerprint_dir(tf1.elmo)
     sigs = data["signatures"]
     assert sorted(sigs) == ["default", "tokens"]
-    assert sigs["tokens"]["inputs"] == [{"name": "sequence_len", "dtype": "int32", "shape": [None]},
-                                        {"name": "tokens", "dtype": "string", "shape": [None, None]}]
+    assert sigs["tokens"]["inputs"] == [
+        {"name": "sequence_len", "dtype": "int32", "shape": [None]},
+        {"name": "tokens", "dtype": "string", "shape": [None, None]},
+    ]
     assert {o["name"]: o["shape"] for o in sigs["default"]["outputs"]} == {
-        "default": [None, 5], "elmo": [None, None, 5], "sequence_len": [None], "word_emb": [None, None, 5]}
+        "default": [None, 5],
+        "elmo": [None, None, 5],
+        "sequence_len": [None],
+        "word_emb": [None, None, 5],
+    }
     assert inspect_cli.main([tf1.nnlm]) == 0
     text = capsys.readouterr().out
     assert "TF1 Hub format" in text
     assert "(TF1 Hub format: `python -m pipelines.export --source PATH --root ROOT --name NAME` migrates it" in text
     assert [line.split()[:4] for line in text.splitlines() if line.startswith("default ")] == [
-        ["default", "input", "default", "string"], ["default", "output", "default", "float32"]]
+        ["default", "input", "default", "string"],
+        ["default", "output", "default", "float32"],
+    ]
 
 
 # --------------------------------------------------------------------------- embedding jobs
@@ -128,15 +151,32 @@ def _embed(tmp_path, module: str, texts: dict[str, str], *flags: str, name: str 
     src = tmp_path / f"{name}.jsonl"
     src.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in texts.items()))
     out = tmp_path / name
-    assert embed.main(["--input", str(src), "--id-field", "id", "--module", module, "--batch-size", "64",
-                       "--output", str(out), *flags]) == 0
+    assert (
+        embed.main(
+            [
+                "--input",
+                str(src),
+                "--id-field",
+                "id",
+                "--module",
+                module,
+                "--batch-size",
+                "64",
+                "--output",
+                str(out),
+                *flags,
+            ]
+        )
+        == 0
+    )
     return {r["id"]: np.asarray(r["embedding"], dtype=np.float32) for r in sinks.read_table(str(out)).to_pylist()}
 
 
 def test_embed_nnlm_like(tf1, tmp_path):
     rows = _embed(tmp_path, tf1.nnlm, {f"r{i}": t for i, t in enumerate(NNLM_TEXTS)})
-    np.testing.assert_allclose(np.stack([rows[f"r{i}"] for i in range(len(NNLM_TEXTS))]),
-                               th.nnlm_reference(NNLM_TEXTS), atol=1e-5)
+    np.testing.assert_allclose(
+        np.stack([rows[f"r{i}"] for i in range(len(NNLM_TEXTS))]), th.nnlm_reference(NNLM_TEXTS), atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("signature", ["default", "tokens"])
@@ -153,8 +193,9 @@ def test_per_token_rows_do_not_depend_on_the_rows_they_were_batched_with(tf1, tm
     """ELMo's own example: signature default (raw sentences), output elmo, trimmed by its sequence_len output."""
     flags = ("--signature", "default", "--output-key", "elmo")
     alone = _embed(tmp_path, tf1.elmo, {"short": ELMO_TEXTS["short"]}, *flags, name="alone")
-    batched = _embed(tmp_path, tf1.elmo, {"short": ELMO_TEXTS["short"], "long": ELMO_TEXTS["long"]}, *flags,
-                     name="batched")
+    batched = _embed(
+        tmp_path, tf1.elmo, {"short": ELMO_TEXTS["short"], "long": ELMO_TEXTS["long"]}, *flags, name="batched"
+    )
     assert alone["short"].shape == (2, 5) and batched["long"].shape == (12, 5)
     np.testing.assert_array_equal(batched["short"], alone["short"])
 
@@ -184,7 +225,9 @@ def test_export_writes_a_reusable_trainable_tf2_module(tf1, migrated):
         checked = source["verification"]["max_abs_diff"]
         assert max(checked.values()) <= 1e-5
         if name == "nnlm":  # no dropout: its train graph is compared too
-            assert sorted(checked) == ["default", "train/default"] and source["verification"]["train_not_compared"] == {}
+            assert (
+                sorted(checked) == ["default", "train/default"] and source["verification"]["train_not_compared"] == {}
+            )
         else:  # dropout: the train graph's signatures give random outputs
             assert sorted(checked) == ["default", "tokens"]
             not_compared = source["verification"]["train_not_compared"]
@@ -206,8 +249,9 @@ def test_migrated_module_reproduces_the_tf1_module_and_trains_through_the_train_
 
     nnlm = modules.load(migrated.nnlm)
     texts = ["zebra crossing the road", "The cat.", ""]  # OOV buckets, punctuation, an empty row
-    np.testing.assert_allclose(nnlm.signatures["default"](default=tf.constant(texts))["default"],
-                               th.nnlm_reference(texts), atol=1e-5)
+    np.testing.assert_allclose(
+        nnlm.signatures["default"](default=tf.constant(texts))["default"], th.nnlm_reference(texts), atol=1e-5
+    )
     elmo = modules.load(migrated.elmo)
     for text in ELMO_TEXTS.values():
         for signature in ("default", "tokens"):
@@ -256,8 +300,9 @@ def test_a_migration_that_differs_from_the_tf1_module_is_not_published(tf1, tmp_
 
 def _tiny_fn(kind: str) -> list[th.Signature]:
     text = tf.compat.v1.placeholder(tf.string, [None], name="text")
-    weight = tf.compat.v1.get_variable("weight", [1, 2], initializer=tf.compat.v1.zeros_initializer(),
-                                       use_resource=kind != "ref variable op")
+    weight = tf.compat.v1.get_variable(
+        "weight", [1, 2], initializer=tf.compat.v1.zeros_initializer(), use_resource=kind != "ref variable op"
+    )
     out = tf.gather(weight, tf.zeros_like(tf.strings.length(text)))
     if kind == "ref variable op":  # a signature that updates a TF1 reference variable in place
         out = out + tf.compat.v1.assign_add(weight, tf.ones_like(weight))
@@ -270,19 +315,29 @@ def _tiny_fn(kind: str) -> list[th.Signature]:
     return [th.Signature("default", {"default": text}, {"default": out})]
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("ref variable op", "MetaGraph {} of '{path}': TF1 reference variable 'weight' is used by op 'AssignAdd' "
-                        "(AssignAdd), which needs the reference itself"),
-    ("update_ops", "MetaGraph {} of '{path}': collection 'update_ops' holds 1 entries: ops TF1 training ran"),
-    ("unknown collection", "MetaGraph {} of '{path}': unsupported collection 'my_stuff' (1 entries); collections a "
-                           "TF1 Hub module may have: asset_filepaths, cond_context"),
-    ("while loop", "MetaGraph {} of '{path}': collection 'while_context' holds 1 entries: TF1 control flow"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        (
+            "ref variable op",
+            "MetaGraph {} of '{path}': TF1 reference variable 'weight' is used by op 'AssignAdd' "
+            "(AssignAdd), which needs the reference itself",
+        ),
+        ("update_ops", "MetaGraph {} of '{path}': collection 'update_ops' holds 1 entries: ops TF1 training ran"),
+        (
+            "unknown collection",
+            "MetaGraph {} of '{path}': unsupported collection 'my_stuff' (1 entries); collections a "
+            "TF1 Hub module may have: asset_filepaths, cond_context",
+        ),
+        ("while loop", "MetaGraph {} of '{path}': collection 'while_context' holds 1 entries: TF1 control flow"),
+    ],
+)
 def test_export_refuses_what_cannot_migrate_naming_the_part(tmp_path, capsys, kind, message):
     tf.compat.v1.disable_control_flow_v2()  # what TF1 built; restored below (a process-wide switch)
     try:
-        path = th.export_hub_module(str(tmp_path / "m"), lambda: _tiny_fn(kind), [(set(), {})],
-                                    {"weight": np.ones((1, 2), np.float32)})
+        path = th.export_hub_module(
+            str(tmp_path / "m"), lambda: _tiny_fn(kind), [(set(), {})], {"weight": np.ones((1, 2), np.float32)}
+        )
     finally:
         tf.compat.v1.enable_control_flow_v2()
     assert export.main(["--source", path, "--root", str(tmp_path / "root"), "--name", "m"]) == 2
@@ -296,8 +351,10 @@ def test_reference_variables_are_rewritten_as_resource_variables(tmp_path):
     graph = _saved_model(path).meta_graphs[0].graph_def
     assert {n.op for n in graph.node if n.name.startswith("embeddings/part_")} >= {"VariableV2"}
     module = tf1_migrate.migrate(path)
-    assert [(v.name, v.trainable) for v in module.variables] == [("embeddings/part_0:0", True),
-                                                                  ("embeddings/part_1:0", True)]
+    assert [(v.name, v.trainable) for v in module.variables] == [
+        ("embeddings/part_0:0", True),
+        ("embeddings/part_1:0", True),
+    ]
     out = module.call("default", {"default": tf.constant(NNLM_TEXTS)}, training=True)["default"]
     np.testing.assert_allclose(out.numpy(), th.nnlm_reference(NNLM_TEXTS), atol=1e-5)
     with tf.GradientTape() as tape:
@@ -327,8 +384,20 @@ def test_finetune_a_tf1_module_saves_trained_weights(tf1, migrated, tmp_path, ca
     data = tmp_path / "data.jsonl"
     data.write_text(finetune_data.jsonl_text(*finetune_data.small_text_rows(("a", "b", "c"))))
     root = tmp_path / "tuned"
-    argv = ["--module", tf1.elmo, "--data", str(data), "--output-root", str(root), "--name", "elmo-tuned",
-            "--steps", "3", "--learning-rate", "0.05"]
+    argv = [
+        "--module",
+        tf1.elmo,
+        "--data",
+        str(data),
+        "--output-root",
+        str(root),
+        "--name",
+        "elmo-tuned",
+        "--steps",
+        "3",
+        "--learning-rate",
+        "0.05",
+    ]
     assert finetune.main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["parent"]["fingerprint"] == handles.fingerprint_dir(tf1.elmo)
@@ -346,8 +415,20 @@ def test_finetune_a_tf1_module_saves_trained_weights(tf1, migrated, tmp_path, ca
     report = module_release.validate(summary["path"])
     assert report["parent"] == {"handle": tf1.elmo, "fingerprint": handles.fingerprint_dir(tf1.elmo)}
     # The migration itself (a TF2 module) fine-tunes the same way.
-    argv = ["--module", migrated.nnlm, "--data", str(data), "--output-root", str(root), "--name", "nnlm-tuned",
-            "--steps", "2", "--learning-rate", "0.05"]
+    argv = [
+        "--module",
+        migrated.nnlm,
+        "--data",
+        str(data),
+        "--output-root",
+        str(root),
+        "--name",
+        "nnlm-tuned",
+        "--steps",
+        "2",
+        "--learning-rate",
+        "0.05",
+    ]
     assert finetune.main(argv) == 0
     path = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["path"]
     parts = sorted((v.name, v.numpy()) for v in modules.load(path).variables)  # embeddings/part_0, /part_1

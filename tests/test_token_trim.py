@@ -1,11 +1,13 @@
-"""Per-token outputs cut to each row's own tokens, whatever the batching (`pipelines.token_trim`)."""
+"""Per-token outputs cut to each row's own tokens, whatever the batching (`pipelines.embedding.token_trim`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipelines import config, embed, inspect, modules, sinks, token_trim
+from pipelines import embed, inspect
+from pipelines.embedding import config, sinks, token_trim
+from pipelines.hub import modules
 from tests.fixtures import tiny_modules as tm
 
 SHORT = "Two words"
@@ -58,17 +60,28 @@ def _spec(module: str, tmp_path, **model: str) -> config.ModelSpec:
 @pytest.mark.parametrize(
     "model, message",
     [
-        (dict(signature="unmarked", output_key="word_emb"),
-         r"Output 'word_emb' of signature 'unmarked' is per token .* no mask output .*--output-length-key"),
-        (dict(signature="counts", output_key="word_emb"),
-         r"several int \[N\] outputs \('num_chars', 'num_words'\) and none of them alone named \*len\*.*--output-length-key"),
-        (dict(output_key="elmo", output_length_key="nope"),
-         r"output_length_key 'nope' cannot trim output 'elmo' of signature 'default' \(not an output of it\).*"
-         r"Valid: 'sequence_len'"),
-        (dict(output_key="elmo", output_length_key="default"),
-         r"output_length_key 'default' cannot trim .*\(float32\[None, 5\]\)"),
+        (
+            dict(signature="unmarked", output_key="word_emb"),
+            r"Output 'word_emb' of signature 'unmarked' is per token .* no mask output .*--output-length-key",
+        ),
+        (
+            dict(signature="counts", output_key="word_emb"),
+            r"several int \[N\] outputs \('num_chars', 'num_words'\) and none of them alone named \*len\*.*--output-length-key",
+        ),
+        (
+            dict(output_key="elmo", output_length_key="nope"),
+            r"output_length_key 'nope' cannot trim output 'elmo' of signature 'default' \(not an output of it\).*"
+            r"Valid: 'sequence_len'",
+        ),
+        (
+            dict(output_key="elmo", output_length_key="default"),
+            r"output_length_key 'default' cannot trim .*\(float32\[None, 5\]\)",
+        ),
         (dict(signature="unmarked", output_key="word_emb", output_length_key="default"), r"Valid: none"),
-        (dict(output_length_key="sequence_len"), r"trims per-token outputs; output 'default' .* \(one vector per row\)"),
+        (
+            dict(output_length_key="sequence_len"),
+            r"trims per-token outputs; output 'default' .* \(one vector per row\)",
+        ),
     ],
 )
 def test_untrimmable_outputs_and_bad_length_keys_are_refused_before_the_run(sentences, tmp_path, model, message):
@@ -79,8 +92,18 @@ def test_untrimmable_outputs_and_bad_length_keys_are_refused_before_the_run(sent
 
 def test_the_command_refuses_an_untrimmable_output_with_exit_2(sentences, tmp_path, capsys):
     (tmp_path / "x.txt").write_text("a text\n")
-    argv = ["--input", str(tmp_path / "x.txt"), "--module", sentences, "--signature", "unmarked",
-            "--output-key", "word_emb", "--output", str(tmp_path / "o")]
+    argv = [
+        "--input",
+        str(tmp_path / "x.txt"),
+        "--module",
+        sentences,
+        "--signature",
+        "unmarked",
+        "--output-key",
+        "word_emb",
+        "--output",
+        str(tmp_path / "o"),
+    ]
     assert embed.main(argv) == 2
     assert "--output-length-key" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
@@ -89,7 +112,9 @@ def test_the_command_refuses_an_untrimmable_output_with_exit_2(sentences, tmp_pa
 def test_how_each_output_is_cut_is_found_by_shape(sentences, tiny, tmp_path):
     (tmp_path / "x.txt").write_text("a text\n")
     assert _spec(sentences, tmp_path, output_key="elmo").trim == token_trim.TokenTrim("length", "sequence_len")
-    assert _spec(tiny.text, tmp_path, signature="tokens", output_key="elmo").trim == token_trim.TokenTrim("fed", "sequence_len")
+    assert _spec(tiny.text, tmp_path, signature="tokens", output_key="elmo").trim == token_trim.TokenTrim(
+        "fed", "sequence_len"
+    )
     assert _spec(sentences, tmp_path, output_key="default").trim is None
 
 
@@ -97,7 +122,9 @@ def test_inspect_says_which_output_cuts_which(sentences):
     report = inspect.render_text(modules.describe(sentences))
     lines = {tuple(line.split()[:3]): line for line in report.splitlines() if line.strip()}
     assert lines[("default", "output", "elmo")].endswith("cut by length output 'sequence_len'")
-    assert lines[("unmarked", "output", "word_emb")].endswith("refused by embed: no mask or length output (see --output-length-key)")
+    assert lines[("unmarked", "output", "word_emb")].endswith(
+        "refused by embed: no mask or length output (see --output-length-key)"
+    )
     assert lines[("default", "output", "sequence_len")].endswith("[?]")
 
 

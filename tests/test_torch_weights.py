@@ -60,8 +60,11 @@ def _legacy_file(path: Path, obj_pickle: bytes) -> str:
 
 def test_refuses_any_other_global(tmp_path):
     path = _legacy_file(tmp_path / "evil.pt", pickle.dumps(collections.Counter(a=1), protocol=2))
-    with pytest.raises(TorchFileError, match=r"evil\.pt: refusing to unpickle collections\.Counter: only state dicts "
-                                             r"of tensors are read \(allowed: OrderedDict, tensors, BoolStorage"):
+    with pytest.raises(
+        TorchFileError,
+        match=r"evil\.pt: refusing to unpickle collections\.Counter: only state dicts "
+        r"of tensors are read \(allowed: OrderedDict, tensors, BoolStorage",
+    ):
         read_state_dict(path)
 
 
@@ -81,8 +84,12 @@ class _RunsCode:
 def test_a_header_that_would_run_code_is_refused_without_running_it(tmp_path, slot):
     """Every pickle of a legacy file, the header values too, is read with no globals allowed."""
     marker = tmp_path / "ran"
-    values = {"magic number": LEGACY_MAGIC, "protocol": LEGACY_PROTOCOL, "system info": {"little_endian": True},
-              "storage keys": []}
+    values = {
+        "magic number": LEGACY_MAGIC,
+        "protocol": LEGACY_PROTOCOL,
+        "system info": {"little_endian": True},
+        "storage keys": [],
+    }
     values[slot] = _RunsCode(marker)
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
@@ -90,7 +97,9 @@ def test_a_header_that_would_run_code_is_refused_without_running_it(tmp_path, sl
             pickle.dump(values[name], f)
         f.write(pickle.dumps(collections.OrderedDict(), protocol=2))
         pickle.dump(values["storage keys"], f)
-    with pytest.raises(TorchFileError, match=r"evil\.pt: refusing to unpickle (posix|os)\.system in a torch file's header"):
+    with pytest.raises(
+        TorchFileError, match=r"evil\.pt: refusing to unpickle (posix|os)\.system in a torch file's header"
+    ):
         read_state_dict(str(path))
     assert not marker.exists()
 

@@ -20,7 +20,7 @@ import collections
 import json
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 CORPUS = os.path.normpath(
     os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "benchmarks", "data", "docstrings.jsonl")

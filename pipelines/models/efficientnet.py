@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 
@@ -88,8 +89,9 @@ def blocks() -> list[Block]:
     for stage in STAGES:
         for i in range(stage.repeats):
             inputs = stage.inputs if i == 0 else stage.outputs
-            result.append(Block(stage.kernel, stage.stride if i == 0 else 1, inputs, inputs * stage.expand,
-                                stage.outputs))
+            result.append(
+                Block(stage.kernel, stage.stride if i == 0 else 1, inputs, inputs * stage.expand, stage.outputs)
+            )
     return result
 
 
@@ -133,8 +135,9 @@ def _take(state: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]) ->
     return value
 
 
-def _fold(state: Mapping[str, np.ndarray], conv: str, bn: str, kind: str, channels_in: int, channels_out: int,
-          kernel: int) -> tuple[np.ndarray, np.ndarray]:
+def _fold(
+    state: Mapping[str, np.ndarray], conv: str, bn: str, kind: str, channels_in: int, channels_out: int, kernel: int
+) -> tuple[np.ndarray, np.ndarray]:
     """A PyTorch conv (no bias) + BatchNorm2d as a TensorFlow kernel and bias.
 
     `kind` is "conv" (PyTorch `[out, in, kh, kw]` -> TF `[kh, kw, in, out]`) or
@@ -148,7 +151,7 @@ def _fold(state: Mapping[str, np.ndarray], conv: str, bn: str, kind: str, channe
     beta = _take(state, f"{bn}.bias", (channels_out,))
     mean = _take(state, f"{bn}.running_mean", (channels_out,))
     var = _take(state, f"{bn}.running_var", (channels_out,))
-    scale = (gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + BN_EPSILON))
+    scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + BN_EPSILON)
     if kind == "depthwise":
         kernel_tf = weight * scale[None, None, :, None]
     else:
@@ -174,12 +177,20 @@ def convert(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         prefix, name = f"_blocks.{i}", f"blocks/{i}"
         if block.expanded != block.inputs:
             out[f"{name}/expand/kernel"], out[f"{name}/expand/bias"] = _fold(
-                state, f"{prefix}._expand_conv", f"{prefix}._bn0", "conv", block.inputs, block.expanded, 1)
+                state, f"{prefix}._expand_conv", f"{prefix}._bn0", "conv", block.inputs, block.expanded, 1
+            )
         out[f"{name}/depthwise/kernel"], out[f"{name}/depthwise/bias"] = _fold(
-            state, f"{prefix}._depthwise_conv", f"{prefix}._bn1", "depthwise", block.expanded, block.expanded,
-            block.kernel)
+            state,
+            f"{prefix}._depthwise_conv",
+            f"{prefix}._bn1",
+            "depthwise",
+            block.expanded,
+            block.expanded,
+            block.kernel,
+        )
         out[f"{name}/project/kernel"], out[f"{name}/project/bias"] = _fold(
-            state, f"{prefix}._project_conv", f"{prefix}._bn2", "conv", block.expanded, block.outputs, 1)
+            state, f"{prefix}._project_conv", f"{prefix}._bn2", "conv", block.expanded, block.outputs, 1
+        )
     last = blocks()[-1].outputs
     out["head/kernel"], out["head/bias"] = _fold(state, "_conv_head", "_bn1", "conv", last, FEATURE_DIM, 1)
     out["classifier/kernel"] = _take(state, "_fc.weight", (NUM_CLASSES, FEATURE_DIM)).T.copy()

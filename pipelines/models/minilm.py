@@ -193,15 +193,17 @@ class MiniLM(tf.Module):
         token_ids = tf.gather(ids, order).to_tensor()
         rows = tf.shape(lengths)[0]
         size, budget = self.config.chunk_size, self.config.chunk_attention_budget
-        chunks = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False, element_shape=[None, *row_shape])
+        chunks = tf.TensorArray(
+            tf.float32, size=0, dynamic_size=True, infer_shape=False, element_shape=[None, *row_shape]
+        )
         start, i = tf.constant(0), tf.constant(0)
         while start < rows:
-            candidates = lengths[start:start + size]  # ascending: the cost below grows with the row count
+            candidates = lengths[start : start + size]  # ascending: the cost below grows with the row count
             cost = tf.range(1, tf.shape(candidates)[0] + 1) * tf.square(candidates)
             end = start + tf.maximum(1, tf.reduce_sum(tf.cast(cost <= budget, tf.int32)))
             chunk_lengths = lengths[start:end]
             mask = tf.sequence_mask(chunk_lengths, chunk_lengths[-1], dtype=tf.int32)
-            chunks = chunks.write(i, fn(token_ids[start:end, :chunk_lengths[-1]], mask))
+            chunks = chunks.write(i, fn(token_ids[start:end, : chunk_lengths[-1]], mask))
             start, i = end, i + 1
         empty = tf.zeros([0, *(0 if d is None else d for d in row_shape)])
         outputs = tf.cond(rows > 0, chunks.concat, lambda: empty)

@@ -174,9 +174,7 @@ class BertTokenizerTF(tf.Module):
         is_special = tf.strings.regex_full_match(flat, _SPECIAL)
         plain = normalize(tf.where(is_special, "", flat))
         words = tf_text.regex_split(plain, _WHITESPACE + "|" + _PUNCTUATION, _PUNCTUATION)
-        specials = tf.RaggedTensor.from_row_lengths(
-            tf.boolean_mask(flat, is_special), tf.cast(is_special, tf.int64)
-        )
+        specials = tf.RaggedTensor.from_row_lengths(tf.boolean_mask(flat, is_special), tf.cast(is_special, tf.int64))
         # Each piece is either plain text or one special token, never both.
         words = tf.concat([words, specials], axis=1)
         words = pieces.with_flat_values(words).merge_dims(1, 2)

@@ -24,7 +24,8 @@ import io
 import pickle
 import struct
 import zipfile
-from typing import Any, BinaryIO, Callable
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -79,8 +80,10 @@ class _Tensor:
             return np.zeros(size, data.dtype)
         extent = offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1
         if extent > data.size:
-            raise TorchFileError(f"a tensor of size {list(size)} and stride {list(stride)} at offset {offset} runs "
-                                 f"past its storage {self.storage.key} of {data.size} elements")
+            raise TorchFileError(
+                f"a tensor of size {list(size)} and stride {list(stride)} at offset {offset} runs "
+                f"past its storage {self.storage.key} of {data.size} elements"
+            )
         if not size:  # a 0-d tensor (as_strided would read an empty shape as "keep the shape")
             return np.array(data[offset])
         item = data.dtype.itemsize

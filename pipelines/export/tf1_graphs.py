@@ -1,4 +1,4 @@
-"""Reading, checking and rewriting a TF1 Hub-format module's files, for `pipelines.tf1_migrate`.
+"""Reading, checking and rewriting a TF1 Hub-format module's files, for `pipelines.export.tf1_migrate`.
 
 Protos only, nothing imported into a graph: `tfhub_module.pb` (`ModuleDef`),
 the MetaGraphs of `saved_model.pb` by tag set, their collections (which ones a
@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
-from pipelines import modules
+from pipelines.hub import modules
 
 
 def _tf():
@@ -32,25 +33,39 @@ TRAIN_TAGS = frozenset({"train"})
 # Collections that only describe variables: the migration makes its own tf.Variables.
 _VARIABLE_COLLECTIONS = frozenset({"variables", "trainable_variables", "model_variables"})
 # Collections imported as they are (tables, assets, init ops, module attachments).
-_IMPORTED_COLLECTIONS = frozenset({
-    "table_initializer", "asset_filepaths", "saved_model_assets", "saved_model_main_op", "legacy_init_op",
-    "hub_module_attachments",
-})
+_IMPORTED_COLLECTIONS = frozenset(
+    {
+        "table_initializer",
+        "asset_filepaths",
+        "saved_model_assets",
+        "saved_model_main_op",
+        "legacy_init_op",
+        "hub_module_attachments",
+    }
+)
 # Collections the migration cannot carry over: why, when they are not empty.
 _REFUSED_COLLECTIONS = {
     "update_ops": "ops TF1 training ran beside each step (e.g. batch-norm moving averages); a TF2 module has no "
-                  "place for them",
+    "place for them",
     "regularization_losses": "regularization losses; the exported module's regularization_losses are empty",
     "local_variables": "local variables (e.g. metric accumulators), which the checkpoint does not hold",
     "cond_context": "TF1 control flow (tf.cond); gradients through an imported TF1 cond cannot be built in TF2, "
-                    "so the migration would not train (the module still embeds as it is)",
+    "so the migration would not train (the module still embeds as it is)",
     "while_context": "TF1 control flow (tf.while_loop, e.g. dynamic_rnn); gradients through an imported TF1 loop "
-                     "cannot be built in TF2, so the migration would not train (the module still embeds as it is)",
+    "cannot be built in TF2, so the migration would not train (the module still embeds as it is)",
 }
-_TABLE_OPS = frozenset({
-    "HashTable", "HashTableV2", "MutableHashTable", "MutableHashTableV2", "MutableHashTableOfTensors",
-    "MutableHashTableOfTensorsV2", "MutableDenseHashTable", "MutableDenseHashTableV2",
-})
+_TABLE_OPS = frozenset(
+    {
+        "HashTable",
+        "HashTableV2",
+        "MutableHashTable",
+        "MutableHashTableV2",
+        "MutableHashTableOfTensors",
+        "MutableHashTableOfTensorsV2",
+        "MutableDenseHashTable",
+        "MutableDenseHashTableV2",
+    }
+)
 _REF_VARIABLE_OPS = frozenset({"Variable", "VariableV2"})
 
 
@@ -86,7 +101,7 @@ def proto_fields(data: bytes) -> dict[int, list[Any]]:
             fields.setdefault(number, []).append(varint())
         elif wire == 2:
             size = varint()
-            fields.setdefault(number, []).append(data[i:i + size])
+            fields.setdefault(number, []).append(data[i : i + size])
             i += size
         else:
             raise MigrationError(f"{MODULE_DEF_FILENAME} is not a ModuleDef proto (wire type {wire}).")
@@ -113,9 +128,6 @@ def check_module_def(path: str) -> None:
     features = [f.decode(errors="replace") for f in fields.get(2, [])]
     if features:
         raise MigrationError(f"{file!r} requires features {features}, which no TF1 Hub loader supported.")
-
-
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,15 +224,17 @@ def variable_defs(path: str, tags: frozenset[str], meta_graph: Any) -> list[Vari
         if any(d < 0 for d in shape):
             raise MigrationError(f"{where} has a partly unknown shape {list(shape)}; a tf.Variable needs a full shape.")
         slice_info = proto.save_slice_info_def if proto.HasField("save_slice_info_def") else None
-        result.append(VariableDef(
-            name=name,
-            tensor=proto.variable_name,
-            dtype=tf.as_dtype(node.attr["dtype"].type),
-            shape=shape,
-            trainable=proto.variable_name in trainable,
-            checkpoint_key=slice_info.full_name if slice_info else name,
-            offset=tuple(slice_info.var_offset) if slice_info else None,
-        ))
+        result.append(
+            VariableDef(
+                name=name,
+                tensor=proto.variable_name,
+                dtype=tf.as_dtype(node.attr["dtype"].type),
+                shape=shape,
+                trainable=proto.variable_name in trainable,
+                checkpoint_key=slice_info.full_name if slice_info else name,
+                offset=tuple(slice_info.var_offset) if slice_info else None,
+            )
+        )
     return result
 
 

@@ -31,13 +31,14 @@ import codecs
 import csv
 import json
 import os
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
 
-from pipelines.config import SourceConfig, is_local
-from pipelines.records import FAILURES, TALLIES, Record, Stage, failed, position, tally
+from pipelines.embedding.config import SourceConfig, is_local
+from pipelines.embedding.records import FAILURES, TALLIES, Record, Stage, failed, position, tally
 
 _MISSING = object()
 
@@ -132,8 +133,10 @@ class _ReadFields(_ReadFile):
                 value = str(value)
             if not isinstance(value, str) or not value:
                 problem = (
-                    "is missing" if value is _MISSING
-                    else "is empty" if value == ""
+                    "is missing"
+                    if value is _MISSING
+                    else "is empty"
+                    if value == ""
                     else f"is {_kind(value)}, not a string or integer"
                 )
                 return failed(source, source, Stage.READ, f"id field {self._cfg.id_field!r} {problem}")
@@ -350,7 +353,8 @@ class ReadRecords(beam.PTransform):
             | "Match" >> fileio.MatchFiles(self._cfg.input)
             | "SpreadFiles" >> beam.Reshuffle()
             | "Open" >> fileio.ReadMatches()
-            | "Parse" >> beam.ParDo(READERS[self._cfg.input_format](self._cfg)).with_outputs(FAILURES, TALLIES, main="records")
+            | "Parse"
+            >> beam.ParDo(READERS[self._cfg.input_format](self._cfg)).with_outputs(FAILURES, TALLIES, main="records")
         )
 
 
@@ -360,7 +364,9 @@ class _KeepFirst(beam.DoFn):
         records = sorted(records, key=position)
         yield records[0]
         for record in records[1:]:
-            yield failed(record.id, record.source, Stage.DEDUPE, f"duplicate id; the record at {records[0].source} is kept")
+            yield failed(
+                record.id, record.source, Stage.DEDUPE, f"duplicate id; the record at {records[0].source} is kept"
+            )
 
 
 class DedupeIds(beam.PTransform):

@@ -31,7 +31,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -54,9 +55,22 @@ HEAVY_OPS: dict[str, tuple[str, ...]] = {
 }
 # Element-wise ops that stay in bfloat16 after a heavy op (attribute `T`), when every
 # input is a bfloat16 result or a constant; BiasAdd's bias (input 1) may be anything.
-FOLLOW_OPS = frozenset({
-    "BiasAdd", "Mul", "AddV2", "Add", "Sub", "Neg", "Erf", "Erfc", "Relu", "Relu6", "Tanh", "Sigmoid",
-})
+FOLLOW_OPS = frozenset(
+    {
+        "BiasAdd",
+        "Mul",
+        "AddV2",
+        "Add",
+        "Sub",
+        "Neg",
+        "Erf",
+        "Erfc",
+        "Relu",
+        "Relu6",
+        "Tanh",
+        "Sigmoid",
+    }
+)
 _BIAS_INPUT = {"BiasAdd": 1}
 _CAST_SUFFIX = {True: "/to_bf16", False: "/to_f32"}
 
@@ -85,8 +99,11 @@ class RewriteResult:
         return sum(self.converted.values()) + self.already
 
     def to_dict(self) -> dict[str, Any]:
-        return {"converted": dict(sorted(self.converted.items())), "already_bfloat16": self.already,
-                "elementwise_bfloat16": self.elementwise}
+        return {
+            "converted": dict(sorted(self.converted.items())),
+            "already_bfloat16": self.already,
+            "elementwise_bfloat16": self.elementwise,
+        }
 
 
 def check_precision(precision: str) -> str:
@@ -137,8 +154,7 @@ def rewrite_saved_model(path: str, precision: str) -> RewriteResult:
     result = RewriteResult(dict(converted), sum(r.already for r in results), sum(r.elementwise for r in results))
     if not result.heavy_ops:
         raise PrecisionError(
-            f"The module has no float32 {', '.join(sorted(HEAVY_OPS))} op to run in {precision}; "
-            "export it in float32."
+            f"The module has no float32 {', '.join(sorted(HEAVY_OPS))} op to run in {precision}; export it in float32."
         )
     with open(pb_path, "wb") as f:
         f.write(saved_model.SerializeToString())
@@ -179,7 +195,8 @@ def _count_bfloat16(function: Any) -> int:
 
     return sum(
         all(node.attr[a].type == types_pb2.DT_BFLOAT16 for a in HEAVY_OPS[node.op])
-        for node in function.node_def if node.op in HEAVY_OPS
+        for node in function.node_def
+        if node.op in HEAVY_OPS
     )
 
 

@@ -65,9 +65,7 @@ def _check_member(member: tarfile.TarInfo, dest: str, source: str) -> None:
         else:
             resolved = posixpath.normpath(target)
         if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
-            raise ArchiveError(
-                f"Unsafe archive {source}: link {name!r} points outside the module ({target!r})."
-            )
+            raise ArchiveError(f"Unsafe archive {source}: link {name!r} points outside the module ({target!r}).")
     final = os.path.realpath(os.path.join(dest, name))
     if not (final == dest or final.startswith(dest + os.sep)):
         raise ArchiveError(f"Unsafe archive {source}: entry {name!r} lands outside the target directory.")

@@ -27,13 +27,15 @@ from apache_beam.portability.api import beam_provision_api_pb2
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
-from pipelines import config, content, export, handles, modules, reuse, sinks
-from pipelines.config import EmbedConfig, ModelSpec
-from pipelines.handles import redact
-from pipelines.model_handler import Embed, HubModelHandler, configure_threads, load_module
-from pipelines.preprocess import Decode, Preprocess
-from pipelines.reuse import ReadReusedVectors, ReusePlan
-from pipelines.sources import DedupeIds, ReadRecords
+from pipelines import export
+from pipelines.embedding import config, content, reuse, sinks
+from pipelines.embedding.config import EmbedConfig, ModelSpec
+from pipelines.embedding.model_handler import Embed, HubModelHandler, configure_threads, load_module
+from pipelines.embedding.preprocess import Decode, Preprocess
+from pipelines.embedding.reuse import ReadReusedVectors, ReusePlan
+from pipelines.embedding.sources import DedupeIds, ReadRecords
+from pipelines.hub import handles, modules
+from pipelines.hub.handles import redact
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,9 +149,9 @@ def tf_threads(options: PipelineOptions) -> int | None:
     return None
 
 
-# The worker command of Beam's FnApiRunner in multi-process mode, and ours (see `pipelines.worker`).
+# The worker command of Beam's FnApiRunner in multi-process mode, and ours (see `pipelines.embedding.worker`).
 BEAM_WORKER_COMMAND = f"{sys.executable} -m apache_beam.runners.worker.sdk_worker_main"
-WORKER_COMMAND = f"{sys.executable} -m pipelines.worker"
+WORKER_COMMAND = f"{sys.executable} -m pipelines.embedding.worker"
 
 
 def new_pipeline(options: PipelineOptions) -> beam.Pipeline:
@@ -160,7 +162,7 @@ def new_pipeline(options: PipelineOptions) -> beam.Pipeline:
     access it falls back to its FnApiRunner. For DirectRunner jobs this uses
     that FnApiRunner, configured as the DirectRunner configures it, so a run
     behaves the same on every machine; its worker processes (multi-process
-    mode) run `pipelines.worker`. Other runners are left to Beam.
+    mode) run `pipelines.embedding.worker`. Other runners are left to Beam.
     """
     if (options.view_as(StandardOptions).runner or "DirectRunner") not in ("DirectRunner", "direct"):
         return beam.Pipeline(options=options)
@@ -170,7 +172,7 @@ def new_pipeline(options: PipelineOptions) -> beam.Pipeline:
 
 
 class _LocalRunner(fn_runner.FnApiRunner):
-    """Beam's FnApiRunner, whose worker processes run `pipelines.worker` instead of Beam's worker main."""
+    """Beam's FnApiRunner, whose worker processes run `pipelines.embedding.worker` instead of Beam's worker main."""
 
     def run_via_runner_api(self, pipeline_proto: Any, options: PipelineOptions) -> Any:
         for environment in pipeline_proto.components.environments.values():
@@ -179,10 +181,12 @@ class _LocalRunner(fn_runner.FnApiRunner):
         return super().run_via_runner_api(pipeline_proto, options)
 
 
-def _handler(cfg: EmbedConfig, module: modules.ModuleInfo, spec: ModelSpec, threads: int | None = None,
-             calls: int = 1) -> HubModelHandler:
-    return HubModelHandler(cfg.model.module, cfg.model.signature, module.fingerprint, spec, threads, calls,
-                           cfg.preprocess.max_image_pixels)
+def _handler(
+    cfg: EmbedConfig, module: modules.ModuleInfo, spec: ModelSpec, threads: int | None = None, calls: int = 1
+) -> HubModelHandler:
+    return HubModelHandler(
+        cfg.model.module, cfg.model.signature, module.fingerprint, spec, threads, calls, cfg.preprocess.max_image_pixels
+    )
 
 
 def build_pipeline(p: beam.Pipeline, cfg: EmbedConfig, job: Job | None = None) -> beam.PCollection:
@@ -206,11 +210,17 @@ def build_pipeline(p: beam.Pipeline, cfg: EmbedConfig, job: Job | None = None) -
     decoded = joined.misses | "Decode" >> Decode(cfg.preprocess, job.spec, decode_threads(cfg, p.options), calls > 1)
     embedded = decoded.records | "Embed" >> Embed(_handler(cfg, job.module, job.spec, tf_threads(p.options), calls))
     failures = (
-        (read.failures, unique.failures, ready.failures, decoded.failures, embedded.failures) | "AllFailures" >> beam.Flatten()
-    )
+        read.failures,
+        unique.failures,
+        ready.failures,
+        decoded.failures,
+        embedded.failures,
+    ) | "AllFailures" >> beam.Flatten()
     tallies = (read.tallies, joined.tallies, embedded.tallies) | "AllTallies" >> beam.Flatten()
     schema = sinks.table_schema(job.spec.dim, job.spec.sequence, cfg.source.passthrough, job.metadata)
     manifest = {"table": job.metadata, "config": cfg.to_dict(), "reuse": job.reuse.to_manifest() if job.reuse else None}
-    return {"records": (joined.reused, embedded.records), "failures": failures, "tallies": tallies} | "WriteTable" >> sinks.WriteEmbeddingTable(
-        cfg.sink, job.run_id, schema, manifest
-    )
+    return {
+        "records": (joined.reused, embedded.records),
+        "failures": failures,
+        "tallies": tallies,
+    } | "WriteTable" >> sinks.WriteEmbeddingTable(cfg.sink, job.run_id, schema, manifest)

@@ -1,7 +1,7 @@
 """Preprocessing: validate texts and decode images before the module sees them; key each record by its content.
 
 `Preprocess` runs on every record: it validates a text, or reads an image
-file, and sets the record's `content_hash` (`pipelines.content`). `Decode`
+file, and sets the record's `content_hash` (`pipelines.embedding.content`). `Decode`
 runs after the content join, on what still needs a module call: it decodes
 each such image once, however many records share it, in batches of one
 module call side by side in threads (`decode_threads`: Pillow releases the
@@ -30,22 +30,23 @@ unidentifiable files are dead-lettered (stage `decode`).
 Where `make setup` could build it, Pillow is Pillow-SIMD of the same version
 (`pillow_build` says which): its resize is about 5x as fast (SSE4) and its
 pixels are Pillow's but for rounding, at most one level apart in about 0.2%
-of samples; content keys treat the two alike (`pipelines.content`).
+of samples; content keys treat the two alike (`pipelines.embedding.content`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import io
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipelines import content
-from pipelines.config import ModelSpec, PreprocessConfig
-from pipelines.records import FAILURES, ContentGroup, Record, Stage, failed
+from pipelines.embedding import content
+from pipelines.embedding.config import ModelSpec, PreprocessConfig
+from pipelines.embedding.records import FAILURES, ContentGroup, Record, Stage, failed
 
 
 def check_text(text: str, max_bytes: int) -> str | None:
@@ -115,7 +116,9 @@ def decode_pixels(data: bytes, size: tuple[int, int], max_pixels: int) -> np.nda
     with Image.open(io.BytesIO(data)) as image:
         pixels = image.width * image.height
         if pixels > max_pixels:
-            raise ImageError(f"image is {image.width}x{image.height} = {pixels} pixels, over max_image_pixels={max_pixels}")
+            raise ImageError(
+                f"image is {image.width}x{image.height} = {pixels} pixels, over max_image_pixels={max_pixels}"
+            )
         if image.mode == "F":
             raise ImageError("mode F images (32-bit float samples) have no standard range to scale to [0, 1]")
         side = max(height, width)  # Either orientation: EXIF rotation comes after.
@@ -244,14 +247,18 @@ class _DecodeImages(beam.DoFn):
     def _decode(self, group: ContentGroup) -> list[Any]:
         return _decode_group(group, self._size, self._max_pixels)
 
-    def process(self, groups: list[ContentGroup], timestamp: Any = beam.DoFn.TimestampParam,
-                window: Any = beam.DoFn.WindowParam) -> Iterator[Any]:
+    def process(
+        self, groups: list[ContentGroup], timestamp: Any = beam.DoFn.TimestampParam, window: Any = beam.DoFn.WindowParam
+    ) -> Iterator[Any]:
         if self._pool is None:
             for group in groups:
                 yield from self._decode(group)
             return
         previous = self._ahead
-        self._ahead = ([self._pool.submit(self._decode, group) for group in groups], WindowedValue(None, timestamp, (window,)))
+        self._ahead = (
+            [self._pool.submit(self._decode, group) for group in groups],
+            WindowedValue(None, timestamp, (window,)),
+        )
         if previous is not None:
             yield from _emit(*previous)
 

@@ -23,9 +23,10 @@ import dataclasses
 import importlib
 import json
 import os
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from pipelines import handles
+from pipelines.hub import handles
 
 DEFAULT_SIGNATURE = "default"
 DEFAULT_OUTPUT_KEY = "default"
@@ -196,9 +197,7 @@ def _shape(shape: Any) -> tuple[int | None, ...]:
 def _signature_info(name: str, fn: Any) -> SignatureInfo:
     tf = import_tf()
     _, kwargs = fn.structured_input_signature
-    inputs = tuple(
-        TensorInfo(key, _dtype_name(spec.dtype), _shape(spec.shape)) for key, spec in sorted(kwargs.items())
-    )
+    inputs = tuple(TensorInfo(key, _dtype_name(spec.dtype), _shape(spec.shape)) for key, spec in sorted(kwargs.items()))
     outputs_struct = fn.structured_outputs
     if not isinstance(outputs_struct, Mapping):
         outputs_struct = {DEFAULT_OUTPUT_KEY: outputs_struct}
@@ -323,15 +322,19 @@ def _cached_description(resolved: handles.ResolvedModule) -> ModuleInfo | None:
 
 
 def _store_description(info: ModuleInfo) -> None:
-    handles.write_record(info.fingerprint, _DESCRIPTION, {
-        "version": DESCRIPTION_VERSION,
-        "tensorflow": _tf_version(),
-        "signatures": {name: sig.to_dict() for name, sig in info.signatures.items()},
-        "reusable": info.reusable,
-        "trainable": info.trainable,
-        "num_variables": info.num_variables,
-        "num_trainable_variables": info.num_trainable_variables,
-    })
+    handles.write_record(
+        info.fingerprint,
+        _DESCRIPTION,
+        {
+            "version": DESCRIPTION_VERSION,
+            "tensorflow": _tf_version(),
+            "signatures": {name: sig.to_dict() for name, sig in info.signatures.items()},
+            "reusable": info.reusable,
+            "trainable": info.trainable,
+            "num_variables": info.num_variables,
+            "num_trainable_variables": info.num_trainable_variables,
+        },
+    )
 
 
 def describe_resolved(

@@ -7,7 +7,7 @@ import fcntl
 import os
 import socket
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 
 class LockTimeout(TimeoutError):

@@ -1,4 +1,4 @@
-"""`python -m pipelines.worker`: the SDK worker process of multi-process DirectRunner jobs.
+"""`python -m pipelines.embedding.worker`: the SDK worker process of multi-process DirectRunner jobs.
 
 It is Beam's own worker (`apache_beam.runners.worker.sdk_worker_main`) with one
 difference: once the harness is done, the process ends at once
@@ -17,7 +17,7 @@ until Beam's worker code is imported and the harness starts (the imports,
 reports it once per worker as the `hub_embed/worker_startup_ms` distribution,
 beside RunInference's model load time.
 
-`pipelines.pipeline.new_pipeline` runs this module as the worker command.
+`pipelines.embedding.pipeline.new_pipeline` runs this module as the worker command.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
-from typing import Sequence  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 
 # Seconds this process took to start its harness; None until then, and in
-# processes that are not a `pipelines.worker` (the launcher, Dataflow workers).
+# processes that are not a `pipelines.embedding.worker` (the launcher, Dataflow workers).
 _startup_s: float | None = None
 
 
@@ -88,6 +88,6 @@ def exit_now(status: int) -> None:
 
 
 if __name__ == "__main__":
-    from pipelines import worker  # this module under its own name, where the model handler reads the start-up
+    from pipelines.embedding import worker  # this module under its own name, where the model handler reads the start-up
 
     exit_now(worker.run_harness(sys.argv, _STARTED))

@@ -23,12 +23,13 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
-from pipelines.config import PreprocessConfig
-from pipelines.preprocess import check_text, decode_image
+from pipelines.embedding.config import PreprocessConfig
+from pipelines.embedding.preprocess import check_text, decode_image
 
 KINDS = ("text", "image")
 TEXT_SUFFIXES = (".jsonl", ".csv")

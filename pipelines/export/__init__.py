@@ -6,10 +6,10 @@
 * a tf_keras model (`tf_keras.Model`),
 * a `tf.Module` whose signatures are `tf.function`s with an `input_signature`,
 * an existing SavedModel: a directory path, or an object returned by
-  `pipelines.modules.load` / `hub.load` (its variables may have been trained
+  `pipelines.hub.modules.load` / `hub.load` (its variables may have been trained
   since it was loaded), or a `.keras` (Keras 3) / `.h5` (tf_keras) model file,
 * a TF1 Hub-format module directory (`tfhub_module.pb`): migrated by
-  `pipelines.tf1_migrate` into trainable tf.Variables and functions of its
+  `pipelines.export.tf1_migrate` into trainable tf.Variables and functions of its
   `{}` graph (`training=False`) and `{"train"}` graph (`training=True`), with
   its tables and assets, and verified against the TF1 module itself on the
   probe inputs before it is written (recorded under `source` in module.json,
@@ -40,7 +40,7 @@ directory renamed to its version; otherwise `ExportVerificationError` is raised
 and nothing is published.
 
 `precision="bfloat16"` (`--precision bfloat16`) writes a version whose heavy
-ops (matmuls, convolutions) compute in bfloat16 (`pipelines.precision`), same
+ops (matmuls, convolutions) compute in bfloat16 (`pipelines.export.precision`), same
 signatures, inputs and outputs; it is verified against the float32 source by
 cosine instead (min per output vector >= `min_cosine`, default 0.999; a share
 >= `min_agreement` of each other output's elements equal, default all), and
@@ -71,12 +71,15 @@ import subprocess
 import sys
 import tomllib
 import uuid
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from pipelines import archives, console, graph_asserts, handles, locks, modules, tf1_migrate
-from pipelines import precision as reduced_precision
+from pipelines import console
+from pipelines.export import graph_asserts, tf1_migrate
+from pipelines.export import precision as reduced_precision
+from pipelines.hub import archives, handles, locks, modules
 
 DEFAULT_SIGNATURE = modules.DEFAULT_SIGNATURE
 DEFAULT_OUTPUT_KEY = modules.DEFAULT_OUTPUT_KEY
@@ -89,7 +92,7 @@ PROBE_SIZE = 3
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _TEMP_PREFIX = ".export-"
 _LOCK_NAME = ".lock"
-_REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class ExportError(ValueError):
@@ -433,7 +436,7 @@ def _default_signatures(source: Any, kind: str) -> dict[str, Any]:
     if kind in ("keras", "tf_keras"):
         return {DEFAULT_SIGNATURE: source}
     if kind == "tf_module":
-        call = getattr(source, "__call__", None)
+        call = getattr(source, "__call__", None)  # noqa: B004 (its input_signature is read, not its callability)
         if getattr(call, "input_signature", None) is None:
             raise ExportError(
                 f"tf.Module {type(source).__qualname__} has no tf.function __call__ with an input_signature; pass "
@@ -644,12 +647,12 @@ class Tolerance:
     """How closely a written module must reproduce its source on the probe inputs.
 
     Attributes:
-      precision: the module's compute precision (`pipelines.precision.PRECISIONS`).
+      precision: the module's compute precision (`pipelines.export.precision.PRECISIONS`).
       atol: float32: the largest absolute difference allowed in any output.
       min_cosine: reduced precision: the smallest cosine allowed between a
-        source vector and the module's (`pipelines.precision.cosine_stats`).
+        source vector and the module's (`pipelines.export.precision.cosine_stats`).
       min_agreement: reduced precision: the smallest share of equal elements
-        in each non-float output (`pipelines.precision.agreement`).
+        in each non-float output (`pipelines.export.precision.agreement`).
     """
 
     precision: str = reduced_precision.FLOAT32
@@ -673,8 +676,10 @@ def _verify(
     """
     pairs = _outputs_side_by_side(prepared, loaded, probes)
     floats_only = tolerance.precision != reduced_precision.FLOAT32  # then other outputs are compared by agreement
-    diffs = {name: max((max_abs_diff(e[k], a[k]) for k in e if not floats_only or _is_float(e[k])), default=0.0)
-             for name, (e, a) in pairs.items()}
+    diffs = {
+        name: max((max_abs_diff(e[k], a[k]) for k in e if not floats_only or _is_float(e[k])), default=0.0)
+        for name, (e, a) in pairs.items()
+    }
     if tolerance.precision == reduced_precision.FLOAT32:
         failed = {k: v for k, v in diffs.items() if not v <= tolerance.atol}
         if failed:
@@ -695,13 +700,23 @@ def _verify(
     low = {k: v["min"] for k, v in cosines.items() if not v["min"] >= tolerance.min_cosine}
     unequal = {k: v for k, v in agreements.items() if not v["share"] >= tolerance.min_agreement}
     if unequal or low:
-        hint = (" (an integer output computed from scores, such as an argmax, changes where bfloat16 rounds two "
-                "close scores to a tie; --min-agreement, or min_agreement=, accepts a share)") if unequal else ""
+        hint = (
+            (
+                " (an integer output computed from scores, such as an argmax, changes where bfloat16 rounds two "
+                "close scores to a tie; --min-agreement, or min_agreement=, accepts a share)"
+            )
+            if unequal
+            else ""
+        )
         raise ExportVerificationError(
             f"The {tolerance.precision} module does not reproduce its source (min cosine per vector must "
             f"be >= {tolerance.min_cosine:g}, share of equal elements per other output >= {tolerance.min_agreement:g}): "
-            + ", ".join([*(f"{k}: min cosine {v:.6f}" for k, v in sorted(low.items())),
-                         *(f"{k}: {v['equal']} of {v['elements']} elements equal" for k, v in sorted(unequal.items()))])
+            + ", ".join(
+                [
+                    *(f"{k}: min cosine {v:.6f}" for k, v in sorted(low.items())),
+                    *(f"{k}: {v['equal']} of {v['elements']} elements equal" for k, v in sorted(unequal.items())),
+                ]
+            )
             + hint
         )
     overall = _combined(list(cosines.values()))
@@ -721,7 +736,7 @@ def _verify(
 def _check_fraction(name: str, value: Any, zero_allowed: bool) -> None:
     """Raises ExportError unless `value` is a number in [0, 1] (or (0, 1])."""
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not is_number or not ((0 <= value if zero_allowed else 0 < value) and value <= 1):
+    if not is_number or not ((value >= 0 if zero_allowed else value > 0) and value <= 1):
         raise ExportError(f"{name} must be a number in {'[' if zero_allowed else '('}0, 1], got {value!r}.")
 
 
@@ -730,7 +745,7 @@ def _is_float(value: Any) -> bool:
 
 
 def _combined(stats: Sequence[Mapping[str, float | int]]) -> dict[str, float | int]:
-    """Min, vector-weighted mean and count over several `pipelines.precision.cosine_stats` results."""
+    """Min, vector-weighted mean and count over several `pipelines.export.precision.cosine_stats` results."""
     vectors = sum(s["vectors"] for s in stats)
     if not vectors:
         return {"min": 1.0, "mean": 1.0, "vectors": 0}
@@ -762,7 +777,9 @@ def _probes(prepared: _Prepared, probe_inputs: Mapping[str, Mapping[str, Any]] |
     given = dict(probe_inputs or {})
     unknown = set(given) - set(prepared.signatures)
     if unknown:
-        raise ExportError(f"probe_inputs for unknown signatures {sorted(unknown)}; signatures: {sorted(prepared.signatures)}.")
+        raise ExportError(
+            f"probe_inputs for unknown signatures {sorted(unknown)}; signatures: {sorted(prepared.signatures)}."
+        )
     return {
         name: dict(given[name]) if name in given else synthetic_probe(endpoint.inputs)
         for name, endpoint in prepared.signatures.items()
@@ -839,7 +856,7 @@ def _manifest(
         "signatures": {k: v.to_dict() for k, v in sorted(info.signatures.items())},
         "source": {"kind": prepared.kind, "description": handles.redact(prepared.description), **prepared.source_info},
         "parent": parent.to_dict() if parent else None,
-        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "code_version": code_version(),
         "precision": dict(compute),
         "verification": dict(verification),
@@ -906,8 +923,8 @@ def export_module(
       pack: also write `<root>/<name>/<version>.tar.gz`.
       atol: largest absolute difference allowed by verification (float32).
       precision: the precision the module's heavy ops compute in (one of
-        `pipelines.precision.PRECISIONS`): "bfloat16" rewrites the written
-        SavedModel (`pipelines.precision.rewrite_saved_model`) and verifies it
+        `pipelines.export.precision.PRECISIONS`): "bfloat16" rewrites the written
+        SavedModel (`pipelines.export.precision.rewrite_saved_model`) and verifies it
         against the float32 source by cosine instead of `atol`.
       min_cosine: reduced precision: the smallest cosine per output vector
         allowed against the source.
@@ -957,7 +974,9 @@ def export_module(
         chosen = _choose_version(root, name, version)
         temp = os.path.join(name_dir, f"{_TEMP_PREFIX}{chosen}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
-            manifest = _write_verified(prepared, temp, name, chosen, probes, parent, tolerance, extra_manifest, batch_size)
+            manifest = _write_verified(
+                prepared, temp, name, chosen, probes, parent, tolerance, extra_manifest, batch_size
+            )
             final = version_dir(root, name, chosen)
             os.rename(temp, final)
         finally:
@@ -1015,12 +1034,17 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m pipelines.export",
         description="Export a SavedModel or Keras model file as a verified, reusable TF Hub module version.",
     )
-    parser.add_argument("--source", required=True,
-                        help="SavedModel directory (TF2, or TF1 Hub format: migrated), .keras (Keras 3) or .h5 (tf_keras) file")
+    parser.add_argument(
+        "--source",
+        required=True,
+        help="SavedModel directory (TF2, or TF1 Hub format: migrated), .keras (Keras 3) or .h5 (tf_keras) file",
+    )
     parser.add_argument("--root", required=True, help="modules root; the module is written to ROOT/NAME/VERSION")
     parser.add_argument("--name", required=True, help="module name")
     parser.add_argument("--version", type=int, help="version to write (default: next free one)")
-    parser.add_argument("--batch-size", type=int, help="rows per call to recommend to embedding jobs (module.json serving.batch_size)")
+    parser.add_argument(
+        "--batch-size", type=int, help="rows per call to recommend to embedding jobs (module.json serving.batch_size)"
+    )
     parser.add_argument("--pack", action="store_true", help="also write ROOT/NAME/VERSION.tar.gz")
     add_precision_flags(parser)
     console.add_verbose_flag(parser)
@@ -1029,15 +1053,25 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def add_precision_flags(parser: argparse.ArgumentParser) -> None:
     """`--precision`, `--min-cosine` and `--min-agreement`, for every command that exports a module."""
-    parser.add_argument("--precision", default=reduced_precision.FLOAT32,
-                        help=f"precision of the heavy ops ({', '.join(reduced_precision.PRECISIONS)}; default: %(default)s); "
-                             "a reduced one is verified against the float32 source by cosine")
-    parser.add_argument("--min-cosine", type=float, default=reduced_precision.DEFAULT_MIN_COSINE,
-                        help="reduced precision: smallest cosine per output vector against the float32 source "
-                             "(default: %(default)s)")
-    parser.add_argument("--min-agreement", type=float, default=reduced_precision.DEFAULT_MIN_AGREEMENT,
-                        help="reduced precision: smallest share of equal elements in each non-float output "
-                             "(ids, masks, an argmax) against the float32 source (default: %(default)s)")
+    parser.add_argument(
+        "--precision",
+        default=reduced_precision.FLOAT32,
+        help=f"precision of the heavy ops ({', '.join(reduced_precision.PRECISIONS)}; default: %(default)s); "
+        "a reduced one is verified against the float32 source by cosine",
+    )
+    parser.add_argument(
+        "--min-cosine",
+        type=float,
+        default=reduced_precision.DEFAULT_MIN_COSINE,
+        help="reduced precision: smallest cosine per output vector against the float32 source (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--min-agreement",
+        type=float,
+        default=reduced_precision.DEFAULT_MIN_AGREEMENT,
+        help="reduced precision: smallest share of equal elements in each non-float output "
+        "(ids, masks, an argmax) against the float32 source (default: %(default)s)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1045,8 +1079,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         result = export_module(
-            args.source, args.root, args.name, version=args.version, batch_size=args.batch_size, pack=args.pack,
-            precision=args.precision, min_cosine=args.min_cosine, min_agreement=args.min_agreement,
+            args.source,
+            args.root,
+            args.name,
+            version=args.version,
+            batch_size=args.batch_size,
+            pack=args.pack,
+            precision=args.precision,
+            min_cosine=args.min_cosine,
+            min_agreement=args.min_agreement,
         )
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -1055,7 +1096,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result.tar_path:
         print(result.tar_path)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -34,14 +34,16 @@ import os
 import re
 import typing
 import urllib.parse
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from pipelines import console, token_trim
+from pipelines import console
+from pipelines.embedding import token_trim
 
 if TYPE_CHECKING:
-    from pipelines.modules import ModuleInfo, SignatureInfo
+    from pipelines.hub.modules import ModuleInfo, SignatureInfo
 
 FORMATS = ("txt", "jsonl", "csv", "parquet", "tfrecord", "image")
 _EXTENSIONS = {
@@ -88,7 +90,7 @@ class SourceConfig:
 
     @property
     def kind(self) -> str:
-        """"image" for image sets, else "text"."""
+        """ "image" for image sets, else "text"."""
         return "image" if self.input_format == "image" else "text"
 
 
@@ -106,8 +108,9 @@ class PreprocessConfig:
     max_text_bytes: int = _option(1 << 20, "longer texts (UTF-8 bytes) are dead-lettered")
     max_image_pixels: int = _option(50_000_000, "larger images are dead-lettered (decompression-bomb guard)")
     decode_threads: int | None = _option(
-        None, "images decoded side by side per worker process (in one process, module calls side by side, "
-        "each decoding its own images); default: the process's share of the cores"
+        None,
+        "images decoded side by side per worker process (in one process, module calls side by side, "
+        "each decoding its own images); default: the process's share of the cores",
     )
 
 
@@ -166,7 +169,7 @@ class EmbedConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The flat key -> value view (YAML keys), with secrets dropped from the module handle."""
-        from pipelines.handles import redact
+        from pipelines.hub.handles import redact
 
         flat = {}
         for group in _GROUPS:
@@ -272,7 +275,9 @@ def _flag_parser() -> argparse.ArgumentParser:
     for key, (_, field, hint) in _KEYS.items():
         flags = [f"--{key.replace('_', '-')}"] + ([f"--{key}"] if "_" in key else [])
         if hint is bool:
-            parser.add_argument(*flags, dest=key, action=argparse.BooleanOptionalAction, default=None, help=field.metadata["help"])
+            parser.add_argument(
+                *flags, dest=key, action=argparse.BooleanOptionalAction, default=None, help=field.metadata["help"]
+            )
         else:
             parser.add_argument(*flags, dest=key, default=None, metavar=key.upper(), help=field.metadata["help"])
     return parser
@@ -292,10 +297,10 @@ def _read_yaml(path: str) -> tuple[dict[str, Any], list[str]]:
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {path!r} must hold a mapping of keys to values, got {type(data).__name__}.")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
-    # `schedule:` is Airflow-only metadata (read and validated by pipelines/dag_helpers.py), so
+    # `schedule:` is Airflow-only metadata (read and validated by pipelines/orchestration/dag_helpers.py), so
     # one YAML file serves both `python -m pipelines.embed --config` and the DAGs.
     if not isinstance(data.pop("schedule", None) or {}, dict):
-        raise ConfigError(f"'schedule' in {path!r} must be a mapping (see pipelines/dag_helpers.py).")
+        raise ConfigError(f"'schedule' in {path!r} must be a mapping (see pipelines/orchestration/dag_helpers.py).")
     beam = data.pop("beam", None) or {}
     if not isinstance(beam, dict):
         raise ConfigError(f"'beam' in {path!r} must be a mapping of Beam option names to values.")
@@ -431,7 +436,9 @@ def _validate(cfg: EmbedConfig) -> EmbedConfig:
         ids = "<file>:<line>" if input_format == "txt" else "the file path"
         for key in ("id_field", "passthrough"):
             if getattr(source, key):
-                raise ConfigError(f"{key} does not apply to {input_format} input (records have no fields; ids are {ids}).")
+                raise ConfigError(
+                    f"{key} does not apply to {input_format} input (records have no fields; ids are {ids})."
+                )
     elif not source.text_field:
         raise ConfigError(f"text_field must name the field holding the text of each {input_format} record.")
     for name in source.passthrough:
@@ -516,8 +523,13 @@ def display(path: str) -> str:
 
 # Beam pipeline options that name local files or directories (`--name=value` or `--name value`).
 BEAM_PATH_OPTIONS = (
-    "temp_location", "staging_location", "setup_file", "requirements_file", "requirements_cache",
-    "extra_package", "extra_packages",
+    "temp_location",
+    "staging_location",
+    "setup_file",
+    "requirements_file",
+    "requirements_cache",
+    "extra_package",
+    "extra_packages",
 )
 
 
@@ -568,8 +580,12 @@ def _check_output_outside_input(input_pattern: str, output: str, resolve_links: 
     pattern, out = _normalize(input_pattern), _normalize(output)
     if resolve_links and is_local(pattern) and is_local(out):
         pattern, out = os.path.realpath(pattern), os.path.realpath(out)
-    written = [f"{out}/part-0.parquet", f"{out}/{ERRORS_DIR}/part-0.parquet", f"{out}/{SUCCESS_FILE}",
-               f"{out}/{TMP_PREFIX}0/part-0.parquet"]
+    written = [
+        f"{out}/part-0.parquet",
+        f"{out}/{ERRORS_DIR}/part-0.parquet",
+        f"{out}/{SUCCESS_FILE}",
+        f"{out}/{TMP_PREFIX}0/part-0.parquet",
+    ]
     hits = [p for p in written if _glob_matches(pattern, p)]
     if hits or out == pattern:
         raise ConfigError(
@@ -604,7 +620,9 @@ def check_paths(cfg: EmbedConfig) -> None:
     if is_local(output):
         _check_local_output(_normalize(output), cfg.sink.overwrite)
     elif FileSystems.exists(FileSystems.join(output, SUCCESS_FILE)) and not cfg.sink.overwrite:
-        raise ConfigError(f"output {output!r} already holds a table (it has {SUCCESS_FILE}); pass --overwrite to replace it.")
+        raise ConfigError(
+            f"output {output!r} already holds a table (it has {SUCCESS_FILE}); pass --overwrite to replace it."
+        )
 
 
 def _check_local_output(output: str, overwrite: bool) -> None:
@@ -619,7 +637,9 @@ def _check_local_output(output: str, overwrite: bool) -> None:
         return
     entries = sorted(os.listdir(output))
     if SUCCESS_FILE in entries and not overwrite:
-        raise ConfigError(f"output {output!r} already holds a table (it has {SUCCESS_FILE}); pass --overwrite to replace it.")
+        raise ConfigError(
+            f"output {output!r} already holds a table (it has {SUCCESS_FILE}); pass --overwrite to replace it."
+        )
     foreign = [e for e in entries if not _is_table_entry(e)]
     if foreign:
         raise ConfigError(
@@ -690,8 +710,8 @@ def model_spec(cfg: EmbedConfig, info: ModuleInfo) -> ModelSpec:
       ConfigError: naming the mismatch, the signature's inputs/outputs, and the
         valid signatures or output keys.
     """
-    from pipelines import modules
-    from pipelines.handles import redact
+    from pipelines.hub import modules
+    from pipelines.hub.handles import redact
 
     try:
         sig = modules.select(info, cfg.model.signature, cfg.model.output_key)
@@ -706,7 +726,13 @@ def model_spec(cfg: EmbedConfig, info: ModuleInfo) -> ModelSpec:
         ints = [t for t in inputs if t.dtype.startswith("int")]
         if len(inputs) == 1 and strings and len(strings[0].shape) == 1:
             chosen = strings
-        elif len(inputs) == 2 and len(strings) == 1 and len(strings[0].shape) == 2 and len(ints) == 1 and len(ints[0].shape) == 1:
+        elif (
+            len(inputs) == 2
+            and len(strings) == 1
+            and len(strings[0].shape) == 2
+            and len(ints) == 1
+            and len(ints[0].shape) == 1
+        ):
             chosen = [strings[0], ints[0]]
         else:
             raise ConfigError(

@@ -19,7 +19,7 @@ refuses it. `migrate(path)` rebuilds such a module from its own files:
 
 What is read from the module's files and rewritten before import (the
 `ModuleDef`, collections, variables, reference variables, table names) is in
-`pipelines.tf1_graphs`; this module imports, prunes and wraps.
+`pipelines.export.tf1_graphs`; this module imports, prunes and wraps.
 
 `MigratedModule.signature_fn(name)` calls the `{}` graph with `training=False`
 and the `{"train"}` graph (dropout etc.) with `training=True`.
@@ -43,21 +43,40 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from pipelines import handles, modules, tf1_graphs
-from pipelines.tf1_graphs import INFERENCE_TAGS, TRAIN_TAGS, MigrationError, check_module_def, is_tf1_hub_module
+from pipelines.export import tf1_graphs
+from pipelines.export.tf1_graphs import INFERENCE_TAGS, TRAIN_TAGS, MigrationError, check_module_def, is_tf1_hub_module
+from pipelines.hub import handles, modules
 
 __all__ = [
-    "INFERENCE_TAGS", "TRAIN_TAGS", "MigrationError", "SourceMismatchError", "check_module_def", "is_migrated",
-    "is_tf1_hub_module", "migrate", "module_class",
+    "INFERENCE_TAGS",
+    "TRAIN_TAGS",
+    "MigrationError",
+    "SourceMismatchError",
+    "check_module_def",
+    "is_migrated",
+    "is_tf1_hub_module",
+    "migrate",
+    "module_class",
 ]
 
 # Stateful random ops (dropout): a graph with them gives other outputs on every call.
-_RANDOM_OPS = frozenset({
-    "Multinomial", "ParameterizedTruncatedNormal", "RandomGamma", "RandomPoisson", "RandomPoissonV2",
-    "RandomShuffle", "RandomStandardNormal", "RandomUniform", "RandomUniformInt", "TruncatedNormal",
-})
+_RANDOM_OPS = frozenset(
+    {
+        "Multinomial",
+        "ParameterizedTruncatedNormal",
+        "RandomGamma",
+        "RandomPoisson",
+        "RandomPoissonV2",
+        "RandomShuffle",
+        "RandomStandardNormal",
+        "RandomUniform",
+        "RandomUniformInt",
+        "TruncatedNormal",
+    }
+)
 _ANCHOR = "tf1_migrate_anchor"
 
 
@@ -125,7 +144,11 @@ def _initializer_class():
 
 
 def _import(
-    path: str, tags: frozenset[str], meta_graph: Any, variables: dict[str, Any], var_defs: list[tf1_graphs.VariableDef],
+    path: str,
+    tags: frozenset[str],
+    meta_graph: Any,
+    variables: dict[str, Any],
+    var_defs: list[tf1_graphs.VariableDef],
 ) -> tuple[_Graph, Any | None]:
     """Imports one MetaGraph with its variables mapped to `variables`; returns it and its table initializer."""
     tf = _tf()
@@ -153,7 +176,9 @@ def _import(
     except (ValueError, TypeError, KeyError) as e:
         raise MigrationError(f"{where} could not be imported: {type(e).__name__}: {e}") from e
     wrapped.graph.variables = [variables[v.name] for v in var_defs]
-    signatures = {name: _prune_signature(wrapped, where, name, sig) for name, sig in sorted(meta_graph.signature_def.items())}
+    signatures = {
+        name: _prune_signature(wrapped, where, name, sig) for name, sig in sorted(meta_graph.signature_def.items())
+    }
     initializer = None
     if init_ops:
         feeds = tf1_graphs.asset_feeds(path, tags, meta_graph)
@@ -239,8 +264,16 @@ def _module_class():
           tag_sets: the MetaGraphs it has; `migrated_tag_sets` those used.
         """
 
-        def __init__(self, path: str, fingerprint: str, graphs: dict[frozenset[str], _Graph], variables: list[Any],
-                     initializers: list[Any], tag_sets: list[frozenset[str]], attachments: list[str]):
+        def __init__(
+            self,
+            path: str,
+            fingerprint: str,
+            graphs: dict[frozenset[str], _Graph],
+            variables: list[Any],
+            initializers: list[Any],
+            tag_sets: list[frozenset[str]],
+            attachments: list[str],
+        ):
             super().__init__(name="tf1_hub_migration")
             self.path = path
             self.fingerprint = fingerprint
@@ -415,12 +448,12 @@ def migrate(path: str) -> Any:
         _check_same_signatures(path, graphs[INFERENCE_TAGS], graphs[TRAIN_TAGS])
     for initializer in initializers:
         initializer._initialize()  # pylint: disable=protected-access  (what loading does for a saved one)
-    attachments = sorted({
-        key for tags in chosen for key in tf1_graphs.attachment_keys(meta_graphs[tags])
-    })
+    attachments = sorted({key for tags in chosen for key in tf1_graphs.attachment_keys(meta_graphs[tags])})
     fingerprint = handles.fingerprint_dir(path)
     ordered = [variables[name] for name in sorted(variables)]
-    return module_class()(path, fingerprint, graphs, ordered, initializers, sorted(meta_graphs, key=sorted), attachments)
+    return module_class()(
+        path, fingerprint, graphs, ordered, initializers, sorted(meta_graphs, key=sorted), attachments
+    )
 
 
 def _make_variables(path: str, tf: Any, var_defs: dict[frozenset[str], list[tf1_graphs.VariableDef]]) -> dict[str, Any]:
@@ -437,7 +470,8 @@ def _make_variables(path: str, tf: Any, var_defs: dict[frozenset[str], list[tf1_
                     f"trainable={var.trainable} in {tf1_graphs.tags_name(tags)}."
                 )
     return {
-        name: tf.Variable(tf1_graphs.checkpoint_value(path, reader, var), name=name, trainable=var.trainable, dtype=var.dtype)
+        name: tf.Variable(
+            tf1_graphs.checkpoint_value(path, reader, var), name=name, trainable=var.trainable, dtype=var.dtype
+        )
         for name, var in sorted(by_name.items())
     }
-

@@ -26,11 +26,12 @@ import os
 import shutil
 import subprocess
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from pipelines import archives, handles, locks, modules
+from pipelines.hub import archives, handles, locks, modules
 
 LATEST = "latest"
 REJECTED_PREFIX = ".rejected-"
@@ -68,8 +69,19 @@ def finetune_command(
     python: str | None = None,
 ) -> list[str]:
     """The `python -m pipelines.finetune` command line for these arguments."""
-    cmd = [python or sys.executable, "-m", "pipelines.finetune", "--module", module, "--data", data, "--task", task,
-           "--output-root", output_root]
+    cmd = [
+        python or sys.executable,
+        "-m",
+        "pipelines.finetune",
+        "--module",
+        module,
+        "--data",
+        data,
+        "--task",
+        task,
+        "--output-root",
+        output_root,
+    ]
     for flag, value in (("--name", name), ("--steps", steps), ("--epochs", epochs), ("--seed", seed)):
         if value is not None and value != "":
             cmd += [flag, str(value)]
@@ -139,7 +151,9 @@ def compare_signatures(parent: modules.ModuleInfo, child: modules.ModuleInfo) ->
     for name, before in sorted(parent.signatures.items()):
         after = child.signatures.get(name)
         if after is None:
-            raise ValidationError(f"Signature {name!r} of the parent is missing; the new version has {sorted(child.signatures)}.")
+            raise ValidationError(
+                f"Signature {name!r} of the parent is missing; the new version has {sorted(child.signatures)}."
+            )
         if sorted(before.inputs, key=lambda t: t.name) != sorted(after.inputs, key=lambda t: t.name):
             raise ValidationError(
                 f"Signature {name!r} inputs changed: {[t.to_dict() for t in before.inputs]} -> "
@@ -148,7 +162,12 @@ def compare_signatures(parent: modules.ModuleInfo, child: modules.ModuleInfo) ->
         outputs = {t.name: t for t in after.outputs}
         for out in before.outputs:
             new = outputs.get(out.name)
-            if new is None or new.dtype != out.dtype or len(new.shape) != len(out.shape) or new.shape[-1:] != out.shape[-1:]:
+            if (
+                new is None
+                or new.dtype != out.dtype
+                or len(new.shape) != len(out.shape)
+                or new.shape[-1:] != out.shape[-1:]
+            ):
                 shown = new.to_dict() if new else None
                 raise ValidationError(f"Signature {name!r} output {out.name!r} changed: {out.to_dict()} -> {shown}.")
 
@@ -180,7 +199,7 @@ def _embed(loaded: Any, info: modules.ModuleInfo, inputs: np.ndarray) -> np.ndar
 
     call = modules.bind(loaded)
     input_name = info.signature(modules.DEFAULT_SIGNATURE).inputs[0].name
-    batches = [call({input_name: tf.constant(inputs[i:i + EMBED_BATCH])}) for i in range(0, len(inputs), EMBED_BATCH)]
+    batches = [call({input_name: tf.constant(inputs[i : i + EMBED_BATCH])}) for i in range(0, len(inputs), EMBED_BATCH)]
     return np.concatenate(batches).astype(np.float64)
 
 
@@ -193,9 +212,10 @@ def probe_metric(
 ) -> dict[str, Any]:
     """Held-out accuracy of the same closed-form ridge probe on each module's embeddings of labeled data.
 
-    The probe is `pipelines.finetune.probe_accuracy`, the split `pipelines.labeled.split`.
+    The probe is `pipelines.finetune.probe_accuracy`, the split `pipelines.finetune.labeled.split`.
     """
-    from pipelines import finetune, labeled
+    from pipelines import finetune
+    from pipelines.finetune import labeled
 
     try:
         kind = finetune.module_input(child[1])
@@ -208,7 +228,11 @@ def probe_metric(
         embeddings = _embed(loaded, info, examples.inputs)
         _require_finite(embeddings, f"The {which} module's embeddings of the probe data")
         scores[which] = finetune.probe_accuracy(
-            embeddings[train], examples.labels[train], embeddings[holdout], examples.labels[holdout], len(examples.classes)
+            embeddings[train],
+            examples.labels[train],
+            embeddings[holdout],
+            examples.labels[holdout],
+            len(examples.classes),
         )
     return {
         "name": "probe_holdout_accuracy",
@@ -247,7 +271,9 @@ def validate(
     manifest = _manifest(path)
     actual = handles.fingerprint_dir(path)
     if actual != manifest["fingerprint"]:
-        raise ValidationError(f"{path}: files changed since export (fingerprint {actual} != {manifest['fingerprint']}).")
+        raise ValidationError(
+            f"{path}: files changed since export (fingerprint {actual} != {manifest['fingerprint']})."
+        )
     recorded_parent = manifest.get("parent") or {}
     parent = parent or recorded_parent.get("handle")
     if not parent:
@@ -282,7 +308,7 @@ def validate(
 
 def reject(path: str) -> str:
     """Moves a version that failed validation aside, to `<root>/<name>/.rejected-<version>-<UTC time>`."""
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%f")
     target = os.path.join(os.path.dirname(path), f"{REJECTED_PREFIX}{os.path.basename(path)}-{stamp}")
     os.rename(path, target)
     return target
@@ -319,7 +345,10 @@ def upload(local_path: str, url: str) -> str:
     if not FileSystems.get_scheme(url):
         os.makedirs(os.path.dirname(os.path.abspath(url)), exist_ok=True)
     try:
-        with open(local_path, "rb") as src, FileSystems.create(url, compression_type=CompressionTypes.UNCOMPRESSED) as out:
+        with (
+            open(local_path, "rb") as src,
+            FileSystems.create(url, compression_type=CompressionTypes.UNCOMPRESSED) as out,
+        ):
             shutil.copyfileobj(src, out, 1 << 20)
     except Exception as e:  # Beam wraps backend errors in many types.
         raise PublishError(f"Upload of {local_path} to {handles.redact(url)} failed: {type(e).__name__}: {e}") from e
@@ -355,7 +384,9 @@ def publish(path: str, *, upload_root: str | None = None) -> dict[str, Any]:
     with locks.file_lock(os.path.join(name_dir, _PUBLISH_LOCK)):
         current = published_version(root, name)
         if current is not None and current > version:
-            raise PublishError(f"Version {current} of {name!r} is already published; not moving latest back to {version}.")
+            raise PublishError(
+                f"Version {current} of {name!r} is already published; not moving latest back to {version}."
+            )
         if current != version:
             point_latest(root, name, version)
     return {"name": name, "version": version, "fingerprint": manifest["fingerprint"], "handle": handle}

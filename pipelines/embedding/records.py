@@ -46,7 +46,7 @@ class Record(NamedTuple):
         record number) or, for images, the file path.
       passthrough: values of the `--passthrough` columns, in their order.
       content_hash: hex digest of exactly what the module is fed for this
-        record (see `pipelines.content`); set by `Preprocess`.
+        record (see `pipelines.embedding.content`); set by `Preprocess`.
     """
 
     id: str

@@ -44,9 +44,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
-from pipelines import archives, locks
+from pipelines.hub import archives, locks
 
 SCHEMES = ("file", "http", "https", "gs", "s3")
 SUPPORTED_FORMS = "a local directory or .tar.gz, file://, http://, https://, gs://, s3://"
@@ -87,9 +87,7 @@ def cache_dir() -> str:
 
 def is_module_dir(path: str) -> bool:
     """Returns True if `path` holds a TF2 SavedModel or a TF1 Hub-format module."""
-    return os.path.isfile(os.path.join(path, "saved_model.pb")) or os.path.isfile(
-        os.path.join(path, "tfhub_module.pb")
-    )
+    return os.path.isfile(os.path.join(path, "saved_model.pb")) or os.path.isfile(os.path.join(path, "tfhub_module.pb"))
 
 
 def _iter_module_files(path: str) -> Iterator[str]:
@@ -303,12 +301,8 @@ def redact(handle: str) -> str:
     netloc = parsed.hostname or ""
     if parsed.port:
         netloc += f":{parsed.port}"
-    query = "&".join(
-        part for part in parsed.query.split("&") if part.split("=", 1)[0] in ("tf-hub-format",)
-    )
+    query = "&".join(part for part in parsed.query.split("&") if part.split("=", 1)[0] in ("tf-hub-format",))
     return urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path, query, ""))
-
-
 
 
 # --------------------------------------------------------------------------- resolvers
@@ -440,22 +434,16 @@ class HttpArchiveResolver(Resolver):
                     received += len(chunk)
         except urllib.error.HTTPError as e:
             raise HandleError(f"Module handle {shown!r} could not be downloaded: HTTP {e.code} {e.reason}.") from e
-        except (TimeoutError, socket.timeout) as e:
-            raise HandleError(
-                f"Module handle {shown!r} timed out after {timeout_s:.0f}s while downloading."
-            ) from e
+        except TimeoutError as e:
+            raise HandleError(f"Module handle {shown!r} timed out after {timeout_s:.0f}s while downloading.") from e
         except urllib.error.URLError as e:
             if isinstance(e.reason, (TimeoutError, socket.timeout)):
-                raise HandleError(
-                    f"Module handle {shown!r} timed out after {timeout_s:.0f}s while connecting."
-                ) from e
+                raise HandleError(f"Module handle {shown!r} timed out after {timeout_s:.0f}s while connecting.") from e
             raise HandleError(f"Module handle {shown!r} could not be downloaded: {e.reason}.") from e
         except (ConnectionError, OSError) as e:
             raise HandleError(f"Module handle {shown!r} could not be downloaded: {e}.") from e
         if expected is not None and received != int(expected):
-            raise HandleError(
-                f"Module archive {shown} is truncated: received {received} of {expected} bytes."
-            )
+            raise HandleError(f"Module archive {shown} is truncated: received {received} of {expected} bytes.")
         _extract_into(download, staging, handle)
         os.remove(download)
 
@@ -477,9 +465,10 @@ class BeamFileSystemResolver(Resolver):
         try:
             if archives.is_archive_name(handle):
                 download = os.path.join(staging, "download.tar.gz")
-                with FileSystems.open(handle, compression_type=CompressionTypes.UNCOMPRESSED) as src, open(
-                    download, "wb"
-                ) as out:
+                with (
+                    FileSystems.open(handle, compression_type=CompressionTypes.UNCOMPRESSED) as src,
+                    open(download, "wb") as out,
+                ):
                     shutil.copyfileobj(src, out, _CHUNK)
                 _extract_into(download, staging, handle)
                 os.remove(download)
@@ -494,16 +483,17 @@ class BeamFileSystemResolver(Resolver):
             raise HandleError(f"Module handle {redact(handle)!r} does not exist (no objects under {redact(prefix)}).")
         target = _single_root(staging)
         for item in metadata:
-            rel = item.path[len(prefix):]
+            rel = item.path[len(prefix) :]
             if not rel or rel.endswith("/"):
                 continue
             dest = os.path.realpath(os.path.join(target, rel))
             if not dest.startswith(os.path.realpath(target) + os.sep):
                 raise HandleError(f"Module handle {redact(handle)!r} has an object outside the module: {rel!r}.")
             os.makedirs(os.path.dirname(dest), exist_ok=True)
-            with FileSystems.open(item.path, compression_type=CompressionTypes.UNCOMPRESSED) as src, open(
-                dest, "wb"
-            ) as out:
+            with (
+                FileSystems.open(item.path, compression_type=CompressionTypes.UNCOMPRESSED) as src,
+                open(dest, "wb") as out,
+            ):
                 shutil.copyfileobj(src, out, _CHUNK)
 
 

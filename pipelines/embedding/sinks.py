@@ -9,7 +9,7 @@ Layout of an output directory:
 
 Table columns: `id` (string), `embedding` (`fixed_size_list<float32>[D]`, or
 `list<fixed_size_list<float32>[D]>` for per-token outputs), `content_hash`
-(string: SHA-256 hex of what the module is fed, see `pipelines.content`), then
+(string: SHA-256 hex of what the module is fed, see `pipelines.embedding.content`), then
 the passthrough columns (strings). Every part's schema metadata `hub_embed`
 holds JSON: module handle (without secrets), fingerprint, name, version,
 format and precision (from its module.json, e.g. "bfloat16"), signature, output key, dimension, content-hash scheme, config hash, code
@@ -54,7 +54,8 @@ import logging
 import os
 import shutil
 import uuid
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -64,8 +65,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
-from pipelines.config import ERRORS_DIR, SUCCESS_FILE, TMP_PREFIX, SinkConfig, is_local
-from pipelines.records import METRICS_NAMESPACE, Failure, Record
+from pipelines.embedding.config import ERRORS_DIR, SUCCESS_FILE, TMP_PREFIX, SinkConfig, is_local
+from pipelines.embedding.records import METRICS_NAMESPACE, Failure, Record
 
 METADATA_KEY = "hub_embed"
 MANIFEST_FORMAT = "hub-embed-table/1"
@@ -90,14 +91,18 @@ class PartFile(NamedTuple):
 
 def new_run_id() -> str:
     """A sortable, unique run id: UTC time + random suffix."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
 
 def table_schema(dim: int, sequence: bool, passthrough: Sequence[str], metadata: dict[str, Any]) -> pa.Schema:
     """The table's Arrow schema, with `metadata` under the `hub_embed` key."""
     vector = pa.list_(pa.float32(), dim)
-    fields = [("id", pa.string()), ("embedding", pa.list_(vector) if sequence else vector), ("content_hash", pa.string())]
+    fields = [
+        ("id", pa.string()),
+        ("embedding", pa.list_(vector) if sequence else vector),
+        ("content_hash", pa.string()),
+    ]
     fields += [(name, pa.string()) for name in passthrough]
     return pa.schema(fields, metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
 
@@ -106,7 +111,10 @@ def _flat_vectors(payloads: list[Any]) -> np.ndarray:
     """The payloads' float32 values, one after the other (arrays, or the raw bytes of reused vectors)."""
     if payloads and all(isinstance(p, bytes) for p in payloads):
         return np.frombuffer(b"".join(payloads), np.float32)
-    arrays = [np.frombuffer(p, np.float32) if isinstance(p, bytes) else np.asarray(p, np.float32).reshape(-1) for p in payloads]
+    arrays = [
+        np.frombuffer(p, np.float32) if isinstance(p, bytes) else np.asarray(p, np.float32).reshape(-1)
+        for p in payloads
+    ]
     return np.concatenate(arrays) if arrays else np.zeros(0, np.float32)
 
 
@@ -129,7 +137,11 @@ def _table_batch(schema: pa.Schema, rows: list[Record]) -> pa.RecordBatch:
         flat = _flat_vectors(payloads)
         vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
         embeddings = pa.ListArray.from_arrays(pa.array(offsets), vectors)
-    columns = [pa.array([r.id for r in rows], pa.string()), embeddings, pa.array([r.content_hash for r in rows], pa.string())]
+    columns = [
+        pa.array([r.id for r in rows], pa.string()),
+        embeddings,
+        pa.array([r.content_hash for r in rows], pa.string()),
+    ]
     columns += [pa.array([r.passthrough[k] for r in rows], pa.string()) for k in range(len(schema.names) - 3)]
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
@@ -151,10 +163,14 @@ class _OpenPart:
         self.rows = 0
         self.bytes = 0
         self._writer: pq.ParquetWriter | None = None
-        self._file = FileSystems.create(FileSystems.join(tmp_dir, self.name), compression_type=CompressionTypes.UNCOMPRESSED)
+        self._file = FileSystems.create(
+            FileSystems.join(tmp_dir, self.name), compression_type=CompressionTypes.UNCOMPRESSED
+        )
         with self._closed_on_error():
             # No dictionary for the vectors: they hardly repeat, and trying one per page costs 3x the write.
-            self._writer = pq.ParquetWriter(self._file, schema, use_dictionary=[n for n in schema.names if n != "embedding"])
+            self._writer = pq.ParquetWriter(
+                self._file, schema, use_dictionary=[n for n in schema.names if n != "embedding"]
+            )
 
     def write(self, batch: pa.RecordBatch) -> None:
         with self._closed_on_error():
@@ -189,7 +205,9 @@ class _OpenPart:
 class _WriteParts(beam.DoFn):
     """Writes rows into parts of about `PART_BYTES`, `ROWS_PER_BATCH` rows (one row group) at a time."""
 
-    def __init__(self, tmp_dir: str, schema: pa.Schema, to_batch: Callable[[pa.Schema, list], pa.RecordBatch], counter: str):
+    def __init__(
+        self, tmp_dir: str, schema: pa.Schema, to_batch: Callable[[pa.Schema, list], pa.RecordBatch], counter: str
+    ):
         self._tmp_dir = tmp_dir
         self._schema = schema
         self._to_batch = to_batch
@@ -299,8 +317,13 @@ class _Commit(beam.DoFn):
         self._manifest = {"format": MANIFEST_FORMAT, "run_id": run_id, **manifest}
 
     def process(
-        self, _: Any, parts: list[PartFile], error_parts: list[PartFile],
-        failed_by_stage: dict[str, int], examples: list[Failure], tallies: dict[str, int],
+        self,
+        _: Any,
+        parts: list[PartFile],
+        error_parts: list[PartFile],
+        failed_by_stage: dict[str, int],
+        examples: list[Failure],
+        tallies: dict[str, int],
     ) -> Iterator[dict[str, Any]]:
         output = self._cfg.output
         tmp = FileSystems.join(output, TMP_PREFIX + self._run_id)
@@ -339,7 +362,7 @@ class _Commit(beam.DoFn):
         error_files = self._move(tmp, ERRORS_DIR, error_parts)
         manifest = {
             **self._manifest,
-            "committed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "committed_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "counts": {
                 "rows_in": rows_in,
                 "rows_written": written,
@@ -431,7 +454,7 @@ def _relative(path: str, output: str) -> str:
 def _mkdirs(path: str) -> None:
     try:
         FileSystems.mkdirs(path)
-    except IOError:  # Beam's local file system refuses to create an existing directory.
+    except OSError:  # Beam's local file system refuses to create an existing directory.
         if not FileSystems.exists(path):
             raise
 
@@ -479,13 +502,16 @@ class WriteEmbeddingTable(beam.PTransform):
         error_parts = failures | "WriteErrorParts" >> beam.ParDo(
             _WriteErrorParts(FileSystems.join(tmp, ERRORS_DIR), ERROR_SCHEMA, _error_batch, "rows_failed")
         )
-        by_stage = failures | "StageOf" >> beam.Map(lambda f: f.stage) | "CountByStage" >> beam.combiners.Count.PerElement()
+        by_stage = (
+            failures | "StageOf" >> beam.Map(lambda f: f.stage) | "CountByStage" >> beam.combiners.Count.PerElement()
+        )
         examples = failures | "FirstFailures" >> beam.combiners.Top.Smallest(3)
         tallies = inputs["tallies"] | "SumTallies" >> beam.CombinePerKey(sum)
         return (
             inputs["tallies"].pipeline
             | "CommitTrigger" >> beam.Create([None])
-            | "Commit" >> beam.ParDo(
+            | "Commit"
+            >> beam.ParDo(
                 _Commit(self._cfg, self._run_id, self._schema, self._manifest),
                 beam.pvalue.AsList(parts),
                 beam.pvalue.AsList(error_parts),

@@ -9,7 +9,7 @@ exactly what decides its embedding besides the module:
 * image: `IMAGE_PREPROCESSING` and the target size as one line, then the
   image file's bytes. The pixels the module sees are a function of these
   (decode, EXIF orientation, RGB, bilinear resize, scale to [0, 1]; see
-  `pipelines.preprocess`); bump the version in `IMAGE_PREPROCESSING` when
+  `pipelines.embedding.preprocess`); bump the version in `IMAGE_PREPROCESSING` when
   that code changes what it produces. Pillow and Pillow-SIMD of the same
   version count as the same preprocessing: their resizes differ only in
   rounding (at most one level, in about 0.2% of samples; the module's vectors
@@ -35,12 +35,13 @@ each keeps its own id, source and passthrough values.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import apache_beam as beam
 
-from pipelines.config import ModelSpec
-from pipelines.records import TALLIES, ContentGroup, Record, position, tally
+from pipelines.embedding.config import ModelSpec
+from pipelines.embedding.records import TALLIES, ContentGroup, Record, position, tally
 
 HASH_FUNCTION = "sha256"
 IMAGE_PREPROCESSING = "pillow-exif-rgb-over-white-bilinear-unit-scale/1"
@@ -98,7 +99,9 @@ class _Resolve(beam.DoFn):
                 yield row._replace(payload=vector)
             return
         payload = rows[0].payload
-        yield beam.pvalue.TaggedOutput(MISSES, ContentGroup(content_hash, payload, tuple(r._replace(payload=None) for r in rows)))
+        yield beam.pvalue.TaggedOutput(
+            MISSES, ContentGroup(content_hash, payload, tuple(r._replace(payload=None) for r in rows))
+        )
 
 
 class JoinContent(beam.PTransform):

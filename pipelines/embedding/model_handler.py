@@ -29,7 +29,7 @@
   output whose rank or dimension differs from the one described at launch
   fails the run (`OutputShapeError`): it means the module is not what was checked.
 * Per-token outputs `[N, T, D]` are cut to each row's own tokens (a mask or
-  length output, or the token counts fed; see `pipelines.token_trim`), so a
+  length output, or the token counts fed; see `pipelines.embedding.token_trim`), so a
   row's vectors do not depend on the rows it shares a call with.
 * `tf_threads` caps TensorFlow's thread pools per process, so that several
   worker processes do not oversubscribe the machine's cores.
@@ -53,16 +53,17 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
-from pipelines import token_trim
-from pipelines.config import ModelSpec, PreprocessConfig
-from pipelines.preprocess import decode_content, unit_scale
-from pipelines.records import FAILURES, METRICS_NAMESPACE, TALLIES, ContentGroup, Stage, tally
+from pipelines.embedding import token_trim
+from pipelines.embedding.config import ModelSpec, PreprocessConfig
+from pipelines.embedding.preprocess import decode_content, unit_scale
+from pipelines.embedding.records import FAILURES, METRICS_NAMESPACE, TALLIES, ContentGroup, Stage, tally
 
 WINDOW_BATCHES = 8
 # Image calls side by side (`calls` > 1): a window holds about this many images per call thread, in
@@ -121,7 +122,7 @@ def load_module(resolved: Any) -> Any:
     is not cached yet), the in-process runner's workers reuse that copy
     instead of loading a second one.
     """
-    from pipelines import modules
+    from pipelines.hub import modules
 
     with _LOADED_LOCK:
         if resolved.fingerprint not in _LOADED:
@@ -223,8 +224,8 @@ def release_free_memory() -> bool:
 
 
 def _report_worker_startup() -> None:
-    """Reports this worker process's start-up time (`pipelines.worker`) once, as a Beam distribution."""
-    from pipelines import worker
+    """Reports this worker process's start-up time (`pipelines.embedding.worker`) once, as a Beam distribution."""
+    from pipelines.embedding import worker
 
     seconds = worker.take_startup_s()
     if seconds is not None:
@@ -305,7 +306,9 @@ class _Progress:
         now = time.monotonic()
         if now - self._last >= PROGRESS_INTERVAL_S:
             self._last = now
-            _LOG.info("hub_embed: %d rows embedded by this worker, %.1f rows/s", self._rows, self._rows / (now - self._start))
+            _LOG.info(
+                "hub_embed: %d rows embedded by this worker, %.1f rows/s", self._rows, self._rows / (now - self._start)
+            )
 
 
 class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]):
@@ -318,8 +321,16 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
     `DecodeFailure`. Any element with a `payload` will do.
     """
 
-    def __init__(self, handle: str, signature: str, fingerprint: str, spec: ModelSpec, tf_threads: int | None = None,
-                 calls: int = 1, max_image_pixels: int | None = None):
+    def __init__(
+        self,
+        handle: str,
+        signature: str,
+        fingerprint: str,
+        spec: ModelSpec,
+        tf_threads: int | None = None,
+        calls: int = 1,
+        max_image_pixels: int | None = None,
+    ):
         """Initializes the handler.
 
         Args:
@@ -364,7 +375,7 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
         Raises:
           ModuleChangedError: the module's fingerprint differs from the one at launch.
         """
-        from pipelines import handles
+        from pipelines.hub import handles
 
         resolved = handles.resolve(self._handle)
         if resolved.fingerprint != self._fingerprint:
@@ -376,7 +387,7 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
 
     def _load(self, resolved: Any) -> LoadedModule:
         """Loads the module (once per process), binds the signature, warms it up; reports the time taken."""
-        from pipelines import modules
+        from pipelines.hub import modules
 
         start = time.monotonic()
         configure_threads(self._tf_threads, self._calls)
@@ -417,7 +428,7 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
         if self._spec.kind == "text":
             order = np.argsort(np.fromiter((len(r.payload) for r in batch), np.int64, len(batch)), kind="stable")
         size = self._spec.batch_size
-        calls = [[int(i) for i in order[start:start + size]] for start in range(0, len(batch), size)]
+        calls = [[int(i) for i in order[start : start + size]] for start in range(0, len(batch), size)]
         if self._calls > 1 and len(calls) > 1:
             list(_call_pool(self._calls).map(lambda rows: self._decode_and_embed(batch, rows, model, results), calls))
         else:
@@ -430,8 +441,9 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
         self._progress.add(len(batch))
         return [PredictionResult(record, result) for record, result in zip(batch, results)]
 
-    def _decode_and_embed(self, batch: Sequence[ContentGroup], rows: list[int], model: LoadedModule,
-                          results: list[Any]) -> None:
+    def _decode_and_embed(
+        self, batch: Sequence[ContentGroup], rows: list[int], model: LoadedModule, results: list[Any]
+    ) -> None:
         """One call's rows: images that are still paths are decoded here first (a `DecodeFailure` each that cannot be)."""
         payloads = {i: batch[i].payload for i in rows}
         if self._spec.kind == "image":
@@ -507,7 +519,7 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
         `handles.write_record`), per signature, output and input, so a later
         launch with the same module does not load it.
         """
-        from pipelines import handles
+        from pipelines.hub import handles
 
         key = self._probe_key()
         record = handles.read_record(self._fingerprint, _DIMS) or {}

@@ -5,12 +5,12 @@
 1. resolves the module handle and loads it as `hub.KerasLayer(module,
    trainable=True)` (tf_keras); the module must be reusable and trainable
    (`pipelines.export` writes such modules). A TF1 Hub-format module is first
-   migrated by the export tool (`pipelines.tf1_migrate`: trainable
+   migrated by the export tool (`pipelines.export.tf1_migrate`: trainable
    tf.Variables, its `{"train"}` graph for training) into a scratch directory,
    verified against the TF1 module, and that migration is fine-tuned; the
    published version names the TF1 module as its parent and records the
    migration under `extra.tf1_migration`;
-2. reads and validates the labeled data (`pipelines.labeled`): texts when the
+2. reads and validates the labeled data (`pipelines.finetune.labeled`): texts when the
    module's `default` signature takes strings `[N]`, images when it takes
    floats `[N, H, W, 3]`. Bad data fails here, before any training;
 3. splits off a stratified held-out set, adds a dense softmax head and trains
@@ -23,7 +23,7 @@
    object keeps every signature of the parent (those we did not write too,
    e.g. a `tokens` signature) and its `__call__`; the export is verified
    against the in-memory fine-tuned encoder (max abs diff 1e-5) before it is
-   published. A bfloat16 parent (`pipelines.precision`) trains with bfloat16
+   published. A bfloat16 parent (`pipelines.export.precision`) trains with bfloat16
    matmuls and float32 weights, and its child is a bfloat16 version too
    (verified by cosine against the in-memory encoder). Its manifest links the
    parent (name, version, fingerprint) and records, under `extra.finetune`,
@@ -59,12 +59,15 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from pipelines import console, export, handles, labeled, modules
-from pipelines import precision as reduced_precision
+from pipelines import console, export
+from pipelines.export import precision as reduced_precision
+from pipelines.finetune import labeled
+from pipelines.hub import handles, modules
 
 TASKS = ("classification",)
 DEFAULT_EPOCHS = 3
@@ -72,10 +75,20 @@ DEFAULT_LEARNING_RATES = {"text": 5e-5, "image": 1e-3}
 PROBE_L2 = 1.0
 VERIFY_EXAMPLES = 8
 # Stateful random ops: with `seed` and `seed2` both 0 in a saved graph they draw from a random seed.
-_STATEFUL_RANDOM_OPS = frozenset({
-    "Multinomial", "ParameterizedTruncatedNormal", "RandomGamma", "RandomPoisson", "RandomPoissonV2",
-    "RandomShuffle", "RandomStandardNormal", "RandomUniform", "RandomUniformInt", "TruncatedNormal",
-})
+_STATEFUL_RANDOM_OPS = frozenset(
+    {
+        "Multinomial",
+        "ParameterizedTruncatedNormal",
+        "RandomGamma",
+        "RandomPoisson",
+        "RandomPoissonV2",
+        "RandomShuffle",
+        "RandomStandardNormal",
+        "RandomUniform",
+        "RandomUniformInt",
+        "TruncatedNormal",
+    }
+)
 
 
 class FinetuneError(ValueError):
@@ -170,8 +183,10 @@ def module_input(info: modules.ModuleInfo) -> ModuleInput:
             return ModuleInput("text", (), spec.dtype)
         if spec.dtype.startswith("float") and len(spec.shape) == 4 and spec.shape[3] == 3:
             if None in spec.shape[1:3]:
-                raise FinetuneError(f"Module {handles.redact(info.handle)!r} takes images of any size; "
-                                    "fine-tuning needs a module with a fixed input height and width.")
+                raise FinetuneError(
+                    f"Module {handles.redact(info.handle)!r} takes images of any size; "
+                    "fine-tuning needs a module with a fixed input height and width."
+                )
             return ModuleInput("image", tuple(spec.shape[1:]), spec.dtype)
     inputs = ", ".join(f"{t.name}: {t.dtype}{list(t.shape)}" for t in signature.inputs)
     raise FinetuneError(
@@ -311,7 +326,7 @@ def finetune(
 
     Args:
       module: handle of a reusable, trainable module (any `handles.resolve` form).
-      data: labeled data (see `pipelines.labeled`); its kind follows the module's input.
+      data: labeled data (see `pipelines.finetune.labeled`); its kind follows the module's input.
       output_root: modules root; the new version is `<output_root>/<name>/<next version>` (see the module docstring).
       task: only "classification".
       name: module name to publish under (default: the parent's manifest name).
@@ -335,8 +350,9 @@ def finetune(
         raise FinetuneError(f"Module {handles.redact(module)!r} has no name in a module.json; pass a name.")
     with tempfile.TemporaryDirectory(prefix="hub-embed-tf1-migration-") as scratch:
         trainable_path, migration = _trainable_module(resolved, scratch)
-        return _finetune(module, resolved, trainable_path, migration, data, output_root, task, name, hparams, pack,
-                         verbose)
+        return _finetune(
+            module, resolved, trainable_path, migration, data, output_root, task, name, hparams, pack, verbose
+        )
 
 
 def _trainable_module(resolved: handles.ResolvedModule, scratch: str) -> tuple[str, dict[str, Any] | None]:
@@ -347,8 +363,9 @@ def _trainable_module(resolved: handles.ResolvedModule, scratch: str) -> tuple[s
     """
     if modules.module_format(resolved.path) != "tf1_hub":
         return resolved.path, None
-    migrated = export.export_module(resolved.path, scratch, "tf1-migration",
-                                    source_description=f"TF1 Hub module {handles.redact(resolved.handle)}")
+    migrated = export.export_module(
+        resolved.path, scratch, "tf1-migration", source_description=f"TF1 Hub module {handles.redact(resolved.handle)}"
+    )
     return migrated.path, migrated.manifest["source"]
 
 
@@ -405,8 +422,10 @@ def _finetune(
         parent=parent,
         probe_inputs={modules.DEFAULT_SIGNATURE: {probe_name: examples.inputs[:VERIFY_EXAMPLES]}},
         source_description=f"fine-tuned {handles.redact(module)}",
-        extra_manifest={"finetune": _record(task, examples, hparams, metrics),
-                        **({"tf1_migration": migration} if migration else {})},
+        extra_manifest={
+            "finetune": _record(task, examples, hparams, metrics),
+            **({"tf1_migration": migration} if migration else {}),
+        },
         batch_size=info.recommended_batch_size,  # same graph, same best call size
         pack=pack,
         precision=info.precision if info.precision in reduced_precision.PRECISIONS else reduced_precision.FLOAT32,
@@ -442,7 +461,8 @@ def _metrics(
     """Head metrics per split (None for an empty held-out split) and the parent-vs-fine-tuned probe."""
     metrics: dict[str, Any] = {
         split: {"examples": len(labels[split]), **head_metrics(classifier, tuned[split], labels[split])}
-        if split in labels else None
+        if split in labels
+        else None
         for split in ("train", "holdout")
     }
     if parent is None:
@@ -487,7 +507,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--module", required=True, help="handle of the module to fine-tune")
     parser.add_argument(
-        "--data", required=True, help="text: .jsonl/.csv (text, label); images: a folder per label or .jsonl (path, label)"
+        "--data",
+        required=True,
+        help="text: .jsonl/.csv (text, label); images: a folder per label or .jsonl (path, label)",
     )
     parser.add_argument("--task", default="classification", choices=TASKS)
     parser.add_argument("--output-root", required=True, help="modules root; writes ROOT/NAME/NEXT_VERSION")
@@ -528,11 +550,20 @@ def _format(split_metrics: dict[str, float]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; the last line printed is a JSON summary of the new version."""
     args = _parse_args(argv)
-    hparams = Hyperparameters(args.epochs, args.steps, args.learning_rate, args.batch_size, args.seed,
-                              args.holdout_fraction)
+    hparams = Hyperparameters(
+        args.epochs, args.steps, args.learning_rate, args.batch_size, args.seed, args.holdout_fraction
+    )
     try:
-        result = finetune(args.module, args.data, args.output_root, task=args.task, name=args.name,
-                          hparams=hparams, pack=args.pack, verbose=2)
+        result = finetune(
+            args.module,
+            args.data,
+            args.output_root,
+            task=args.task,
+            name=args.name,
+            hparams=hparams,
+            pack=args.pack,
+            verbose=2,
+        )
     except (FinetuneError, labeled.DataError, handles.HandleError, modules.ModuleError, export.ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -541,7 +572,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = {key: manifest[key] for key in ("name", "version", "fingerprint", "parent")}
     print(json.dumps({"path": result.export.path, **summary, "metrics": result.metrics}, sort_keys=True))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

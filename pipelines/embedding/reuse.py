@@ -11,7 +11,7 @@ and the Parquet footer of every part it names (and only those), and decides:
   `content_hash` column: the run reuses nothing, embeds everything, and says
   why (a warning, and `reason` in the manifest's `reuse` entry);
 * otherwise its parts are read in the pipeline (`ReadReusedVectors`) as
-  `(content_hash, vector)` pairs for the content join (`pipelines.content`).
+  `(content_hash, vector)` pairs for the content join (`pipelines.embedding.content`).
 
 Reused vectors are the reuse table's float32 values, unchanged: bit-identical.
 """
@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
@@ -28,9 +29,9 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import sinks
-from pipelines.config import SUCCESS_FILE, ConfigError
-from pipelines.handles import redact
+from pipelines.embedding import sinks
+from pipelines.embedding.config import SUCCESS_FILE, ConfigError
+from pipelines.hub.handles import redact
 
 # Metadata that must be equal for vectors to be interchangeable (the `hub_embed` schema metadata).
 COMPATIBLE_KEYS = ("fingerprint", "signature", "output_key", "dimension", "sequence", "token_trim", "content_hash")
@@ -60,7 +61,13 @@ class ReusePlan:
 
     def to_manifest(self) -> dict[str, Any]:
         """The manifest's `reuse` entry."""
-        return {"table": redact(self.table), "run_id": self.run_id, "used": self.used, "reason": self.reason, "rows": self.rows}
+        return {
+            "table": redact(self.table),
+            "run_id": self.run_id,
+            "used": self.used,
+            "reason": self.reason,
+            "rows": self.rows,
+        }
 
 
 def plan(path: str, metadata: Mapping[str, Any]) -> ReusePlan:
@@ -142,12 +149,12 @@ def _vectors(column: pa.Array, sequence: bool) -> list[bytes]:
     if not sequence:
         dim = column.type.list_size
         flat = column.flatten().to_numpy(zero_copy_only=False)
-        return [flat[i * dim:(i + 1) * dim].tobytes() for i in range(len(column))]
+        return [flat[i * dim : (i + 1) * dim].tobytes() for i in range(len(column))]
     dim = column.type.value_type.list_size
     flat = column.flatten().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
     offsets = column.offsets.to_numpy()
     offsets = offsets - offsets[0]  # `flatten` starts at the array's first row, offsets need not
-    return [flat[offsets[i]:offsets[i + 1]].tobytes() for i in range(len(column))]
+    return [flat[offsets[i] : offsets[i + 1]].tobytes() for i in range(len(column))]
 
 
 class _ReadVectors(beam.DoFn):
@@ -176,8 +183,4 @@ class ReadReusedVectors(beam.PTransform):
         self._sequence = sequence
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        return (
-            pbegin
-            | "Parts" >> beam.Create(self._files)
-            | "Read" >> beam.ParDo(_ReadVectors(self._sequence))
-        )
+        return pbegin | "Parts" >> beam.Create(self._files) | "Read" >> beam.ParDo(_ReadVectors(self._sequence))

@@ -7,7 +7,7 @@ every process that parses or runs them: the dag-processor (which puts the
 bundle folder on `sys.path`), `airflow dags test`, a task on a worker, and a
 plain `DagBag(dag_folder)` integrity test (which puts nothing on `sys.path`);
 and under a name no other DAG folder, plugin or package can shadow, unlike a
-top-level `common`. This module imports Airflow, PyYAML and `pipelines.config`
+top-level `common`. This module imports Airflow, PyYAML and `pipelines.embedding.config`
 (stdlib + PyYAML) only: TensorFlow and Beam are imported by the task callables
 (in `pipelines.*`) when a task runs, never while a DAG file is parsed.
 
@@ -18,7 +18,7 @@ package is installed from in development mode (`pip install -e .`).
 Config discovery: every `*.yaml` / `*.yml` in the configs folder (env
 `HUB_EMBED_CONFIGS_DIR`, default `<project>/configs`) that has a `schedule:`
 section is a scheduled embedding job. The section is Airflow-only metadata;
-`pipelines.config` never sees it:
+`pipelines.embedding.config` never sees it:
 
     schedule:
       cron: "@daily"            # an Airflow schedule; null = manual/asset runs only
@@ -59,16 +59,19 @@ import posixpath
 import re
 import sys
 import urllib.parse
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import yaml
 from airflow.providers.apache.beam.operators import beam as beam_operators
 from airflow.sdk import Asset, AssetAlias, TaskGroup, get_current_context, task
 
-from pipelines.config import BEAM_PATH_OPTIONS, DEFAULT_MODULE  # stdlib + PyYAML only: cheap at parse time
+from pipelines.embedding.config import BEAM_PATH_OPTIONS, DEFAULT_MODULE  # stdlib + PyYAML only: cheap at parse time
 
 PROJECT_ROOT_ENV = "HUB_EMBED_PROJECT_ROOT"
-PROJECT_ROOT = os.environ.get(PROJECT_ROOT_ENV) or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT_ROOT = os.environ.get(PROJECT_ROOT_ENV) or os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 CONFIGS_DIR_ENV = "HUB_EMBED_CONFIGS_DIR"
 MODULES_ROOT_ENV = "HUB_EMBED_MODULES_ROOT"
 PYTHON_ENV = "HUB_EMBED_PYTHON"
@@ -78,7 +81,7 @@ OWNER = "hub-embed"
 TAGS = ["hub-embed"]
 DEFAULT_RETRIES = 2
 RETRY_DELAY = datetime.timedelta(minutes=5)
-DEFAULT_START_DATE = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
+DEFAULT_START_DATE = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
 
 EMBED_DAG_PREFIX = "embed__"
 MODULE_ASSET_SCHEME = "hub-module"
@@ -90,8 +93,19 @@ RUNNERS = ("DirectRunner", "DataflowRunner")
 SCHEDULE_KEYS = ("cron", "runner", "module_name", "start_date", "dataflow")
 # Fields of airflow.providers.google.cloud.operators.dataflow.DataflowConfiguration.
 _DATAFLOW_CONFIG_FIELDS = (
-    "job_name", "append_job_name", "project_id", "location", "gcp_conn_id", "poll_sleep", "impersonation_chain",
-    "drain_pipeline", "cancel_timeout", "wait_until_finished", "multiple_jobs", "check_if_running", "service_account",
+    "job_name",
+    "append_job_name",
+    "project_id",
+    "location",
+    "gcp_conn_id",
+    "poll_sleep",
+    "impersonation_chain",
+    "drain_pipeline",
+    "cancel_timeout",
+    "wait_until_finished",
+    "multiple_jobs",
+    "check_if_running",
+    "service_account",
 )
 _DATAFLOW_ALIASES = {"project": "project_id", "region": "location"}
 _DATAFLOW_REQUIRED = ("project_id", "location", "temp_location")
@@ -199,15 +213,15 @@ def previous_table(folder: str, stamp: str) -> str | None:
     """
     from apache_beam.io.filesystems import FileSystems
 
-    from pipelines import handles
-    from pipelines.sinks import SUCCESS_FILE
+    from pipelines.embedding.sinks import SUCCESS_FILE
+    from pipelines.hub import handles
 
     handles._ensure_filesystem_options()
     prefix = folder.rstrip("/") + "/"
     matched = FileSystems.match([prefix + "*/" + SUCCESS_FILE])[0].metadata_list
     stamps = []
     for item in matched:
-        parts = item.path[len(prefix):].split("/") if item.path.startswith(prefix) else []
+        parts = item.path[len(prefix) :].split("/") if item.path.startswith(prefix) else []
         if len(parts) == 2 and parts[1] == SUCCESS_FILE and _STAMP_RE.match(parts[0]) and parts[0] < stamp:
             stamps.append(parts[0])
     return join(folder, max(stamps)) if stamps else None
@@ -289,7 +303,7 @@ class ScheduledJob:
 
 
 def _flag(key: str, value: Any) -> dict[str, Any]:
-    """A YAML job key as the flag `pipelines.config` parses (lists comma-joined, false as `--no-KEY`)."""
+    """A YAML job key as the flag `pipelines.embedding.config` parses (lists comma-joined, false as `--no-KEY`)."""
     if value is None:
         return {}
     if isinstance(value, bool):
@@ -326,7 +340,9 @@ def _read_job(path: str) -> ScheduledJob | None:
         return None
     name = os.path.splitext(os.path.basename(path))[0]
     if not _NAME_RE.match(name):
-        raise ConfigDiscoveryError(f"{path}: the file name must be letters, digits, '.', '_' or '-' (it names the DAG).")
+        raise ConfigDiscoveryError(
+            f"{path}: the file name must be letters, digits, '.', '_' or '-' (it names the DAG)."
+        )
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
     schedule = data.pop("schedule") or {}
     beam = dict(data.pop("beam", None) or {})
@@ -393,9 +409,9 @@ def _start_date(path: str, value: Any) -> datetime.datetime:
     if value is None:
         return DEFAULT_START_DATE
     if isinstance(value, datetime.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
     if isinstance(value, datetime.date):
-        return datetime.datetime(value.year, value.month, value.day, tzinfo=datetime.timezone.utc)
+        return datetime.datetime(value.year, value.month, value.day, tzinfo=datetime.UTC)
     raise ConfigDiscoveryError(f"{path}: schedule.start_date must be a date (YYYY-MM-DD), got {value!r}.")
 
 
@@ -499,7 +515,7 @@ def record_table(plan: Mapping[str, str]) -> dict[str, Any]:
     Manifests written before incremental runs lack the new counts: every row
     written was embedded there.
     """
-    from pipelines import sinks
+    from pipelines.embedding import sinks
 
     manifest = sinks.read_manifest(plan["output"])
     if manifest is None:
@@ -537,14 +553,16 @@ def embed_job(job: ScheduledJob, plan: Any) -> None:
     """
     plan_id = plan.operator.task_id
     pulled = "{{{{ ti.xcom_pull(task_ids='{}')['{}'] }}}}"
-    reuse = "{{{{ ti.xcom_pull(task_ids='{}')['reuse'] or '' }}}}".format(plan_id)
+    reuse = f"{{{{ ti.xcom_pull(task_ids='{plan_id}')['reuse'] or '' }}}}"
     embed = EmbedPipelineOperator(
         task_id="embed",
         py_file="pipelines.embed",
         py_options=["-m"],
         py_interpreter=python(),
         runner=job.runner,
-        pipeline_options=job.pipeline_options(pulled.format(plan_id, "module"), pulled.format(plan_id, "output"), reuse),
+        pipeline_options=job.pipeline_options(
+            pulled.format(plan_id, "module"), pulled.format(plan_id, "output"), reuse
+        ),
         dataflow_config=dict(job.dataflow_config) or None,
         gcp_conn_id=job.dataflow_config.get("gcp_conn_id", "google_cloud_default"),
     )

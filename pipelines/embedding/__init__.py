@@ -1,0 +1,1 @@
+"""Embedding jobs: config, sources, preprocessing, content keys and reuse, the Beam model handler, the table sink, the pipeline."""

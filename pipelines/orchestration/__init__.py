@@ -1,0 +1,1 @@
+"""What the Airflow DAGs use: asset names, config discovery, operators and tasks (no TensorFlow import)."""
