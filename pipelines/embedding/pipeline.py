@@ -27,7 +27,6 @@ from apache_beam.portability.api import beam_provision_api_pb2
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
-from pipelines import export
 from pipelines.embedding import config, content, reuse, sinks
 from pipelines.embedding.config import EmbedConfig, ModelSpec
 from pipelines.embedding.model_handler import Embed, HubModelHandler, configure_threads, load_module
@@ -36,6 +35,7 @@ from pipelines.embedding.reuse import ReadReusedVectors, ReusePlan
 from pipelines.embedding.sources import DedupeIds, ReadRecords
 from pipelines.hub import handles, modules
 from pipelines.hub.handles import redact
+from pipelines.version import code_version
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +90,7 @@ def prepare(cfg: EmbedConfig, module: modules.ModuleInfo | None = None) -> Job:
         "token_trim": spec.trim.label() if spec.trim else None,
         "content_hash": content.scheme(spec),
         "config_hash": cfg.config_hash(),
-        "code_version": export.code_version(),
+        "code_version": code_version(),
         "run_id": run_id,
     }
     reuse_plan = reuse.plan(cfg.sink.reuse, metadata) if cfg.sink.reuse else None
