@@ -20,6 +20,7 @@ import tensorflow_hub as hub
 
 from pipelines import export
 from pipelines import inspect as inspect_cli
+from pipelines.export import cli as export_cli
 from pipelines.hub import handles, modules
 from tests.fixtures import export_sources as es
 from tests.fixtures import tiny_modules as tm
@@ -447,7 +448,7 @@ def test_cli_exports_model_files(tmp_path, capsys, suffix, make_model):
     path = str(tmp_path / f"model{suffix}")
     model.save(path)
     root = str(tmp_path / "root")
-    assert export.main(["--source", path, "--root", root, "--name", "from-file", "--pack"]) == 0
+    assert export_cli.main(["--source", path, "--root", root, "--name", "from-file", "--pack"]) == 0
     written, fingerprint = capsys.readouterr().out.splitlines()[0].split()
     assert written == export.version_dir(root, "from-file", 1)
     assert fingerprint == handles.fingerprint_dir(written)
@@ -468,10 +469,10 @@ def test_a_recommended_batch_size_is_recorded_and_read_back(tmp_path):
         with pytest.raises(export.ExportError, match="batch_size must be a positive integer"):
             export.export_module(es.LinearModule(), root, "batched", batch_size=bad)
     assert export.list_versions(root, "batched") == [1]
-    assert export.main(["--source", result.path, "--root", root, "--name", "again", "--batch-size", "64"]) == 0
+    assert export_cli.main(["--source", result.path, "--root", root, "--name", "again", "--batch-size", "64"]) == 0
     assert modules.read_manifest(export.version_dir(root, "again", 1))["serving"] == {"batch_size": 64}
 
 
 def test_cli_reports_bad_source(tmp_path, capsys):
-    assert export.main(["--source", str(tmp_path / "nope"), "--root", str(tmp_path), "--name", "x"]) == 2
+    assert export_cli.main(["--source", str(tmp_path / "nope"), "--root", str(tmp_path), "--name", "x"]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -14,7 +14,8 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from pipelines import export, finetune
 from pipelines import inspect as inspect_cli
-from pipelines.export import precision
+from pipelines.export import cli as export_cli
+from pipelines.export import comparison, precision, probes
 from pipelines.hub import handles, modules
 from pipelines.models import digits
 from tests.fixtures import export_sources as es
@@ -59,18 +60,18 @@ class TwoLayerModule(tf.Module):
 def test_cosine_stats_compares_vectors_and_skips_all_zero_ones():
     a = np.array([[[1.0, 0.0], [0.0, 0.0]], [[0.0, 2.0], [3.0, 4.0]]])
     b = np.array([[[1.0, 1.0], [0.0, 0.0]], [[0.0, 1.0], [3.0, 4.0]]])
-    stats = precision.cosine_stats(a, b)
+    stats = comparison.cosine_stats(a, b)
     assert stats["vectors"] == 3  # the padded all-zero position is left out
     assert stats["min"] == pytest.approx(np.sqrt(0.5))
     assert stats["mean"] == pytest.approx((np.sqrt(0.5) + 2) / 3)
-    assert precision.cosine_stats([[1.0, 0.0]], [[0.0, 0.0]])["min"] == 0.0  # zero against non-zero
-    assert precision.cosine_stats([1.0, 2.0, 3.0], [2.0, 4.0, 6.0]) == {
+    assert comparison.cosine_stats([[1.0, 0.0]], [[0.0, 0.0]])["min"] == 0.0  # zero against non-zero
+    assert comparison.cosine_stats([1.0, 2.0, 3.0], [2.0, 4.0, 6.0]) == {
         "min": pytest.approx(1.0),
         "mean": pytest.approx(1.0),
         "vectors": 1,
     }
-    assert precision.cosine_stats(np.zeros((0, 4)), np.zeros((0, 4)))["vectors"] == 0
-    assert precision.cosine_stats(np.ones((2, 3)), np.ones((3, 2)))["min"] == float("-inf")
+    assert comparison.cosine_stats(np.zeros((0, 4)), np.zeros((0, 4)))["vectors"] == 0
+    assert comparison.cosine_stats(np.ones((2, 3)), np.ones((3, 2)))["min"] == float("-inf")
 
 
 def test_bfloat16_export_computes_matmuls_in_bfloat16_with_the_same_interface(tmp_path):
@@ -202,9 +203,9 @@ def test_an_argmax_that_bfloat16_ties_fails_the_export_unless_a_share_of_agreeme
     source = str(tmp_path / "tied-f32")
     tf.saved_model.save(TiedScoresModule(), source)
     argv = ["--source", source, "--root", root, "--name", "tied-cli", "--precision", "bfloat16"]
-    assert export.main(argv) == 2
+    assert export_cli.main(argv) == 2
     assert "default/argmax: 0 of" in capsys.readouterr().err
-    assert export.main([*argv, "--min-agreement", "0"]) == 0
+    assert export_cli.main([*argv, "--min-agreement", "0"]) == 0
     for bad in (-0.1, 1.5, True, "1"):
         with pytest.raises(export.ExportError, match=r"min_agreement must be a number in \[0, 1\]"):
             export.export_module(TiedScoresModule(), root, "tied", precision="bfloat16", min_agreement=bad)
@@ -222,14 +223,14 @@ def test_nothing_to_convert_and_bad_precision_are_refused(tmp_path, capsys):
             export.export_module(es.LinearModule(), root, "linear", precision="bfloat16", min_cosine=bad)
     assert export.list_versions(root, "text") == [] and not os.path.exists(os.path.join(root, "linear"))
     source = export.export_module(es.LinearModule(), root, "linear").path
-    assert export.main(["--source", source, "--root", root, "--name", "x", "--precision", "int4"]) == 2
+    assert export_cli.main(["--source", source, "--root", root, "--name", "x", "--precision", "int4"]) == 2
     assert "Unknown precision 'int4'" in capsys.readouterr().err
-    assert export.main(["--source", source, "--root", root, "--name", "x", "--precision", "bfloat16"]) == 0
+    assert export_cli.main(["--source", source, "--root", root, "--name", "x", "--precision", "bfloat16"]) == 0
     written, fingerprint = capsys.readouterr().out.split()
     assert modules.read_manifest(written)["precision"]["compute"] == "bfloat16"
     assert fingerprint == handles.fingerprint_dir(written)
     with open(os.path.join(written, "module.json")) as f:
-        assert json.load(f)["verification"]["probe"]["default"]["rows"] == export.PROBE_SIZE
+        assert json.load(f)["verification"]["probe"]["default"]["rows"] == probes.PROBE_SIZE
 
 
 def test_image_module_convolutions_in_bfloat16_and_fine_tuning_keeps_the_precision(tmp_path):

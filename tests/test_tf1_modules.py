@@ -22,6 +22,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from pipelines import embed, export, finetune
 from pipelines import inspect as inspect_cli
 from pipelines.embedding import sinks
+from pipelines.export import cli as export_cli
 from pipelines.export import tf1_migrate
 from pipelines.finetune import module_release
 from pipelines.hub import handles, modules
@@ -51,7 +52,7 @@ def migrated(tf1, tmp_path_factory) -> types.SimpleNamespace:
     """Both modules exported (migrated) through the export tool's command line."""
     root = str(tmp_path_factory.mktemp("migrated"))
     for name in ("nnlm", "elmo"):
-        assert export.main(["--source", getattr(tf1, name), "--root", root, "--name", f"{name}-like"]) == 0
+        assert export_cli.main(["--source", getattr(tf1, name), "--root", root, "--name", f"{name}-like"]) == 0
     return types.SimpleNamespace(
         root=root, nnlm=export.version_dir(root, "nnlm-like", 1), elmo=export.version_dir(root, "elmo-like", 1)
     )
@@ -340,7 +341,7 @@ def test_export_refuses_what_cannot_migrate_naming_the_part(tmp_path, capsys, ki
         )
     finally:
         tf.compat.v1.enable_control_flow_v2()
-    assert export.main(["--source", path, "--root", str(tmp_path / "root"), "--name", "m"]) == 2
+    assert export_cli.main(["--source", path, "--root", str(tmp_path / "root"), "--name", "m"]) == 2
     err = capsys.readouterr().err
     assert f"error: TF1 Hub module '{path}' cannot be migrated: " + message.replace("{path}", path) in err
     assert not os.path.exists(tmp_path / "root" / "m" / "1")

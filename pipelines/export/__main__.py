@@ -2,6 +2,6 @@
 
 import sys
 
-from pipelines.export import main
+from pipelines.export.cli import main
 
 sys.exit(main())

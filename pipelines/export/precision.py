@@ -34,8 +34,6 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
 FLOAT32 = "float32"
 BFLOAT16 = "bfloat16"
 PRECISIONS = (FLOAT32, BFLOAT16)
@@ -156,8 +154,8 @@ def rewrite_saved_model(path: str, precision: str) -> RewriteResult:
         raise PrecisionError(
             f"The module has no float32 {', '.join(sorted(HEAVY_OPS))} op to run in {precision}; export it in float32."
         )
-    with open(pb_path, "wb") as f:
-        f.write(saved_model.SerializeToString())
+    with open(pb_path, "wb") as out:
+        out.write(saved_model.SerializeToString())
     _write_fingerprint(path)
     return result
 
@@ -274,48 +272,3 @@ def _grow_region(function: Any, nodes: Mapping[str, Any], seeds: set[str]) -> se
                 region.add(node.name)
                 grew = True
     return region - seeds
-
-
-# --------------------------------------------------------------------------- verification
-
-
-def cosine_stats(expected: Any, actual: Any) -> dict[str, float | int]:
-    """Cosine similarity of `actual` to `expected`, per vector along the last axis.
-
-    A float output of shape [..., D] (D >= 2) is compared as its D-vectors (a
-    row's embedding, a token's embedding); any other float output as one
-    vector. Vectors that are zero in both (e.g. padded token positions) carry
-    nothing to compare and are left out; a zero vector against a non-zero one
-    counts as cosine 0.
-
-    Returns:
-      {"min": ..., "mean": ..., "vectors": n compared}; min and mean are 1.0
-      when nothing is compared, -inf when the shapes differ.
-    """
-    a, b = np.asarray(expected, dtype=np.float64), np.asarray(actual, dtype=np.float64)
-    if a.shape != b.shape:
-        return {"min": float("-inf"), "mean": float("-inf"), "vectors": 0}
-    width = a.shape[-1] if a.ndim >= 2 and a.shape[-1] >= 2 else max(a.size, 1)
-    a, b = a.reshape(-1, width), b.reshape(-1, width)
-    norm_a, norm_b = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    compared = (norm_a > 0) | (norm_b > 0)
-    if not compared.any():
-        return {"min": 1.0, "mean": 1.0, "vectors": 0}
-    a, b, norms = a[compared], b[compared], (norm_a * norm_b)[compared]
-    cosine = np.sum(a * b, axis=1) / np.where(norms > 0, norms, 1.0)
-    cosine = np.where(np.isfinite(cosine), cosine, -1.0)
-    return {"min": float(np.min(cosine)), "mean": float(np.mean(cosine)), "vectors": int(len(cosine))}
-
-
-def agreement(expected: Any, actual: Any) -> dict[str, float | int]:
-    """Share of equal elements between two non-float outputs (ids, masks, an argmax).
-
-    Returns:
-      {"share": equal / elements (1.0 when empty, 0.0 when the shapes differ),
-      "equal": n, "elements": n}.
-    """
-    a, b = np.asarray(expected), np.asarray(actual)
-    if a.shape != b.shape:
-        return {"share": 0.0, "equal": 0, "elements": int(max(a.size, b.size))}
-    equal = int(np.count_nonzero(a == b))
-    return {"share": equal / a.size if a.size else 1.0, "equal": equal, "elements": int(a.size)}

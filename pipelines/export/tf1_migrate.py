@@ -47,6 +47,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pipelines.export import tf1_graphs
+from pipelines.export.comparison import max_abs_diff
 from pipelines.export.tf1_graphs import INFERENCE_TAGS, TRAIN_TAGS, MigrationError, check_module_def, is_tf1_hub_module
 from pipelines.hub import handles, modules
 
@@ -346,8 +347,6 @@ def _module_class():
             Raises:
               SourceMismatchError: a difference above `atol` or different output keys.
             """
-            from pipelines import export  # it imports this module: the one measure of a difference is its
-
             diffs: dict[str, float] = {}
             not_compared: dict[str, list[str]] = {}
             graphs = [(INFERENCE_TAGS, "", modules.load(self.path))]
@@ -369,7 +368,7 @@ def _module_class():
                             f"differ from the TF1 module's {sorted(expected)}."
                         )
                     diffs[prefix + name] = max(
-                        (export.max_abs_diff(expected[k].numpy(), actual[k].numpy()) for k in expected), default=0.0
+                        (max_abs_diff(expected[k].numpy(), actual[k].numpy()) for k in expected), default=0.0
                     )
             failed = {k: v for k, v in diffs.items() if not v <= atol}
             if failed:
