@@ -14,7 +14,7 @@ EFFICIENTNET_WEIGHTS := $(VENV)/.efficientnet-weights
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: setup run test test-fast lint bench bench-images soak lock clean module
+.PHONY: setup run test test-fast lint docs docs-serve bench bench-images soak lock clean module
 
 setup: $(STAMP) $(PILLOW_SIMD) $(MINILM)/module.json $(MINILM_BF16)/module.json $(EFFICIENTNET)/module.json
 
@@ -81,6 +81,13 @@ lint: setup
 	$(PY) -m ruff check pipelines dags benchmarks tests
 	$(PY) -m ruff format --check pipelines dags benchmarks tests
 	$(PY) -m mypy
+
+# The documentation site (mkdocs.yml, docs/) into site/; strict: a broken link or page fails it.
+docs: setup
+	$(PY) -m mkdocs build --strict
+
+docs-serve: setup
+	$(PY) -m mkdocs serve
 
 soak: setup
 	$(PY) -m pytest tests -m soak -s
