@@ -1,19 +1,6 @@
-"""Assertions traced as plain `Assert` ops, so exported modules load faster.
+"""Assertions traced as bare `Assert` ops, without AssertGuard conds, so exported modules load faster.
 
-In a graph, `tf.debugging.Assert` wraps its `Assert` op in a `tf.cond`
-("AssertGuard") whenever one of the tensors it would print is not a string or
-int32, so that those tensors are only copied to the host when the check
-fails. Ragged-tensor construction validates its row partitions this way
-(int64 row splits), once per ragged op: the default module's tokenizer traced
-232 such conds, two branch functions each, 232 of the SavedModel's 263
-functions. Loading a SavedModel turns every function into a Python graph, so
-they cost ≈0.6 s per load and ≈0.3 s in the first call's graph set-up.
-
-`unguarded_asserts()` traces the same checks as bare `Assert` ops: a failed
-check raises the same `InvalidArgumentError` with the same message; a passing
-one only evaluates tensors the graph computes anyway. The guard saves a
-device-to-host copy of those tensors on accelerators; the checks guarded here
-print row splits and shapes, a few numbers per batch.
+Why, and what the guard would have saved: docs/design/export.md.
 """
 
 from __future__ import annotations

@@ -1,29 +1,9 @@
-"""Reduced-precision module versions: a SavedModel's heavy ops rewritten to run in bfloat16.
+"""Reduced-precision module versions: a written SavedModel's heavy ops rewritten to compute in bfloat16.
 
-`rewrite_saved_model(path, "bfloat16")` edits the function library of a
-written SavedModel (every signature, `__call__`, loop bodies and branches)
-so that
-
-* the heavy ops, `MatMul`, `BatchMatMulV2/V3`, `Conv2D` and
-  `DepthwiseConv2dNative` on float32, compute in bfloat16: their inputs are
-  cast to bfloat16 where they come from float32;
-* the cheap element-wise ops right after them (`BiasAdd` with its bias cast,
-  and activations such as GELU's `Mul`/`Neg`/`Erfc`, `Relu`, `Tanh`) whose
-  inputs are all bfloat16 results or constants stay in bfloat16 too, so that
-  oneDNN still fuses `MatMul + BiasAdd + activation` into one kernel;
-* everything else stays float32, cast back at the first consumer outside
-  those regions: residual additions, LayerNorm, softmax, pooling,
-  normalization and every output (outputs keep their dtypes and shapes).
-
-Variables stay float32 (the module stays trainable, with bfloat16 compute and
-float32 weights, as mixed-precision training does); the cast of each weight
-happens on every call. Signatures, inputs and outputs are unchanged. The
-export tool (`pipelines.export`, `precision=`) verifies the result against
-the float32 source by cosine (`cosine_stats`) before publishing it.
-
-The rewrite is a pure graph edit: it runs on any SavedModel the export tool
-writes (Keras, tf.Module, SavedModel or migrated TF1 sources alike), and is
-idempotent (ops already in bfloat16 are counted, not converted again).
+`rewrite_saved_model(path, "bfloat16")` casts the inputs of matmuls and
+convolutions, and the element-wise ops oneDNN fuses with them, to bfloat16;
+variables, signatures and outputs stay float32. What is converted and why:
+docs/design/export.md.
 """
 
 from __future__ import annotations
@@ -217,7 +197,7 @@ class _Casts:
 
 
 def _rewrite_function(function: Any) -> RewriteResult:
-    """Converts one FunctionDef in place (see the module docstring)."""
+    """Converts one FunctionDef in place: its float32 heavy ops and the element-wise ops that join them."""
     from tensorflow.core.framework import types_pb2
 
     f32, bf16 = types_pb2.DT_FLOAT, types_pb2.DT_BFLOAT16

@@ -178,7 +178,7 @@ def meta_graphs(path: str, saved_model: Any) -> dict[frozenset[str], Any]:
 
 
 def check_collections(path: str, tags: frozenset[str], meta_graph: Any) -> None:
-    """Refuses collections a migration cannot carry over (see the module docstring), naming them."""
+    """Refuses collections a migration cannot carry over (`_REFUSED_COLLECTIONS` says why), naming them."""
     where = f"MetaGraph {tags_name(tags)} of {path!r}"
     for key, collection in sorted(meta_graph.collection_def.items()):
         if key in _VARIABLE_COLLECTIONS or key in _IMPORTED_COLLECTIONS:

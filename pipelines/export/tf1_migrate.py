@@ -1,41 +1,11 @@
-"""TF1 Hub-format modules as reusable, trainable TF2 objects, for the export tool.
+"""TF1 Hub-format modules rebuilt as reusable, trainable TF2 objects, for the export tool.
 
-Under TF2, `hub.load` gives a TF1 Hub-format module's signatures as functions
-whose variables cannot be trained, and `hub.KerasLayer(trainable=True)`
-refuses it. `migrate(path)` rebuilds such a module from its own files:
-
-* one `tf.Variable` per TF1 variable (by name), valued from the module's
-  checkpoint, trainable when the TF1 graph lists it in `trainable_variables`
-  (what `hub.Module(..., trainable=True)` trained). The variables are shared
-  by every MetaGraph, so training through one updates the other;
-* each MetaGraph that is migrated (tag set `{}`, and `{"train"}` when the
-  module has one) is imported inside `tf.compat.v1.wrap_function` with its
-  variable handles mapped to those `tf.Variable`s, and each signature is
-  pruned out of it as a function of its inputs returning its dict of outputs;
-* its lookup tables are initialized as the TF1 module did (its main op, else
-  its `table_initializer` collection) with its `assets/` files, by a
-  `TrackableResource` that `tf.saved_model.save` saves and that runs again
-  when the saved module is loaded.
-
-What is read from the module's files and rewritten before import (the
-`ModuleDef`, collections, variables, reference variables, table names) is in
-`pipelines.export.tf1_graphs`; this module imports, prunes and wraps.
-
-`MigratedModule.signature_fn(name)` calls the `{}` graph with `training=False`
-and the `{"train"}` graph (dropout etc.) with `training=True`.
-`MigratedModule.verify(probes, atol)` compares both graphs with the TF1
-module's (the `{"train"}` graph except signatures with random ops). `pipelines.export` does both for a TF1
-module directory and writes the result as a verified TF2 module.
-
-Refused, with a `MigrationError` naming the part: a directory without
-`tfhub_module.pb` or with an unknown `ModuleDef` format or required feature;
-no MetaGraph for `{}`; collections the migration does not carry over
-(`update_ops`, `regularization_losses`, `local_variables`, TF1 control-flow
-contexts, and any collection tensorflow_hub did not support); a TF1 reference
-variable (`VariableV2`) used by anything but reads and initial assignments
-(those are rewritten for a resource variable) or a variable the checkpoint
-lacks; an initializer that writes variables; sparse signature inputs or
-outputs; signatures, inputs or outputs that differ between the two graphs.
+`migrate(path)` returns a `MigratedModule`: one `tf.Variable` per TF1 variable,
+and the signatures of the `{}` and `{"train"}` graphs pruned out of those graphs
+imported with `tf.compat.v1.wrap_function`; `MigratedModule.verify` compares
+them with the TF1 module. The module's protos are read and rewritten by
+`pipelines.export.tf1_graphs`. How it works, and what is refused and why:
+docs/design/export.md.
 """
 
 from __future__ import annotations
@@ -414,7 +384,7 @@ def is_migrated(obj: Any) -> bool:
 
 
 def migrate(path: str) -> Any:
-    """Rebuilds a TF1 Hub-format module directory as a `MigratedModule` (see the module docstring).
+    """Rebuilds a TF1 Hub-format module directory as a `MigratedModule`.
 
     Args:
       path: a local TF1 Hub-format module directory (`tfhub_module.pb`, `saved_model.pb`, `variables/`).
