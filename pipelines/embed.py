@@ -24,9 +24,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipelines import console
 from pipelines.embedding import config, pipeline, sinks
 from pipelines.embedding.model_handler import MODEL_LOAD_METRIC
+from pipelines.embedding.paths import display, is_local
 from pipelines.embedding.records import METRICS_NAMESPACE
-from pipelines.hub.handles import HandleError
-from pipelines.hub.modules import ModuleError
+from pipelines.hub.errors import HandleError, ModuleError
 
 _LOG = logging.getLogger("hub_embed")
 _ERROR_LINE = re.compile(r"^\s*[\w.]*(Error|Exception): ")
@@ -47,10 +47,10 @@ def _model_load_s(result: Any) -> float:
 def _summary(cfg: config.EmbedConfig, manifest: dict, seconds: float, load_s: float = 0.0) -> str:
     counts = manifest["counts"]
     table = manifest["table"]
-    output = config.display(cfg.sink.output)
+    output = display(cfg.sink.output_dir)
     lines = [
         f"Embedding table: {output}  ({len(manifest['files'])} part files; manifest {output}/_SUCCESS)",
-        f"  module {config.display(table['module'])} ({table['signature']}/{table['output_key']}, dim {table['dimension']}"
+        f"  module {display(table['module'])} ({table['signature']}/{table['output_key']}, dim {table['dimension']}"
         f"{', per token' if table['sequence'] else ''})",
         f"  rows in {counts['rows_in']}, embedded {counts['rows_embedded']}, reused {counts['rows_reused']}, "
         f"failed {counts['rows_failed']} in {seconds:.1f}s ({counts['rows_in'] / max(seconds, 1e-9):.1f} rows/s)",
@@ -61,9 +61,9 @@ def _summary(cfg: config.EmbedConfig, manifest: dict, seconds: float, load_s: fl
         lines.append(f"  {counts['rows_deduplicated']} rows shared another row's content (one module call per content)")
     reuse = manifest.get("reuse")
     if reuse and reuse["used"]:
-        lines.append(f"  reused vectors from {config.display(reuse['table'])} (run {reuse['run_id']})")
+        lines.append(f"  reused vectors from {display(reuse['table'])} (run {reuse['run_id']})")
     elif reuse:
-        lines.append(f"  reused nothing from {config.display(reuse['table'])}: {reuse['reason']}")
+        lines.append(f"  reused nothing from {display(reuse['table'])}: {reuse['reason']}")
     if counts["rows_failed"]:
         lines.append(f"  failures by stage {counts['failed_by_stage']}: {output}/errors/")
     lines.append(f"  read it with: pipelines.embedding.sinks.read_table({output!r})")
@@ -94,15 +94,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     options = PipelineOptions(list(cfg.beam_args))
     if "Dataflow" in (options.view_as(StandardOptions).runner or ""):
-        local = [path for path in (cfg.source.input, cfg.sink.output, cfg.model.module) if config.is_local(path)]
+        local = [path for path in (cfg.source.input, cfg.sink.output_dir, cfg.model.module) if is_local(path)]
         if local:
             _LOG.warning("Dataflow workers cannot read local paths %s; use gs:// paths.", local)
     _LOG.info(
         "Embedding %s (%s) with %s into %s, run %s",
-        config.display(cfg.source.input),
+        display(cfg.source.input),
         cfg.source.input_format,
-        config.display(job.metadata["module"]),
-        config.display(cfg.sink.output),
+        display(job.metadata["module"]),
+        display(cfg.sink.output_dir),
         job.run_id,
     )
     start = time.monotonic()
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.view_as(TestOptions).dry_run:
         print("Dry run: the job graph was built and not submitted.")
         return 0
-    manifest = sinks.read_manifest(cfg.sink.output)
+    manifest = sinks.read_table_manifest(cfg.sink.output_dir)
     if manifest is None or manifest["run_id"] != job.run_id:
         print(f"hub-embed: run ended in state {result.state} without committing {cfg.sink.output}.", file=sys.stderr)
         return 1

@@ -191,11 +191,11 @@ def _noise(stderr: str) -> list[str]:
 
 @pytest.mark.slow
 def test_a_quiet_run_prints_our_lines_only_and_verbose_prints_everything(tiny, tmp_path):
-    from pipelines.hub import modules
+    from pipelines.hub import description
 
     # Described here, so the launchers read the description and TensorFlow is imported by the worker process
     # only (multi-process: it inherits the filtered stream); the next test has a launcher that imports it.
-    modules.describe(tiny.text)
+    description.describe(tiny.text)
     multi = ("--direct_running_mode=multi_processing", "--direct_num_workers=1")
     quiet = _embed(tmp_path, tiny.text, *multi)
     assert quiet.returncode == 0, quiet.stderr

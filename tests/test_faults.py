@@ -127,7 +127,7 @@ def test_a_killed_run_and_a_killed_overwrite_then_the_same_command_again(tiny, t
     # 2. A nightly --overwrite run, SIGKILLed mid-way: the committed table stays whole and unchanged.
     with open(log_path, "w") as log:
         _kill_once_parts_exist(_spawn(argv + ["--overwrite"], log, HUB_EMBED_TEST_PART_ROWS="500"), out, log_path)
-    assert sinks.read_manifest(out)["run_id"] == first_run_id
+    assert sinks.read_table_manifest(out)["run_id"] == first_run_id
     assert sinks.read_table(out).equals(table)
     assert any(e.startswith(".tmp-") for e in os.listdir(out)), "the killed overwrite run should have left its temp dir"
 
@@ -158,7 +158,7 @@ def test_a_killed_incremental_run_reusing_its_own_output_then_the_same_command_a
     log_path = tmp_path / "killed.log"
     with open(log_path, "w") as log:
         _kill_once_parts_exist(_spawn(argv, log, HUB_EMBED_TEST_PART_ROWS="500"), out, log_path)
-    assert sinks.read_manifest(out)["run_id"] == first_run_id
+    assert sinks.read_table_manifest(out)["run_id"] == first_run_id
     assert sinks.read_table(out).equals(table), "the killed run changed the table it was reusing"
 
     again = run(out, *argv[:-2])
@@ -202,7 +202,7 @@ def test_a_worker_process_dying_inside_a_bundle_fails_the_run_and_a_rerun_is_exa
     assert crashed.rc == 1
     assert "hub-embed: run failed, nothing committed" in crashed.err
     assert "a Beam worker process died" in crashed.err
-    assert sinks.read_manifest(str(out)) is None
+    assert sinks.read_table_manifest(str(out)) is None
 
     rerun = run(out, *argv, capsys=capsys)
     _assert_exact(rerun, ids)

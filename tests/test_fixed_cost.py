@@ -1,7 +1,7 @@
 """A run's fixed cost: module descriptions cached by fingerprint, workers that load the module on first use.
 
 Real tiny modules (copied into the test's own directory when a test changes
-them), real Beam pipelines on the DirectRunner, and `modules.load` replaced by
+them), real Beam pipelines on the DirectRunner, and `loading.load` replaced by
 a spy, or by a function that raises, to see when a module is loaded.
 """
 
@@ -19,14 +19,15 @@ import tensorflow as tf
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.embedding import config, model_handler, pipeline, sinks
+from pipelines.embedding import config, loaded_modules, model_handler, model_spec, pipeline, sinks
 from pipelines.embedding.records import METRICS_NAMESPACE
-from pipelines.hub import handles, modules
+from pipelines.hub import binding, cache_files, description, loading, module_info, registry
+from pipelines.hub.module_manifest import MANIFEST_NAME
 from tests.fixtures.reliability import run
 
 
 class Loads:
-    """The paths `modules.load` was called with; after `forbid()`, a call fails the test."""
+    """The paths `loading.load` was called with; after `forbid()`, a call fails the test."""
 
     def __init__(self) -> None:
         self.paths: list[str] = []
@@ -41,8 +42,8 @@ class Loads:
 
 @pytest.fixture
 def loads(monkeypatch):
-    """Spies on `modules.load`, starting from a process without loaded modules."""
-    spy, real = Loads(), modules.load
+    """Spies on `loading.load`, starting from a process without loaded modules."""
+    spy, real = Loads(), loading.load
 
     def load(path: str):
         if spy.forbidden:
@@ -50,8 +51,8 @@ def loads(monkeypatch):
         spy.paths.append(path)
         return real(path)
 
-    monkeypatch.setattr(modules, "load", load)
-    monkeypatch.setattr(model_handler, "_LOADED", {})  # no copy left by another test's in-process run
+    monkeypatch.setattr(loading, "load", load)
+    monkeypatch.setattr(loaded_modules, "_LOADED", {})  # no copy left by another test's in-process run
     return spy
 
 
@@ -62,43 +63,43 @@ def text_module(tiny, tmp_path):
 
 
 def description_path(fingerprint: str) -> str:
-    return os.path.join(handles.cache_dir(), "by-fingerprint", fingerprint.replace(":", "-") + ".description.json")
+    return os.path.join(cache_files.cache_dir(), "by-fingerprint", fingerprint.replace(":", "-") + ".description.json")
 
 
 # --------------------------------------------------------------------------- descriptions
 
 
 def test_a_second_describe_reads_the_cache_and_does_not_load(text_module, loads):
-    first = modules.describe(str(text_module))
+    first = description.describe(str(text_module))
     assert len(loads) == 1 and os.path.isfile(description_path(first.fingerprint))
     loads.forbid()
-    second = modules.describe(str(text_module))
+    second = description.describe(str(text_module))
     assert second == first
     assert second.signature("tokens").output("elmo").shape == (None, None, 8)
 
 
 def test_a_cached_description_reads_module_json_afresh(parent_root, tmp_path, loads):
     module = shutil.copytree(os.path.join(parent_root, "tiny", "1"), tmp_path / "tiny-1")
-    first = modules.describe(str(module))
-    manifest_path = module / handles.MANIFEST_NAME
+    first = description.describe(str(module))
+    manifest_path = module / MANIFEST_NAME
     manifest = json.loads(manifest_path.read_text())
     manifest["version"], manifest["serving"] = 7, {"batch_size": 64}
     manifest_path.write_text(json.dumps(manifest))  # module.json is outside the fingerprint
     loads.forbid()
-    second = modules.describe(str(module))
+    second = description.describe(str(module))
     assert second.fingerprint == first.fingerprint
     assert (second.version, second.recommended_batch_size) == (7, 64)
     assert second.signatures == first.signatures
 
 
 def test_a_changed_module_is_described_afresh(tiny, text_module, loads):
-    before = modules.describe(str(text_module))
+    before = description.describe(str(text_module))
     shutil.rmtree(text_module)
     shutil.copytree(tiny.image, text_module)  # same path, other files: a new fingerprint
-    after = modules.describe(str(text_module))
+    after = description.describe(str(text_module))
     assert after.fingerprint != before.fingerprint and len(loads) == 2
     assert list(after.signatures) == ["default"]
-    assert after.signature("default").inputs[0] == modules.TensorInfo("images", "float32", (None, 8, 8, 3))
+    assert after.signature("default").inputs[0] == module_info.TensorInfo("images", "float32", (None, 8, 8, 3))
 
 
 @pytest.mark.parametrize(
@@ -112,18 +113,18 @@ def test_a_changed_module_is_described_afresh(tiny, text_module, loads):
     ],
 )
 def test_a_corrupt_or_stale_entry_is_ignored_and_rewritten(text_module, loads, entry):
-    resolved = handles.resolve(str(text_module))
-    expected = modules.describe_resolved(resolved)
+    resolved = registry.resolve(str(text_module))
+    expected = description.describe_resolved(resolved)
     path = description_path(resolved.fingerprint)
     if entry == "VALID-BUT-OLD":
         stored = json.loads(open(path).read())
-        entry = json.dumps({**stored, "version": modules.DESCRIPTION_VERSION - 1})
+        entry = json.dumps({**stored, "version": description.DESCRIPTION_VERSION - 1})
     with open(path, "w") as f:
         f.write(entry.replace("FP", resolved.fingerprint))
-    assert modules.describe_resolved(resolved) == expected
+    assert description.describe_resolved(resolved) == expected
     assert len(loads) == 2  # described afresh ...
     loads.forbid()
-    assert modules.describe_resolved(resolved) == expected  # ... and the entry rewritten
+    assert description.describe_resolved(resolved) == expected  # ... and the entry rewritten
 
 
 def build_open_dim_module(path: str) -> str:
@@ -147,13 +148,13 @@ def test_prepare_probes_an_open_dimension_once(tmp_path, loads):
     cfg = config.load(["--input", str(src), "--output", str(tmp_path / "out"), "--module", module])
     assert pipeline.prepare(cfg).spec.dim == 5 and len(loads) == 1
     loads.forbid()
-    model_handler._LOADED.clear()
+    loaded_modules._LOADED.clear()
     assert pipeline.prepare(cfg).spec.dim == 5
 
 
 def test_describing_a_cached_module_does_not_import_tensorflow(tiny, module_cache):
     """`python -m pipelines.inspect` on a module described before: no TensorFlow, no SavedModel load."""
-    modules.describe(tiny.text)
+    description.describe(tiny.text)
     script = (
         "import sys; from pipelines import inspect; inspect.main([sys.argv[1]]); print('tensorflow' in sys.modules)"
     )
@@ -173,9 +174,9 @@ def handler_for(module_path: str, tf_threads: int | None = None) -> model_handle
     cfg = config.load(
         ["--input", __file__, "--input-format", "txt", "--output", "/nonexistent/out", "--module", module_path]
     )
-    info = modules.describe(module_path)
+    info = description.describe(module_path)
     return model_handler.HubModelHandler(
-        module_path, "default", info.fingerprint, config.model_spec(cfg, info), tf_threads
+        module_path, "default", info.fingerprint, model_spec.for_module(cfg, info), tf_threads
     )
 
 
@@ -189,16 +190,16 @@ class _Row:
 def test_load_model_does_not_load_until_the_first_batch(text_module, loads):
     handler = handler_for(str(text_module))
     assert len(loads) == 1  # describing it (the description was not cached yet)
-    model_handler._LOADED.clear()
+    loaded_modules._LOADED.clear()
     model = handler.load_model()
-    assert isinstance(model, model_handler.LazyModule) and not model.loaded and len(loads) == 1
+    assert isinstance(model, loaded_modules.LazyModule) and not model.loaded and len(loads) == 1
     texts = ["the quick brown fox", "jumps"]
     first = handler.run_inference([_Row(t) for t in texts], model)
     handler.run_inference([_Row("again")], model)
     assert model.loaded and len(loads) == 2  # loaded once, on the first batch
     np.testing.assert_allclose(
         np.stack([r.inference for r in first]),
-        modules.bind(modules.load(str(text_module)))({"text": tf.constant(texts)}),
+        binding.bind(loading.load(str(text_module)))({"text": tf.constant(texts)}),
         atol=1e-6,
     )
 
@@ -206,13 +207,13 @@ def test_load_model_does_not_load_until_the_first_batch(text_module, loads):
 def test_an_image_module_is_warmed_up_at_its_call_size(tiny, tmp_path, monkeypatch):
     """CPU kernels are set up per input shape: the warm-up call has as many images as a real call."""
     calls: list[tuple[int, ...]] = []
-    bind_outputs = modules.bind_outputs
+    bind_outputs = binding.bind_outputs
 
     def spying(*args, **kwargs):
         call = bind_outputs(*args, **kwargs)
         return lambda inputs: calls.append(tuple(inputs["images"].shape)) or call(inputs)
 
-    monkeypatch.setattr(modules, "bind_outputs", spying)
+    monkeypatch.setattr(binding, "bind_outputs", spying)
     (tmp_path / "a.png").write_bytes(b"")
     cfg = config.load(
         [
@@ -226,10 +227,12 @@ def test_an_image_module_is_warmed_up_at_its_call_size(tiny, tmp_path, monkeypat
             "5",
         ]
     )
-    info = modules.describe(tiny.image)
-    handler = model_handler.HubModelHandler(tiny.image, "default", info.fingerprint, config.model_spec(cfg, info), None)
-    model_handler._LOADED.clear()
-    model_handler.loaded(handler.load_model())
+    info = description.describe(tiny.image)
+    handler = model_handler.HubModelHandler(
+        tiny.image, "default", info.fingerprint, model_spec.for_module(cfg, info), None
+    )
+    loaded_modules._LOADED.clear()
+    loaded_modules.ensure_loaded(handler.load_model())
     assert calls == [(5, 8, 8, 3)]
 
 
@@ -263,9 +266,9 @@ def test_a_run_whose_rows_are_all_reused_never_loads_the_module(text_module, tmp
     _, first = run_pipeline(first_cfg)
     (load_ms,) = distribution(first, model_handler.MODEL_LOAD_METRIC)
     assert load_ms.count == 1 and load_ms.max > 0  # the real load, reported by the worker that did it
-    model_handler._LOADED.clear()
+    loaded_modules._LOADED.clear()
     loads.forbid()
     second = run(tmp_path / "second", *args, "--reuse", str(tmp_path / "first"))
     assert second.rc == 0
-    counts = sinks.read_manifest(str(tmp_path / "second"))["counts"]
+    counts = sinks.read_table_manifest(str(tmp_path / "second"))["counts"]
     assert counts["rows_reused"] == 20 and counts["rows_embedded"] == 0

@@ -77,7 +77,7 @@ def second_input(tmp_path) -> tuple[str, dict]:
 def test_every_row_has_the_sha256_of_its_text_and_the_metadata_names_it(first):
     rows = by_id(first)
     assert {r["content_hash"] for r in rows.values()} == {hashlib.sha256(t.encode()).hexdigest() for t in TEXTS}
-    part = pq.ParquetFile(first / sinks.read_manifest(str(first))["files"][0]["path"])
+    part = pq.ParquetFile(first / sinks.read_table_manifest(str(first))["files"][0]["path"])
     scheme = json.loads(part.schema_arrow.metadata[b"hub_embed"])["content_hash"]
     assert scheme["function"] == "sha256" and "UTF-8 bytes of the validated text" in scheme["covers"]
 
@@ -106,12 +106,12 @@ def test_reuse_takes_unchanged_vectors_bit_identical_and_embeds_only_what_change
         np.testing.assert_allclose(new[record_id]["embedding"], vector, atol=1e-6)
     reuse = result.manifest["reuse"]
     assert reuse["used"] and reuse["reason"] is None
-    assert (reuse["table"], reuse["run_id"]) == (str(first), sinks.read_manifest(str(first))["run_id"])
+    assert (reuse["table"], reuse["run_id"]) == (str(first), sinks.read_table_manifest(str(first))["run_id"])
 
 
 def test_only_the_files_the_reuse_manifest_names_are_read(first, tiny, tmp_path):
     """A part no manifest names (a killed run's leftover) holds other vectors for the same contents: never read."""
-    named = first / sinks.read_manifest(str(first))["files"][0]["path"]
+    named = first / sinks.read_table_manifest(str(first))["files"][0]["path"]
     table = pq.read_table(named)
     stray = table.set_column(
         1, "embedding", pa.array([[9.0] * 8] * table.num_rows, table.schema.field("embedding").type)
@@ -138,7 +138,7 @@ def test_the_summary_tells_reused_rows_and_the_workers_module_load(first, tiny, 
     assert f"reused vectors from {first}" in out
     assert "loading the module" not in out  # every row reused: no worker loaded it
     cfg = config.load([*jsonl_args(src, tiny.text), "--output", str(first)])
-    assert "2.5s of it loading the module" in embed._summary(cfg, sinks.read_manifest(str(first)), 10.0, 2.5)
+    assert "2.5s of it loading the module" in embed._summary(cfg, sinks.read_table_manifest(str(first)), 10.0, 2.5)
 
 
 def test_identical_contents_are_embedded_once_and_every_row_keeps_its_own_columns(tiny, tmp_path):
@@ -157,7 +157,7 @@ def test_identical_contents_are_embedded_once_and_every_row_keeps_its_own_column
     assert counter("num_inferences") == 3  # RunInference's own count of elements sent to the module
     assert (counter("contents_embedded"), counter("rows_embedded"), counter("rows_written")) == (3, 10, 10)
     assert counter("rows_reused") == 0
-    counts = sinks.read_manifest(str(tmp_path / "out"))["counts"]
+    counts = sinks.read_table_manifest(str(tmp_path / "out"))["counts"]
     assert (
         counts["rows_written"],
         counts["rows_embedded"],
@@ -272,7 +272,7 @@ def test_a_table_of_another_module_or_output_is_reused_for_nothing_and_the_run_s
 
 
 def test_a_table_written_before_content_hashes_is_reused_for_nothing_with_a_warning(first, tiny, tmp_path, caplog):
-    manifest = sinks.read_manifest(str(first))
+    manifest = sinks.read_table_manifest(str(first))
     for entry in manifest["files"]:  # what a table of the previous release looks like
         path = first / entry["path"]
         table = pq.read_table(path)
@@ -296,12 +296,12 @@ def _no_success(table):
 
 
 def _truncated_part(table):
-    part = table / sinks.read_manifest(str(table))["files"][0]["path"]
+    part = table / sinks.read_table_manifest(str(table))["files"][0]["path"]
     part.write_bytes(part.read_bytes()[:100])
 
 
 def _missing_part(table):
-    (table / sinks.read_manifest(str(table))["files"][0]["path"]).unlink()
+    (table / sinks.read_table_manifest(str(table))["files"][0]["path"]).unlink()
 
 
 def _manifest_not_json(table):
@@ -309,7 +309,7 @@ def _manifest_not_json(table):
 
 
 def _row_count_lies(table):
-    manifest = sinks.read_manifest(str(table))
+    manifest = sinks.read_table_manifest(str(table))
     manifest["files"][0]["rows"] += 1
     (table / "_SUCCESS").write_text(json.dumps(manifest))
 
@@ -355,7 +355,7 @@ def test_reuse_tables_on_s3_and_gcs(scheme, tiny, tmp_path, request):
     src2, expect = second_input(tmp_path)
     second = run(f"{base}/v2", *jsonl_args(src2, tiny.text), "--reuse", f"{base}/v1")
     assert second.rc == 0
-    counts = sinks.read_manifest(f"{base}/v2")["counts"]
+    counts = sinks.read_table_manifest(f"{base}/v2")["counts"]
     assert (counts["rows_reused"], counts["rows_embedded"], counts["rows_written"]) == (12, 2, 14)
     old, new = by_id(f"{base}/v1"), by_id(f"{base}/v2")
     for record_id in expect["unchanged"]:

@@ -147,7 +147,7 @@ def test_txt_with_the_default_signature(tiny, tmp_path, src):
     assert run("--input", str(src), "--module", tiny.text, output=tmp_path / "out") == 0
     expected = tm.text_module_reference(TEXTS)
     assert_embeddings(table_by_id(tmp_path / "out"), per_line(src, expected))
-    manifest = sinks.read_manifest(str(tmp_path / "out"))
+    manifest = sinks.read_table_manifest(str(tmp_path / "out"))
     assert manifest["counts"]["rows_in"] == manifest["counts"]["rows_embedded"] == len(TEXTS)
     table = manifest["table"]
     assert (table["dimension"], table["signature"], table["output_key"], table["sequence"]) == (
@@ -168,7 +168,7 @@ def test_each_record_format_with_ids_and_passthrough(tiny, tmp_path, fmt):
     rows = table_by_id(out)
     assert_embeddings(rows, {f"d{i}": expected[i] for i in range(len(TEXTS))})
     assert {r["lang"] for r in rows.values()} == {"en"}
-    schema = pq.read_schema(out / sinks.read_manifest(str(out))["files"][0]["path"])
+    schema = pq.read_schema(out / sinks.read_table_manifest(str(out))["files"][0]["path"])
     assert schema.names == ["id", "embedding", "content_hash", "lang"]
     assert schema.field("embedding").type == pa.list_(pa.float32(), 8)
     # The content key: SHA-256 of the text's UTF-8 bytes, named in the metadata.
@@ -180,7 +180,7 @@ def test_tf1_hub_format_module(tiny, tmp_path, src):
     assert run("--input", str(src), "--module", tiny.tf1, output=tmp_path / "out") == 0
     expected = tm.tf1_module_reference(TEXTS)
     assert_embeddings(table_by_id(tmp_path / "out"), per_line(src, expected))
-    assert sinks.read_manifest(str(tmp_path / "out"))["table"]["module_format"] == "tf1_hub"
+    assert sinks.read_table_manifest(str(tmp_path / "out"))["table"]["module_format"] == "tf1_hub"
 
 
 def test_sequence_output_of_an_elmo_style_tokens_signature(tiny, tmp_path, src):
@@ -195,9 +195,8 @@ def test_sequence_output_of_an_elmo_style_tokens_signature(tiny, tmp_path, src):
         words = text.split()
         expected = reference._vectors(tf.strings.lower(tf.constant(words))).numpy()
         np.testing.assert_allclose(np.asarray(rows[f"{src}:{i + 1}"]["embedding"]), expected, atol=1e-5)
-    assert pq.read_schema(out / sinks.read_manifest(str(out))["files"][0]["path"]).field("embedding").type == pa.list_(
-        pa.list_(pa.float32(), 8)
-    )
+    part = out / sinks.read_table_manifest(str(out))["files"][0]["path"]
+    assert pq.read_schema(part).field("embedding").type == pa.list_(pa.list_(pa.float32(), 8))
 
 
 def test_sequence_output_is_trimmed_with_the_mask_output(own, tmp_path, src):
@@ -311,10 +310,10 @@ def test_a_launcher_that_loads_the_module_sets_tensorflows_threads_as_its_side_b
     script = textwrap.dedent(
         f"""
         import tensorflow as tf
-        from pipelines.embedding import config, model_handler, pipeline
+        from pipelines.embedding import config, loaded_modules, pipeline
         cfg = config.load(["--input", "x.jpg", "--output", "o", "--module", {tiny.image!r}, "--decode-threads", "3"])
         pipeline.prepare(cfg)
-        assert model_handler._LOADED, "prepare did not load the module: the description was cached"
+        assert loaded_modules._LOADED, "prepare did not load the module: the description was cached"
         print(tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads())
         """
     )
@@ -329,7 +328,7 @@ def test_image_module_with_open_size_takes_image_size(tiny, tmp_path):
     _image(src, "RGB", (0, 255, 0))
     out = tmp_path / "out"
     assert run("--input", str(src), "--module", tiny.image_open, "--image-size", "5,7", output=out) == 0
-    assert len(table_by_id(out)) == 1 and sinks.read_manifest(str(out))["table"]["dimension"] == 4
+    assert len(table_by_id(out)) == 1 and sinks.read_table_manifest(str(out))["table"]["dimension"] == 4
 
 
 def test_dead_letters_counts_and_the_error_budget(own, tmp_path, capsys):
@@ -341,7 +340,7 @@ def test_dead_letters_counts_and_the_error_budget(own, tmp_path, capsys):
     args = ("--input", str(src), "--module", own["fussy"], "--batch-size", "4")
     assert run(*args, output=tmp_path / "strict") == 1
     assert "4 of 10 records failed (40.00%), more than max_error_fraction=0.01" in capsys.readouterr().err
-    assert sinks.read_manifest(str(tmp_path / "strict")) is None
+    assert sinks.read_table_manifest(str(tmp_path / "strict")) is None
 
     out = tmp_path / "lenient"
     assert run(*args, "--max-error-fraction", "0.5", output=out) == 0
@@ -357,7 +356,7 @@ def test_dead_letters_counts_and_the_error_budget(own, tmp_path, capsys):
     }
     assert errors[f"{src}:2"]["error"] == "embedding has NaN or inf values"
     assert "input longer than 40 characters" in errors[f"{src}:3"]["error"]
-    counts = sinks.read_manifest(str(out))["counts"]
+    counts = sinks.read_table_manifest(str(out))["counts"]
     assert (counts["rows_in"], counts["rows_embedded"], counts["rows_failed"]) == (10, 6, 4)
     assert counts["failed_by_stage"] == {"embed": 2, "read": 1, "validate": 1}
 
@@ -367,7 +366,7 @@ def test_an_output_dimension_that_changes_fails_the_run(own, tmp_path, capsys):
     src.write_text("a\nb\nc\n")
     assert run("--input", str(src), "--module", own["shifty"], "--batch-size", "3", output=tmp_path / "out") == 1
     assert "has shape [3, 5], expected [3, 4]" in capsys.readouterr().err
-    assert sinks.read_manifest(str(tmp_path / "out")) is None
+    assert sinks.read_table_manifest(str(tmp_path / "out")) is None
 
 
 def test_config_and_module_errors_exit_2_before_running(tiny, tmp_path, capsys):
@@ -390,14 +389,14 @@ def test_commit_refuses_to_clobber_overwrites_on_request_and_recovers_from_a_kil
     (out / "part-00000-20260101T000000Z-dead.parquet").write_bytes(b"half")
     args = ("--input", str(src), "--module", tiny.text)
     assert run(*args, output=out) == 0
-    first = sinks.read_manifest(str(out))
+    first = sinks.read_table_manifest(str(out))
     assert sorted(os.listdir(out)) == ["_SUCCESS", first["files"][0]["path"]]
     assert len(table_by_id(out)) == len(TEXTS)
 
     assert run(*args, output=out) == 2
     assert "already holds a table" in capsys.readouterr().err
     assert run(*args, "--overwrite", output=out) == 0
-    second = sinks.read_manifest(str(out))
+    second = sinks.read_table_manifest(str(out))
     assert second["run_id"] != first["run_id"]
     assert sorted(os.listdir(out)) == ["_SUCCESS", second["files"][0]["path"]]
     assert len(table_by_id(out)) == len(TEXTS)
@@ -459,17 +458,18 @@ def test_in_process_and_multi_process_runs_give_identical_tables(tiny, tmp_path)
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(MINILM), reason="the default module is built by `make setup`")
 def test_minilm_on_the_bundled_sample_equals_the_module(tmp_path):
-    from pipelines.hub import modules
+    from pipelines.hub import binding, loading
+    from pipelines.hub.module_manifest import read_module_manifest
 
-    assert modules.read_manifest(MINILM)["serving"] == {"batch_size": 1024}  # it sorts and chunks each call itself
+    assert read_module_manifest(MINILM)["serving"] == {"batch_size": 1024}  # it sorts and chunks each call itself
     out = tmp_path / "sample"
     assert run(output=out) == 0
-    assert sinks.read_manifest(str(out))["counts"]["rows_embedded"] == 400
+    assert sinks.read_table_manifest(str(out))["counts"]["rows_embedded"] == 400
     rows = table_by_id(out)
     with open(config.SAMPLE_INPUT) as f:
         texts = f.read().splitlines()
     assert len(rows) == len(texts) == 400
-    direct = modules.bind(modules.load(MINILM))({"text": tf.constant(texts)})
+    direct = binding.bind(loading.load(MINILM))({"text": tf.constant(texts)})
     for i, text in enumerate(texts):
         got = np.asarray(rows[f"{config.SAMPLE_INPUT}:{i + 1}"]["embedding"])
         cosine = got @ direct[i] / (np.linalg.norm(got) * np.linalg.norm(direct[i]))

@@ -165,7 +165,7 @@ def test_portable_runner_with_an_external_worker_pool_equals_the_in_process_run(
     portable_rows, direct_rows = _vectors(str(launch / "portable")), _vectors(str(direct))
     assert sorted(portable_rows) == sorted(direct_rows) == sorted(f"{launch}/in.txt:{i}" for i in range(1, ROWS + 1))
     assert portable_rows == direct_rows  # float32 bytes and content hashes, row by row
-    portable, reference = sinks.read_manifest(str(launch / "portable")), sinks.read_manifest(str(direct))
+    portable, reference = sinks.read_table_manifest(str(launch / "portable")), sinks.read_table_manifest(str(direct))
     assert portable["counts"] == reference["counts"]
     assert portable["table"]["fingerprint"] == reference["table"]["fingerprint"]
     assert portable["config"]["input"] == f"{launch}/in.txt"

@@ -54,7 +54,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from pipelines.hub import handles
+from pipelines.hub import module_dirs, registry, resolver
+from pipelines.hub.errors import HandleError
 from tests.fixtures import reliability as rel
 from tests.fixtures.reliability import INF_MARK, NAN_MARK, run
 
@@ -379,7 +380,7 @@ def _evil_archive(tiny, tmp_path) -> bytes:
     ],
 )
 def test_bad_modules_are_refused_before_anything_runs(case, message, tiny, tmp_path, served, monkeypatch, capsys):
-    monkeypatch.setattr(handles, "DEFAULT_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(resolver, "DEFAULT_TIMEOUT_S", 1.0)
     args: list = ["--signature", "serving"] if case == "no-such-signature" else []
     if case == "404":
         module = served("/m.tar.gz", status=404)
@@ -549,8 +550,8 @@ def test_no_pickle_eval_or_unsafe_yaml_in_the_product_code():
     ],
 )
 def test_only_the_documented_module_url_schemes_are_resolved(handle, tmp_path, capsys):
-    with pytest.raises(handles.HandleError, match=r"Unsupported handle scheme .*supported: .*s3://"):
-        handles.resolve(handle)
+    with pytest.raises(HandleError, match=r"Unsupported handle scheme .*supported: .*s3://"):
+        registry.resolve(handle)
     src = tmp_path / "in.txt"
     src.write_text("hello\n")
     result = run(tmp_path / "out", "--input", src, "--module", handle, capsys=capsys)
@@ -561,9 +562,9 @@ def test_an_http_redirect_to_another_scheme_is_refused(served, http_server):
     target = served("/m.tar.gz")
     served("/to-ftp.tar.gz", b"", status=302, headers={"Location": "ftp://127.0.0.1:1/m.tar.gz"})
     served("/to-http.tar.gz", b"", status=302, headers={"Location": target})
-    with pytest.raises(handles.HandleError, match="redirected to an unsupported scheme 'ftp'"):
-        handles.resolve(http_server.url("/to-ftp.tar.gz"))
-    assert handles.is_module_dir(handles.resolve(http_server.url("/to-http.tar.gz")).path)
+    with pytest.raises(HandleError, match="redirected to an unsupported scheme 'ftp'"):
+        registry.resolve(http_server.url("/to-ftp.tar.gz"))
+    assert module_dirs.is_module_dir(registry.resolve(http_server.url("/to-http.tar.gz")).path)
 
 
 SECRET = "tok-9f8e7d6c5b4a"
@@ -665,14 +666,14 @@ def test_s3_credentials_are_never_written(tiny, s3_server, tmp_path, module_cach
     ],
 )
 def test_output_inside_the_input_glob_means_what_beam_would_match(pattern, output, inside):
-    from pipelines.embedding import config
+    from pipelines.embedding import config, paths
 
     argv = ["--input", pattern, "--input-format", "parquet", "--output", output]
     if inside:
         with pytest.raises(config.ConfigError, match="is inside the input"):
             config.load(argv)
     else:
-        assert config.load(argv).sink.output == config.absolute(output)
+        assert config.load(argv).sink.output == paths.absolute(output)
 
 
 def test_an_output_reached_through_a_symlink_into_the_input_is_refused(tmp_path):

@@ -52,7 +52,7 @@ def write(output, records, failures, rows_in, run_id="20260101T000000Z-aaaaaaaa"
     }
     _ = inputs | sinks.WriteEmbeddingTable(cfg, run_id, _schema(sequence), {"table": METADATA, "config": {}})
     p.run().wait_until_finish()
-    return sinks.read_manifest(str(output))
+    return sinks.read_table_manifest(str(output))
 
 
 def test_pooled_and_sequence_batches_have_the_documented_arrow_types():
@@ -153,7 +153,7 @@ def test_a_part_that_cannot_be_written_is_closed_not_left_open(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines() == ["failed: True", "open under output: []"], done.stdout
-    assert sinks.read_manifest(out) is None
+    assert sinks.read_table_manifest(out) is None
 
 
 def test_parts_are_cut_by_size_and_numbered_at_commit(tmp_path, monkeypatch):
@@ -178,7 +178,7 @@ def test_counts_that_do_not_add_up_commit_nothing(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(Exception, match=r"Row counts do not add up: rows_in=9 but rows_written=5 \+ rows_failed=2"):
         write(out, _records(5), _failures(2), 9)
-    assert sinks.read_manifest(str(out)) is None
+    assert sinks.read_table_manifest(str(out)) is None
     assert [e for e in os.listdir(out) if not e.startswith(".tmp-")] == []
 
 
@@ -187,7 +187,7 @@ def test_written_rows_that_are_neither_embedded_nor_reused_commit_nothing(tmp_pa
     tallies = [("rows_embedded", 2), ("rows_reused", 1), ("rows_embedded", 1)]
     with pytest.raises(Exception, match=r"rows_written=5 but rows_embedded=3 \+ rows_reused=1 = 4"):
         write(out, _records(5), [], 5, tallies=tallies)
-    assert sinks.read_manifest(str(out)) is None
+    assert sinks.read_table_manifest(str(out)) is None
     manifest = write(out, _records(5), [], 5, tallies=tallies + [("rows_reused", 1), ("rows_deduplicated", 2)])
     assert {k: manifest["counts"][k] for k in sinks.TALLY_NAMES} == {
         "rows_embedded": 3,
@@ -205,7 +205,7 @@ def test_error_budget_exceeded_commits_nothing_and_keeps_the_dead_letters(tmp_pa
     assert (
         "Failures by stage: {'validate': 2}" in message and "f:100 (validate): empty or whitespace-only text" in message
     )
-    assert sinks.read_manifest(str(out)) is None
+    assert sinks.read_table_manifest(str(out)) is None
     (tmp,) = os.listdir(out)
     assert tmp.startswith(".tmp-") and len(os.listdir(out / tmp / "errors")) == 1
 

@@ -65,7 +65,7 @@ def soak(tmp_path, rows: int, module: str, interval_s: float, *extra: str, timeo
                 raise
     assert rc == 0, open(log_path).read()[-5000:]
 
-    counts = sinks.read_manifest(out)["counts"]
+    counts = sinks.read_table_manifest(out)["counts"]
     assert (counts["rows_in"], counts["rows_embedded"], counts["rows_failed"]) == (rows, rows, 0), counts
     ids = sinks.read_table(out).column("id").to_pylist()
     assert len(ids) == len(set(ids)) == rows

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from pipelines import embed, inspect
-from pipelines.embedding import config, sinks, token_trim
-from pipelines.hub import modules
+from pipelines.embedding import config, model_spec, sinks, token_trim
+from pipelines.hub import description
 from tests.fixtures import tiny_modules as tm
 
 SHORT = "Two words"
@@ -42,7 +42,7 @@ def test_a_row_gets_its_own_tokens_alone_or_with_longer_rows(sentences, tmp_path
     np.testing.assert_allclose(alone[SHORT], reference.word_vectors(SHORT), atol=1e-6)
     assert together[LONG].shape == (11, 5)
     np.testing.assert_allclose(together[LONG], reference.word_vectors(LONG), atol=1e-6)
-    manifest = sinks.read_manifest(str(tmp_path / "together"))
+    manifest = sinks.read_table_manifest(str(tmp_path / "together"))
     assert manifest["table"]["token_trim"] == "length:sequence_len"
 
 
@@ -52,9 +52,9 @@ def test_an_explicit_length_key_settles_two_int_outputs(sentences, tmp_path):
     assert rows[SHORT].shape == (2, 5) and rows[LONG].shape == (11, 5)
 
 
-def _spec(module: str, tmp_path, **model: str) -> config.ModelSpec:
+def _spec(module: str, tmp_path, **model: str) -> model_spec.ModelSpec:
     cfg = config.from_dict({"input": str(tmp_path / "x.txt"), "output": str(tmp_path / "o"), "module": module, **model})
-    return config.model_spec(cfg, modules.describe(module))
+    return model_spec.for_module(cfg, description.describe(module))
 
 
 @pytest.mark.parametrize(
@@ -119,7 +119,7 @@ def test_how_each_output_is_cut_is_found_by_shape(sentences, tiny, tmp_path):
 
 
 def test_inspect_says_which_output_cuts_which(sentences):
-    report = inspect.render_text(modules.describe(sentences))
+    report = inspect.render_text(description.describe(sentences))
     lines = {tuple(line.split()[:3]): line for line in report.splitlines() if line.strip()}
     assert lines[("default", "output", "elmo")].endswith("cut by length output 'sequence_len'")
     assert lines[("unmarked", "output", "word_emb")].endswith(

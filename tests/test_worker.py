@@ -33,7 +33,7 @@ def test_each_worker_reports_its_startup_once(tiny, tmp_path):
     pipeline.build_pipeline(p, cfg)
     result = p.run()
     result.wait_until_finish()
-    assert sinks.read_manifest(str(tmp_path / "out"))["counts"]["rows_embedded"] == 400
+    assert sinks.read_table_manifest(str(tmp_path / "out"))["counts"]["rows_embedded"] == 400
     (startup,) = result.metrics().query(MetricsFilter().with_name("worker_startup_ms"))["distributions"]
     # One value per worker process that embedded rows (both, or one when a worker got every row).
     assert 1 <= startup.committed.count <= 2

@@ -1,25 +1,9 @@
 """Embedding job configuration: frozen dataclasses, YAML + flags, and all their validation.
 
-A job is described by an `EmbedConfig`: one frozen dataclass per pipeline stage
-(`source`, `preprocess`, `model`, `sink`) plus the Beam pipeline options.
-
 Values come from, in increasing precedence: the defaults here, a YAML file
-(`--config`, read with `yaml.safe_load`), and command-line flags. Every flag is
-also a YAML key: `--input-format` is `input_format:` (the YAML file is flat).
-Flags this module does not define are Beam pipeline options (`--runner`,
-`--direct_num_workers`, Dataflow options); a YAML file lists them under
-`beam:`. An unknown key, an unknown flag, a wrong type or an invalid value is a
-`ConfigError` naming the value and listing the valid ones.
-
-`load()` checks everything that needs no I/O and makes local paths (input,
-output, module, reuse table, Beam's file options) absolute against the current
-directory, so the job names the same files on every worker, wherever that
-worker was started; `gs://`, `s3://`, `http(s)://` and `file://` handles are
-left as they are. `check_paths()` then checks the
-file system: the input matches files, the output is not inside the input glob
-and does not already hold a table (unless `overwrite`). `model_spec()` checks
-the config against the module's signature. The defaults are the bundled sample
-job: the sample corpus embedded with all-MiniLM-L6-v2 into `output/sample/`.
+(`--config`) and command-line flags; flags not defined here are Beam pipeline
+options. Standard library and PyYAML only: the DAG files import it while
+Airflow parses them (Beam is imported inside the checks that need it).
 """
 
 from __future__ import annotations
@@ -33,17 +17,14 @@ import json
 import os
 import re
 import typing
-import urllib.parse
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from pipelines import console
-from pipelines.embedding import token_trim
-
-if TYPE_CHECKING:
-    from pipelines.hub.modules import ModuleInfo, SignatureInfo
+from pipelines.embedding.paths import absolute, absolute_beam_paths, is_local, normalize
+from pipelines.hub.redaction import redact
 
 FORMATS = ("txt", "jsonl", "csv", "parquet", "tfrecord", "image")
 _EXTENSIONS = {
@@ -148,6 +129,15 @@ class SinkConfig:
         "computing them; used only when it was written with the same module, signature, output and preprocessing",
     )
 
+    @property
+    def output_dir(self) -> str:
+        """`output` of a validated config, which always sets it (see `load`, `from_dict`)."""
+        if self.output is None:
+            raise ValueError(
+                "SinkConfig.output is unset: the config was not validated (config.load, config.from_dict)."
+            )
+        return self.output
+
 
 @dataclasses.dataclass(frozen=True)
 class EmbedConfig:
@@ -169,12 +159,10 @@ class EmbedConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The flat key -> value view (YAML keys), with secrets dropped from the module handle."""
-        from pipelines.hub.handles import redact
-
-        flat = {}
-        for group in _GROUPS:
+        flat: dict[str, Any] = {}
+        for group in SECTIONS:
             for field in dataclasses.fields(group):
-                value = getattr(getattr(self, _GROUPS[group]), field.name)
+                value = getattr(getattr(self, SECTIONS[group]), field.name)
                 flat[field.name] = list(value) if isinstance(value, tuple) else value
         flat["module"] = redact(flat["module"])
         return flat
@@ -186,10 +174,11 @@ class EmbedConfig:
         return "sha256:" + hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-_GROUPS = {SourceConfig: "source", PreprocessConfig: "preprocess", ModelConfig: "model", SinkConfig: "sink"}
+# Each part of a job and its attribute of `EmbedConfig`; the YAML file and the flags are flat (one key per field).
+SECTIONS = {SourceConfig: "source", PreprocessConfig: "preprocess", ModelConfig: "model", SinkConfig: "sink"}
 _KEYS: dict[str, tuple[type, dataclasses.Field, Any]] = {
     field.name: (group, field, typing.get_type_hints(group)[field.name])
-    for group in _GROUPS
+    for group in SECTIONS
     for field in dataclasses.fields(group)
 }
 
@@ -262,7 +251,8 @@ def _image_size(key: str, value: Any) -> tuple[int, int]:
 # --------------------------------------------------------------------------- sources of values
 
 
-def _flag_parser() -> argparse.ArgumentParser:
+def flag_parser() -> argparse.ArgumentParser:
+    """The command line's parser: `--config`, `--verbose`, and one flag per config field (its YAML key)."""
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.embed",
         description="Embed a text corpus or an image set with a TF Hub module into a Parquet table. "
@@ -297,10 +287,10 @@ def _read_yaml(path: str) -> tuple[dict[str, Any], list[str]]:
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {path!r} must hold a mapping of keys to values, got {type(data).__name__}.")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
-    # `schedule:` is Airflow-only metadata (read and validated by pipelines/orchestration/dag_helpers.py), so
+    # `schedule:` is Airflow-only metadata (read and validated by pipelines/orchestration/discovery.py), so
     # one YAML file serves both `python -m pipelines.embed --config` and the DAGs.
     if not isinstance(data.pop("schedule", None) or {}, dict):
-        raise ConfigError(f"'schedule' in {path!r} must be a mapping (see pipelines/orchestration/dag_helpers.py).")
+        raise ConfigError(f"'schedule' in {path!r} must be a mapping (see pipelines/orchestration/discovery.py).")
     beam = data.pop("beam", None) or {}
     if not isinstance(beam, dict):
         raise ConfigError(f"'beam' in {path!r} must be a mapping of Beam option names to values.")
@@ -327,7 +317,7 @@ def _beam_flags(options: Mapping[str, Any]) -> list[str]:
 
 def _check_beam_flags(flags: Sequence[str]) -> None:
     """Rejects flags that are neither ours nor a Beam pipeline option."""
-    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.options.pipeline_options import PipelineOptions  # Beam: heavy, and the DAGs import this module
 
     known = PipelineOptions([]).get_all_options()
     try:
@@ -358,7 +348,7 @@ def load(argv: Sequence[str] = ()) -> EmbedConfig:
       ConfigError: an unknown key or flag, a wrong type, or an invalid value.
     """
     try:
-        flags, rest = _flag_parser().parse_known_args(list(argv))
+        flags, rest = flag_parser().parse_known_args(list(argv))
     except argparse.ArgumentError as e:
         raise ConfigError(str(e)) from None
     values: dict[str, Any] = {}
@@ -396,10 +386,10 @@ def from_dict(values: Mapping[str, Any], beam_args: Sequence[str] = ()) -> Embed
 
 def _build(values: Mapping[str, Any], beam_args: Sequence[str]) -> EmbedConfig:
     """The validated config from checked, typed flat values."""
-    groups: dict[type, dict[str, Any]] = {group: {} for group in _GROUPS}
+    groups: dict[type, dict[str, Any]] = {group: {} for group in SECTIONS}
     for key, value in values.items():
         groups[_KEYS[key][0]][key] = value
-    cfg = EmbedConfig(**{name: group(**groups[group]) for group, name in _GROUPS.items()}, beam_args=tuple(beam_args))
+    cfg = EmbedConfig(**{name: group(**groups[group]) for group, name in SECTIONS.items()}, beam_args=tuple(beam_args))
     return _validate(cfg)
 
 
@@ -408,7 +398,7 @@ def _build(values: Mapping[str, Any], beam_args: Sequence[str]) -> EmbedConfig:
 
 def infer_format(path: str) -> str | None:
     """The input format an input path's extension implies (compression suffixes skipped), or None."""
-    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystem import CompressionTypes  # Beam: heavy, and the DAGs import this module
 
     root, ext = os.path.splitext(path.lower())
     if CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED:
@@ -457,7 +447,7 @@ def _validate(cfg: EmbedConfig) -> EmbedConfig:
             raise ConfigError(f"{key} must not be empty.")
     if model.output_length_key is not None and not model.output_length_key.strip():
         raise ConfigError("output_length_key must not be empty (leave it out to find it by shape).")
-    if model.batch_size is not None:  # None: decided with the module (`model_spec`)
+    if model.batch_size is not None:  # None: decided with the module (`model_spec.for_module`)
         _positive("batch_size", model.batch_size)
     output, overwrite = sink.output, sink.overwrite
     if output is None:  # The sample job's own output: no one else's table to protect, so each run replaces it.
@@ -479,7 +469,7 @@ def _validate(cfg: EmbedConfig) -> EmbedConfig:
         source=dataclasses.replace(source, input=absolute(source.input)),
         model=dataclasses.replace(model, module=absolute(model.module)),
         sink=dataclasses.replace(sink, output=absolute(output), overwrite=overwrite, reuse=reuse),
-        beam_args=_absolute_beam_paths(cfg.beam_args),
+        beam_args=absolute_beam_paths(cfg.beam_args),
     )
 
 
@@ -488,83 +478,13 @@ def _positive(key: str, value: int) -> None:
         raise ConfigError(f"{key} must be a positive integer, got {value}.")
 
 
-def is_local(path: str) -> bool:
-    """True for plain paths and file:// URLs, False for gs://, s3:// and other URLs."""
-    return urllib.parse.urlsplit(path).scheme in ("", "file")
-
-
-def absolute(path: str) -> str:
-    """A local path made absolute against the current directory; URLs are returned unchanged.
-
-    `gs://`, `s3://`, `http(s)://` and `file://` handles (whose paths are
-    absolute already) pass as they are. A trailing `/` is kept: an input
-    `corpus/` means the files in that directory.
-
-    Args:
-      path: a path, glob or handle as the user gave it.
-
-    Returns:
-      The same location, independent of the working directory.
-    """
-    if not is_local(path) or path.startswith("file:"):
-        return path
-    result = os.path.abspath(path)
-    return result + "/" if path.endswith("/") and result != "/" else result
-
-
-def display(path: str) -> str:
-    """`path` as the user reads it: relative to the current directory when it lies inside it."""
-    if not is_local(path) or path.startswith("file:") or not os.path.isabs(path):
-        return path
-    here = os.getcwd()
-    inside = path == here or path.startswith(here.rstrip("/") + "/")
-    return os.path.relpath(path, here) if inside else path
-
-
-# Beam pipeline options that name local files or directories (`--name=value` or `--name value`).
-BEAM_PATH_OPTIONS = (
-    "temp_location",
-    "staging_location",
-    "setup_file",
-    "requirements_file",
-    "requirements_cache",
-    "extra_package",
-    "extra_packages",
-)
-
-
-def _absolute_beam_paths(flags: Sequence[str]) -> tuple[str, ...]:
-    """Beam flags with the values of `BEAM_PATH_OPTIONS` made absolute (see `absolute`)."""
-    out: list[str] = []
-    expects_value = False
-    for flag in flags:
-        if expects_value:
-            out.append(absolute(flag))
-            expects_value = False
-            continue
-        name, eq, value = flag.partition("=")
-        if name.startswith("--") and name[2:] in BEAM_PATH_OPTIONS:
-            if eq:
-                flag = f"{name}={absolute(value)}"
-            else:
-                expects_value = True
-        out.append(flag)
-    return tuple(out)
-
-
-def _normalize(path: str) -> str:
-    if path.startswith("file://"):
-        path = urllib.parse.urlsplit(path).path
-    return os.path.abspath(path) if is_local(path) else path.rstrip("/")
-
-
 def _glob_matches(pattern: str, path: str) -> bool:
     """Whether Beam's file matching (`FileSystems.match`) would match `path` with `pattern`.
 
     Beam's `*` stays within one directory and `**` crosses directories, unlike
     `fnmatch`, whose `*` matches `/` too.
     """
-    from apache_beam.io.filesystem import FileSystem
+    from apache_beam.io.filesystem import FileSystem  # Beam: heavy, and the DAGs import this module
 
     if pattern.endswith(("/", "\\")):
         pattern += "*"
@@ -577,7 +497,7 @@ def _check_output_outside_input(input_pattern: str, output: str, resolve_links: 
     With `resolve_links`, local paths are compared after resolving symbolic
     links (file system access: done by `check_paths`).
     """
-    pattern, out = _normalize(input_pattern), _normalize(output)
+    pattern, out = normalize(input_pattern), normalize(output)
     if resolve_links and is_local(pattern) and is_local(out):
         pattern, out = os.path.realpath(pattern), os.path.realpath(out)
     written = [
@@ -604,7 +524,7 @@ def check_paths(cfg: EmbedConfig) -> None:
     Raises:
       ConfigError: naming the path and what is wrong with it.
     """
-    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.io.filesystems import FileSystems  # Beam: heavy, and the DAGs import this module
 
     pattern = cfg.source.input
     try:
@@ -615,10 +535,10 @@ def check_paths(cfg: EmbedConfig) -> None:
         matched = [p for p in matched if not os.path.isdir(p)]
     if not matched:
         raise ConfigError(f"input {pattern!r} matches no files.")
-    output = cfg.sink.output
+    output = cfg.sink.output_dir
     _check_output_outside_input(pattern, output, resolve_links=True)
     if is_local(output):
-        _check_local_output(_normalize(output), cfg.sink.overwrite)
+        _check_local_output(normalize(output), cfg.sink.overwrite)
     elif FileSystems.exists(FileSystems.join(output, SUCCESS_FILE)) and not cfg.sink.overwrite:
         raise ConfigError(
             f"output {output!r} already holds a table (it has {SUCCESS_FILE}); pass --overwrite to replace it."
@@ -653,131 +573,4 @@ def _is_table_entry(name: str) -> bool:
         name in (SUCCESS_FILE, ERRORS_DIR)
         or name.startswith(TMP_PREFIX)
         or (name.startswith("part-") and name.endswith(".parquet"))
-    )
-
-
-# --------------------------------------------------------------------------- against the module
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """How to call the selected signature, derived from the config and the module.
-
-    Attributes:
-      kind: "text" or "image".
-      inputs: the signature's input names: `(text,)` for a 1-D string input,
-        `(tokens, sequence_len)` for ELMo-style pre-tokenized input, `(images,)`.
-      input_dtypes: their dtypes ("string", "int32", "float32", ...).
-      output_key: the stored output.
-      dim: embedding dimension (last axis of the output).
-      sequence: the output is per token (`[N, T, D]`) rather than pooled.
-      trim: how a per-token output is cut to each row's own tokens
-        (`token_trim.TokenTrim`); None for pooled outputs.
-      image_size: (height, width) images are resized to.
-      batch_size: rows per module call: the config's, else the module's
-        recommendation, else `DEFAULT_BATCH_SIZE` for the input kind.
-    """
-
-    kind: str
-    inputs: tuple[str, ...]
-    input_dtypes: tuple[str, ...]
-    output_key: str
-    dim: int | None
-    sequence: bool
-    trim: token_trim.TokenTrim | None
-    image_size: tuple[int, int] | None
-    batch_size: int
-
-    @property
-    def tokenized(self) -> bool:
-        """True for ELMo-style signatures fed whitespace tokens and their counts."""
-        return len(self.inputs) == 2
-
-
-def _describe_inputs(sig: SignatureInfo) -> str:
-    return ", ".join(f"{t.name}: {t.dtype}{list(t.shape)}" for t in sig.inputs) or "none"
-
-
-def model_spec(cfg: EmbedConfig, info: ModuleInfo) -> ModelSpec:
-    """Checks that the module's signature and output suit the input, and says how to call it.
-
-    Text formats need a signature taking one 1-D string input, or an ELMo-style
-    pair (a 2-D string `tokens` input and a 1-D int `sequence_len` input).
-    Images need one float32 `[N, H, W, 3]` input; open H/W need `image_size`.
-    The output must be `[N, D]` (pooled) or `[N, T, D]` (per token).
-
-    Raises:
-      ConfigError: naming the mismatch, the signature's inputs/outputs, and the
-        valid signatures or output keys.
-    """
-    from pipelines.hub import modules
-    from pipelines.hub.handles import redact
-
-    try:
-        sig = modules.select(info, cfg.model.signature, cfg.model.output_key)
-    except modules.ModuleError as e:
-        raise ConfigError(str(e)) from None
-    kind = cfg.source.kind
-    inputs = sorted(sig.inputs, key=lambda t: (len(t.shape), t.name))
-    where = f"Signature {sig.name!r} of module {redact(info.handle)!r} takes {_describe_inputs(sig)}"
-    image_size = None
-    if kind == "text":
-        strings = [t for t in inputs if t.dtype == "string"]
-        ints = [t for t in inputs if t.dtype.startswith("int")]
-        if len(inputs) == 1 and strings and len(strings[0].shape) == 1:
-            chosen = strings
-        elif (
-            len(inputs) == 2
-            and len(strings) == 1
-            and len(strings[0].shape) == 2
-            and len(ints) == 1
-            and len(ints[0].shape) == 1
-        ):
-            chosen = [strings[0], ints[0]]
-        else:
-            raise ConfigError(
-                f"{where}; {cfg.source.input_format} input needs one 1-D string input "
-                f"(or a 2-D string tokens input with a 1-D int sequence_len input)."
-            )
-    else:
-        shape = inputs[0].shape if len(inputs) == 1 else ()
-        if len(inputs) != 1 or inputs[0].dtype != "float32" or len(shape) != 4 or shape[3] not in (3, None):
-            raise ConfigError(f"{where}; image input needs one float32 [N, height, width, 3] input.")
-        chosen = inputs
-        module_size = shape[1:3]
-        image_size = cfg.preprocess.image_size or (module_size if None not in module_size else None)
-        if image_size is None:
-            raise ConfigError(f"{where}: its input size is open; set image_size (e.g. --image-size 224,224).")
-        if None not in module_size and tuple(module_size) != tuple(image_size):
-            raise ConfigError(f"{where}; image_size {list(image_size)} does not match it.")
-    out = sig.output(cfg.model.output_key)
-    if len(out.shape) not in (2, 3) or not out.dtype.startswith("float"):
-        raise ConfigError(
-            f"Output {out.name!r} of signature {sig.name!r} is {out.dtype}{list(out.shape)}; an embedding output is "
-            f"float [N, D] or [N, T, D]. Outputs: {', '.join(f'{t.name}: {t.dtype}{list(t.shape)}' for t in sig.outputs)}."
-        )
-    sequence = len(out.shape) == 3
-    trim = None
-    if sequence:
-        try:
-            trim = token_trim.find(sig, out.name, kind == "image", cfg.model.output_length_key)
-        except token_trim.TrimError as e:
-            raise ConfigError(str(e)) from None
-        if trim is None:
-            raise ConfigError(token_trim.missing_message(sig, out.name))
-    elif cfg.model.output_length_key is not None:
-        raise ConfigError(
-            f"output_length_key {cfg.model.output_length_key!r} trims per-token outputs; output {out.name!r} of "
-            f"signature {sig.name!r} is {out.dtype}{list(out.shape)} (one vector per row)."
-        )
-    return ModelSpec(
-        kind=kind,
-        inputs=tuple(t.name for t in chosen),
-        input_dtypes=tuple(t.dtype for t in chosen),
-        output_key=out.name,
-        dim=out.shape[-1],
-        sequence=sequence,
-        trim=trim,
-        image_size=tuple(image_size) if image_size else None,
-        batch_size=cfg.model.batch_size or info.recommended_batch_size or DEFAULT_BATCH_SIZE[kind],
     )

@@ -40,7 +40,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from pipelines.embedding.config import ModelSpec
+from pipelines.embedding.model_spec import ModelSpec
 from pipelines.embedding.records import TALLIES, ContentGroup, Record, position, tally
 
 HASH_FUNCTION = "sha256"
@@ -68,8 +68,8 @@ def _image_line(image_size: tuple[int, int]) -> bytes:
 def scheme(spec: ModelSpec) -> dict[str, str]:
     """The table metadata entry `content_hash`: the hash function and exactly what it covers."""
     if spec.kind == "image":
-        height, width = spec.image_size
-        covers = f"the line '{_image_line(spec.image_size).decode().strip()}\\n', then the image file's bytes"
+        height, width = spec.resize_to
+        covers = f"the line '{_image_line(spec.resize_to).decode().strip()}\\n', then the image file's bytes"
         preprocessing = f"{IMAGE_PREPROCESSING} to {height}x{width}"
     else:
         covers = "the UTF-8 bytes of the validated text, exactly as the module is fed it"

@@ -1,69 +1,33 @@
-"""HubModelHandler: runs a TF Hub module's signature on batches of records inside Beam's RunInference.
+"""HubModelHandler: Beam's `ModelHandler` that embeds batches of records with a TF Hub module's signature.
 
-* `load_model` resolves the handle and checks the module is the one described
-  at launch (same fingerprint); it returns a `LazyModule`, which loads the
-  module and binds the signature when the first batch arrives, so a worker
-  that gets no rows (every row reused) never loads it. RunInference holds the
-  result in a process-wide `Shared` handle, so each worker process loads the
-  module at most once, whatever the number of bundles or threads. The load
-  ends with a warm-up call on a few probe rows, so the module's one-time graph
-  set-up counts as load time (`hub_embed/model_load_ms`) rather than as the
-  first batch's.
-* Texts arrive in windows of `WINDOW_BATCHES * batch_size` records; each window
-  is sorted by length and cut into module calls of `batch_size` rows, so rows
-  of a call pad to similar lengths. Images are called `batch_size` at a time,
-  stacked into a buffer each thread reuses (`stack_images`).
-* Image calls side by side (`calls` > 1; one-process runs, see
-  `pipeline.side_by_side_calls`): a window of `calls` x `calls_per_thread`
-  calls (about `WINDOW_ROWS_PER_THREAD` images per thread) arrives as file
-  paths, and `calls` threads take its calls from one queue, each reading and
-  decoding its call's images (`preprocess.decode_content`) and then calling
-  the module on one TensorFlow thread (intra-op 1, one inter-op thread per
-  call). No op then waits for a thread whose core a decoder took, and the
-  cores stay busy: the README's image benchmark. An image that cannot be
-  decoded gets a `DecodeFailure` (dead-lettered at stage `decode`, as the
-  `Decode` step would).
-* A call that raises is split in halves until the failing rows are isolated:
-  only the rows the module rejects (e.g. over-long inputs) are dead-lettered,
-  with the module's error. Rows with NaN/inf values are dead-lettered too. An
-  output whose rank or dimension differs from the one described at launch
-  fails the run (`OutputShapeError`): it means the module is not what was checked.
-* Per-token outputs `[N, T, D]` are cut to each row's own tokens (a mask or
-  length output, or the token counts fed; see `pipelines.embedding.token_trim`), so a
-  row's vectors do not depend on the rows it shares a call with.
-* `tf_threads` caps TensorFlow's thread pools per process, so that several
-  worker processes do not oversubscribe the machine's cores.
-* After a window, at most every `TRIM_INTERVAL_S` seconds, the handler hands
-  the C heap's free pages back to the system (glibc `malloc_trim`). Each
-  window allocates tensors of new shapes; without the trim, glibc keeps the
-  freed pages, scattered across its arenas, and a worker's RSS crept up window
-  after window (+15% from 2,000 to 20,000 rows with the default module) though
-  its live memory did not. Not after every window: image windows are small
-  and frequent, and pages handed back are faulted in again by the next one.
+Used through `Embed` (RunInference, then each content's vector fanned out to
+its rows). Why it batches, threads and trims as it does: docs/design/embedding.md.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
-import ctypes.util
-import dataclasses
 import functools
 import json
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple, cast
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
-from pipelines.embedding import token_trim
-from pipelines.embedding.config import ModelSpec, PreprocessConfig
-from pipelines.embedding.preprocess import decode_content, unit_scale
+from pipelines.embedding import token_trim, worker
+from pipelines.embedding.config import PreprocessConfig
+from pipelines.embedding.image_batches import image_batch
+from pipelines.embedding.loaded_modules import LazyModule, LoadedModule, ensure_loaded, load_module
+from pipelines.embedding.model_spec import ModelSpec
+from pipelines.embedding.preprocess import decode_content
 from pipelines.embedding.records import FAILURES, METRICS_NAMESPACE, TALLIES, ContentGroup, Stage, tally
+from pipelines.embedding.runtime import HeapTrimmer, configure_threads
+from pipelines.hub import binding, fingerprint_records, registry
+from pipelines.hub.redaction import redact
 
 WINDOW_BATCHES = 8
 # Image calls side by side (`calls` > 1): a window holds about this many images per call thread, in
@@ -78,7 +42,7 @@ WARMUP_TEXTS = tuple(" ".join(["warm-up text"] * n) for n in (1, 4, 16, 64))
 # shape, ≈0.25 s for EfficientNet-Lite0's first call of 32 images after one of 2.
 MAX_WARMUP_IMAGES = 64
 PROGRESS_INTERVAL_S = 30.0
-TRIM_INTERVAL_S = 2.0
+MODEL_LOAD_METRIC = "model_load_ms"
 _LOG = logging.getLogger(__name__)
 
 
@@ -102,151 +66,11 @@ class DecodeFailure(NamedTuple):
     error: str
 
 
-@dataclasses.dataclass
-class LoadedModule:
-    """A loaded module and its bound signature (the module object keeps the signature alive)."""
-
-    module: Any
-    call: Callable[[dict[str, Any]], dict[str, np.ndarray]]
-
-
-_LOADED: dict[str, Any] = {}
-_LOADED_LOCK = threading.Lock()
-MODEL_LOAD_METRIC = "model_load_ms"
-
-
-def load_module(resolved: Any) -> Any:
-    """Loads a resolved module once per process, keyed by its content fingerprint.
-
-    When the launcher has to load the module to describe it (its description
-    is not cached yet), the in-process runner's workers reuse that copy
-    instead of loading a second one.
-    """
-    from pipelines.hub import modules
-
-    with _LOADED_LOCK:
-        if resolved.fingerprint not in _LOADED:
-            _LOADED[resolved.fingerprint] = modules.load(resolved.path)
-        return _LOADED[resolved.fingerprint]
-
-
-class LazyModule:
-    """A worker's model, loaded on first use: a worker that gets no rows never loads it.
-
-    It offers what `LoadedModule` does (`module`, `call`). The first use runs
-    `load` once, under a lock, whichever thread comes first; the others wait
-    for it. A load that fails raises to its caller and is tried again on the
-    next use (a retried bundle).
-    """
-
-    def __init__(self, load: Callable[[], LoadedModule]):
-        self._load = load
-        self._lock = threading.Lock()
-        self._model: LoadedModule | None = None
-
-    @property
-    def loaded(self) -> bool:
-        """Whether the module has been loaded."""
-        return self._model is not None
-
-    def get(self) -> LoadedModule:
-        """The loaded module, loading it first if needed."""
-        model = self._model
-        if model is not None:
-            return model
-        with self._lock:
-            if self._model is None:
-                self._model = self._load()
-            return self._model
-
-    @property
-    def module(self) -> Any:
-        return self.get().module
-
-    def call(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Calls the bound signature (loading the module on the first call)."""
-        return self.get().call(inputs)
-
-
-def loaded(model: LoadedModule | LazyModule) -> LoadedModule:
-    """The loaded module behind `load_model`'s result, loading it now if it is not yet.
-
-    `run_inference` starts with it, so that the load happens before any input
-    tensor is built (the first of which imports TensorFlow: part of the load)
-    and so that a load that fails fails the bundle, rather than each row's call.
-    """
-    return model.get() if isinstance(model, LazyModule) else model
-
-
-def configure_threads(threads: int | None, calls: int = 1) -> None:
-    """Sets this process's TensorFlow pools for the module's calls, before TensorFlow starts.
-
-    Nothing when TensorFlow has already started here: its pools are then
-    fixed. (A launcher that must load the module to describe it sets them
-    first, as its in-process workers would: `pipeline.prepare`.)
-
-    Args:
-      threads: intra-op threads per call (inter-op: at most 2); None leaves TensorFlow's defaults.
-      calls: calls side by side (> 1: one intra-op thread each, `calls` inter-op threads).
-    """
-    if not threads and calls < 2:
-        return
-    import tensorflow as tf
-
-    intra, inter = (1, calls) if calls > 1 else (threads, min(threads, 2))
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(intra)
-        tf.config.threading.set_inter_op_parallelism_threads(inter)
-    except RuntimeError:  # TensorFlow already started in this process (in-process runner): keep its pools.
-        pass
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's `malloc_trim`, or None where the C library has none (macOS, musl)."""
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        return None
-    if trim is not None:
-        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
-
-
-def release_free_memory() -> bool:
-    """Returns the C heap's free pages to the system; False where that is not possible."""
-    trim = _malloc_trim()
-    if trim is None:
-        return False
-    trim(0)
-    return True
-
-
 def _report_worker_startup() -> None:
     """Reports this worker process's start-up time (`pipelines.embedding.worker`) once, as a Beam distribution."""
-    from pipelines.embedding import worker
-
     seconds = worker.take_startup_s()
     if seconds is not None:
         beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "worker_startup_ms").update(round(seconds * 1000))
-
-
-class HeapTrimmer:
-    """Calls `release_free_memory` when asked, at most once every `interval_s` seconds."""
-
-    def __init__(self, interval_s: float = TRIM_INTERVAL_S):
-        self._interval_s = interval_s
-        self._last: float | None = None
-
-    def maybe_release(self, now: float | None = None) -> bool:
-        """Releases the heap's free pages unless that was done less than `interval_s` ago; True when it did."""
-        now = time.monotonic() if now is None else now
-        if self._last is not None and now - self._last < self._interval_s:
-            return False
-        self._last = now
-        release_free_memory()
-        return True
 
 
 def calls_per_thread(batch_size: int) -> int:
@@ -258,40 +82,6 @@ def calls_per_thread(batch_size: int) -> int:
 def _call_pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
     """The process's pool of `threads` threads for image calls side by side (made once, kept for the process)."""
     return concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="hub-embed-call")
-
-
-_BATCH_BUFFERS = threading.local()
-
-
-def stack_images(images: Sequence[np.ndarray]) -> np.ndarray:
-    """`np.stack(images)` into a buffer this thread reuses from call to call.
-
-    `tf.constant` copies its input anyway; stacking into the same memory each
-    time spares a fresh ≈19 MB array per call of 32 224x224 images, whose
-    pages the kernel has to fault in and zero (≈9 ms a call, measured). The
-    result is only valid until this thread's next call.
-    """
-    shape = (len(images), *images[0].shape)
-    buffer = getattr(_BATCH_BUFFERS, "array", None)
-    if buffer is None or buffer.shape[1:] != shape[1:] or buffer.shape[0] < shape[0] or buffer.dtype != images[0].dtype:
-        buffer = _BATCH_BUFFERS.array = np.empty(shape, images[0].dtype)
-    return np.stack(images, out=buffer[: shape[0]])
-
-
-def image_batch(images: Sequence[np.ndarray]) -> Any:
-    """The float32 `[N, H, W, 3]` tensor in [0, 1] of a call's images (`preprocess.decode_pixels` arrays).
-
-    When every image is uint8, the bytes are stacked and divided by 255 in
-    TensorFlow, for the whole call at once and on its threads: the same
-    float32 values as `preprocess.unit_scale` (one correctly rounded
-    division each), with a quarter of the memory stacked and copied.
-    Otherwise each image is scaled on its own first.
-    """
-    import tensorflow as tf
-
-    if all(image.dtype == np.uint8 for image in images):
-        return tf.math.divide(tf.cast(tf.constant(stack_images(images)), tf.float32), tf.constant(255.0))
-    return tf.constant(stack_images([unit_scale(image) for image in images]))
 
 
 class _Progress:
@@ -311,7 +101,7 @@ class _Progress:
             )
 
 
-class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]):
+class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LazyModule]):
     """Embeds `ContentGroup`s (payload: text, decoded image, or image file path) with one signature output
     of a TF Hub module.
 
@@ -337,7 +127,7 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
           handle: module handle, resolved on each worker.
           signature: signature to call.
           fingerprint: the module's fingerprint at launch; workers refuse another.
-          spec: how to call the signature (see `config.model_spec`).
+          spec: how to call the signature (see `model_spec.for_module`).
           tf_threads: TensorFlow intra-op threads per process; None leaves TF's default.
           calls: image calls run side by side per process, each on one TensorFlow thread,
             each thread decoding its own call's images (payloads that are still paths).
@@ -375,26 +165,22 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
         Raises:
           ModuleChangedError: the module's fingerprint differs from the one at launch.
         """
-        from pipelines.hub import handles
-
-        resolved = handles.resolve(self._handle)
+        resolved = registry.resolve(self._handle)
         if resolved.fingerprint != self._fingerprint:
             raise ModuleChangedError(
-                f"Module {handles.redact(self._handle)!r} changed since the job was launched: fingerprint "
+                f"Module {redact(self._handle)!r} changed since the job was launched: fingerprint "
                 f"{resolved.fingerprint}, expected {self._fingerprint}."
             )
         return LazyModule(functools.partial(self._load, resolved))
 
     def _load(self, resolved: Any) -> LoadedModule:
         """Loads the module (once per process), binds the signature, warms it up; reports the time taken."""
-        from pipelines.hub import modules
-
         start = time.monotonic()
         configure_threads(self._tf_threads, self._calls)
         module = load_module(resolved)
         trim_output = self._spec.trim.output if self._spec.trim else None
         keys = (self._spec.output_key,) + ((trim_output,) if trim_output else ())
-        model = LoadedModule(module, modules.bind_outputs(module, self._signature, keys))
+        model = LoadedModule(module, binding.bind_outputs(module, self._signature, keys))
         self._warm_up(model)
         elapsed_ms = round((time.monotonic() - start) * 1000)
         beam.metrics.Metrics.distribution(METRICS_NAMESPACE, MODEL_LOAD_METRIC).update(elapsed_ms)
@@ -420,11 +206,14 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
             _LOG.debug("hub_embed: warm-up call failed (%s: %s); the first batch warms up instead", type(e).__name__, e)
 
     def run_inference(
-        self, batch: Sequence[ContentGroup], model: LoadedModule, inference_args: dict[str, Any] | None = None
+        self,
+        batch: Sequence[ContentGroup],
+        model: LazyModule | LoadedModule,
+        inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
-        model = loaded(model)
+        model = ensure_loaded(model)
         results: list[Any] = [None] * len(batch)
-        order = range(len(batch))
+        order = np.arange(len(batch))
         if self._spec.kind == "text":
             order = np.argsort(np.fromiter((len(r.payload) for r in batch), np.int64, len(batch)), kind="stable")
         size = self._spec.batch_size
@@ -450,7 +239,7 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
             for i in rows:
                 if isinstance(payloads[i], str):
                     try:
-                        payloads[i] = decode_content(batch[i], self._spec.image_size, self._max_image_pixels)
+                        payloads[i] = decode_content(batch[i], self._spec.resize_to, self._max_image_pixels)
                     except Exception as e:  # Pillow raises many types for bad files; each is this content's failure.
                         results[i] = DecodeFailure(f"{type(e).__name__}: {e}")
             rows = [i for i in rows if results[i] is None]
@@ -485,7 +274,7 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
 
     def _inputs(self, payloads: list[Any]) -> tuple[dict[str, Any], list[int] | None]:
         """The signature's keyword inputs for a call, and the token counts of tokenized text."""
-        import tensorflow as tf
+        import tensorflow as tf  # TensorFlow: heavy, imported with the module's load
 
         spec = self._spec
         if spec.kind == "image":
@@ -516,21 +305,19 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
 
         For signatures whose spec leaves the embedding dimension open. The
         answer is cached under the module's fingerprint (see
-        `handles.write_record`), per signature, output and input, so a later
+        `fingerprint_records.write_record`), per signature, output and input, so a later
         launch with the same module does not load it.
         """
-        from pipelines.hub import handles
-
         key = self._probe_key()
-        record = handles.read_record(self._fingerprint, _DIMS) or {}
-        dims = record.get("dims") if isinstance(record.get("dims"), dict) else {}
+        stored = (fingerprint_records.read_record(self._fingerprint, _DIMS) or {}).get("dims")
+        dims: dict[str, Any] = stored if isinstance(stored, dict) else {}
         dim = dims.get(key)
         if isinstance(dim, int) and not isinstance(dim, bool) and dim > 0:
             return dim
         model = self.load_model()
         inputs, _ = self._inputs([example])
         dim = int(model.call(inputs)[self._spec.output_key].shape[-1])
-        handles.write_record(self._fingerprint, _DIMS, {"dims": {**dims, key: dim}})
+        fingerprint_records.write_record(self._fingerprint, _DIMS, {"dims": {**dims, key: dim}})
         return dim
 
     def _probe_key(self) -> str:
@@ -548,14 +335,15 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LoadedModule]
         return METRICS_NAMESPACE
 
 
-_FAILURE_STAGES = {EmbedFailure: Stage.EMBED, DecodeFailure: Stage.DECODE}
+_FAILURE_STAGES: dict[type, Stage] = {EmbedFailure: Stage.EMBED, DecodeFailure: Stage.DECODE}
 
 
 class _SplitResults(beam.DoFn):
     """Each embedded `ContentGroup` gives its vector to every one of its rows; a failure fails them all."""
 
     def process(self, result: PredictionResult) -> Iterable[Any]:
-        group, inference = result.example, result.inference
+        group = cast(ContentGroup, result.example)  # what `HubModelHandler` is given
+        inference: Any = result.inference
         stage = _FAILURE_STAGES.get(type(inference))
         if stage is not None:
             yield from group.failed(stage, inference.error)

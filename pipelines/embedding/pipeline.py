@@ -27,14 +27,19 @@ from apache_beam.portability.api import beam_provision_api_pb2
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
-from pipelines.embedding import config, content, reuse, sinks
-from pipelines.embedding.config import EmbedConfig, ModelSpec
-from pipelines.embedding.model_handler import Embed, HubModelHandler, configure_threads, load_module
+from pipelines.embedding import content, model_spec, reuse, sinks
+from pipelines.embedding.config import EmbedConfig
+from pipelines.embedding.loaded_modules import load_module
+from pipelines.embedding.model_handler import Embed, HubModelHandler
+from pipelines.embedding.model_spec import ModelSpec
 from pipelines.embedding.preprocess import Decode, Preprocess
 from pipelines.embedding.reuse import ReadReusedVectors, ReusePlan
+from pipelines.embedding.runtime import configure_threads
 from pipelines.embedding.sources import DedupeIds, ReadRecords
-from pipelines.hub import handles, modules
-from pipelines.hub.handles import redact
+from pipelines.hub import description, registry
+from pipelines.hub.module_info import ModuleInfo
+from pipelines.hub.redaction import redact
+from pipelines.hub.resolver import ResolvedModule
 from pipelines.version import code_version
 
 
@@ -50,14 +55,14 @@ class Job:
       reuse: what the run takes from its reuse table (None without `reuse`).
     """
 
-    module: modules.ModuleInfo
+    module: ModuleInfo
     spec: ModelSpec
     run_id: str
     metadata: dict[str, Any]
     reuse: ReusePlan | None = None
 
 
-def prepare(cfg: EmbedConfig, module: modules.ModuleInfo | None = None) -> Job:
+def prepare(cfg: EmbedConfig, module: ModuleInfo | None = None) -> Job:
     """Describes the module and checks the config against it, before any graph is built.
 
     Args:
@@ -69,11 +74,13 @@ def prepare(cfg: EmbedConfig, module: modules.ModuleInfo | None = None) -> Job:
         input, or the reuse table does not exist, is not committed or is corrupt.
       HandleError, ModuleError: the module cannot be resolved or loaded.
     """
-    if module is None:  # modules.describe; a module it has to load is kept for in-process workers
-        module = modules.describe_resolved(handles.resolve(cfg.model.module), functools.partial(_load_for_workers, cfg))
-    spec = config.model_spec(cfg, module)
+    if module is None:  # description.describe; a module it has to load is kept for in-process workers
+        module = description.describe_resolved(
+            registry.resolve(cfg.model.module), functools.partial(_load_for_workers, cfg)
+        )
+    spec = model_spec.for_module(cfg, module)
     if spec.dim is None:  # The signature leaves the dimension open: ask the module.
-        example = np.zeros((*spec.image_size, 3), np.float32) if spec.kind == "image" else "dimension probe"
+        example = np.zeros((*spec.resize_to, 3), np.float32) if spec.kind == "image" else "dimension probe"
         spec = dataclasses.replace(spec, dim=_handler(cfg, module, spec, *_worker_threads(cfg)).probe_dim(example))
     run_id = sinks.new_run_id()
     metadata = {
@@ -108,7 +115,7 @@ def _worker_threads(cfg: EmbedConfig) -> tuple[int | None, int]:
     return tf_threads(options), side_by_side_calls(cfg, options)
 
 
-def _load_for_workers(cfg: EmbedConfig, resolved: handles.ResolvedModule) -> Any:
+def _load_for_workers(cfg: EmbedConfig, resolved: ResolvedModule) -> Any:
     """Loads the module in the launcher (to describe it), TensorFlow's threads first set as this run's workers set them.
 
     In-process workers reuse this copy (`load_module`), and TensorFlow's
@@ -182,7 +189,7 @@ class _LocalRunner(fn_runner.FnApiRunner):
 
 
 def _handler(
-    cfg: EmbedConfig, module: modules.ModuleInfo, spec: ModelSpec, threads: int | None = None, calls: int = 1
+    cfg: EmbedConfig, module: ModuleInfo, spec: ModelSpec, threads: int | None = None, calls: int = 1
 ) -> HubModelHandler:
     return HubModelHandler(
         cfg.model.module, cfg.model.signature, module.fingerprint, spec, threads, calls, cfg.preprocess.max_image_pixels
@@ -217,6 +224,7 @@ def build_pipeline(p: beam.Pipeline, cfg: EmbedConfig, job: Job | None = None) -
         embedded.failures,
     ) | "AllFailures" >> beam.Flatten()
     tallies = (read.tallies, joined.tallies, embedded.tallies) | "AllTallies" >> beam.Flatten()
+    assert job.spec.dim is not None  # `prepare` asks the module when its signature leaves it open
     schema = sinks.table_schema(job.spec.dim, job.spec.sequence, cfg.source.passthrough, job.metadata)
     manifest = {"table": job.metadata, "config": cfg.to_dict(), "reuse": job.reuse.to_manifest() if job.reuse else None}
     return {

@@ -36,16 +36,20 @@ of samples; content keys treat the two alike (`pipelines.embedding.content`).
 from __future__ import annotations
 
 import concurrent.futures
+import importlib.metadata
 import io
 from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.embedding import content
-from pipelines.embedding.config import ModelSpec, PreprocessConfig
+from pipelines.embedding.config import PreprocessConfig
+from pipelines.embedding.model_spec import ModelSpec
 from pipelines.embedding.records import FAILURES, ContentGroup, Record, Stage, failed
 
 
@@ -71,9 +75,7 @@ def pillow_build() -> str:
     it is the one in use when that distribution's version is `PIL.__version__`
     (a Pillow installed over it later overwrites its files and its version).
     """
-    import importlib.metadata
-
-    import PIL
+    import PIL  # Pillow: only image jobs pay its import
 
     try:
         simd = importlib.metadata.version("pillow-simd")
@@ -110,7 +112,7 @@ def decode_pixels(data: bytes, size: tuple[int, int], max_pixels: int) -> np.nda
       ImageError: too many pixels.
       PIL.UnidentifiedImageError, OSError, ValueError: not an image, truncated, corrupt.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image, ImageOps  # Pillow: only image jobs pay its import
 
     height, width = size
     with Image.open(io.BytesIO(data)) as image:
@@ -126,12 +128,13 @@ def decode_pixels(data: bytes, size: tuple[int, int], max_pixels: int) -> np.nda
         ImageOps.exif_transpose(image, in_place=True)  # in place: no copy when there is nothing to turn
         if image.mode == "I" or image.mode.startswith("I;16"):
             return _gray16(image, (height, width))
+        rgb: Image.Image = image
         if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
             background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(background, image.convert("RGBA"))
-        if image.mode != "RGB":  # convert() of an RGB image would copy it
-            image = image.convert("RGB")
-        return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
+            rgb = Image.alpha_composite(background, image.convert("RGBA"))
+        if rgb.mode != "RGB":  # convert() of an RGB image would copy it
+            rgb = rgb.convert("RGB")
+        return np.asarray(rgb.resize((width, height), Image.Resampling.BILINEAR))
 
 
 def unit_scale(pixels: np.ndarray) -> np.ndarray:
@@ -147,7 +150,7 @@ def _gray16(image: Any, size: tuple[int, int]) -> np.ndarray:
     Pillow's own conversion to RGB clips samples at 255, which turns almost any
     16-bit image white.
     """
-    from PIL import Image
+    from PIL import Image  # Pillow: only image jobs pay its import
 
     height, width = size
     gray = np.clip(np.asarray(image.convert("I"), dtype=np.float32), 0, 65535) / np.float32(65535.0)
@@ -170,9 +173,6 @@ class _ValidateText(beam.DoFn):
 
 
 def _read_file(path: str) -> bytes:
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         return f.read()
 
@@ -297,7 +297,7 @@ class Preprocess(beam.PTransform):
 
     def expand(self, records: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         if self._spec.kind == "image":
-            fn: beam.DoFn = _HashImage(self._spec.image_size)
+            fn: beam.DoFn = _HashImage(self._spec.resize_to)
         else:
             fn = _ValidateText(self._cfg.max_text_bytes)
         return records | beam.ParDo(fn).with_outputs(FAILURES, main="records")
@@ -333,7 +333,7 @@ class Decode(beam.PTransform):
         # Batches of one module call's size: decoded side by side, then handed on to the module in order.
         size = self._spec.batch_size
         batches = groups | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
-        fn = _DecodeImages(self._spec.image_size, self._cfg.max_image_pixels, self._threads)
+        fn = _DecodeImages(self._spec.resize_to, self._cfg.max_image_pixels, self._threads)
         return batches | "DecodeImages" >> beam.ParDo(fn).with_outputs(FAILURES, main="records")
 
 

@@ -31,7 +31,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines.embedding import sinks
 from pipelines.embedding.config import SUCCESS_FILE, ConfigError
-from pipelines.hub.handles import redact
+from pipelines.hub.redaction import redact
 
 # Metadata that must be equal for vectors to be interchangeable (the `hub_embed` schema metadata).
 COMPATIBLE_KEYS = ("fingerprint", "signature", "output_key", "dimension", "sequence", "token_trim", "content_hash")
@@ -84,7 +84,7 @@ def plan(path: str, metadata: Mapping[str, Any]) -> ReusePlan:
     Raises:
       ConfigError: the table does not exist, is not committed, or is corrupt.
     """
-    manifest = _read_manifest(path)
+    manifest = _committed_manifest(path)
     table = manifest.get("table") or {}
     named = [(FileSystems.join(path, f["path"]), int(f["rows"])) for f in manifest.get("files", [])]
     schemas = [_check_part(path, file, rows) for file, rows in named]
@@ -97,10 +97,11 @@ def plan(path: str, metadata: Mapping[str, Any]) -> ReusePlan:
     return ReusePlan(path, manifest.get("run_id"), used=True, files=tuple(f for f, _ in named), rows=rows)
 
 
-def _read_manifest(path: str) -> dict[str, Any]:
+def _committed_manifest(path: str) -> dict[str, Any]:
+    """The reuse table's `_SUCCESS` manifest; ConfigError when it is missing, unreadable or not a table's."""
     where = f"reuse table {redact(path)!r}"
     try:
-        manifest = sinks.read_manifest(path)
+        manifest = sinks.read_table_manifest(path)
         if manifest is not None and (not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list)):
             raise ValueError("not a table manifest (no 'files' list)")
     except Exception as e:  # unreadable, not JSON, or the backend's own error (bucket missing, no credentials)

@@ -65,7 +65,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
-from pipelines.embedding.config import ERRORS_DIR, SUCCESS_FILE, TMP_PREFIX, SinkConfig, is_local
+from pipelines.embedding.config import ERRORS_DIR, SUCCESS_FILE, TMP_PREFIX, SinkConfig
+from pipelines.embedding.paths import is_local
 from pipelines.embedding.records import METRICS_NAMESPACE, Failure, Record
 
 METADATA_KEY = "hub_embed"
@@ -173,12 +174,14 @@ class _OpenPart:
             )
 
     def write(self, batch: pa.RecordBatch) -> None:
+        assert self._writer is not None  # set in __init__, which raised otherwise
         with self._closed_on_error():
             self._writer.write_batch(batch)
         self.rows += batch.num_rows
         self.bytes += batch.nbytes
 
     def close(self) -> PartFile:
+        assert self._writer is not None  # set in __init__, which raised otherwise
         with self._closed_on_error():
             self._writer.close()
             self._file.close()
@@ -251,6 +254,7 @@ class _WriteParts(beam.DoFn):
 
     def _close_part(self) -> PartFile:
         part, self._part = self._part, None
+        assert part is not None  # called only with a part open
         return part.close()
 
     def _abort_part(self) -> None:
@@ -268,7 +272,7 @@ class _WriteErrorParts(_WriteParts):
             beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"rows_failed_{stage}").inc(n)
 
 
-def read_manifest(output: str) -> dict[str, Any] | None:
+def read_table_manifest(output: str) -> dict[str, Any] | None:
     """The committed manifest of an output directory, or None when it holds no committed table."""
     path = FileSystems.join(output, SUCCESS_FILE)
     if not FileSystems.exists(path):
@@ -282,7 +286,7 @@ def _read_files(output: str, names: Iterable[str], schema: pa.Schema | None = No
     for name in names:
         with FileSystems.open(FileSystems.join(output, name), compression_type=CompressionTypes.UNCOMPRESSED) as f:
             tables.append(pq.read_table(f))
-    if not tables:
+    if not tables and schema is not None:
         return schema.empty_table()
     return pa.concat_tables(tables, promote_options="none")
 
@@ -293,7 +297,7 @@ def read_table(output: str) -> pa.Table:
     Raises:
       FileNotFoundError: the directory holds no committed table.
     """
-    manifest = read_manifest(output)
+    manifest = read_table_manifest(output)
     if manifest is None:
         raise FileNotFoundError(f"{output} holds no committed table (no {SUCCESS_FILE}).")
     return _read_files(output, [f["path"] for f in manifest["files"]])
@@ -301,7 +305,7 @@ def read_table(output: str) -> pa.Table:
 
 def read_errors(output: str) -> pa.Table:
     """Reads the committed dead-letter table (id, source, stage, error)."""
-    manifest = read_manifest(output)
+    manifest = read_table_manifest(output)
     if manifest is None:
         raise FileNotFoundError(f"{output} holds no committed table (no {SUCCESS_FILE}).")
     return _read_files(output, [f["path"] for f in manifest["error_files"]], ERROR_SCHEMA)
@@ -325,9 +329,9 @@ class _Commit(beam.DoFn):
         examples: list[Failure],
         tallies: dict[str, int],
     ) -> Iterator[dict[str, Any]]:
-        output = self._cfg.output
+        output = self._cfg.output_dir
         tmp = FileSystems.join(output, TMP_PREFIX + self._run_id)
-        committed = read_manifest(output)
+        committed = read_table_manifest(output)
         if committed and committed.get("run_id") == self._run_id:  # A retry of a commit that got this far.
             self._remove_debris(output, _manifest_paths(committed))
             yield committed
@@ -395,7 +399,7 @@ class _Commit(beam.DoFn):
         parts = sorted(parts)
         names = [f"part-{i:05d}-{self._run_id}.parquet" for i in range(len(parts))]
         relative = [f"{subdir}/{n}" if subdir else n for n in names]
-        target = FileSystems.join(self._cfg.output, subdir) if subdir else self._cfg.output
+        target = FileSystems.join(self._cfg.output_dir, subdir) if subdir else self._cfg.output_dir
         sources = [FileSystems.join(tmp, subdir, p.name) if subdir else FileSystems.join(tmp, p.name) for p in parts]
         targets = [FileSystems.join(target, n) for n in names]
         pending = [(s, t) for s, t in zip(sources, targets) if FileSystems.exists(s) or not FileSystems.exists(t)]
@@ -489,7 +493,7 @@ class WriteEmbeddingTable(beam.PTransform):
         self._manifest = manifest
 
     def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
-        tmp = FileSystems.join(self._cfg.output, TMP_PREFIX + self._run_id)
+        tmp = FileSystems.join(self._cfg.output_dir, TMP_PREFIX + self._run_id)
         streams = inputs["records"] if isinstance(inputs["records"], tuple) else (inputs["records"],)
         # One writer per stream, not one behind a Flatten: the runner can then fuse each writer with the
         # step that makes its rows, and rows are not encoded once more on the way to the writer.

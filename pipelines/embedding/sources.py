@@ -35,9 +35,14 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
+import pyarrow.parquet as pq
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.tfrecordio import _TFRecordUtil
+from google.protobuf.message import DecodeError
 
-from pipelines.embedding.config import SourceConfig, is_local
+from pipelines.embedding.config import SourceConfig
+from pipelines.embedding.paths import is_local
 from pipelines.embedding.records import FAILURES, TALLIES, Record, Stage, failed, position, tally
 
 _MISSING = object()
@@ -251,14 +256,10 @@ def _valid_utf8(text: str) -> bool:
 
 class _ReadParquet(_ReadFields):
     def parse(self, path: str, file: fileio.ReadableFile) -> Iterator[Any]:
-        from apache_beam.io.filesystem import CompressionTypes
-
         with file.open(compression_type=CompressionTypes.UNCOMPRESSED) as f:
             yield from self._rows(path, f)
 
     def _rows(self, path: str, f: Any) -> Iterator[Any]:
-        import pyarrow.parquet as pq
-
         parquet = pq.ParquetFile(f)
         names = parquet.schema_arrow.names
         missing = [c for c in self._columns if c not in names]
@@ -287,9 +288,7 @@ class _ReadTfRecord(_ReadFields):
             yield from self._records(path, f)
 
     def _records(self, path: str, f: Any) -> Iterator[Any]:
-        from apache_beam.io.tfrecordio import _TFRecordUtil
-        from google.protobuf.message import DecodeError
-        from tensorflow.core.example import example_pb2
+        from tensorflow.core.example import example_pb2  # imports TensorFlow: only tfrecord inputs pay it
 
         n = 0
         while True:
@@ -348,13 +347,14 @@ class ReadRecords(beam.PTransform):
         self._cfg = cfg
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
+        assert self._cfg.input_format is not None  # validation sets it (from the extension when not given)
+        reader = READERS[self._cfg.input_format](self._cfg)
         return (
             pbegin
             | "Match" >> fileio.MatchFiles(self._cfg.input)
             | "SpreadFiles" >> beam.Reshuffle()
             | "Open" >> fileio.ReadMatches()
-            | "Parse"
-            >> beam.ParDo(READERS[self._cfg.input_format](self._cfg)).with_outputs(FAILURES, TALLIES, main="records")
+            | "Parse" >> beam.ParDo(reader).with_outputs(FAILURES, TALLIES, main="records")
         )
 
 

@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import numpy as np
+import numpy as np
 
 MASK = "mask"
 LENGTH = "length"
@@ -92,7 +91,7 @@ def candidates(sig: Any, output_key: str) -> list[str]:
 
 
 def find(sig: Any, output_key: str, image: bool, length_key: str | None = None) -> TokenTrim | None:
-    """Chooses how to trim the per-token output `output_key` of signature `sig` (a `modules.SignatureInfo`).
+    """Chooses how to trim the per-token output `output_key` of signature `sig` (a `module_info.SignatureInfo`).
 
     Args:
       sig: the signature's description.
@@ -168,17 +167,16 @@ def cut(
       ValueError: the mask or lengths do not fit the output (a module that
         contradicts itself), naming both shapes.
     """
-    import numpy as np
-
     rows, width = embeddings.shape[:2]
     if trim is None or trim.kind == ALL:
         return list(embeddings)
     if trim.kind == MASK:
+        assert trim.key is not None  # a mask is a named output
         masks = np.asarray(outputs[trim.key]).astype(bool)
         if masks.shape != (rows, width):
             raise ValueError(f"mask output {trim.key!r} has shape {list(masks.shape)}, expected {[rows, width]}")
         return [embeddings[i][masks[i]] for i in range(rows)]
-    lengths = np.asarray(outputs[trim.key] if trim.kind == LENGTH else fed_lengths)
+    lengths = np.asarray(outputs[trim.output] if trim.output is not None else fed_lengths)
     if lengths.shape != (rows,) or (lengths < 0).any() or (lengths > width).any():
         raise ValueError(
             f"lengths {trim.label()!r} {lengths.tolist()[:8]} (shape {list(lengths.shape)}) do not fit "
