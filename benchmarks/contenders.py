@@ -78,7 +78,7 @@ class Inputs:
 
 def configure_tf_threads(intra_op: int, inter_op: int) -> None:
     """Sets this process's TensorFlow thread pools (before TensorFlow runs anything)."""
-    from pipelines.hub.modules import import_tf
+    from pipelines.hub.loading import import_tf
 
     tf = import_tf()  # with tensorflow_text's ops, which the module's graph uses
     tf.config.threading.set_intra_op_parallelism_threads(intra_op)
@@ -176,12 +176,12 @@ def raw(inputs: Inputs) -> dict[str, Any]:
     configure_tf_threads(inputs.intra_op, inputs.inter_op)
     import tensorflow as tf
 
-    from pipelines.hub import modules
+    from pipelines.hub import binding, loading, module_info
 
     ids, texts = inputs.rows()
-    loaded, load_s = timed(lambda: modules.load(inputs.module))
-    call = modules.bind(loaded)
-    (name,) = loaded.signatures[modules.DEFAULT_SIGNATURE].structured_input_signature[1]
+    loaded, load_s = timed(lambda: loading.load(inputs.module))
+    call = binding.bind(loaded)
+    (name,) = loaded.signatures[module_info.DEFAULT_SIGNATURE].structured_input_signature[1]
     _, first_call_s = timed(lambda: call({name: tf.constant(texts[:WARMUP_ROWS])}))
     embeddings, seconds = timed(lambda: call({name: tf.constant(texts)}))
     save_embeddings(inputs, embeddings)

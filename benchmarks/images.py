@@ -157,10 +157,10 @@ def raw(
 
     from pipelines.embedding.config import PreprocessConfig
     from pipelines.embedding.preprocess import decode_image, decode_pixels, unit_scale
-    from pipelines.hub import modules
+    from pipelines.hub import binding, loading, module_info
 
-    loaded, load_s = contenders.timed(lambda: modules.load(module))
-    signature = loaded.signatures[modules.DEFAULT_SIGNATURE]
+    loaded, load_s = contenders.timed(lambda: loading.load(module))
+    signature = loaded.signatures[module_info.DEFAULT_SIGNATURE]
     (name,) = signature.structured_input_signature[1]
     height, width = signature.structured_input_signature[1][name].shape[1:3]
     max_pixels = PreprocessConfig().max_image_pixels
@@ -181,7 +181,7 @@ def raw(
             pixels[i] = unit_scale(decoded)
         return pixels, cpu_s
 
-    call = modules.bind(loaded)
+    call = binding.bind(loaded)
     starts = range(0, len(paths), batch_size)
     pool_threads = calls if calls > 1 else decode_threads  # the calls' threads, or the decoding's
     pool = concurrent.futures.ThreadPoolExecutor(pool_threads) if pool_threads else None
@@ -648,9 +648,9 @@ def machine_meta(args: argparse.Namespace) -> dict[str, Any]:
 def _batch_size(module: str) -> int:
     """The pipeline's call size for this module: its `serving.batch_size`, else the image default."""
     from pipelines.embedding import config
-    from pipelines.hub import modules
+    from pipelines.hub.module_manifest import read_module_manifest
 
-    return (modules.read_manifest(module).get("serving") or {}).get("batch_size") or config.DEFAULT_BATCH_SIZE["image"]
+    return (read_module_manifest(module).get("serving") or {}).get("batch_size") or config.DEFAULT_BATCH_SIZE["image"]
 
 
 if __name__ == "__main__":

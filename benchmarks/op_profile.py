@@ -70,10 +70,11 @@ def op_times(xspace_path: str) -> dict[str, float]:
 
 def profile(module: str, texts: list[str]) -> dict[str, Any]:
     """Profiles one `default` call of `module` on `texts`; returns wall seconds and op milliseconds."""
-    from pipelines.hub import modules
+    from pipelines.hub import loading, module_info
+    from pipelines.hub.module_manifest import read_module_manifest
 
-    tf = modules.import_tf()
-    serve = modules.load(module).signatures[modules.DEFAULT_SIGNATURE]
+    tf = loading.import_tf()
+    serve = loading.load(module).signatures[module_info.DEFAULT_SIGNATURE]
     (name,) = serve.structured_input_signature[1]
     batch = tf.constant(texts)
     serve(**{name: batch[:64]})
@@ -86,7 +87,7 @@ def profile(module: str, texts: list[str]) -> dict[str, Any]:
         tf.profiler.experimental.stop()
         (trace,) = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
         ops = op_times(trace)
-    precision = modules.read_manifest(module).get("precision", {}).get("compute", "float32")
+    precision = read_module_manifest(module).get("precision", {}).get("compute", "float32")
     return {
         "module": module,
         "precision": precision,

@@ -3,8 +3,9 @@
 Prints the module's fingerprint, format (TF2 SavedModel or TF1 Hub format),
 whether it is reusable/trainable, and a table of its signatures with their
 inputs and outputs (for a per-token output: how an embedding job cuts it to
-each row's tokens, see `pipelines.embedding.token_trim`). Exits with status 2 and a one-line message when the handle
-cannot be resolved or the module cannot be loaded.
+each row's tokens, see `pipelines.embedding.token_trim`). Exits with status 2
+and a one-line message when the handle cannot be resolved or the module cannot
+be loaded.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ import sys
 
 from pipelines import console
 from pipelines.embedding import token_trim
-from pipelines.hub import handles, modules
+from pipelines.hub.description import describe
+from pipelines.hub.errors import HandleError, ModuleError
+from pipelines.hub.module_info import ModuleInfo, SignatureInfo
+from pipelines.hub.module_manifest import read_module_manifest
+from pipelines.hub.redaction import redact
+from pipelines.hub.registry import SUPPORTED_FORMS
 
 FORMAT_NAMES = {"tf2": "TF2 SavedModel", "tf1_hub": "TF1 Hub format"}
 
@@ -24,7 +30,7 @@ def _shape(shape: tuple[int | None, ...]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def per_token_rows(sig: modules.SignatureInfo, output: str) -> str:
+def per_token_rows(sig: SignatureInfo, output: str) -> str:
     """For a per-token output ([N, T, D] float): how an embedding job cuts it to each row's tokens."""
     tensor = sig.output(output)
     if len(tensor.shape) != 3 or not tensor.dtype.startswith("float"):
@@ -34,20 +40,20 @@ def per_token_rows(sig: modules.SignatureInfo, output: str) -> str:
     return trim.describe() if trim else "refused by embed: no mask or length output (see --output-length-key)"
 
 
-def precision_line(info: modules.ModuleInfo) -> str:
+def precision_line(info: ModuleInfo) -> str:
     """The precision its heavy ops compute in, with the parity its manifest measured on export."""
     if info.precision == "float32":
         return "float32"
-    verification = modules.read_manifest(info.path).get("verification") or {}
+    verification = read_module_manifest(info.path).get("verification") or {}
     cosine = verification.get("min_cosine")
     measured = f"; min cosine {cosine:.6f} to its source on export" if isinstance(cosine, float) else ""
     return f"{info.precision} (matmuls and convolutions; outputs float32{measured})"
 
 
-def render_text(info: modules.ModuleInfo) -> str:
+def render_text(info: ModuleInfo) -> str:
     """Renders a module description as a human-readable report."""
     lines = [
-        f"handle:       {handles.redact(info.handle)}",
+        f"handle:       {redact(info.handle)}",
         f"path:         {info.path}",
         f"fingerprint:  {info.fingerprint}",
         f"format:       {FORMAT_NAMES.get(info.format, info.format)}",
@@ -84,13 +90,13 @@ def render_text(info: modules.ModuleInfo) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Runs the inspect command; returns the process exit status."""
     parser = argparse.ArgumentParser(prog="python -m pipelines.inspect", description=__doc__.split("\n\n")[0])
-    parser.add_argument("handle", help=f"module handle: {handles.SUPPORTED_FORMS}")
+    parser.add_argument("handle", help=f"module handle: {SUPPORTED_FORMS}")
     parser.add_argument("--json", action="store_true", help="print the description as JSON")
     console.add_verbose_flag(parser)
     args = parser.parse_args(argv)
     try:
-        info = modules.describe(args.handle)
-    except (handles.HandleError, modules.ModuleError) as e:
+        info = describe(args.handle)
+    except (HandleError, ModuleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(info.to_dict(), indent=2, sort_keys=True) if args.json else render_text(info))

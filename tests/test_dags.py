@@ -513,14 +513,14 @@ def module_events() -> list[dict]:
 def test_finetune_dag_publishes_the_next_version(release_run):
     from airflow.utils.state import DagRunState
 
-    from pipelines.hub import modules
+    from pipelines.hub.module_manifest import read_module_manifest
 
     root, conf = release_run
     before = len(module_events())
     run = dagbag().dags["finetune_and_reexport"].test(run_conf=conf)
     assert run.state == DagRunState.SUCCESS
     version = os.path.join(root, "tiny", "2")
-    manifest = modules.read_manifest(version)
+    manifest = read_module_manifest(version)
     assert manifest["parent"]["version"] == 1
     assert os.readlink(os.path.join(root, "tiny", "latest")) == "2"
     events = module_events()

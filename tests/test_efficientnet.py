@@ -20,7 +20,8 @@ import tensorflow as tf
 
 from pipelines import embed, finetune
 from pipelines.embedding import preprocess, sinks
-from pipelines.hub import handles, modules
+from pipelines.hub import description, fingerprints, loading, registry
+from pipelines.hub.module_manifest import read_module_manifest
 from pipelines.models import build_efficientnet, efficientnet, photos
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def module():
     if not os.path.isfile(os.path.join(MODULE, "module.json")):
         pytest.fail(f"{MODULE} is not built: run `make setup` (it runs python -m pipelines.models.build_efficientnet)")
-    return modules.load(MODULE)
+    return loading.load(MODULE)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def test_parity_with_the_pytorch_implementation(module, reference, inputs):
 
 def test_the_module_recommends_calls_of_8_whose_vectors_are_those_of_one_call(module, inputs):
     assert (
-        modules.read_manifest(MODULE)["serving"]
+        read_module_manifest(MODULE)["serving"]
         == {"batch_size": build_efficientnet.CALL_BATCH_SIZE}
         == {"batch_size": 8}
     )
@@ -113,7 +114,7 @@ def test_the_module_recommends_calls_of_8_whose_vectors_are_those_of_one_call(mo
 def test_module_signatures_and_trainable_weights(module):
     import tensorflow_hub as hub
 
-    info = modules.inspect_loaded(module, handles.resolve(MODULE))
+    info = description.describe_loaded(module, registry.resolve(MODULE))
     assert (info.name, info.version, info.trainable) == ("efficientnet-lite0", 1, True)
     for name, key, dim in (("default", "default", 1280), ("logits", "logits", 1000)):
         signature = info.signature(name)
@@ -221,7 +222,7 @@ def _label_folders(root: Path) -> Path:
 
 @pytest.mark.slow
 def test_finetune_makes_a_child_version(module, tmp_path):
-    parent_fingerprint = handles.fingerprint_dir(MODULE)
+    parent_fingerprint = fingerprints.fingerprint_dir(MODULE)
     data = _label_folders(tmp_path / "data")
     result = finetune.finetune(
         MODULE,
@@ -236,9 +237,9 @@ def test_finetune_makes_a_child_version(module, tmp_path):
     assert manifest["extra"]["finetune"]["data"]["classes"] == ["cat", "coffee", "rocket"]
     assert manifest["extra"]["finetune"]["metrics"]["train"]["examples"] == 15
     assert set(manifest["signatures"]) == {"default", "logits"}
-    assert handles.fingerprint_dir(MODULE) == parent_fingerprint  # the parent is untouched
+    assert fingerprints.fingerprint_dir(MODULE) == parent_fingerprint  # the parent is untouched
 
-    child = modules.load(result.export.path)
+    child = loading.load(result.export.path)
     image = tf.constant(np.asarray(photos.variants(photos.photo_paths()[:1])[1][:1], np.float32) / 255)
     before, after = module(image).numpy(), child(image).numpy()
     assert np.abs(after - before).max() > 1e-3  # the weights trained

@@ -21,7 +21,8 @@ import tensorflow_hub as hub
 from pipelines import export
 from pipelines import inspect as inspect_cli
 from pipelines.export import cli as export_cli
-from pipelines.hub import handles, modules
+from pipelines.hub import binding, description, fingerprints, loading, registry
+from pipelines.hub.module_manifest import read_module_manifest
 from tests.fixtures import export_sources as es
 from tests.fixtures import tiny_modules as tm
 
@@ -143,7 +144,7 @@ def test_plain_tf_module_export_has_no_trainable_weights_but_its_reexport_does(r
     assert layer.trainable_weights == []
     result = export.export_module(plain, root, "plain")
     assert len(hub.KerasLayer(result.path, trainable=True).trainable_weights) == 1
-    assert modules.describe(result.path).trainable
+    assert description.describe(result.path).trainable
 
 
 @pytest.mark.parametrize("fixture", ["keras_case", "tf_keras_case"])
@@ -177,7 +178,7 @@ def test_reexport_of_weights_trained_through_keras_layer(root, saved_model_case)
     assert sorted(hub.load(result.path).signatures) == ["default", "tokens"]
     np.testing.assert_allclose(hub.load(result.path)(saved_model_case.probe).numpy(), tuned, atol=1e-5)
     np.testing.assert_allclose(hub.load(parent.path)(saved_model_case.probe).numpy(), before, atol=1e-5)
-    assert handles.fingerprint_dir(parent.path) == parent.fingerprint
+    assert fingerprints.fingerprint_dir(parent.path) == parent.fingerprint
 
 
 # --------------------------------------------------------------------------- signatures
@@ -248,7 +249,7 @@ def test_ragged_validations_are_kept_as_plain_asserts(root):
     guarded = RowSums()
     assert "AssertGuard" in str(guarded.__call__.get_concrete_function().graph.as_graph_def())
 
-    serve = modules.load(result.path).signatures["default"]
+    serve = loading.load(result.path).signatures["default"]
     np.testing.assert_allclose(serve(**probe)["default"].numpy(), [3.0, 3.0])
     bad = {"values": tf.constant([1.0, 2.0, 3.0]), "row_splits": tf.constant([0, 2, 1], tf.int64)}
     for call in (lambda: serve(**bad), lambda: guarded(**bad)):
@@ -264,7 +265,7 @@ def test_assets_are_saved_and_used_in_graph(vocab_export):
     assert os.listdir(os.path.join(result.path, "assets")) == ["vocab.txt"]
     with open(os.path.join(result.path, "assets", "vocab.txt")) as f:
         assert f.read().split() == list(es.VOCAB)
-    loaded = modules.load(result.path)  # the source vocabulary file is gone: the asset must be used
+    loaded = loading.load(result.path)  # the source vocabulary file is gone: the asset must be used
     ids = loaded.signatures["ids"](text=tf.constant(["the fox", "quick zebra brown"]))["ids"].numpy()
     np.testing.assert_array_equal(ids, [[0, 3, -1], [1, 4, 2]])
     np.testing.assert_allclose(loaded(tf.constant(TEXTS)).numpy(), module(tf.constant(TEXTS))["default"].numpy())
@@ -281,14 +282,14 @@ def test_packed_version_loads_over_http(vocab_export, tmp_path, monkeypatch):
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/vocab/{result.version}.tar.gz"
-        resolved = handles.resolve(url)
+        resolved = registry.resolve(url)
     finally:
         server.shutdown()
         server.server_close()
     assert resolved.fingerprint == result.fingerprint
     assert resolved.path.startswith(str(tmp_path / "cache"))
-    assert modules.read_manifest(resolved.path) == result.manifest
-    loaded = modules.load(resolved.path)
+    assert read_module_manifest(resolved.path) == result.manifest
+    loaded = loading.load(resolved.path)
     np.testing.assert_allclose(loaded(tf.constant(TEXTS)).numpy(), module(tf.constant(TEXTS))["default"].numpy())
 
 
@@ -313,7 +314,7 @@ def test_crash_leaves_no_version_and_next_export_cleans_debris(root, monkeypatch
         raise RuntimeError("simulated crash while reloading")
 
     with monkeypatch.context() as patch:
-        patch.setattr(modules, "load", crash)
+        patch.setattr(loading, "load", crash)
         with pytest.raises(RuntimeError, match="simulated crash"):
             export.export_module(module, root, "crashy")
     assert _entries(root, "crashy") == [".lock"]
@@ -329,7 +330,7 @@ def test_versions_are_never_overwritten(root):
     assert (first.version, second.version) == (1, 2)
     with pytest.raises(export.ExportError, match="already exists"):
         export.export_module(es.LinearModule(seed=5), root, "linear", version=2)
-    assert handles.fingerprint_dir(second.path) == second.fingerprint
+    assert fingerprints.fingerprint_dir(second.path) == second.fingerprint
     assert export.export_module(module, root, "linear", version=7).version == 7
     assert export.export_module(module, root, "linear").version == 8
     assert export.list_versions(root, "linear") == [1, 2, 7, 8]
@@ -373,8 +374,8 @@ def test_manifest_contents(root, keras_case):
     manifest = json.loads(text)
     assert manifest == result.manifest
     assert (manifest["name"], manifest["version"], manifest["format"]) == ("keras3", 2, "tf2")
-    assert manifest["fingerprint"] == result.fingerprint == handles.fingerprint_dir(result.path)
-    info = modules.describe(result.path)
+    assert manifest["fingerprint"] == result.fingerprint == fingerprints.fingerprint_dir(result.path)
+    info = description.describe(result.path)
     assert (info.name, info.version, info.reusable) == ("keras3", 2, True)
     assert manifest["signatures"] == {k: v.to_dict() for k, v in info.signatures.items()}
     assert manifest["signatures"]["default"]["inputs"] == [{"name": "features", "dtype": "float32", "shape": [None, 4]}]
@@ -451,10 +452,10 @@ def test_cli_exports_model_files(tmp_path, capsys, suffix, make_model):
     assert export_cli.main(["--source", path, "--root", root, "--name", "from-file", "--pack"]) == 0
     written, fingerprint = capsys.readouterr().out.splitlines()[0].split()
     assert written == export.version_dir(root, "from-file", 1)
-    assert fingerprint == handles.fingerprint_dir(written)
+    assert fingerprint == fingerprints.fingerprint_dir(written)
     assert os.path.isfile(written + ".tar.gz")
-    outputs = modules.call_default(hub.load(written), FEATURES)
-    expected = modules.as_output_dict(model(FEATURES))["default"]
+    outputs = binding.call_default(hub.load(written), FEATURES)
+    expected = binding.as_output_dict(model(FEATURES))["default"]
     np.testing.assert_allclose(outputs.numpy(), expected.numpy(), atol=1e-5)
 
 
@@ -462,7 +463,7 @@ def test_a_recommended_batch_size_is_recorded_and_read_back(tmp_path):
     root = str(tmp_path)
     result = export.export_module(es.LinearModule(), root, "batched", batch_size=512)
     assert result.manifest["serving"] == {"batch_size": 512}
-    info = modules.describe(result.path)
+    info = description.describe(result.path)
     assert info.recommended_batch_size == 512 and info.to_dict()["recommended_batch_size"] == 512
     assert "batch size:   512 rows per call" in inspect_cli.render_text(info)
     for bad in (0, -1, 2.5, True):
@@ -470,7 +471,7 @@ def test_a_recommended_batch_size_is_recorded_and_read_back(tmp_path):
             export.export_module(es.LinearModule(), root, "batched", batch_size=bad)
     assert export.list_versions(root, "batched") == [1]
     assert export_cli.main(["--source", result.path, "--root", root, "--name", "again", "--batch-size", "64"]) == 0
-    assert modules.read_manifest(export.version_dir(root, "again", 1))["serving"] == {"batch_size": 64}
+    assert read_module_manifest(export.version_dir(root, "again", 1))["serving"] == {"batch_size": 64}
 
 
 def test_cli_reports_bad_source(tmp_path, capsys):

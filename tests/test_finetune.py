@@ -16,7 +16,8 @@ import tf_keras
 
 from pipelines import export, finetune
 from pipelines.finetune import labeled
-from pipelines.hub import handles, modules
+from pipelines.hub import description, fingerprints
+from pipelines.hub.module_manifest import MANIFEST_NAME, read_module_manifest
 from pipelines.models import build_minilm, digits
 from tests.fixtures import finetune_data as fd
 from tests.fixtures import tiny_modules as tm
@@ -116,11 +117,11 @@ def test_new_version_keeps_the_parents_signatures(tuned):
     manifest, parent_manifest = tuned.result.export.manifest, tuned.parent.manifest
     assert manifest["signatures"] == parent_manifest["signatures"]
     assert sorted(hub.load(tuned.result.export.path).signatures) == sorted(parent_manifest["signatures"])
-    assert modules.describe(tuned.result.export.path).trainable
+    assert description.describe(tuned.result.export.path).trainable
 
 
 def test_parent_is_untouched_and_linked_from_the_manifest(tuned):
-    assert handles.fingerprint_dir(tuned.parent.path) == tuned.parent.fingerprint
+    assert fingerprints.fingerprint_dir(tuned.parent.path) == tuned.parent.fingerprint
     manifest = tuned.result.export.manifest
     assert manifest["parent"] == {
         "name": tuned.parent.manifest["name"],
@@ -177,7 +178,7 @@ def test_a_higher_version_in_the_output_root_is_never_overwritten(root, digits_v
     hparams = finetune.Hyperparameters(steps=1)
     result = finetune.finetune(digits_v2.parent.path, digits_v2.data, root, hparams=hparams)
     assert result.export.version == 3 and result.export.manifest["parent"]["version"] == 1
-    assert handles.fingerprint_dir(digits_v2.result.export.path) == digits_v2.result.export.fingerprint
+    assert fingerprints.fingerprint_dir(digits_v2.result.export.path) == digits_v2.result.export.fingerprint
 
 
 class DropoutImageModule(tf.Module):
@@ -267,7 +268,7 @@ def test_non_trainable_module_is_refused(tmp_path):
 
 def _minilm_parent(tmp_path) -> str:
     """The default module as `make setup` builds it, else built here from the installed weights."""
-    if os.path.isfile(os.path.join(build_minilm.DEFAULT_HANDLE, handles.MANIFEST_NAME)):
+    if os.path.isfile(os.path.join(build_minilm.DEFAULT_HANDLE, MANIFEST_NAME)):
         return build_minilm.DEFAULT_HANDLE
     try:
         return build_minilm.build(str(tmp_path / "minilm-root"))
@@ -278,13 +279,13 @@ def _minilm_parent(tmp_path) -> str:
 @pytest.mark.slow
 def test_minilm_fine_tune_reexports_both_signatures(tmp_path):
     parent = _minilm_parent(tmp_path)
-    parent_fingerprint = handles.fingerprint_dir(parent)
+    parent_fingerprint = fingerprints.fingerprint_dir(parent)
     data = fd.docstrings_jsonl(str(tmp_path / "docs.jsonl"), per_label=6)
     hparams = finetune.Hyperparameters(steps=3, batch_size=8, learning_rate=1e-4)
     result = finetune.finetune(parent, data, str(tmp_path / "out"), hparams=hparams)
     assert result.export.version == 2 and result.export.manifest["parent"]["fingerprint"] == parent_fingerprint
-    assert handles.fingerprint_dir(parent) == parent_fingerprint
-    assert result.export.manifest["signatures"] == modules.read_manifest(parent)["signatures"]
+    assert fingerprints.fingerprint_dir(parent) == parent_fingerprint
+    assert result.export.manifest["signatures"] == read_module_manifest(parent)["signatures"]
     assert result.metrics["training"]["module_training_mode"] is True  # build_minilm seeds its dropout ops
 
     texts = tf.constant(fd.TEXTS)
@@ -416,7 +417,7 @@ def test_cli_prints_metrics_and_a_json_summary(raw_text_module, tmp_path, capsys
     lines = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(lines[-1])
     assert summary["path"] == export.version_dir(out, "tiny-text", 1)
-    assert summary["fingerprint"] == handles.fingerprint_dir(summary["path"])
+    assert summary["fingerprint"] == fingerprints.fingerprint_dir(summary["path"])
     assert summary["metrics"]["training"]["steps"] == 2
     assert any(line.startswith("holdout: ") for line in lines)
     assert any(line.startswith("probe (same ridge head") for line in lines)

@@ -124,7 +124,7 @@ def test_built_module_matches_reference_and_loads_without_assert_guards():
     """The module `make setup` builds (what jobs load): same vectors as the reference, lean graph."""
     from tensorflow.core.protobuf import saved_model_pb2
 
-    from pipelines.hub import modules
+    from pipelines.hub import loading
     from pipelines.models import build_minilm
 
     path = build_minilm.build()  # the existing version, or built now
@@ -137,7 +137,7 @@ def test_built_module_matches_reference_and_loads_without_assert_guards():
 
     table = pq.read_table(REFERENCE)
     reference = np.asarray(table.column("embedding").to_pylist(), dtype=np.float64)
-    serve = modules.load(path).signatures["default"]
+    serve = loading.load(path).signatures["default"]
     ours = serve(text=tf.constant(table.column("text").to_pylist()))["default"].numpy()
     cosine = (ours * reference).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(reference, axis=1)
     assert cosine.min() >= 0.999, cosine.min()
@@ -149,11 +149,12 @@ def test_bfloat16_module_matches_reference_and_embeds_like_float32(tmp_path):
     """The bfloat16 version `make setup` builds: reference parity, batch independence and a real embedding job."""
     from pipelines import embed
     from pipelines.embedding import sinks
-    from pipelines.hub import modules
+    from pipelines.hub import loading
+    from pipelines.hub.module_manifest import read_module_manifest
     from pipelines.models import build_minilm
 
     path = build_minilm.build(precision="bfloat16")  # the existing version, or built now
-    manifest = modules.read_manifest(path)
+    manifest = read_module_manifest(path)
     assert manifest["name"] == "all-minilm-l6-v2-bf16" and manifest["precision"]["compute"] == "bfloat16"
     assert manifest["precision"]["converted"] == {"BatchMatMulV2": 36, "MatMul": 108}
     assert manifest["verification"]["min_cosine"] >= 0.999
@@ -162,7 +163,7 @@ def test_bfloat16_module_matches_reference_and_embeds_like_float32(tmp_path):
     table = pq.read_table(REFERENCE)
     texts = table.column("text").to_pylist()
     reference = np.asarray(table.column("embedding").to_pylist(), dtype=np.float64)
-    serve = modules.load(path).signatures["default"]
+    serve = loading.load(path).signatures["default"]
     ours = serve(text=tf.constant(texts))["default"].numpy().astype(np.float64)
     cosine = (ours * reference).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(reference, axis=1)
     assert cosine.min() >= 0.999, cosine.min()
@@ -190,7 +191,7 @@ def test_bfloat16_module_matches_reference_and_embeds_like_float32(tmp_path):
     rows = sinks.read_table(out).to_pylist()
     with open("pipelines/data/sample.txt") as f:
         sample = f.read().splitlines()
-    float32 = modules.load(build_minilm.build()).signatures["default"](text=tf.constant(sample))["default"].numpy()
+    float32 = loading.load(build_minilm.build()).signatures["default"](text=tf.constant(sample))["default"].numpy()
     job_cosine = [float(np.dot(row["embedding"], float32[int(row["id"].rsplit(":", 1)[1]) - 1])) for row in rows]
     assert min(job_cosine) >= 0.999
 
@@ -326,7 +327,7 @@ def test_training_mode_has_gradients(model):
 @pytest.mark.slow
 def test_saved_model_round_trip(tmp_path):
     """Saved with [None]-string / [None, None]-int32 traces, reloaded, same outputs."""
-    from pipelines.hub.modules import import_tf
+    from pipelines.hub.loading import import_tf
 
     import_tf()  # registers the tokenizer ops for loading
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from pipelines.finetune import module_release
-from pipelines.hub import handles
+from pipelines.hub import fingerprints, registry
 from tests.fixtures import release
 
 
@@ -39,7 +39,7 @@ def test_validate_accepts_an_equivalent_version(root, labeled):
     path = child(root)
     report = module_release.validate(path, probe_data=labeled)  # parent taken from module.json
     assert (report["name"], report["version"]) == ("tiny", 2)
-    assert report["parent"]["fingerprint"] == handles.fingerprint_dir(parent_of(root))
+    assert report["parent"]["fingerprint"] == fingerprints.fingerprint_dir(parent_of(root))
     assert report["metric"]["new"] == pytest.approx(report["metric"]["parent"])
 
 
@@ -86,11 +86,11 @@ def test_publish_moves_latest_forward_only(root):
     assert second == {
         "name": "tiny",
         "version": 2,
-        "fingerprint": handles.fingerprint_dir(os.path.join(root, "tiny", "2")),
+        "fingerprint": fingerprints.fingerprint_dir(os.path.join(root, "tiny", "2")),
         "handle": os.path.join(root, "tiny", "2"),
     }
     assert module_release.published_version(root, "tiny") == 2
-    assert handles.resolve(os.path.join(root, "tiny", "latest")).fingerprint == second["fingerprint"]
+    assert registry.resolve(os.path.join(root, "tiny", "latest")).fingerprint == second["fingerprint"]
     assert module_release.publish(os.path.join(root, "tiny", "2")) == second  # a retry is a no-op
     with pytest.raises(module_release.PublishError, match="already published"):
         module_release.publish(parent_of(root))
@@ -102,7 +102,7 @@ def test_publish_uploads_the_archive_to_s3(root, s3_server):
     s3_server.client().create_bucket(Bucket="modules")
     extra = module_release.publish(parent_of(root), upload_root="s3://modules/hub")
     assert extra["handle"] == "s3://modules/hub/tiny/1.tar.gz"
-    assert handles.resolve(extra["handle"]).fingerprint == extra["fingerprint"]
+    assert registry.resolve(extra["handle"]).fingerprint == extra["fingerprint"]
 
 
 def test_run_finetune_returns_the_printed_version_path(root, tmp_path):

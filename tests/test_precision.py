@@ -16,7 +16,8 @@ from pipelines import export, finetune
 from pipelines import inspect as inspect_cli
 from pipelines.export import cli as export_cli
 from pipelines.export import comparison, precision, probes
-from pipelines.hub import handles, modules
+from pipelines.hub import description, fingerprints
+from pipelines.hub.module_manifest import read_module_manifest
 from pipelines.models import digits
 from tests.fixtures import export_sources as es
 from tests.fixtures import tiny_modules as tm
@@ -119,11 +120,11 @@ def test_bfloat16_export_computes_matmuls_in_bfloat16_with_the_same_interface(tm
     assert 0 < np.abs(got - want).max() < 0.03 * np.abs(want).max()
     np.testing.assert_array_equal(loaded(tf.constant(FEATURES)).numpy(), got)
 
-    info = modules.describe(result.path)
-    assert info.precision == "bfloat16" and modules.describe(reference.path).precision == "float32"
+    info = description.describe(result.path)
+    assert info.precision == "bfloat16" and description.describe(reference.path).precision == "float32"
     text = inspect_cli.render_text(info)
     assert "precision:    bfloat16 (matmuls and convolutions; outputs float32; min cosine 0.99" in text
-    assert "precision:    float32" in inspect_cli.render_text(modules.describe(reference.path))
+    assert "precision:    float32" in inspect_cli.render_text(description.describe(reference.path))
 
 
 def test_bfloat16_version_of_a_keras_saved_model_and_its_reexport(tmp_path):
@@ -227,8 +228,8 @@ def test_nothing_to_convert_and_bad_precision_are_refused(tmp_path, capsys):
     assert "Unknown precision 'int4'" in capsys.readouterr().err
     assert export_cli.main(["--source", source, "--root", root, "--name", "x", "--precision", "bfloat16"]) == 0
     written, fingerprint = capsys.readouterr().out.split()
-    assert modules.read_manifest(written)["precision"]["compute"] == "bfloat16"
-    assert fingerprint == handles.fingerprint_dir(written)
+    assert read_module_manifest(written)["precision"]["compute"] == "bfloat16"
+    assert fingerprint == fingerprints.fingerprint_dir(written)
     with open(os.path.join(written, "module.json")) as f:
         assert json.load(f)["verification"]["probe"]["default"]["rows"] == probes.PROBE_SIZE
 

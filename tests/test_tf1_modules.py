@@ -25,7 +25,7 @@ from pipelines.embedding import sinks
 from pipelines.export import cli as export_cli
 from pipelines.export import tf1_migrate
 from pipelines.finetune import module_release
-from pipelines.hub import handles, modules
+from pipelines.hub import description, fingerprints, loading
 from tests.fixtures import finetune_data
 from tests.fixtures import tf1_hub as th
 
@@ -107,11 +107,11 @@ def test_fixtures_have_the_structure_tensorflow_hub_exported(tf1):
 
 
 def test_tf1_modules_compute_what_numpy_says(tf1):
-    nnlm = modules.load(tf1.nnlm)
+    nnlm = loading.load(tf1.nnlm)
     out = nnlm.signatures["default"](default=tf.constant(NNLM_TEXTS))
     assert set(out) == {"default"}
     np.testing.assert_allclose(out["default"].numpy(), th.nnlm_reference(NNLM_TEXTS), atol=1e-6)
-    elmo = modules.load(tf1.elmo)
+    elmo = loading.load(tf1.elmo)
     for signature in ("default", "tokens"):
         for text in ELMO_TEXTS.values():
             got, want = _elmo_row(elmo, signature, text), th.elmo_reference(text.split())
@@ -122,7 +122,7 @@ def test_tf1_modules_compute_what_numpy_says(tf1):
 def test_inspect_shows_signatures_and_outputs(tf1, capsys):
     assert inspect_cli.main([tf1.elmo, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["format"] == "tf1_hub" and data["fingerprint"] == handles.fingerprint_dir(tf1.elmo)
+    assert data["format"] == "tf1_hub" and data["fingerprint"] == fingerprints.fingerprint_dir(tf1.elmo)
     sigs = data["signatures"]
     assert sorted(sigs) == ["default", "tokens"]
     assert sigs["tokens"]["inputs"] == [
@@ -221,7 +221,7 @@ def test_export_writes_a_reusable_trainable_tf2_module(tf1, migrated):
         assert manifest["format"] == "tf2" and manifest["reusable"] is True
         source = manifest["source"]
         assert source["kind"] == "tf1_hub" and source["format"] == "tf1_hub"
-        assert source["fingerprint"] == handles.fingerprint_dir(getattr(tf1, name))
+        assert source["fingerprint"] == fingerprints.fingerprint_dir(getattr(tf1, name))
         assert source["tag_sets"] == [[], ["train"]] and source["training_graph"] == ["train"]
         checked = source["verification"]["max_abs_diff"]
         assert max(checked.values()) <= 1e-5
@@ -237,23 +237,23 @@ def test_export_writes_a_reusable_trainable_tf2_module(tf1, migrated):
         assert max(manifest["verification"]["max_abs_diff"].values()) <= 1e-5
         assert os.listdir(os.path.join(path, "assets")) == ["tokens.txt"]
         # Same signatures, inputs and output dicts as the TF1 module.
-        assert modules.describe(path).signatures == modules.describe(getattr(tf1, name)).signatures
+        assert description.describe(path).signatures == description.describe(getattr(tf1, name)).signatures
     # word_embeddings is not in the TF1 graph's trainable_variables: it stays frozen, as hub.Module trained it.
-    elmo = modules.describe(migrated.elmo)
+    elmo = description.describe(migrated.elmo)
     assert (elmo.trainable, elmo.num_variables, elmo.num_trainable_variables) == (True, 6, 5)
     # The partitioned embedding table stays in its two parts, each valued from its slice of the checkpoint.
-    assert modules.describe(migrated.nnlm).num_trainable_variables == 2
+    assert description.describe(migrated.nnlm).num_trainable_variables == 2
 
 
 def test_migrated_module_reproduces_the_tf1_module_and_trains_through_the_train_graph(tf1, migrated):
     import tensorflow_hub as hub
 
-    nnlm = modules.load(migrated.nnlm)
+    nnlm = loading.load(migrated.nnlm)
     texts = ["zebra crossing the road", "The cat.", ""]  # OOV buckets, punctuation, an empty row
     np.testing.assert_allclose(
         nnlm.signatures["default"](default=tf.constant(texts))["default"], th.nnlm_reference(texts), atol=1e-5
     )
-    elmo = modules.load(migrated.elmo)
+    elmo = loading.load(migrated.elmo)
     for text in ELMO_TEXTS.values():
         for signature in ("default", "tokens"):
             got, want = _elmo_row(elmo, signature, text), th.elmo_reference(text.split())
@@ -363,7 +363,7 @@ def test_reference_variables_are_rewritten_as_resource_variables(tmp_path):
     assert all(g is not None for g in tape.gradient(loss, module.trainable_variables))
     result = export.export_module(path, str(tmp_path / "root"), "nnlm-ref")
     assert result.manifest["num_trainable_variables"] == 2
-    reloaded = modules.load(result.path).signatures["default"](default=tf.constant(NNLM_TEXTS))["default"]
+    reloaded = loading.load(result.path).signatures["default"](default=tf.constant(NNLM_TEXTS))["default"]
     np.testing.assert_allclose(reloaded.numpy(), th.nnlm_reference(NNLM_TEXTS), atol=1e-5)
 
 
@@ -401,12 +401,12 @@ def test_finetune_a_tf1_module_saves_trained_weights(tf1, migrated, tmp_path, ca
     ]
     assert finetune.main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["parent"]["fingerprint"] == handles.fingerprint_dir(tf1.elmo)
+    assert summary["parent"]["fingerprint"] == fingerprints.fingerprint_dir(tf1.elmo)
     assert summary["metrics"]["training"]["module_training_mode"] is True  # the train graph's dropout is seeded
     with open(os.path.join(summary["path"], "module.json")) as f:
         manifest = json.load(f)
     assert manifest["extra"]["tf1_migration"]["format"] == "tf1_hub"
-    tuned = modules.load(summary["path"])
+    tuned = loading.load(summary["path"])
     trained = {v.name.split(":")[0]: v.numpy() for v in tuned.variables}
     original = th.elmo_values()
     assert set(trained) == set(original)
@@ -414,7 +414,7 @@ def test_finetune_a_tf1_module_saves_trained_weights(tf1, migrated, tmp_path, ca
     assert changed == set(original) - {"elmo/word_embeddings"}  # the frozen variable stayed as it was
     # The release DAG's validate step accepts it against its TF1 parent (same signatures, finite outputs).
     report = module_release.validate(summary["path"])
-    assert report["parent"] == {"handle": tf1.elmo, "fingerprint": handles.fingerprint_dir(tf1.elmo)}
+    assert report["parent"] == {"handle": tf1.elmo, "fingerprint": fingerprints.fingerprint_dir(tf1.elmo)}
     # The migration itself (a TF2 module) fine-tunes the same way.
     argv = [
         "--module",
@@ -432,7 +432,7 @@ def test_finetune_a_tf1_module_saves_trained_weights(tf1, migrated, tmp_path, ca
     ]
     assert finetune.main(argv) == 0
     path = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["path"]
-    parts = sorted((v.name, v.numpy()) for v in modules.load(path).variables)  # embeddings/part_0, /part_1
+    parts = sorted((v.name, v.numpy()) for v in loading.load(path).variables)  # embeddings/part_0, /part_1
     assert [name for name, _ in parts] == ["embeddings/part_0:0", "embeddings/part_1:0"]
     assert not np.allclose(np.concatenate([value for _, value in parts]), th.nnlm_values()["embeddings"])
 

@@ -10,7 +10,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipelines.export.sources import PreparedSource
-from pipelines.hub import handles, modules
+from pipelines.hub import module_info, registry
+from pipelines.hub.module_manifest import MANIFEST_NAME, read_module_manifest
+from pipelines.hub.redaction import redact
 from pipelines.version import code_version
 
 
@@ -35,7 +37,7 @@ class ModuleRef:
             "name": self.name,
             "version": self.version,
             "fingerprint": self.fingerprint,
-            "handle": handles.redact(self.handle),
+            "handle": redact(self.handle),
         }
 
 
@@ -43,17 +45,17 @@ def module_ref(handle: str) -> ModuleRef:
     """Resolves a module handle and reads its identity (for `export_module(parent=...)`).
 
     Raises:
-      handles.HandleError: the handle cannot be resolved.
+      HandleError: the handle cannot be resolved.
     """
-    resolved = handles.resolve(handle)
-    manifest = modules.read_manifest(resolved.path)
+    resolved = registry.resolve(handle)
+    manifest = read_module_manifest(resolved.path)
     return ModuleRef(handle, resolved.fingerprint, manifest.get("name"), manifest.get("version"))
 
 
 def _redact_urls(value: Any) -> Any:
     """Drops credentials from every URL-like string in a JSON-like value."""
     if isinstance(value, str):
-        return handles.redact(value) if "://" in value else value
+        return redact(value) if "://" in value else value
     if isinstance(value, Mapping):
         return {str(k): _redact_urls(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -64,7 +66,7 @@ def _redact_urls(value: Any) -> Any:
 def build_manifest(
     name: str,
     version: int,
-    info: modules.ModuleInfo,
+    info: module_info.ModuleInfo,
     prepared: PreparedSource,
     parent: ModuleRef | None,
     verification: Mapping[str, Any],
@@ -77,7 +79,7 @@ def build_manifest(
     Args:
       name: module name.
       version: version number.
-      info: the written module as `modules.inspect_loaded` describes it.
+      info: the written module as `description.describe_loaded` describes it.
       prepared: the source it was written from.
       parent: the module it derives from, if any.
       verification: how it was verified against the source, and the result.
@@ -94,7 +96,7 @@ def build_manifest(
         "num_variables": info.num_variables,
         "num_trainable_variables": info.num_trainable_variables,
         "signatures": {k: v.to_dict() for k, v in sorted(info.signatures.items())},
-        "source": {"kind": prepared.kind, "description": handles.redact(prepared.description), **prepared.source_info},
+        "source": {"kind": prepared.kind, "description": redact(prepared.description), **prepared.source_info},
         "parent": parent.to_dict() if parent else None,
         "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "code_version": code_version(),
@@ -107,7 +109,7 @@ def build_manifest(
 
 def write_manifest(module_dir: str, manifest: Mapping[str, Any]) -> None:
     """Writes `manifest` as `<module_dir>/module.json` (sorted, indented JSON) and syncs it to disk."""
-    with open(os.path.join(module_dir, handles.MANIFEST_NAME), "w") as f:
+    with open(os.path.join(module_dir, MANIFEST_NAME), "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True, allow_nan=False)
         f.write("\n")
         f.flush()

@@ -1,7 +1,7 @@
 """`export_module`: a source written, verified and published atomically as `<root>/<name>/<version>/`.
 
 The module is written to a hidden directory beside its versions, reloaded
-with `modules.load` and compared with the in-memory source on probe inputs;
+with `loading.load` and compared with the in-memory source on probe inputs;
 only then is the directory renamed to its version, under the name's lock.
 """
 
@@ -27,7 +27,8 @@ from pipelines.export.verification import (
     verify,
 )
 from pipelines.export.versions import check_name, choose_version, locked_name_dir, temp_dir, version_dir
-from pipelines.hub import archives, handles, modules
+from pipelines.hub import archives, description, fingerprints, loading, resolver
+from pipelines.hub.module_manifest import is_batch_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +38,7 @@ class ExportResult:
     Attributes:
       path: the version directory, `<root>/<name>/<version>`.
       version: the version number.
-      fingerprint: `handles.fingerprint_dir(path)`.
+      fingerprint: `fingerprints.fingerprint_dir(path)`.
       manifest: the contents of its `module.json`.
       tar_path: `<root>/<name>/<version>.tar.gz` when packed, else None.
     """
@@ -108,7 +109,7 @@ def export_module(
     Returns:
       The published version. Its `module.json` holds: name, version,
       fingerprint, format, reusable, num_variables, num_trainable_variables,
-      signatures (input/output specs as in `modules.SignatureInfo.to_dict`),
+      signatures (input/output specs as in `module_info.SignatureInfo.to_dict`),
       source {kind, description; for a TF1 Hub module also format, fingerprint,
       tag_sets, training_graph, initializers, attachments and verification
       against it}, parent {name, version, fingerprint, handle}
@@ -128,7 +129,7 @@ def export_module(
     """
     check_name(name)
     tolerance = checked_tolerance(precision, atol, min_cosine, min_agreement)
-    if batch_size is not None and not modules.is_batch_size(batch_size):
+    if batch_size is not None and not is_batch_size(batch_size):
         raise ExportError(f"batch_size must be a positive integer, got {batch_size!r}.")
     prepared = prepare(source, signatures, source_description)
     probes = probes_for(prepared, probe_inputs)
@@ -165,7 +166,7 @@ def _write_verified(
         rewrite = reduced_precision.rewrite_saved_model(path, tolerance.precision)
     except reduced_precision.PrecisionError as e:
         raise ExportError(str(e)) from e
-    loaded = modules.load(path)
+    loaded = loading.load(path)
     verification = {**verify(prepared, loaded, probes, tolerance), "probe": probe_record(probes)}
     compute = {"compute": tolerance.precision}
     if tolerance.precision != reduced_precision.FLOAT32:
@@ -173,7 +174,7 @@ def _write_verified(
         # What the cosines were measured against: the float32 model, or a source already in bfloat16.
         source = tolerance.precision if rewrite.already else reduced_precision.FLOAT32
         verification["reference"] = f"the {source} source, in memory"
-    info = modules.inspect_loaded(loaded, handles.ResolvedModule(path, path, handles.fingerprint_dir(path)))
+    info = description.describe_loaded(loaded, resolver.ResolvedModule(path, path, fingerprints.fingerprint_dir(path)))
     manifest = build_manifest(name, version, info, prepared, parent, verification, compute, extra, batch_size)
     write_manifest(path, manifest)
     return manifest

@@ -20,10 +20,11 @@ from typing import Any
 
 from pipelines.export import tf1_migrate
 from pipelines.export.errors import ExportError
-from pipelines.hub import handles, modules
+from pipelines.hub import loading, module_dirs, module_info
+from pipelines.hub.errors import ModuleError
 
-DEFAULT_SIGNATURE = modules.DEFAULT_SIGNATURE
-DEFAULT_OUTPUT_KEY = modules.DEFAULT_OUTPUT_KEY
+DEFAULT_SIGNATURE = module_info.DEFAULT_SIGNATURE
+DEFAULT_OUTPUT_KEY = module_info.DEFAULT_OUTPUT_KEY
 SOURCE_KINDS = ("keras", "tf_keras", "tf_module", "saved_model", "tf1_hub")
 
 
@@ -120,7 +121,7 @@ def load_source(path: str) -> Any:
     """Loads a model file or SavedModel directory for export.
 
     Args:
-      path: a SavedModel directory (TF2, loaded with `modules.load`), a TF1
+      path: a SavedModel directory (TF2, loaded with `loading.load`), a TF1
         Hub-format module directory (migrated with `tf1_migrate.migrate`), a
         `.keras` file (Keras 3) or a `.h5` file (tf_keras).
 
@@ -128,7 +129,7 @@ def load_source(path: str) -> Any:
       ExportError: the path does not exist, is not one of those, or cannot be loaded.
     """
     if os.path.isdir(path):
-        if not handles.is_module_dir(path):
+        if not module_dirs.is_module_dir(path):
             raise ExportError(f"Source {path!r} is a directory but not a SavedModel (no saved_model.pb).")
         if tf1_migrate.is_tf1_hub_module(path):
             try:
@@ -136,8 +137,8 @@ def load_source(path: str) -> Any:
             except tf1_migrate.MigrationError as e:
                 raise ExportError(f"TF1 Hub module {path!r} cannot be migrated: {e}") from e
         try:
-            return modules.load(path)
-        except modules.ModuleError as e:
+            return loading.load(path)
+        except ModuleError as e:
             raise ExportError(str(e)) from e
     if not os.path.exists(path):
         raise ExportError(f"Source {path!r} does not exist.")

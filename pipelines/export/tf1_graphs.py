@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.hub import modules
+from pipelines.hub import loading
 
 
 def _tf():
-    return modules.import_tf()
+    return loading.import_tf()
 
 
 MODULE_DEF_FILENAME = "tfhub_module.pb"

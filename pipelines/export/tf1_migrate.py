@@ -19,7 +19,7 @@ from typing import Any
 from pipelines.export import tf1_graphs
 from pipelines.export.comparison import max_abs_diff
 from pipelines.export.tf1_graphs import INFERENCE_TAGS, TRAIN_TAGS, MigrationError, check_module_def, is_tf1_hub_module
-from pipelines.hub import handles, modules
+from pipelines.hub import fingerprints, loading
 
 __all__ = [
     "INFERENCE_TAGS",
@@ -56,7 +56,7 @@ class SourceMismatchError(MigrationError):
 
 
 def _tf():
-    return modules.import_tf()
+    return loading.import_tf()
 
 
 # --------------------------------------------------------------------------- the migrated module
@@ -306,7 +306,7 @@ def _module_class():
             """Compares every migrated signature with the TF1 module's, graph by graph, on `probes`.
 
             The `{}` graph's signatures are compared with the TF1 module as
-            `modules.load` (i.e. `hub.load`) runs it; the `{"train"}` graph's
+            `loading.load` (i.e. `hub.load`) runs it; the `{"train"}` graph's
             with that graph loaded the same way, except signatures with
             stateful random ops (dropout), whose outputs are random.
 
@@ -319,7 +319,7 @@ def _module_class():
             """
             diffs: dict[str, float] = {}
             not_compared: dict[str, list[str]] = {}
-            graphs = [(INFERENCE_TAGS, "", modules.load(self.path))]
+            graphs = [(INFERENCE_TAGS, "", loading.load(self.path))]
             if self._graphs.has(TRAIN_TAGS):
                 graphs.append((TRAIN_TAGS, "train/", tf.compat.v1.saved_model.load_v2(self.path, tags=["train"])))
             for tags, prefix, source in graphs:
@@ -418,7 +418,7 @@ def migrate(path: str) -> Any:
     for initializer in initializers:
         initializer._initialize()  # pylint: disable=protected-access  (what loading does for a saved one)
     attachments = sorted({key for tags in chosen for key in tf1_graphs.attachment_keys(meta_graphs[tags])})
-    fingerprint = handles.fingerprint_dir(path)
+    fingerprint = fingerprints.fingerprint_dir(path)
     ordered = [variables[name] for name in sorted(variables)]
     return module_class()(
         path, fingerprint, graphs, ordered, initializers, sorted(meta_graphs, key=sorted), attachments

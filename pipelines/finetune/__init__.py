@@ -67,7 +67,11 @@ import numpy as np
 from pipelines import console, export
 from pipelines.export import precision as reduced_precision
 from pipelines.finetune import labeled
-from pipelines.hub import handles, modules
+from pipelines.hub import loading, module_dirs, module_info, registry, resolver
+from pipelines.hub.description import describe_loaded
+from pipelines.hub.errors import HandleError, ModuleError
+from pipelines.hub.module_manifest import read_module_manifest
+from pipelines.hub.redaction import redact
 
 TASKS = ("classification",)
 DEFAULT_EPOCHS = 3
@@ -165,7 +169,7 @@ class FinetuneResult:
     classes: tuple[str, ...]
 
 
-def module_input(info: modules.ModuleInfo) -> ModuleInput:
+def module_input(info: module_info.ModuleInfo) -> ModuleInput:
     """Classifies a module's `default` input as text (`[N]` string) or image (`[N, H, W, 3]` float).
 
     Raises:
@@ -173,10 +177,10 @@ def module_input(info: modules.ModuleInfo) -> ModuleInput:
     """
     if not info.trainable:
         raise FinetuneError(
-            f"Module {handles.redact(info.handle)!r} is not a reusable module with trainable variables; "
+            f"Module {redact(info.handle)!r} is not a reusable module with trainable variables; "
             "re-export it with `python -m pipelines.export` first."
         )
-    signature = info.signature(modules.DEFAULT_SIGNATURE)
+    signature = info.signature(module_info.DEFAULT_SIGNATURE)
     if len(signature.inputs) == 1:
         spec = signature.inputs[0]
         if spec.dtype == "string" and spec.shape == (None,):
@@ -184,13 +188,13 @@ def module_input(info: modules.ModuleInfo) -> ModuleInput:
         if spec.dtype.startswith("float") and len(spec.shape) == 4 and spec.shape[3] == 3:
             if None in spec.shape[1:3]:
                 raise FinetuneError(
-                    f"Module {handles.redact(info.handle)!r} takes images of any size; "
+                    f"Module {redact(info.handle)!r} takes images of any size; "
                     "fine-tuning needs a module with a fixed input height and width."
                 )
             return ModuleInput("image", tuple(spec.shape[1:]), spec.dtype)
     inputs = ", ".join(f"{t.name}: {t.dtype}{list(t.shape)}" for t in signature.inputs)
     raise FinetuneError(
-        f"Module {handles.redact(info.handle)!r} default signature takes ({inputs}); fine-tuning supports texts "
+        f"Module {redact(info.handle)!r} default signature takes ({inputs}); fine-tuning supports texts "
         "(string [N]) and images (float [N, H, W, 3])."
     )
 
@@ -325,7 +329,7 @@ def finetune(
     """Fine-tunes a module on labeled data and exports the encoder as the next version.
 
     Args:
-      module: handle of a reusable, trainable module (any `handles.resolve` form).
+      module: handle of a reusable, trainable module (any `registry.resolve` form).
       data: labeled data (see `pipelines.finetune.labeled`); its kind follows the module's input.
       output_root: modules root; the new version is `<output_root>/<name>/<next version>` (see the module docstring).
       task: only "classification".
@@ -338,16 +342,16 @@ def finetune(
       The published version, its metrics and the in-memory fine-tuned encoder.
 
     Raises:
-      handles.HandleError, modules.ModuleError: the module cannot be resolved or loaded.
+      HandleError, ModuleError: the module cannot be resolved or loaded.
       FinetuneError: unsupported task or module, bad hyperparameters, no module name.
       labeled.DataError: bad data (raised before training).
       export.ExportError: the export failed verification; nothing was published.
     """
     if task not in TASKS:
         raise FinetuneError(f"Unknown task {task!r}; supported: {', '.join(TASKS)}.")
-    resolved = handles.resolve(module)
-    if not (name or modules.read_manifest(resolved.path).get("name")):
-        raise FinetuneError(f"Module {handles.redact(module)!r} has no name in a module.json; pass a name.")
+    resolved = registry.resolve(module)
+    if not (name or read_module_manifest(resolved.path).get("name")):
+        raise FinetuneError(f"Module {redact(module)!r} has no name in a module.json; pass a name.")
     with tempfile.TemporaryDirectory(prefix="hub-embed-tf1-migration-") as scratch:
         trainable_path, migration = _trainable_module(resolved, scratch)
         return _finetune(
@@ -355,23 +359,23 @@ def finetune(
         )
 
 
-def _trainable_module(resolved: handles.ResolvedModule, scratch: str) -> tuple[str, dict[str, Any] | None]:
+def _trainable_module(resolved: resolver.ResolvedModule, scratch: str) -> tuple[str, dict[str, Any] | None]:
     """The module directory to train: the module itself, or the migration of a TF1 Hub-format module.
 
     Returns:
       (path, what the migration's module.json records about its TF1 source, or None).
     """
-    if modules.module_format(resolved.path) != "tf1_hub":
+    if module_dirs.module_format(resolved.path) != "tf1_hub":
         return resolved.path, None
     migrated = export.export_module(
-        resolved.path, scratch, "tf1-migration", source_description=f"TF1 Hub module {handles.redact(resolved.handle)}"
+        resolved.path, scratch, "tf1-migration", source_description=f"TF1 Hub module {redact(resolved.handle)}"
     )
     return migrated.path, migrated.manifest["source"]
 
 
 def _finetune(
     module: str,
-    resolved: handles.ResolvedModule,
+    resolved: resolver.ResolvedModule,
     trainable_path: str,
     migration: dict[str, Any] | None,
     data: str,
@@ -385,12 +389,12 @@ def _finetune(
     """`finetune` once the module to train is at `trainable_path` (see `_trainable_module`)."""
     import tensorflow_hub as hub
 
-    loaded = modules.load(trainable_path)
-    info = modules.inspect_loaded(loaded, resolved)
+    loaded = loading.load(trainable_path)
+    info = describe_loaded(loaded, resolved)
     module_in = module_input(info)
     name = name or info.name
     if not name:
-        raise FinetuneError(f"Module {handles.redact(module)!r} has no name in a module.json; pass a name.")
+        raise FinetuneError(f"Module {redact(module)!r} has no name in a module.json; pass a name.")
     hparams = hparams.resolve(module_in.kind)
     examples = labeled.read(data, module_in.kind, module_in.image_size)
     train_idx, holdout_idx = labeled.split(examples, hparams.holdout_fraction, hparams.seed)
@@ -413,15 +417,15 @@ def _finetune(
     metrics = _metrics(classifier, len(examples.classes), labels, embed_splits(), parent_embeddings)
     metrics["training"] = {"steps": steps, "seconds": round(seconds, 3), "module_training_mode": training_mode}
     parent = export.ModuleRef(module, resolved.fingerprint, info.name, info.version)
-    probe_name = info.signature(modules.DEFAULT_SIGNATURE).inputs[0].name
+    probe_name = info.signature(module_info.DEFAULT_SIGNATURE).inputs[0].name
     published = export.export_module(
         loaded,
         output_root,
         name,
         version=_version(output_root, name, info),
         parent=parent,
-        probe_inputs={modules.DEFAULT_SIGNATURE: {probe_name: examples.inputs[:VERIFY_EXAMPLES]}},
-        source_description=f"fine-tuned {handles.redact(module)}",
+        probe_inputs={module_info.DEFAULT_SIGNATURE: {probe_name: examples.inputs[:VERIFY_EXAMPLES]}},
+        source_description=f"fine-tuned {redact(module)}",
         extra_manifest={
             "finetune": _record(task, examples, hparams, metrics),
             **({"tf1_migration": migration} if migration else {}),
@@ -433,7 +437,7 @@ def _finetune(
     return FinetuneResult(published, metrics, loaded, examples.classes)
 
 
-def _version(output_root: str, name: str, parent: modules.ModuleInfo) -> int | None:
+def _version(output_root: str, name: str, parent: module_info.ModuleInfo) -> int | None:
     """The parent's version + 1 when `output_root` has no version of `name` that high yet.
 
     Otherwise None: the export tool then picks the next free version under its lock.
@@ -448,7 +452,7 @@ def _output_key(loaded: Any, example: np.ndarray) -> str | None:
     """`"default"` when the module's `__call__` returns a dict (as `hub.KerasLayer` then needs), else None."""
     import tensorflow as tf
 
-    return modules.DEFAULT_OUTPUT_KEY if isinstance(loaded(tf.constant(example)), Mapping) else None
+    return module_info.DEFAULT_OUTPUT_KEY if isinstance(loaded(tf.constant(example)), Mapping) else None
 
 
 def _metrics(
@@ -564,7 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pack=args.pack,
             verbose=2,
         )
-    except (FinetuneError, labeled.DataError, handles.HandleError, modules.ModuleError, export.ExportError) as e:
+    except (FinetuneError, labeled.DataError, HandleError, ModuleError, export.ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print("\n".join(_summary_lines(result)))

@@ -31,7 +31,21 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.hub import archives, handles, locks, modules
+from pipelines.hub import (
+    archives,
+    binding,
+    description,
+    fingerprints,
+    loading,
+    locks,
+    module_dirs,
+    module_info,
+    registry,
+)
+from pipelines.hub.beam_filesystems import ensure_filesystem_options
+from pipelines.hub.errors import HandleError, ModuleError
+from pipelines.hub.module_manifest import read_module_manifest
+from pipelines.hub.redaction import redact
 
 LATEST = "latest"
 REJECTED_PREFIX = ".rejected-"
@@ -119,30 +133,30 @@ def _version_path(line: str) -> str | None:
         with contextlib.suppress(ValueError):
             path = json.loads(line).get("path")
             return path if isinstance(path, str) and os.path.isdir(path) else None
-    return line if line and os.path.isdir(line) and handles.is_module_dir(line) else None
+    return line if line and os.path.isdir(line) and module_dirs.is_module_dir(line) else None
 
 
 # --------------------------------------------------------------------------- validate
 
 
 def _manifest(path: str) -> dict[str, Any]:
-    manifest = modules.read_manifest(path)
+    manifest = read_module_manifest(path)
     missing = [k for k in ("name", "version", "fingerprint") if not manifest.get(k)]
     if missing:
         raise ValidationError(f"{path}: module.json is missing or lacks {missing}.")
     return manifest
 
 
-def _load(handle: str, what: str) -> tuple[Any, modules.ModuleInfo]:
+def _load(handle: str, what: str) -> tuple[Any, module_info.ModuleInfo]:
     try:
-        resolved = handles.resolve(handle)
-        loaded = modules.load(resolved.path)
-        return loaded, modules.inspect_loaded(loaded, resolved)
-    except (handles.HandleError, modules.ModuleError) as e:
-        raise ValidationError(f"The {what} module {handles.redact(handle)!r} does not load: {e}") from e
+        resolved = registry.resolve(handle)
+        loaded = loading.load(resolved.path)
+        return loaded, description.describe_loaded(loaded, resolved)
+    except (HandleError, ModuleError) as e:
+        raise ValidationError(f"The {what} module {redact(handle)!r} does not load: {e}") from e
 
 
-def compare_signatures(parent: modules.ModuleInfo, child: modules.ModuleInfo) -> None:
+def compare_signatures(parent: module_info.ModuleInfo, child: module_info.ModuleInfo) -> None:
     """Checks that every parent signature exists in the child with the same inputs and output dims.
 
     Raises:
@@ -185,7 +199,7 @@ def check_finite(loaded: Any) -> None:
     for name, fn in sorted(loaded.signatures.items()):
         specs = fn.structured_input_signature[1]
         probe = {k: tf.constant(v) for k, v in export.synthetic_probe(specs).items()}
-        for key, value in modules.as_output_dict(fn(**probe)).items():
+        for key, value in binding.as_output_dict(fn(**probe)).items():
             _require_finite(np.asarray(value), f"Signature {name!r} output {key!r} on probe inputs")
 
 
@@ -194,18 +208,18 @@ def _require_finite(values: np.ndarray, what: str) -> None:
         raise ValidationError(f"{what} has {int(np.sum(~np.isfinite(values)))} NaN/Inf values.")
 
 
-def _embed(loaded: Any, info: modules.ModuleInfo, inputs: np.ndarray) -> np.ndarray:
+def _embed(loaded: Any, info: module_info.ModuleInfo, inputs: np.ndarray) -> np.ndarray:
     import tensorflow as tf
 
-    call = modules.bind(loaded)
-    input_name = info.signature(modules.DEFAULT_SIGNATURE).inputs[0].name
+    call = binding.bind(loaded)
+    input_name = info.signature(module_info.DEFAULT_SIGNATURE).inputs[0].name
     batches = [call({input_name: tf.constant(inputs[i : i + EMBED_BATCH])}) for i in range(0, len(inputs), EMBED_BATCH)]
     return np.concatenate(batches).astype(np.float64)
 
 
 def probe_metric(
-    parent: tuple[Any, modules.ModuleInfo],
-    child: tuple[Any, modules.ModuleInfo],
+    parent: tuple[Any, module_info.ModuleInfo],
+    child: tuple[Any, module_info.ModuleInfo],
     probe_data: str,
     holdout_fraction: float,
     seed: int,
@@ -269,7 +283,7 @@ def validate(
       ValidationError: the first failed check.
     """
     manifest = _manifest(path)
-    actual = handles.fingerprint_dir(path)
+    actual = fingerprints.fingerprint_dir(path)
     if actual != manifest["fingerprint"]:
         raise ValidationError(
             f"{path}: files changed since export (fingerprint {actual} != {manifest['fingerprint']})."
@@ -282,7 +296,7 @@ def validate(
     before = _load(parent, "parent")
     if recorded_parent.get("fingerprint") and recorded_parent["fingerprint"] != before[1].fingerprint:
         raise ValidationError(
-            f"The parent {handles.redact(parent)!r} is no longer the module this version was fine-tuned from "
+            f"The parent {redact(parent)!r} is no longer the module this version was fine-tuned from "
             f"(fingerprint {before[1].fingerprint} != {recorded_parent['fingerprint']})."
         )
     compare_signatures(before[1], child[1])
@@ -301,7 +315,7 @@ def validate(
         "name": manifest["name"],
         "version": manifest["version"],
         "fingerprint": manifest["fingerprint"],
-        "parent": {"handle": handles.redact(parent), "fingerprint": before[1].fingerprint},
+        "parent": {"handle": redact(parent), "fingerprint": before[1].fingerprint},
         "metric": metric,
     }
 
@@ -341,7 +355,7 @@ def upload(local_path: str, url: str) -> str:
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
-    handles._ensure_filesystem_options()
+    ensure_filesystem_options()
     if not FileSystems.get_scheme(url):
         os.makedirs(os.path.dirname(os.path.abspath(url)), exist_ok=True)
     try:
@@ -351,7 +365,7 @@ def upload(local_path: str, url: str) -> str:
         ):
             shutil.copyfileobj(src, out, 1 << 20)
     except Exception as e:  # Beam wraps backend errors in many types.
-        raise PublishError(f"Upload of {local_path} to {handles.redact(url)} failed: {type(e).__name__}: {e}") from e
+        raise PublishError(f"Upload of {local_path} to {redact(url)} failed: {type(e).__name__}: {e}") from e
     return url
 
 

@@ -1,1 +1,8 @@
-"""Module handles and their cache: resolvers, safe archive extraction, locks, loading and describing modules."""
+"""TF Hub modules: resolving handles into a local cache, loading modules, describing and calling them.
+
+Resolving: `registry.resolve(handle)` asks each resolver (`local_resolver`,
+`http_resolver`, `object_store_resolver`; contract in `resolver`) in turn;
+remote modules land in `module_cache`, guarded by `locks`, unpacked by
+`archives`, and identified by `fingerprints`. Using: `loading.load`,
+`description.describe`, `binding.bind`.
+"""

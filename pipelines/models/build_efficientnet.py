@@ -28,7 +28,7 @@ import os
 import sys
 
 from pipelines import console, export
-from pipelines.hub import modules
+from pipelines.hub.errors import ModuleError
 from pipelines.models import efficientnet, photos, torch_weights
 
 NAME = "efficientnet-lite0"
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         torch_weights.TorchFileError,
         efficientnet.WeightsError,
         export.ExportError,
-        modules.ModuleError,
+        ModuleError,
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ import os
 import sys
 
 from pipelines import console, export
-from pipelines.hub import modules
+from pipelines.hub.errors import ModuleError
 
 NAME = "all-minilm-l6-v2"
 DEFAULT_ROOT = os.path.join("build", "modules")
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         path = build(args.output_root, args.version, args.weights_dir, args.pack, args.precision)
-    except (FileNotFoundError, export.ExportError, modules.ModuleError) as e:
+    except (FileNotFoundError, export.ExportError, ModuleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(path)

@@ -214,9 +214,9 @@ def previous_table(folder: str, stamp: str) -> str | None:
     from apache_beam.io.filesystems import FileSystems
 
     from pipelines.embedding.sinks import SUCCESS_FILE
-    from pipelines.hub import handles
+    from pipelines.hub.beam_filesystems import ensure_filesystem_options
 
-    handles._ensure_filesystem_options()
+    ensure_filesystem_options()
     prefix = folder.rstrip("/") + "/"
     matched = FileSystems.match([prefix + "*/" + SUCCESS_FILE])[0].metadata_list
     stamps = []
