@@ -1,35 +1,7 @@
-"""Content keys: what the module is fed for a row, hashed, and the keyed join that decides who needs a module call.
+"""Content keys: the hash of what the module is fed for a row, and the keyed join that finds who needs a module call.
 
-Every row of a table has a `content_hash`: the SHA-256 (lowercase hex) of
-exactly what decides its embedding besides the module:
-
-* text: the UTF-8 bytes of the validated text, as the module is fed it
-  (ELMo-style signatures get it split on whitespace: the same text, the same
-  tokens);
-* image: `IMAGE_PREPROCESSING` and the target size as one line, then the
-  image file's bytes. The pixels the module sees are a function of these
-  (decode, EXIF orientation, RGB, bilinear resize, scale to [0, 1]; see
-  `pipelines.embedding.preprocess`); bump the version in `IMAGE_PREPROCESSING` when
-  that code changes what it produces. Pillow and Pillow-SIMD of the same
-  version count as the same preprocessing: their resizes differ only in
-  rounding (at most one level, in about 0.2% of samples; the module's vectors
-  at cosine 0.99996 or more to each other on the benchmark's photos), and
-  workers installed from the lock run Pillow while a launcher may run
-  Pillow-SIMD.
-
-`scheme(spec)` names the function and what it covers; the table's metadata
-records it, and a reuse table is only used when its scheme is the same.
-
-`JoinContent` groups a run's rows by content hash together with the vectors
-of a reuse table (a keyed join: one `GroupByKey` over both sides, so no
-worker holds either side whole):
-
-    (content_hash, row) ──┐
-                          ├─ GroupByKey ─▶ a reused vector: every row takes it ───────▶ `reused`
-    (content_hash, vec) ──┘              └▶ none: one ContentGroup per content ───────▶ `misses`
-
-Rows with equal contents therefore get one module call between them, and
-each keeps its own id, source and passthrough values.
+The join (`JoinContent`) groups a run's rows by content hash with a reuse table's
+vectors; why, and what a key covers: docs/design/embedding.md.
 """
 
 from __future__ import annotations

@@ -29,17 +29,14 @@ from pipelines.embedding.runtime import HeapTrimmer, configure_threads
 from pipelines.hub import binding, fingerprint_records, registry
 from pipelines.hub.redaction import redact
 
+# Texts: module calls per window; a window is sorted by length, then cut into calls.
 WINDOW_BATCHES = 8
-# Image calls side by side (`calls` > 1): a window holds about this many images per call thread, in
-# whole calls, which the threads take one after another from a shared queue. Large, as its paths
-# cost little memory: the threads wait for each other, and for Beam's work on the window's results,
-# once per window (16 calls of 32 images, 64 of 8).
+# Image calls side by side (`calls` > 1): about this many images per call thread in a window, in whole calls.
 WINDOW_ROWS_PER_THREAD = 512
 _DIMS = "dims"  # the fingerprint-keyed record of probed output dimensions
 # Warm-up inputs: texts of a few lengths (the module's first call builds and optimizes its graph).
 WARMUP_TEXTS = tuple(" ".join(["warm-up text"] * n) for n in (1, 4, 16, 64))
-# Images are warmed up at the call size (at most this many): CPU kernels are set up per input
-# shape, ≈0.25 s for EfficientNet-Lite0's first call of 32 images after one of 2.
+# Images are warmed up at the call size, at most this many: CPU kernels are set up per input shape.
 MAX_WARMUP_IMAGES = 64
 PROGRESS_INTERVAL_S = 30.0
 MODEL_LOAD_METRIC = "model_load_ms"

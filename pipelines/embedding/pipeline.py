@@ -1,14 +1,8 @@
-"""build_pipeline(p, cfg): the embedding job's graph, wired from the stage transforms.
+"""`prepare(cfg)` settles a run at launch; `build_pipeline(p, cfg)` wires the embedding job's graph.
 
-    Read ─▶ DedupeIds ─▶ Preprocess ─▶ JoinContent ─▶ reused rows ─────────────────────▶ WriteTable
-                         (content_hash)    ▲      └─▶ misses ─▶ Decode ─▶ Embed ─▶ ┘    (parts, dead letters,
-    ReadReuse (the reuse table's vectors) ─┘           (one per content)                commit)
-      └────────┴────────────┴──────────────────────────────┴────────┴──── failures ──▶┘
-
-Step labels are stable (tests and Dataflow job updates rely on them):
-`Read`, `DedupeIds`, `Preprocess`, `ReadReuse`, `JoinContent`,
-`Decode`, `Embed`, `AllFailures`, `AllTallies`, `WriteTable` (its `WriteParts` writes the
-reused rows, `WriteParts1` the embedded ones).
+Step labels are stable (tests and Dataflow job updates rely on them): `Read`,
+`DedupeIds`, `Preprocess`, `ReadReuse`, `JoinContent`, `Decode`, `Embed`,
+`AllFailures`, `AllTallies`, `WriteTable`. The graph: docs/design/embedding.md.
 """
 
 from __future__ import annotations
@@ -119,9 +113,7 @@ def _load_for_workers(cfg: EmbedConfig, resolved: ResolvedModule) -> Any:
     """Loads the module in the launcher (to describe it), TensorFlow's threads first set as this run's workers set them.
 
     In-process workers reuse this copy (`load_module`), and TensorFlow's
-    pools cannot change once it has started. Left at the launcher's pools
-    (two intra-op threads per call here), a first one-process image run of a
-    module not described before took 1.25-1.39 times as long (see the README).
+    pools cannot change once it has started (see docs/design/embedding.md).
     """
     configure_threads(*_worker_threads(cfg))
     return load_module(resolved)
@@ -131,9 +123,9 @@ def side_by_side_calls(cfg: EmbedConfig, options: PipelineOptions) -> int:
     """Image module calls run side by side in one process, each thread decoding its own call's images.
 
     A one-process run's decode threads (`decode_threads`) become call threads,
-    each on one TensorFlow thread: no op waits for a thread whose core a
-    decoder took (see the README's image benchmark). 1 (calls one after another,
-    images decoded by `Decode`) for texts and for several worker processes.
+    each on one TensorFlow thread (see docs/design/embedding.md). 1 (calls one
+    after another, images decoded by `Decode`) for texts and for several worker
+    processes.
     """
     if cfg.source.kind != "image" or tf_threads(options) is not None:
         return 1
@@ -164,12 +156,11 @@ WORKER_COMMAND = f"{sys.executable} -m pipelines.embedding.worker"
 def new_pipeline(options: PipelineOptions) -> beam.Pipeline:
     """A pipeline whose DirectRunner honors `--direct_num_workers` and `--direct_running_mode`.
 
-    Beam 2.77's DirectRunner hands batch jobs to the Prism runner whenever it
-    can download it, and Prism ignores those two options; without network
-    access it falls back to its FnApiRunner. For DirectRunner jobs this uses
-    that FnApiRunner, configured as the DirectRunner configures it, so a run
-    behaves the same on every machine; its worker processes (multi-process
-    mode) run `pipelines.embedding.worker`. Other runners are left to Beam.
+    DirectRunner jobs run on Beam's FnApiRunner, configured as the DirectRunner
+    configures it, whether or not Beam could fetch its Prism runner (which
+    ignores those options), so a run behaves the same on every machine; its
+    worker processes (multi-process mode) run `pipelines.embedding.worker`.
+    Other runners are left to Beam.
     """
     if (options.view_as(StandardOptions).runner or "DirectRunner") not in ("DirectRunner", "direct"):
         return beam.Pipeline(options=options)

@@ -1,36 +1,8 @@
-"""Preprocessing: validate texts and decode images before the module sees them; key each record by its content.
+"""Preprocessing: texts validated and image files read (each record keyed by its content), images decoded.
 
-`Preprocess` runs on every record: it validates a text, or reads an image
-file, and sets the record's `content_hash` (`pipelines.embedding.content`). `Decode`
-runs after the content join, on what still needs a module call: it decodes
-each such image once, however many records share it, in batches of one
-module call side by side in threads (`decode_threads`: Pillow releases the
-GIL while it decodes and resizes), one batch ahead of the module. Texts pass
-it unchanged, and so do images when the module's calls run side by side
-(one-process runs): each call's thread then decodes its own images
-(`decode_content`, in `model_handler`).
-
-Texts: an empty or whitespace-only text, or one longer than `max_text_bytes`
-UTF-8 bytes, is dead-lettered (stage `validate`) in every input format. Other
-texts pass unchanged (NUL and control characters included: the module's own
-tokenizer decides what they mean).
-
-Images: the file is decoded with Pillow (format from content, not extension),
-EXIF orientation applied, converted to RGB (grayscale and palette expanded,
-CMYK converted, transparency composited over white), resized (stretched) to
-the module's height x width with bilinear filtering and scaled to float32
-[0, 1] (8-bit pixels travel as uint8 and are scaled in the module call, for
-the whole batch at once: `decode_pixels`, `model_handler.image_batch`).
-16-bit grayscale images are scaled by 1/65535 (not clipped at 255), 32-bit
-integer ones likewise (samples over 65535 clip); 32-bit float images
-have no standard range and are dead-lettered. Images with more than `max_image_pixels` pixels are refused before
-their pixels are decoded (decompression bombs). Empty, truncated or
-unidentifiable files are dead-lettered (stage `decode`).
-
-Where `make setup` could build it, Pillow is Pillow-SIMD of the same version
-(`pillow_build` says which): its resize is about 5x as fast (SSE4) and its
-pixels are Pillow's but for rounding, at most one level apart in about 0.2%
-of samples; content keys treat the two alike (`pipelines.embedding.content`).
+`Preprocess` runs on every record, before the content join; `Decode` after it,
+on the contents that still need a module call. The decoding rules and why
+images are decoded where they are: docs/design/embedding.md.
 """
 
 from __future__ import annotations
@@ -223,11 +195,9 @@ class _DecodeImages(beam.DoFn):
     the worker's cores. A batch is handed on when the next one arrives (or at
     the end of the bundle), and the next one is decoded meanwhile: while the
     module embeds batch k downstream, in this thread, the pool decodes batch
-    k+1, rather than the module waiting for each batch to be decoded. Where
-    the module keeps every core busy, the decoding slows its calls instead
-    (see the README's image benchmark). At most two batches of pixels are held. Outputs
-    keep their order. With one thread, each batch is decoded in the bundle's
-    own thread when it arrives.
+    k+1. At most two batches of pixels are held. Outputs keep their order.
+    With one thread, each batch is decoded in the bundle's own thread when it
+    arrives.
     """
 
     def __init__(self, size: tuple[int, int], max_pixels: int, threads: int):

@@ -1,14 +1,7 @@
-"""The elements that flow through an embedding pipeline, and how failures are tagged.
+"""The elements that flow through an embedding pipeline, and how failures and tallies are tagged.
 
-Every stage emits good elements on its main output and `Failure`s on the
-`FAILURES` output; the pipeline flattens all failure outputs into one
-dead-letter table. Stages are named by `Stage` values, which end up in the
-dead-letter table's `stage` column and in the `rows_failed_<stage>` counters.
-
-Records that share a content travel from the content join to the module as
-one `ContentGroup`. Stages that decide where rows go also emit `tally`
-elements on a `TALLIES` output (rows reused, embedded, deduplicated); their
-sums are checked against the written table before commit.
+Every stage emits good elements on its main output, `Failure`s on `FAILURES`,
+and, where it decides where rows go, `tally` elements on `TALLIES`.
 """
 
 from __future__ import annotations

@@ -1,19 +1,7 @@
 """Reuse tables: an earlier committed table whose vectors a run takes for the contents it already holds.
 
-At launch, `plan(path, metadata)` reads the reuse table's `_SUCCESS` manifest
-and the Parquet footer of every part it names (and only those), and decides:
-
-* the table cannot be used at all (it does not exist, has no `_SUCCESS`, its
-  manifest or a part is unreadable, a part's row count differs from the
-  manifest's): `ConfigError`, so the run fails before it starts (exit 2);
-* it was written with another module fingerprint, signature, output key,
-  output shape or content-hash scheme (preprocessing), or before tables had a
-  `content_hash` column: the run reuses nothing, embeds everything, and says
-  why (a warning, and `reason` in the manifest's `reuse` entry);
-* otherwise its parts are read in the pipeline (`ReadReusedVectors`) as
-  `(content_hash, vector)` pairs for the content join (`pipelines.embedding.content`).
-
-Reused vectors are the reuse table's float32 values, unchanged: bit-identical.
+`plan` decides at launch whether the table's vectors suit this run (or fails the
+run when the table is missing or corrupt); `ReadReusedVectors` reads them.
 """
 
 from __future__ import annotations

@@ -1,47 +1,7 @@
-"""WriteEmbeddingTable: embedded records and failures -> Parquet parts, committed atomically.
+"""WriteEmbeddingTable: embedded records and failures -> Parquet parts, committed atomically under `_SUCCESS`.
 
-Layout of an output directory:
-
-    part-00000-<run_id>.parquet ...         the table
-    errors/part-00000-<run_id>.parquet ...  dead letters: id, source, stage, error
-    _SUCCESS                                JSON manifest, written last
-    .tmp-<run_id>/                          a run's parts before its commit
-
-Table columns: `id` (string), `embedding` (`fixed_size_list<float32>[D]`, or
-`list<fixed_size_list<float32>[D]>` for per-token outputs), `content_hash`
-(string: SHA-256 hex of what the module is fed, see `pipelines.embedding.content`), then
-the passthrough columns (strings). Every part's schema metadata `hub_embed`
-holds JSON: module handle (without secrets), fingerprint, name, version,
-format and precision (from its module.json, e.g. "bfloat16"), signature, output key, dimension, content-hash scheme, config hash, code
-version and run id. The manifest holds the same plus the table's row count, its
-counts, the reuse table it took vectors from (if any) and its files with their
-row counts (each part's Parquet footer holds its own).
-
-Workers stream rows into an open part, one Parquet row group per
-`ROWS_PER_BATCH` rows, and close it at about `PART_BYTES`: a worker holds one
-row group in memory, not a whole part.
-
-How a run commits, and why it is safe:
-
-1. Workers write parts under `.tmp-<run_id>/` with unique names and report
-   (name, rows). A retried bundle writes new files; only the attempt Beam
-   commits is reported, so the orphans of failed attempts are never used.
-2. One commit step runs after every part is written (it takes them as side
-   inputs). It checks `rows_in == rows_written + rows_failed` (rows written:
-   the parts' rows; failed: the dead letters' rows), `rows_written ==
-   rows_embedded + rows_reused` (counted where rows get their vector), and the
-   error fraction against `max_error_fraction`; any failing fails the run
-   before anything moves (the dead letters stay under `.tmp-<run_id>/errors/`).
-3. It moves the parts into place under names carrying the run id, so they
-   never replace an old table's files, then writes `_SUCCESS` (temp file +
-   rename). That rename is the commit: before it the old manifest still names
-   exactly the old table, after it the new manifest names exactly the new one.
-4. It deletes parts no manifest names and every `.tmp-*` directory.
-
-A run killed at any point leaves no new `_SUCCESS`; what it wrote is not named
-by any manifest and is removed by the next commit to the same output. Readers
-should read the files the manifest names (`read_table`), not every file in the
-directory. One job at a time may write to an output directory.
+Readers read the parts the manifest names (`read_table`). The directory layout
+and why the commit is safe: docs/design/embedding.md.
 """
 
 from __future__ import annotations

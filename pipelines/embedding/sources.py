@@ -1,28 +1,7 @@
 """Input formats: files matching the input glob -> `Record`s, and `Failure`s for what cannot be read.
 
-One reader (a DoFn over a matched file) per format:
-
-* `txt`: one record per line (`\\n`, an optional `\\r` before it is dropped);
-  every line is a record, blank ones included (they fail validation).
-* `jsonl`: one JSON object per line; blank lines hold no record and are skipped.
-* `csv`: a header row, then one record per row (RFC 4180 quoting).
-* `parquet`: one record per row, reading only the needed columns.
-* `tfrecord`: one `tf.train.Example` per record.
-* `image`: one record per file; the payload is the path, decoded later.
-
-Ids are `<file>:<n>` (n = 1-based line number for txt/jsonl, record number
-for csv/parquet/tfrecord) unless `id_field` names a field (string or integer
-values). A bad record never stops a run: undecodable UTF-8, a line that is not
-JSON or not an object, a missing or non-string text field, a missing id, or a
-corrupt file each become one `Failure` (stage `read`). A file that cannot be
-read past some point yields the records before it and one failure for the
-rest. Passthrough columns are strings: strings are copied, bytes decoded,
-numbers/booleans/lists/objects JSON-encoded, missing values null.
-
-Every record and failure read is counted in `rows_in` (a tally per file,
-and a Beam counter). Duplicate ids: the
-first record of an id (by file path, then position) is kept and every later
-one is dead-lettered (stage `dedupe`), whatever the runner or bundle order.
+One reader (a DoFn over a matched file) per format; `DedupeIds` keeps the first
+record of each id. The rules per format: docs/design/embedding.md.
 """
 
 from __future__ import annotations

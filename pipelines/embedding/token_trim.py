@@ -1,26 +1,4 @@
-"""How a per-token output `[N, T, D]` is cut to each row's own tokens.
-
-A module call pads every row to the longest one in the call, so a per-token
-output has T = that row's length for every row. Stored as is, a 2-word
-sentence would get 11 vectors when it shares a call with an 11-word one: its
-output would depend on its batch. Each row is therefore cut to its own tokens
-by the first of these the signature offers:
-
-1. an output named with `--output-length-key` (an int `[N]` length output or an
-   int/bool `[N, T]` mask output);
-2. a mask output: int/bool `[N, T]` (names containing "mask" first; e.g.
-   MiniLM's `token_mask`);
-3. a length output: int `[N]` (e.g. ELMo's `sequence_len`); several of them
-   are only used when exactly one has "len" in its name;
-4. the token counts the job feeds to an ELMo-style `tokens`/`sequence_len`
-   signature.
-
-A text signature's per-token output with none of these is refused before the
-job starts (`find` returns None and the config check says what is needed). An
-image signature's per-token output (patches, feature-map positions) keeps all
-T positions: every image is resized to the same size, so T does not depend on
-the batch.
-"""
+"""How a per-token output `[N, T, D]` is cut to each row's own tokens, so that a row's vectors do not depend on its batch."""
 
 from __future__ import annotations
 
@@ -92,6 +70,12 @@ def candidates(sig: Any, output_key: str) -> list[str]:
 
 def find(sig: Any, output_key: str, image: bool, length_key: str | None = None) -> TokenTrim | None:
     """Chooses how to trim the per-token output `output_key` of signature `sig` (a `module_info.SignatureInfo`).
+
+    The first of these that the signature offers: the output named by
+    `length_key`; a mask output, int/bool `[N, T]` (names with "mask" first);
+    a length output, int `[N]` (of several, the one whose name alone has
+    "len"); the token counts fed to an ELMo-style `tokens`/`sequence_len`
+    signature. An image signature's output keeps every position (`ALL`).
 
     Args:
       sig: the signature's description.

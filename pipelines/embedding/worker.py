@@ -1,23 +1,7 @@
-"""`python -m pipelines.embedding.worker`: the SDK worker process of multi-process DirectRunner jobs.
+"""`python -m pipelines.embedding.worker`: Beam's SDK worker for multi-process DirectRunner jobs.
 
-It is Beam's own worker (`apache_beam.runners.worker.sdk_worker_main`) with one
-difference: once the harness is done, the process ends at once
-(`os._exit`) instead of tearing the Python interpreter down. Tearing down a
-process that has loaded TensorFlow takes 1.5-2.5 s, and Beam's FnApiRunner
-stops its workers one after another, waiting for each to exit: a job with two
-workers sat idle for 3 s or more after its table was committed.
-
-Skipping the teardown loses nothing: when the harness returns, every bundle
-has finished and its files are closed; logging and the standard streams are
-flushed before the exit. The exit status is the harness's (1 when it failed).
-
-It also measures its own start-up: the seconds from the start of this module
-until Beam's worker code is imported and the harness starts (the imports,
-≈1 s, are nearly all of it). The model handler
-reports it once per worker as the `hub_embed/worker_startup_ms` distribution,
-beside RunInference's model load time.
-
-`pipelines.embedding.pipeline.new_pipeline` runs this module as the worker command.
+It ends without tearing the interpreter down once the harness is done, and
+measures its own start-up (see docs/design/embedding.md).
 """
 
 from __future__ import annotations
