@@ -14,11 +14,13 @@ import tensorflow as tf
 import tensorflow_hub as hub
 import tf_keras
 
+from examples import digits
 from pipelines import export, finetune
-from pipelines.finetune import labeled
+from pipelines.finetune import cli, labeled, trainable, training
+from pipelines.finetune import run as finetune_run
 from pipelines.hub import description, fingerprints
 from pipelines.hub.module_manifest import MANIFEST_NAME, read_module_manifest
-from pipelines.models import build_minilm, digits
+from pipelines.models import build_minilm
 from tests.fixtures import finetune_data as fd
 from tests.fixtures import tiny_modules as tm
 
@@ -35,7 +37,7 @@ class Tuned:
 
 
 def test_the_bundled_digits_are_the_uci_test_set_scikit_learn_ships():
-    """`pipelines/data/digits.csv.gz`, unchanged from scikit-learn 1.9.1 (its SHA-256 in `digits.md`)."""
+    """`examples/data/digits.csv.gz`, unchanged from scikit-learn 1.9.1 (its SHA-256 in `digits.md`)."""
     import hashlib
 
     with open(digits.DIGITS_CSV, "rb") as f:
@@ -153,7 +155,7 @@ def test_digits_v2_embeddings_beat_the_parents_under_the_same_head(digits_v2, ca
     for version, path in (("parent", digits_v2.parent.path), ("v2", digits_v2.result.export.path)):
         module = hub.load(path)
         train_x, holdout_x = (module(tf.constant(data.inputs[i])).numpy() for i in (train, holdout))
-        accuracy[version] = finetune.probe_accuracy(train_x, data.labels[train], holdout_x, data.labels[holdout], 10)
+        accuracy[version] = training.probe_accuracy(train_x, data.labels[train], holdout_x, data.labels[holdout], 10)
     with capsys.disabled():
         print(f"\ndigits held-out accuracy, ridge head: parent {accuracy['parent']:.4f} -> v2 {accuracy['v2']:.4f}")
     assert accuracy["v2"] > accuracy["parent"]
@@ -206,11 +208,11 @@ def test_module_with_unseeded_dropout_is_fine_tuned_in_inference_mode(digits_v2,
     spec = {"images": tf.TensorSpec([None, 8, 8, 3], tf.float32)}
     signatures = {"default": export.Signature(module.embed, spec)}
     parent = export.export_module(module, str(tmp_path), "noisy", signatures=signatures)
-    assert finetune.unseeded_random_ops(parent.path)
+    assert trainable.unseeded_random_ops(parent.path)
     data = fd.image_folder(str(tmp_path / "images"), per_label=3)
     result = finetune.finetune(parent.path, data, str(tmp_path), hparams=finetune.Hyperparameters(steps=2))
     assert result.metrics["training"]["module_training_mode"] is False
-    assert finetune.unseeded_random_ops(digits_v2.parent.path) == []
+    assert trainable.unseeded_random_ops(digits_v2.parent.path) == []
     assert digits_v2.result.metrics["training"]["module_training_mode"] is True
 
 
@@ -307,7 +309,7 @@ def no_training(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(finetune, "train", fail)
+    monkeypatch.setattr(finetune_run, "train", fail)
 
 
 @pytest.mark.parametrize("case", sorted(fd.BAD_TEXT))
@@ -386,7 +388,7 @@ def test_bad_hyperparameters_are_refused():
         finetune.Hyperparameters(epochs=1, steps=1).resolve("text")
     with pytest.raises(finetune.FinetuneError, match="batch_size must be positive"):
         finetune.Hyperparameters(batch_size=0).resolve("image")
-    assert finetune.Hyperparameters().resolve("text").learning_rate == finetune.DEFAULT_LEARNING_RATES["text"]
+    assert finetune.Hyperparameters().resolve("text").learning_rate == training.DEFAULT_LEARNING_RATES["text"]
 
 
 # --------------------------------------------------------------------------- CLI
@@ -413,7 +415,7 @@ def test_cli_prints_metrics_and_a_json_summary(raw_text_module, tmp_path, capsys
         "--seed",
         "3",
     ]
-    assert finetune.main(argv) == 0
+    assert cli.main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(lines[-1])
     assert summary["path"] == export.version_dir(out, "tiny-text", 1)
@@ -427,5 +429,5 @@ def test_cli_reports_bad_data(raw_text_module, tmp_path, capsys):
     data = tmp_path / "empty.jsonl"
     data.write_text("")
     argv = ["--module", raw_text_module, "--data", str(data), "--output-root", str(tmp_path), "--name", "x"]
-    assert finetune.main(argv) == 2
+    assert cli.main(argv) == 2
     assert f"error: {data}: no examples" in capsys.readouterr().err

@@ -12,13 +12,13 @@ import tensorflow_hub as hub
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
+from examples import digits
 from pipelines import export, finetune
 from pipelines import inspect as inspect_cli
 from pipelines.export import cli as export_cli
 from pipelines.export import comparison, precision, probes
 from pipelines.hub import description, fingerprints
 from pipelines.hub.module_manifest import read_module_manifest
-from pipelines.models import digits
 from tests.fixtures import export_sources as es
 from tests.fixtures import tiny_modules as tm
 

@@ -19,12 +19,13 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from pipelines import embed, export, finetune
+from pipelines import embed, export
 from pipelines import inspect as inspect_cli
 from pipelines.embedding import sinks
 from pipelines.export import cli as export_cli
 from pipelines.export import tf1_migrate
-from pipelines.finetune import module_release
+from pipelines.finetune import cli as finetune_cli
+from pipelines.finetune import release
 from pipelines.hub import description, fingerprints, loading
 from tests.fixtures import finetune_data
 from tests.fixtures import tf1_hub as th
@@ -399,7 +400,7 @@ def test_finetune_a_tf1_module_saves_trained_weights(tf1, migrated, tmp_path, ca
         "--learning-rate",
         "0.05",
     ]
-    assert finetune.main(argv) == 0
+    assert finetune_cli.main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["parent"]["fingerprint"] == fingerprints.fingerprint_dir(tf1.elmo)
     assert summary["metrics"]["training"]["module_training_mode"] is True  # the train graph's dropout is seeded
@@ -413,7 +414,7 @@ def test_finetune_a_tf1_module_saves_trained_weights(tf1, migrated, tmp_path, ca
     changed = {name for name in original if not np.allclose(trained[name], original[name])}
     assert changed == set(original) - {"elmo/word_embeddings"}  # the frozen variable stayed as it was
     # The release DAG's validate step accepts it against its TF1 parent (same signatures, finite outputs).
-    report = module_release.validate(summary["path"])
+    report = release.validate(summary["path"])
     assert report["parent"] == {"handle": tf1.elmo, "fingerprint": fingerprints.fingerprint_dir(tf1.elmo)}
     # The migration itself (a TF2 module) fine-tunes the same way.
     argv = [
@@ -430,7 +431,7 @@ def test_finetune_a_tf1_module_saves_trained_weights(tf1, migrated, tmp_path, ca
         "--learning-rate",
         "0.05",
     ]
-    assert finetune.main(argv) == 0
+    assert finetune_cli.main(argv) == 0
     path = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["path"]
     parts = sorted((v.name, v.numpy()) for v in loading.load(path).variables)  # embeddings/part_0, /part_1
     assert [name for name, _ in parts] == ["embeddings/part_0:0", "embeddings/part_1:0"]
@@ -439,5 +440,5 @@ def test_finetune_a_tf1_module_saves_trained_weights(tf1, migrated, tmp_path, ca
 
 def test_finetune_a_tf1_module_needs_a_name(tf1, tmp_path, capsys):
     argv = ["--module", tf1.nnlm, "--data", str(tmp_path / "x.jsonl"), "--output-root", str(tmp_path)]
-    assert finetune.main(argv) == 2
+    assert finetune_cli.main(argv) == 2
     assert "has no name in a module.json; pass a name" in capsys.readouterr().err

@@ -2,6 +2,6 @@
 
 import sys
 
-from pipelines.finetune import main
+from pipelines.finetune.cli import main
 
 sys.exit(main())

@@ -1,19 +1,8 @@
 """Labeled examples for fine-tuning: read, validate, hash and split.
 
-Formats:
-
-* text: `.jsonl` (one object per line) or `.csv` (header row), each row with
-  a `text` and a `label` field;
-* images: a directory with one sub-directory per label holding the images
-  (hidden files are ignored), or a `.jsonl` with `path` (relative to the
-  file's directory, or absolute) and `label` per line.
-
-Labels are strings (JSON numbers are accepted and turned into strings); the
-classes are the sorted distinct labels. Everything is validated while reading,
-so a bad file fails before any training starts, with a `DataError` naming the
-file and, where there is one, the line: a missing or empty text or label, an
-unreadable image, an empty file, a single class. Images are decoded exactly
-as the embedding pipeline decodes them (`preprocess.decode_image`).
+Texts come from `.jsonl` or `.csv` (`text`, `label`), images from a folder
+per label or a `.jsonl` (`path`, `label`); the formats and checks are
+described in `read`.
 """
 
 from __future__ import annotations
@@ -71,6 +60,16 @@ class LabeledData:
 def read(path: str, kind: str, image_size: tuple[int, int] | None = None) -> LabeledData:
     """Reads and validates a labeled data set.
 
+    Text: `.jsonl` (one object per line) or `.csv` (header row), each row with
+    a `text` and a `label` field. Images: a directory with one sub-directory
+    per label holding the images (hidden files are ignored), or a `.jsonl`
+    with `path` (relative to the file's directory, or absolute) and `label`
+    per line. Labels are strings (JSON numbers become strings); the classes are
+    the sorted distinct labels. Everything is checked while reading, so bad
+    data fails before any training: a missing or empty text or label, an
+    unreadable image, an empty file, a single class. Images are decoded
+    exactly as the embedding pipeline decodes them (`preprocess.decode_image`).
+
     Args:
       path: a `.jsonl`/`.csv` file (text), or a folder per label / `.jsonl` (images).
       kind: "text" or "image".
@@ -119,7 +118,8 @@ def split(data: LabeledData, holdout_fraction: float, seed: int) -> tuple[np.nda
     if holdout_fraction == 0:
         return np.arange(len(data)), np.array([], dtype=np.int64)
     rng = np.random.default_rng(seed)
-    train, holdout = [], []
+    train: list[int] = []
+    holdout: list[int] = []
     for label, name in enumerate(data.classes):
         members = rng.permutation(np.flatnonzero(data.labels == label))
         if len(members) < 2:

@@ -1,18 +1,9 @@
-"""Release a fine-tuned module version: fine-tune, validate against its parent, publish.
+"""Release a fine-tuned module version: run the fine-tuning, validate the version against its parent, publish it.
 
 The `finetune_and_reexport` DAG calls these, one per task; they work without
-Airflow too. A module root holds, per module name:
-
-    <root>/<name>/<version>/           exported versions (`pipelines.export`)
-    <root>/<name>/<version>.tar.gz     packed versions (written by `publish` when uploading)
-    <root>/<name>/latest -> <version>  the published version: a symlink, replaced atomically
-    <root>/<name>/.rejected-<version>-<UTC time>/   versions that failed validation
-
-Only `publish` moves `latest`, only forward, and only after `validate` passed.
-A version that fails validation is moved aside by `reject`, so that no
-numbered directory holds a module that failed its checks.
-
-TensorFlow is imported inside the functions that need it.
+Airflow too. Only `publish` moves `<root>/<name>/latest`, only forward and
+only after `validate` passed; `reject` moves a version that failed aside.
+Layout of a module root: docs/design/orchestration.md.
 """
 
 from __future__ import annotations
@@ -31,6 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from pipelines import export
+from pipelines.finetune import labeled
+from pipelines.finetune.errors import FinetuneError
+from pipelines.finetune.trainable import module_input
+from pipelines.finetune.training import probe_accuracy
 from pipelines.hub import (
     archives,
     binding,
@@ -192,9 +188,7 @@ def check_finite(loaded: Any) -> None:
     Raises:
       ValidationError: naming the signature and output with NaN or Inf values.
     """
-    import tensorflow as tf
-
-    from pipelines import export
+    import tensorflow as tf  # when validating, not at this module's import
 
     for name, fn in sorted(loaded.signatures.items()):
         specs = fn.structured_input_signature[1]
@@ -209,7 +203,7 @@ def _require_finite(values: np.ndarray, what: str) -> None:
 
 
 def _embed(loaded: Any, info: module_info.ModuleInfo, inputs: np.ndarray) -> np.ndarray:
-    import tensorflow as tf
+    import tensorflow as tf  # when validating, not at this module's import
 
     call = binding.bind(loaded)
     input_name = info.signature(module_info.DEFAULT_SIGNATURE).inputs[0].name
@@ -226,22 +220,19 @@ def probe_metric(
 ) -> dict[str, Any]:
     """Held-out accuracy of the same closed-form ridge probe on each module's embeddings of labeled data.
 
-    The probe is `pipelines.finetune.probe_accuracy`, the split `pipelines.finetune.labeled.split`.
+    The probe is `training.probe_accuracy`, the split `labeled.split`.
     """
-    from pipelines import finetune
-    from pipelines.finetune import labeled
-
     try:
-        kind = finetune.module_input(child[1])
+        kind = module_input(child[1])
         examples = labeled.read(probe_data, kind.kind, kind.image_size)
         train, holdout = labeled.split(examples, holdout_fraction, seed)
-    except (finetune.FinetuneError, labeled.DataError) as e:
+    except (FinetuneError, labeled.DataError) as e:
         raise ValidationError(f"Probe data {probe_data!r} cannot be used: {e}") from e
     scores = {}
     for which, (loaded, info) in (("parent", parent), ("new", child)):
         embeddings = _embed(loaded, info, examples.inputs)
         _require_finite(embeddings, f"The {which} module's embeddings of the probe data")
-        scores[which] = finetune.probe_accuracy(
+        scores[which] = probe_accuracy(
             embeddings[train],
             examples.labels[train],
             embeddings[holdout],
@@ -352,6 +343,7 @@ def point_latest(root: str, name: str, version: int) -> None:
 
 def upload(local_path: str, url: str) -> str:
     """Copies a local file to a gs://, s3:// (or local) URL through Beam's filesystems; returns `url`."""
+    # Beam is imported when uploading, not at this module's import.
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 

@@ -1,23 +1,12 @@
-"""`digits-encoder`: a small image encoder trained from scratch on the UCI handwritten digits.
+"""`digits-encoder`: a small image encoder trained from scratch on the UCI digits, and data to fine-tune it on.
 
-The 1,797 8x8 grayscale digits that scikit-learn's `load_digits` gives, bundled
-as `pipelines/data/digits.csv.gz` (see `pipelines/data/digits.md`), are split
-in two stratified halves (seeded):
+The pretrain half of the digits (0-4 only) trains a CNN encoder exported as
+version 1; the fine-tune half (all ten digits) is written as PNG folders for
+`python -m pipelines.finetune`. Run from the repository root:
 
-* the *pretrain* half, restricted to the digits `PRETRAIN_DIGITS` (0-4),
-  trains a small CNN encoder + dense head from scratch; the encoder alone is
-  exported as version 1 of `digits-encoder` (`default` signature: float32
-  `[N, 32, 32, 3]` in [0, 1] -> `{"default": [N, 32]}`);
-* the *fine-tune* half, all ten digits, is written as PNG files in one folder
-  per digit, the input of `python -m pipelines.finetune` for version 2. The
-  encoder has never seen digits 5-9 there, so fine-tuning has something to learn.
+    python -m examples.digits --output-root ROOT [--data-dir DIR] [--epochs N] [--seed N]
 
-Every image goes through the same path as the embedding pipeline's: PNG bytes
-decoded by `preprocess.decode_image` (RGB, bilinear resize to 32x32, [0, 1]).
-
-CLI: `python -m pipelines.models.digits --output-root ROOT [--data-dir DIR]
-[--epochs N] [--seed N]` exports version 1 and writes the fine-tune images to
-DIR (default `ROOT/digits-finetune-data`).
+The data and its licence: `examples/data/digits.md`.
 """
 
 from __future__ import annotations
@@ -31,9 +20,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipelines import export, finetune
+from pipelines import export
 from pipelines.embedding.config import PreprocessConfig
 from pipelines.embedding.preprocess import decode_image
+from pipelines.finetune.trainable import ModuleInput
+from pipelines.finetune.training import Hyperparameters, build_classifier, set_seed, train
 
 NAME = "digits-encoder"
 IMAGE_SIZE = (32, 32)
@@ -43,11 +34,11 @@ DEFAULT_EPOCHS = 8
 DATA_DIR_NAME = "digits-finetune-data"
 
 
-DIGITS_CSV = str(importlib.resources.files("pipelines.data") / "digits.csv.gz")  # as config.SAMPLE_INPUT
+DIGITS_CSV = str(importlib.resources.files("examples") / "data" / "digits.csv.gz")
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
-    """The bundled digits: pixel counts float64 `[1797, 8, 8]` in 0..16, and int32 labels `[1797]`."""
+    """The digits of `examples/data/digits.csv.gz`: pixel counts float64 `[1797, 8, 8]` in 0..16, and int32 labels `[1797]`."""
     table = np.loadtxt(DIGITS_CSV, delimiter=",")  # numpy reads the .gz itself
     return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int32)
 
@@ -75,7 +66,8 @@ def decode(files: Sequence[bytes]) -> np.ndarray:
 def halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified split of example indices into (pretrain, fine-tune) halves."""
     rng = np.random.default_rng(seed)
-    pretrain, rest = [], []
+    pretrain: list[int] = []
+    rest: list[int] = []
     for digit in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == digit))
         pretrain.extend(members[: len(members) // 2])
@@ -100,13 +92,13 @@ def build_encoder() -> object:
 
 def pretrain(images: np.ndarray, labels: np.ndarray, epochs: int = DEFAULT_EPOCHS, seed: int = 0) -> object:
     """Trains a fresh encoder + head on `images`; returns the trained encoder (without the head)."""
-    finetune.set_seed(seed)
+    set_seed(seed)
     encoder = build_encoder()
     classes = int(labels.max()) + 1
-    module_in = finetune.ModuleInput("image", (*IMAGE_SIZE, 3), "float32")
-    classifier, _ = finetune.build_classifier(encoder, module_in, classes)
-    hparams = finetune.Hyperparameters(epochs=epochs, seed=seed).resolve("image")
-    finetune.train(classifier, images, labels, hparams)
+    module_in = ModuleInput("image", (*IMAGE_SIZE, 3), "float32")
+    classifier, _ = build_classifier(encoder, module_in, classes)
+    hparams = Hyperparameters(epochs=epochs, seed=seed).resolve("image")
+    train(classifier, images, labels, hparams)
     return encoder
 
 
@@ -156,7 +148,7 @@ def build(
         source_description=f"CNN trained from scratch on the UCI digits {list(PRETRAIN_DIGITS)}",
         extra_manifest={
             "pretrain": {
-                "dataset": "pipelines/data/digits.csv.gz (UCI digits, as sklearn.datasets.load_digits)",
+                "dataset": "examples/data/digits.csv.gz (UCI digits, as sklearn.datasets.load_digits)",
                 "digits": list(PRETRAIN_DIGITS),
                 "examples": len(pretrain_idx),
                 "epochs": epochs,
@@ -175,7 +167,7 @@ def build(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; prints the version path, its fingerprint and the fine-tune data directory."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.models.digits", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m examples.digits", description=__doc__.splitlines()[0])
     parser.add_argument("--output-root", required=True, help="modules root")
     parser.add_argument("--data-dir", help=f"fine-tune images (default ROOT/{DATA_DIR_NAME})")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
