@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from airflow.sdk import DAG
 
-from pipelines.orchestration import dag_helpers
+from pipelines.orchestration import defaults, discovery, embedding_tasks
 
-for job in dag_helpers.discover():
+for job in discovery.discover():
     with DAG(
         dag_id=job.dag_id,
         schedule=job.cron,
         start_date=job.start_date,
         description=f"Embed with {job.path} ({job.runner})",
-        **dag_helpers.dag_kwargs(),
+        **defaults.dag_kwargs(),
     ):
-        dag_helpers.scheduled_embedding(job)
+        embedding_tasks.scheduled_embedding(job)

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 from airflow.sdk import DAG, AssetAny
 
-from pipelines.orchestration import dag_helpers
+from pipelines.orchestration import assets, defaults, discovery, embedding_tasks
 
-jobs = [job for job in dag_helpers.discover() if job.module_name]
+jobs = [job for job in discovery.discover() if job.module_name]
 module_names = sorted({job.module_name for job in jobs})
 
 with DAG(
     dag_id="reembed_on_module_update",
-    schedule=AssetAny(*map(dag_helpers.module_asset, module_names)) if module_names else None,
-    start_date=dag_helpers.DEFAULT_START_DATE,
+    schedule=AssetAny(*map(assets.module_asset, module_names)) if module_names else None,
+    start_date=defaults.DEFAULT_START_DATE,
     description="Re-run the embedding jobs of a module when a new version of it is published",
-    **dag_helpers.dag_kwargs(),
+    **defaults.dag_kwargs(),
 ):
-    updates = dag_helpers.module_updates()
+    updates = embedding_tasks.module_updates()
     for job in jobs:
-        dag_helpers.reembedding(job, updates)
+        embedding_tasks.reembedding(job, updates)

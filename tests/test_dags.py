@@ -70,13 +70,6 @@ def dagbag():
     )
 
 
-def dags_common():
-    """The DAGs' shared wiring, imported as the DAG files import it (`from pipelines import dag_helpers`)."""
-    from pipelines.orchestration import dag_helpers
-
-    return dag_helpers
-
-
 def commit(folder, *names: str) -> None:
     """Makes each `<folder>/<name>/` look committed (a `_SUCCESS` file; the finder reads no more)."""
     for name in names:
@@ -194,7 +187,7 @@ def test_embedding_tasks_are_wired_from_the_config(job_configs):
     assert cloud.pipeline_options["temp_location"] == "gs://bucket/tmp"
     assert cloud.pipeline_options["passthrough"] == "lang,source" and cloud.pipeline_options["max_num_workers"] == 4
     assert cloud.pipeline_options["setup_file"] == os.path.join(airflow_env.REPO, "pyproject.toml")
-    # Every Beam option that names a local file is taken from the project root (config.BEAM_PATH_OPTIONS).
+    # Every Beam option that names a local file is taken from the project root (paths.BEAM_PATH_OPTIONS).
     assert cloud.pipeline_options["requirements_cache"] == os.path.join(airflow_env.REPO, "build", "requirements-cache")
     assert "runner" not in cloud.pipeline_options
 
@@ -315,27 +308,27 @@ def test_repo_configs_parse(monkeypatch):
 
 
 def test_previous_table_is_the_newest_earlier_committed_run(tmp_path):
-    common = dags_common()
+    from pipelines.orchestration import plans
 
     base = tmp_path / "tables"
-    assert common.previous_table(str(base), "20240105T000000") is None  # first run: no folder yet
+    assert plans.previous_table(str(base), "20240105T000000") is None  # first run: no folder yet
     commit(base, "20240101T000000", "20240102T000000", "20240103T000000", "20240104T000000")
     commit(base, "tiny-v2/20240102T120000", "notes")  # a re-embedding folder, not a run stamp
     (base / "20240102T000000-500000").mkdir()  # a later run that never committed
     (base / "20240102T000000-500000" / "part-00000.parquet").write_bytes(b"x")
     (base / "20240102T060000.tmp").mkdir()
 
-    assert common.previous_table(str(base), "20240101T000000") is None  # nothing committed before the first
-    assert common.previous_table(str(base), "20240103T000000") == str(base / "20240102T000000")  # not its own (a retry)
-    assert common.previous_table(str(base) + "/", "20240103T000000-000001") == str(base / "20240103T000000")
-    assert common.previous_table(str(base), "20240110T000000") == str(base / "20240104T000000")
-    assert common.previous_table(str(base / "tiny-v2"), "20240110T000000") == str(base / "tiny-v2" / "20240102T120000")
+    assert plans.previous_table(str(base), "20240101T000000") is None  # nothing committed before the first
+    assert plans.previous_table(str(base), "20240103T000000") == str(base / "20240102T000000")  # not its own (a retry)
+    assert plans.previous_table(str(base) + "/", "20240103T000000-000001") == str(base / "20240103T000000")
+    assert plans.previous_table(str(base), "20240110T000000") == str(base / "20240104T000000")
+    assert plans.previous_table(str(base / "tiny-v2"), "20240110T000000") == str(base / "tiny-v2" / "20240102T120000")
 
 
 @pytest.mark.parametrize("store", ["gcs", "s3"])
 def test_previous_table_on_an_object_store(store, request):
     """gs:// and s3:// through Beam's filesystems, against the local servers."""
-    common = dags_common()
+    from pipelines.orchestration import plans
 
     if store == "gcs":
         bucket = request.getfixturevalue("gcs_server").client().create_bucket("tables-prev")
@@ -347,7 +340,7 @@ def test_previous_table_on_an_object_store(store, request):
             (lambda key: client.put_object(Bucket="tables-prev", Key=key, Body=b"{}")),
             "s3://tables-prev/jobs/tiny",
         )
-    assert common.previous_table(base, "20240105T000000") is None
+    assert plans.previous_table(base, "20240105T000000") is None
     for key in (
         "20240101T000000/_SUCCESS",
         "20240102T000000/part-00000.parquet",
@@ -357,29 +350,29 @@ def test_previous_table_on_an_object_store(store, request):
     ):
         put("jobs/tiny/" + key)
     put("jobs/tiny-other/20240104T000000/_SUCCESS")  # shares the prefix `jobs/tiny`, not the folder
-    assert common.previous_table(base, "20240103T000000") == base + "/20240101T000000"
-    assert common.previous_table(base, "20240105T000000") == base + "/20240103T000000"
+    assert plans.previous_table(base, "20240103T000000") == base + "/20240101T000000"
+    assert plans.previous_table(base, "20240105T000000") == base + "/20240103T000000"
 
 
 def test_plans_offer_only_their_own_folder_for_reuse(tmp_path):
     """A scheduled run reuses the base folder's runs; a re-embedding only earlier runs of its own module version."""
-    common = dags_common()
+    from pipelines.orchestration import plans
 
     base = tmp_path / "tables"
     commit(base, "20240101T000000", "tiny-v2/20240102T000000")
     update = {"name": "tiny", "version": 3, "handle": "/modules/tiny/3"}
-    assert common.scheduled_plan(str(base), "/m", "20240103T000000") == {
+    assert plans.scheduled_plan(str(base), "/m", "20240103T000000") == {
         "module": "/m",
         "output": str(base / "20240103T000000"),
         "reuse": str(base / "20240101T000000"),
     }
-    plan = common.reembed_plan(update, "tiny", str(base), "20240103T000000")
+    plan = plans.reembed_plan(update, "tiny", str(base), "20240103T000000")
     assert plan == {"module": "/modules/tiny/3", "output": str(base / "tiny-v3" / "20240103T000000"), "reuse": None}
     commit(base, "tiny-v3/20240102T000000")
-    assert common.reembed_plan(update, "tiny", str(base), "20240103T000000")["reuse"] == str(
+    assert plans.reembed_plan(update, "tiny", str(base), "20240103T000000")["reuse"] == str(
         base / "tiny-v3" / "20240102T000000"
     )
-    assert common.scheduled_plan(str(base), "/m", "20240103T000000")["reuse"] == str(base / "20240101T000000")
+    assert plans.scheduled_plan(str(base), "/m", "20240103T000000")["reuse"] == str(base / "20240101T000000")
 
 
 # --------------------------------------------------------------------------- dag.test(): embedding
@@ -418,7 +411,7 @@ def test_scheduled_runs_write_tables_and_reuse_the_previous_one(airflow_db, conf
     assert first.state == DagRunState.SUCCESS  # `--reuse=` would be a config error (exit 2)
     first_dir = str(output / "20240301T000000")
     assert glob.glob(str(output / "*" / "_SUCCESS")) == [os.path.join(first_dir, "_SUCCESS")]
-    manifest = sinks.read_manifest(first_dir)
+    manifest = sinks.read_table_manifest(first_dir)
     assert manifest["counts"]["rows_in"] == manifest["counts"]["rows_embedded"] == len(TEXTS)
     assert not (manifest.get("reuse") or {}).get("used")
     assert sinks.read_table(first_dir).num_rows == len(TEXTS)
@@ -440,7 +433,7 @@ def test_scheduled_runs_write_tables_and_reuse_the_previous_one(airflow_db, conf
     second_dir = str(output / "20240302T000000")
     tis = {ti.task_id: ti for ti in second.get_task_instances()}
     assert tis["plan"].xcom_pull(task_ids="plan")["reuse"] == first_dir
-    reused = sinks.read_manifest(second_dir)
+    reused = sinks.read_table_manifest(second_dir)
     reuse = reused.get("reuse") or {}
     assert (reuse.get("table"), reuse.get("run_id"), reuse.get("used")) == (first_dir, manifest["run_id"], True), reuse
     counts = reused["counts"]
@@ -534,7 +527,7 @@ def test_finetune_dag_with_a_broken_export_publishes_nothing(release_run, monkey
     from airflow.utils.state import DagRunState, TaskInstanceState
 
     from pipelines import export
-    from pipelines.finetune import module_release
+    from pipelines.finetune import release
     from tests.fixtures import tiny_modules as tm
 
     root, conf = release_run
@@ -543,7 +536,7 @@ def test_finetune_dag_with_a_broken_export_publishes_nothing(release_run, monkey
         narrow = tm.build_text_module(str(tmp_path / "narrow"), dim=4)
         return export.export_module(narrow, root, "tiny", parent=export.module_ref(conf["module"])).path
 
-    monkeypatch.setattr(module_release, "run_finetune", broken_finetune)
+    monkeypatch.setattr(release, "run_finetune", broken_finetune)
     before = len(module_events())
     run = dagbag().dags["finetune_and_reexport"].test(run_conf=conf)
     assert run.state == DagRunState.FAILED
@@ -614,7 +607,7 @@ def test_module_event_triggers_reembedding_in_a_running_airflow(airflow_db, tmp_
     (success,) = glob.glob(str(base / "tiny-v7" / "*" / "_SUCCESS"))
     from pipelines.embedding import sinks
 
-    manifest = sinks.read_manifest(os.path.dirname(success))
+    manifest = sinks.read_table_manifest(os.path.dirname(success))
     assert manifest["counts"]["rows_embedded"] == len(TEXTS)
     assert manifest["table"]["module"] == tiny.text
     assert os.listdir(old_table) == ["_SUCCESS"] and (old_table / "_SUCCESS").read_text() == "{}"

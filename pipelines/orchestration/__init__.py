@@ -1,1 +1,7 @@
-"""What the Airflow DAGs use: asset names, config discovery, operators and tasks (no TensorFlow import)."""
+"""What the Airflow DAGs in `dags/` import; Airflow, PyYAML and the standard library only at DAG parse time.
+
+`project` (root, folders, interpreter), `defaults` (what every DAG shares),
+`discovery` (scheduled job configs), `assets` (module and table Assets),
+`plans` (a run's table and the table it reuses), `operators` (the Beam
+pipeline operator), `embedding_tasks` and `release_tasks` (the DAGs' tasks).
+"""
