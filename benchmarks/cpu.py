@@ -14,7 +14,7 @@ CPUINFO = "/proc/cpuinfo"
 # Flags shown in the report's header, present or absent (`features`).
 KEY_FLAGS = ("avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
 # Every flag listed in `meta.cpu_flags` when present, in this order.
-LISTED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+LISTED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 # sentence-transformers' dynamic int8 quantization presets, best first, with the flag each needs.
 QUANTIZATION_PRESETS = (("avx512_vnni", "avx512_vnni"), ("avx512", "avx512f"), ("avx2", "avx2"))
 

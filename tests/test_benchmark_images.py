@@ -1,7 +1,8 @@
-"""`benchmarks.images` (issue 16): the image set, the report's arithmetic, and both contenders on the real module."""
+"""`benchmarks.images`: the image set, the report's arithmetic, and the contenders on the real module."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import images
+from benchmarks import harness, image_contenders, images
 from pipelines.models import build_efficientnet
 
 MODULE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), build_efficientnet.DEFAULT_HANDLE)
@@ -122,22 +123,22 @@ def test_both_contenders_embed_the_same_pixels(tmp_path):
     if not os.path.isfile(os.path.join(MODULE, "module.json")):
         pytest.fail(f"{MODULE} is not built: run `make setup`")
     paths = images.make_image_set(str(tmp_path / "set"), 6)
-    workdirs = {name: str(tmp_path / name) for name in images.CONTENDERS}
+    workdirs = {name: str(tmp_path / name) for name in image_contenders.CONTENDERS}
     for d in workdirs.values():
         os.makedirs(d)
-    raw = images.raw(paths, MODULE, workdirs["raw"], batch_size=4, threads=None)
-    decoding = images.raw_decoding(paths, MODULE, workdirs["raw_decoding"], batch_size=4, threads=None)
+    raw = image_contenders.raw(paths, MODULE, workdirs["raw"], batch_size=4, threads=None)
+    decoding = image_contenders.raw_decoding(paths, MODULE, workdirs["raw_decoding"], batch_size=4, threads=None)
     assert decoding["rows"] == 6 and decoding["decode_s"] is None
     np.testing.assert_array_equal(
         *(np.load(os.path.join(workdirs[n], "embeddings.npy")) for n in ("raw", "raw_decoding"))
     )
-    side = images.raw_side_by_side(paths, MODULE, workdirs["raw_side_by_side"], batch_size=4, threads=None)
+    side = image_contenders.raw_side_by_side(paths, MODULE, workdirs["raw_side_by_side"], batch_size=4, threads=None)
     assert side["rows"] == 6 and side["decode_s"] is None  # two calls of 4 and 2 images, side by side, in order
     np.testing.assert_array_equal(
         *(np.load(os.path.join(workdirs[n], "embeddings.npy")) for n in ("raw", "raw_side_by_side"))
     )
-    pipe = images.pipeline(paths, MODULE, workdirs["pipeline"], threads=None)
-    serial = images.pipeline_serial_decode(paths, MODULE, workdirs["pipeline_serial_decode"], threads=None)
+    pipe = image_contenders.pipeline(paths, MODULE, workdirs["pipeline"], threads=None)
+    serial = image_contenders.pipeline_serial_decode(paths, MODULE, workdirs["pipeline_serial_decode"], threads=None)
     assert (
         raw["rows"] == pipe["rows"] == 6 and pipe["counts"]["rows_embedded"] == serial["counts"]["rows_embedded"] == 6
     )
@@ -148,7 +149,7 @@ def test_both_contenders_embed_the_same_pixels(tmp_path):
         and pipe["batch_size"] == build_efficientnet.CALL_BATCH_SIZE == 8
     )
     assert raw["cpu_s"] > 0 and 0 < raw["decode_cpu_s"] < raw["decode_s"] + 0.5 and raw["cores"] >= 1
-    assert 0 < images.one_process_ceiling(raw) <= 1 and images.one_process_ceiling(decoding) is None
+    assert 0 < image_contenders.one_process_ceiling(raw) <= 1 and image_contenders.one_process_ceiling(decoding) is None
     report = images.summarize(
         {
             n: [{**r, "images_per_s": r["rows"] / r["seconds"]}]
@@ -162,10 +163,10 @@ def test_both_contenders_embed_the_same_pixels(tmp_path):
 
 def test_one_process_ceiling_adds_decoding_cpu_to_the_module_calls_over_the_cores(tmp_path):
     raw = {"rows": 100, "seconds": 10.0, "cpu_s": 18.0, "decode_s": 4.5, "decode_cpu_s": 4.0, "cores": 2}
-    assert images.one_process_ceiling(raw) == pytest.approx(10 / 11)  # (18 + 4) / 2 = 11 s at best
+    assert image_contenders.one_process_ceiling(raw) == pytest.approx(10 / 11)  # (18 + 4) / 2 = 11 s at best
     idle = {**raw, "cpu_s": 10.0, "decode_cpu_s": 8.0}  # one core idle: decoding fits in it
-    assert images.one_process_ceiling(idle) == 1.0
-    assert images.one_process_ceiling({**raw, "decode_cpu_s": None}) is None
+    assert image_contenders.one_process_ceiling(idle) == 1.0
+    assert image_contenders.one_process_ceiling({**raw, "decode_cpu_s": None}) is None
     runs = {
         "raw": [{**raw, "images_per_s": 10.0}, {**raw, "cpu_s": 16.0, "images_per_s": 10.0}],
         "pipeline": [{"images_per_s": 8.0, "rows": 100, "outside_inference_s": 1.0}] * 2,
@@ -192,7 +193,7 @@ def test_unknown_contender_is_refused_naming_the_valid_ones(capsys):
 
 
 def test_report_names_the_machine_it_ran_on(tmp_path):
-    args = images.argparse.Namespace(images=7, repeats=2, module="m")
+    args = argparse.Namespace(images=7, repeats=2, module="m")
     meta = images.machine_meta(args)
     assert meta["images"] == 7 and meta["repeats"] == 2 and meta["cores"] == os.cpu_count()
     assert meta["cpu"] and set(meta["cpu_features"]) >= {"avx512f", "avx512_bf16", "amx_bf16"}
@@ -208,14 +209,12 @@ def test_report_names_the_machine_it_ran_on(tmp_path):
 
 
 def test_host_steal_is_read_from_proc_stat_and_reported_per_run(tmp_path):
-    from benchmarks import run as bench_run
-
     stat = tmp_path / "stat"
     stat.write_text("cpu  4070914 59134 353710 3698479 32741 0 4047 28120 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
-    assert bench_run.steal_seconds(str(stat)) == 28120 / os.sysconf("SC_CLK_TCK")
-    assert bench_run.steal_seconds(str(tmp_path / "absent")) is None
+    assert harness.steal_seconds(str(stat)) == 28120 / os.sysconf("SC_CLK_TCK")
+    assert harness.steal_seconds(str(tmp_path / "absent")) is None
     stat.write_text("intr 1 2 3\n")
-    assert bench_run.steal_seconds(str(stat)) is None
+    assert harness.steal_seconds(str(stat)) is None
     runs = {
         "raw": [
             {"images_per_s": 100.0, "rows": 10, "decode_s": 0.05, "steal_s": 0.0},

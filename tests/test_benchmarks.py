@@ -1,4 +1,4 @@
-"""The benchmark harness: corpus, report arithmetic, and a smoke run of the cheap contenders."""
+"""The text and incremental benchmarks: corpus, report arithmetic, and smoke runs of the cheap contenders."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import time
 import numpy as np
 import pytest
 
-from benchmarks import corpus, cpu, incremental, run
+from benchmarks import corpus, cpu, harness, incremental, incremental_checks, incremental_scenario, text_report
+from benchmarks import text as text_benchmark
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS = os.path.join(REPO_ROOT, "benchmarks", "data", "docstrings.jsonl")
-ISSUE_KEYS = (
+REPORT_KEYS = (
     "raw_rows_per_s",
     "pipeline_rows_per_s",
     "pipeline_mp_rows_per_s",
@@ -35,8 +36,8 @@ ISSUE_KEYS = (
     "incremental_vs_full_work",
     "incremental_us_per_unchanged_row",
 )
-# Issue 15's keys: bfloat16, ONNX and int8 contenders, and the like-for-like ratios.
-ISSUE_15_KEYS = (
+# The precision keys: bfloat16, ONNX and int8 contenders, and the like-for-like ratios.
+PRECISION_KEYS = (
     "raw_bf16_rows_per_s",
     "pipeline_bf16_rows_per_s",
     "pipeline_mp_bf16_rows_per_s",
@@ -88,7 +89,7 @@ def test_read_texts_reads_jsonl_and_plain_text_and_repeats(tmp_path):
         corpus.read_texts(str(tmp_path / "bad.jsonl"), 1)
 
 
-def test_summarize_computes_the_issue_ratios():
+def test_summarize_computes_the_report_ratios():
     results = {
         "raw": {"rows_per_s": 500.0},
         "pipeline": {
@@ -104,7 +105,7 @@ def test_summarize_computes_the_issue_ratios():
         "beam_mltransform": {"error": "boom"},
         "pipeline_10n": {"rows": 1000, "seconds": 2.05, "peak_rss_mb": 1100.0},
     }
-    metrics = run.summarize(results)
+    metrics = text_report.summarize(results)
     assert metrics["pipeline_vs_raw"] == pytest.approx(0.8)
     assert metrics["pipeline_vs_sentence_transformers"] == pytest.approx(2.0)
     assert metrics["pipeline_vs_beam_mltransform"] is None
@@ -113,7 +114,7 @@ def test_summarize_computes_the_issue_ratios():
     assert metrics["overhead_us_per_row"] == pytest.approx(500.0)  # 1/400 - 1/500 s
     assert metrics["rss_10n_vs_n"] == pytest.approx(1.1)
     assert metrics["pipeline_marginal_rows_per_s"] == pytest.approx(500.0)  # 900 rows in 1.8 s more
-    targets = run.check_targets(metrics)
+    targets = text_report.check_targets(metrics)
     assert targets["pipeline_vs_raw"]["met"] is False and targets["rss_10n_vs_n"]["met"] is True
     assert targets["pipeline_vs_beam_mltransform"]["met"] is None
 
@@ -138,7 +139,7 @@ def test_summarize_picks_the_fastest_contender_on_each_side_within_each_cosine_b
         "st_onnx": _speed(240.0, 0.99999),
         "st_onnx_int8": _speed(400.0, 0.985),  # fastest, within neither bound
     }
-    m = run.summarize(results)
+    m = text_report.summarize(results)
     assert (m["pipeline_best_0999"], m["st_best_0999"]) == ("pipeline_bf16", "st_bf16")
     assert m["pipeline_best_vs_st_best_0999"] == pytest.approx(560 / 250)
     assert (m["pipeline_best_099"], m["st_best_099"]) == ("pipeline_mp_bf16", "st_bf16")
@@ -146,14 +147,14 @@ def test_summarize_picks_the_fastest_contender_on_each_side_within_each_cosine_b
     assert m["pipeline_bf16_vs_fp32"] == pytest.approx(2.0)
     assert m["pipeline_bf16_vs_sentence_transformers"] == pytest.approx(2.8)
     assert m["st_onnx_int8_rows_per_s"] == 400.0 and m["raw_bf16_rows_per_s"] is None
-    targets = run.check_targets(m)
+    targets = text_report.check_targets(m)
     assert targets["pipeline_bf16_vs_fp32"]["met"] is True and targets["pipeline_bf16_vs_fp32"]["target"] == ">= 1.8"
     assert targets["pipeline_best_vs_st_best_0999"]["met"] is True
     # int8 within 0.99 now: the fastest sentence-transformers contender at that bound.
     results["st_onnx_int8"]["min_cosine_vs_raw"] = 0.992
-    m = run.summarize(results)
+    m = text_report.summarize(results)
     assert m["st_best_099"] == "st_onnx_int8" and m["pipeline_best_vs_st_best_099"] == pytest.approx(1.5)
-    assert run.check_targets(m)["pipeline_best_vs_st_best_099"]["met"] is True
+    assert text_report.check_targets(m)["pipeline_best_vs_st_best_099"]["met"] is True
 
 
 def test_best_at_parity_leaves_out_failed_unmeasured_and_uncompared_contenders():
@@ -164,19 +165,19 @@ def test_best_at_parity_leaves_out_failed_unmeasured_and_uncompared_contenders()
         "sentence_transformers": _speed(200.0, 0.9995),
         "st_onnx": {"error": "exit status 1"},
     }
-    m = run.summarize(results)
+    m = text_report.summarize(results)
     assert m["pipeline_best_0999"] == "pipeline" and m["st_best_0999"] == "sentence_transformers"
     assert m["pipeline_best_vs_st_best_0999"] == pytest.approx(1.4)
     assert m["pipeline_bf16_vs_fp32"] is None and m["pipeline_bf16_vs_sentence_transformers"] is None
     # No sentence-transformers contender within the bound: no ratio, no winner, target not measured.
     results["sentence_transformers"]["min_cosine_vs_raw"] = 0.98
-    m = run.summarize(results)
+    m = text_report.summarize(results)
     assert (
         m["st_best_099"] is None and m["pipeline_best_vs_st_best_099"] is None and m["pipeline_best_099"] == "pipeline"
     )
-    assert run.check_targets(m)["pipeline_best_vs_st_best_099"]["met"] is None
-    m = run.summarize({})
-    assert all(m[key] is None for key in ISSUE_15_KEYS)
+    assert text_report.check_targets(m)["pipeline_best_vs_st_best_099"]["met"] is None
+    m = text_report.summarize({})
+    assert all(m[key] is None for key in PRECISION_KEYS)
 
 
 def test_add_parity_measures_min_and_mean_cosine_against_the_float32_raw_embeddings(tmp_path):
@@ -190,7 +191,7 @@ def test_add_parity_measures_min_and_mean_cosine_against_the_float32_raw_embeddi
         np.save(paths[name], matrix)
     results = {name: {"rows": 4, "embeddings": path} for name, path in paths.items()}
     results["pipeline_10n"] = {"rows": 40, "embeddings": paths["raw"]}  # other rows: not compared
-    run.add_parity(results)
+    text_report.add_parity(results)
     assert results["raw_bf16"]["min_cosine_vs_raw"] == pytest.approx(-1.0)
     assert results["raw_bf16"]["mean_cosine_vs_raw"] == pytest.approx(0.5)
     assert results["st_bf16"]["min_cosine_vs_raw"] == pytest.approx(1.0)  # scale does not matter
@@ -230,7 +231,7 @@ def test_cpuinfo_gives_the_model_name_and_which_bf16_and_int8_flags_are_present(
     assert cpu.read_cpuinfo(str(path))[0] == model
     assert cpu.read_cpuinfo(str(tmp_path / "missing"))[1] == set()
     meta = {"cpu": model, "cores": 2, "cpu_features": cpu.features(flags)}
-    assert run.cpu_line(meta) == (
+    assert harness.cpu_line(meta) == (
         "CPU: Intel(R) Xeon(R) Platinum 8480+, 2 cores; avx512f yes, avx512_vnni yes, avx512_bf16 yes, "
         "amx_int8 no, amx_bf16 yes"
     )
@@ -240,7 +241,7 @@ def test_a_missing_bf16_module_or_onnx_interpreter_fails_only_its_own_contenders
     (tmp_path / "fp32").mkdir()
     (tmp_path / "fp32" / "saved_model.pb").write_bytes(b"")  # parse_args only checks that the module is there
     missing = str(tmp_path / "no-bf16")
-    args = run.parse_args(
+    args = text_benchmark.parse_args(
         [
             "--corpus",
             CORPUS,
@@ -255,11 +256,11 @@ def test_a_missing_bf16_module_or_onnx_interpreter_fails_only_its_own_contenders
         ]
     )
     launched = []
-    monkeypatch.setattr(run, "run_task", lambda name, *rest: launched.append(name) or {"error": "ran"})
-    monkeypatch.setattr(run, "default_bench_onnx_python", lambda: None)
+    monkeypatch.setattr(text_benchmark, "run_task", lambda name, *rest: launched.append(name) or {"error": "ran"})
+    monkeypatch.setattr(text_benchmark, "default_bench_onnx_python", lambda: None)
     workdir = tmp_path / "work"
     workdir.mkdir()
-    results = run.run_all(args, str(workdir))
+    results = text_benchmark.run_all(args, str(workdir))
     assert launched == []
     for name in ("raw_bf16", "pipeline_bf16", "pipeline_mp_bf16"):
         assert results[name]["error"].startswith(f"no bfloat16 module at {missing}")
@@ -268,10 +269,10 @@ def test_a_missing_bf16_module_or_onnx_interpreter_fails_only_its_own_contenders
         assert (
             "ONNX backend is not installed" in results[name]["error"] and ".venv-bench-onnx" in results[name]["error"]
         )
-    report = run.build_report(run.machine_meta(args), results)
+    report = text_report.build_report(text_benchmark.machine_meta(args), results)
     assert set(report["errors"]) == set(results) and report["pipeline_bf16_vs_fp32"] is None
     assert report["pipeline_best_vs_st_best_0999"] is None
-    assert "failed: no bfloat16 module" in run.format_table(report)
+    assert "failed: no bfloat16 module" in text_report.format_table(report)
 
 
 @pytest.mark.slow
@@ -283,7 +284,7 @@ def test_harness_smoke_run_of_raw_and_pipelines(tiny, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "benchmarks.run",
+        "benchmarks.text",
         "--corpus",
         CORPUS,
         "--rows",
@@ -300,7 +301,7 @@ def test_harness_smoke_run_of_raw_and_pipelines(tiny, tmp_path):
     done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=230)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(out.read_text())
-    assert set(ISSUE_KEYS) <= set(report) and set(ISSUE_15_KEYS) <= set(report)
+    assert set(REPORT_KEYS) <= set(report) and set(PRECISION_KEYS) <= set(report)
     assert report["errors"] == {}
     assert report["raw_rows_per_s"] > 0 and report["pipeline_rows_per_s"] > 0
     assert report["pipeline_vs_raw"] == pytest.approx(report["pipeline_rows_per_s"] / report["raw_rows_per_s"])
@@ -339,7 +340,7 @@ def test_harness_smoke_run_of_raw_and_pipelines(tiny, tmp_path):
     assert "CPU: " in done.stdout and "raw bf16 module" in done.stdout and "pipeline_bf16_vs_fp32" in done.stdout
 
 
-# --------------------------------------------------------------------------- incremental (issue 13)
+# --------------------------------------------------------------------------- incremental
 
 
 def _words_changed(a: str, b: str) -> int:
@@ -350,12 +351,12 @@ def _words_changed(a: str, b: str) -> int:
 
 @pytest.fixture(scope="module")
 def paragraphs():
-    return incremental.read_paragraphs(CORPUS)
+    return incremental_scenario.read_paragraphs(CORPUS)
 
 
 def test_incremental_scenario_is_deterministic_with_the_planted_changes(paragraphs):
-    sc = incremental.build_scenario(paragraphs, 2000)
-    assert sc == incremental.build_scenario(paragraphs, 2000)
+    sc = incremental_scenario.build_scenario(paragraphs, 2000)
+    assert sc == incremental_scenario.build_scenario(paragraphs, 2000)
     old, new = dict(sc.run1), dict(sc.run2)
     assert len(old) == len(sc.run1) == 2000 and len(new) == len(sc.run2)  # ids unique
     assert len(set(old.values())) == 2000  # run 1's texts are distinct
@@ -382,36 +383,39 @@ def test_incremental_scenario_is_deterministic_with_the_planted_changes(paragrap
     }
     assert len(sc.fresh_texts()) == 40
     # Ids and texts are stable across N: a smaller scenario's run 1 is a prefix of a larger one's.
-    assert incremental.build_scenario(paragraphs, 500).run1 == sc.run1[:500]
+    assert incremental_scenario.build_scenario(paragraphs, 500).run1 == sc.run1[:500]
 
 
 def test_incremental_sequence_repeats_the_corpus_with_one_small_edit_per_copy(paragraphs):
     base = paragraphs[:50]
-    texts = incremental.sequence_texts(base, 160)
+    texts = incremental_scenario.sequence_texts(base, 160)
     assert texts[:50] == base and len(set(texts)) == 160 and not set(texts[50:]) & set(base)
     for i, text in enumerate(texts[50:], 50):
         assert 0 < _words_changed(base[i % 50], text) <= 7  # one typo, word or short sentence
-    assert incremental.sequence_texts(base, 160) == texts and incremental.sequence_texts(base, 70) == texts[:70]
+    assert (
+        incremental_scenario.sequence_texts(base, 160) == texts
+        and incremental_scenario.sequence_texts(base, 70) == texts[:70]
+    )
 
 
 def test_incremental_verify_catches_a_changed_bit():
     rows = [("a", "one"), ("b", "two"), ("c", "one")]
     vectors = np.arange(6, dtype=np.float32).reshape(3, 2) + 1
-    hashes = [incremental.text_sha256(t) for _, t in rows]
-    reference = incremental.TableView(["a", "b"], hashes[:2], vectors[:2].copy(), {})
-    good = incremental.TableView(["a", "b", "c"], hashes, np.stack([vectors[0], vectors[1], vectors[0]]), {})
-    check = incremental.verify(rows, good, reference, rows[:2], None, [])
+    hashes = [incremental_checks.text_sha256(t) for _, t in rows]
+    reference = incremental_checks.TableView(["a", "b"], hashes[:2], vectors[:2].copy(), {})
+    good = incremental_checks.TableView(["a", "b", "c"], hashes, np.stack([vectors[0], vectors[1], vectors[0]]), {})
+    check = incremental_checks.verify(rows, good, reference, rows[:2], None, [])
     assert check["reused_rows_bit_identical"] == check["reused_rows_checked"] == 3
     assert check["duplicate_groups_bit_identical"] == check["duplicate_groups"] == 1
-    assert incremental._verdict(check, 0)
+    assert incremental_checks._verdict(check, 0)
     flipped = good.vectors.copy()
     flipped.view(np.uint32)[2, 1] ^= 1  # one ulp off in one row
-    bad = incremental.TableView(good.ids, hashes, flipped, {})
-    check = incremental.verify(rows, bad, reference, rows[:2], None, [])
+    bad = incremental_checks.TableView(good.ids, hashes, flipped, {})
+    check = incremental_checks.verify(rows, bad, reference, rows[:2], None, [])
     assert check["reused_rows_bit_identical"] == 2 and check["duplicate_groups_bit_identical"] == 0
-    assert not incremental._verdict(check, 0)
-    wrong_hash = incremental.TableView(good.ids, hashes[:2] + ["0" * 64], good.vectors, {})
-    assert incremental.verify(rows, wrong_hash, reference, rows[:2], None, [])["content_hash_mismatches"] == 1
+    assert not incremental_checks._verdict(check, 0)
+    wrong_hash = incremental_checks.TableView(good.ids, hashes[:2] + ["0" * 64], good.vectors, {})
+    assert incremental_checks.verify(rows, wrong_hash, reference, rows[:2], None, [])["content_hash_mismatches"] == 1
 
 
 def test_incremental_metrics_subtract_the_fixed_cost():
@@ -436,7 +440,7 @@ def test_incremental_metrics_subtract_the_fixed_cost():
     assert m["incremental_us_per_unchanged_row_small"] == pytest.approx(0.8 / 10_000 * 1e6)
     assert m["incremental_us_per_unchanged_row_marginal"] == pytest.approx(1.7 / 40_000 * 1e6)
     assert m["incremental_us_per_unchanged_row_run2"] == pytest.approx((9.5 - 1000 * 200.0 / 50_000) / 48_000 * 1e6)
-    targets = run.check_targets(m)
+    targets = text_report.check_targets(m)
     assert targets["incremental_vs_full_wall"]["met"] and targets["incremental_vs_full_work"]["met"]
     assert targets["incremental_us_per_unchanged_row"]["met"]
 
@@ -444,14 +448,16 @@ def test_incremental_metrics_subtract_the_fixed_cost():
 def test_run_selects_incremental_alone_without_rows(tmp_path):
     (tmp_path / "saved_model.pb").write_bytes(b"")  # parse_args only checks that the module is there
     module = str(tmp_path)
-    args = run.parse_args(["--corpus", CORPUS, "--only", "incremental", "--module", module])
+    args = text_benchmark.parse_args(["--corpus", CORPUS, "--only", "incremental", "--module", module])
     assert args.only == ["incremental"] and args.rows is None
     assert (args.incremental_rows, args.incremental_small_rows) == (50_000, 10_000)
-    assert "incremental" in run.parse_args(["--corpus", CORPUS, "--rows", "5", "--module", module]).only  # default set
+    assert (
+        "incremental" in text_benchmark.parse_args(["--corpus", CORPUS, "--rows", "5", "--module", module]).only
+    )  # default set
     with pytest.raises(SystemExit):
-        run.parse_args(["--corpus", CORPUS, "--only", "raw", "--module", module])  # contenders need --rows
+        text_benchmark.parse_args(["--corpus", CORPUS, "--only", "raw", "--module", module])  # contenders need --rows
     with pytest.raises(SystemExit):
-        run.parse_args(
+        text_benchmark.parse_args(
             ["--corpus", CORPUS, "--only", "incremental", "--incremental-small-rows", "60000", "--module", module]
         )
 
@@ -463,7 +469,7 @@ def _in_process(cmd, log_path):
     start = time.monotonic()
     status = embed.main(cmd[cmd.index("pipelines.embed") + 1 :])
     if status != 0:
-        raise incremental.CommandError(f"exit status {status}")
+        raise harness.CommandError(f"exit status {status}")
     return time.monotonic() - start
 
 
@@ -483,7 +489,7 @@ def test_incremental_smoke_run_has_the_scenario_counts_and_bit_identical_vectors
         launch=_in_process,
         log=lambda message: None,
     )
-    scenario = incremental.build_scenario(paragraphs, n)
+    scenario = incremental_scenario.build_scenario(paragraphs, n)
     counts = {name: c["counts"] for name, c in result["commands"].items()}
     assert (
         {k: counts["run2"][k] for k in scenario.expected_run2()}
@@ -507,7 +513,7 @@ def test_incremental_smoke_run_has_the_scenario_counts_and_bit_identical_vectors
     assert result["counts_ok"] and result["bit_identical"], json.dumps(result["checks"])
     vectors = result["checks"]["run2_vectors"]
     assert vectors["reused_rows_checked"] == vectors["reused_rows_bit_identical"] == 194
-    assert vectors["new_rows_checked"] == 6 and vectors["new_rows_min_cosine"] >= incremental.MIN_FRESH_COSINE
+    assert vectors["new_rows_checked"] == 6 and vectors["new_rows_min_cosine"] >= incremental_checks.MIN_FRESH_COSINE
     assert vectors["duplicate_groups"] == vectors["duplicate_groups_bit_identical"] == 4
     m = result["metrics"]
     assert m["incremental_vs_full_wall"] > 0 and m["incremental_us_per_unchanged_row"] is not None
@@ -522,10 +528,10 @@ def test_incremental_smoke_run_has_the_scenario_counts_and_bit_identical_vectors
         "corpus": CORPUS,
         "module": tiny.text,
     }
-    report = run.build_report(meta, {}, result)
-    assert set(ISSUE_KEYS[-3:]) <= set(report) and report["errors"] == {}
+    report = text_report.build_report(meta, {}, result)
+    assert set(REPORT_KEYS[-3:]) <= set(report) and report["errors"] == {}
     assert report["targets"]["incremental_vs_full_wall"]["value"] == m["incremental_vs_full_wall"]
-    table = run.format_table(report)
+    table = text_report.format_table(report)
     assert "incremental_vs_full_work" in table and "run2_vectors" in table and "contender" not in table
 
 
@@ -542,9 +548,9 @@ def test_header_warns_of_other_work_from_the_load_at_start_or_beyond_the_contend
         "corpus": CORPUS,
         "module": "m",
     }
-    table = run.format_table(run.build_report(meta, {}))
+    table = text_report.format_table(text_report.build_report(meta, {}))
     assert "load average 0.10 at start, 2.20 at end" in table and "WARNING" not in table  # its own 2 threads
-    table = run.format_table(run.build_report({**meta, "load_average_at_end": 3.5}, {}))
+    table = text_report.format_table(text_report.build_report({**meta, "load_average_at_end": 3.5}, {}))
     assert "WARNING: other work ran on the machine during the benchmark" in table
-    table = run.format_table(run.build_report({**meta, "load_average_at_start": 1.5}, {}))
+    table = text_report.format_table(text_report.build_report({**meta, "load_average_at_start": 1.5}, {}))
     assert "WARNING: the machine was busy when the benchmark started" in table

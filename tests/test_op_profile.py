@@ -1,8 +1,8 @@
-"""`benchmarks.op_profile` on a real tiny module: the profiler trace is read back into time per op type."""
+"""`benchmarks.probes.op_profile` on a real tiny module: the profiler trace is read back into time per op type."""
 
 from __future__ import annotations
 
-from benchmarks import op_profile
+from benchmarks.probes import op_profile
 from tests.fixtures import tiny_modules as tm
 
 

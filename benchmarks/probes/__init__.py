@@ -1,0 +1,1 @@
+"""Probes: measurements that explain a benchmark's figures (`op_profile`, `int8_probe`)."""
