@@ -33,6 +33,7 @@ class ModuleRef:
     version: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The manifest's `parent` entry: name, version, fingerprint and the handle, credentials redacted."""
         return {
             "name": self.name,
             "version": self.version,

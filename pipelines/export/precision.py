@@ -77,6 +77,7 @@ class RewriteResult:
         return sum(self.converted.values()) + self.already
 
     def to_dict(self) -> dict[str, Any]:
+        """The manifest's record of the rewrite (under `precision`)."""
         return {
             "converted": dict(sorted(self.converted.items())),
             "already_bfloat16": self.already,

@@ -257,6 +257,7 @@ def _module_class():
 
         @property
         def signature_names(self) -> list[str]:
+            """The signatures of the `{}` graph, sorted."""
             return sorted(self._graphs.get(INFERENCE_TAGS).signatures)
 
         def input_specs(self, name: str) -> dict[str, Any]:
