@@ -1,0 +1,299 @@
+"""The publish's commit: one transaction that makes the staged work the collection, so readers see old or new.
+
+* build: the work table gets its primary key and vector index first (outside the swap, which then
+  takes a moment), then one transaction drops the old collection if any, renames the work table and
+  its indexes into place, and writes the catalogue.
+* merge: one transaction deletes the collection's rows whose id the table lacks (unless
+  `keep_missing`), updates rows staged as changed where they differ, inserts new ids, rebuilds the
+  index if another was asked for, drops the stage table and writes the catalogue.
+
+Both first take the collection's commit lock and check that its catalogue entry is still the one
+the publish was planned against: a publish committed by someone else in between fails this one
+(run it again) rather than being overwritten. A commit retried after it succeeded finds its own
+publish run in the catalogue and does nothing more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pipelines.publish import catalogue, work
+from pipelines.publish.catalogue import CatalogueEntry
+from pipelines.publish.errors import PublishFailed
+from pipelines.publish.index import IndexSpec
+from pipelines.publish.plan import BUILD, PublishPlan
+
+# An index build may use up to this much memory (maintenance_work_mem is raised to fit the graph, never lowered).
+MAX_INDEX_MEMORY_MB = 2048
+_LOG = logging.getLogger("hub_embed")
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishResult:
+    """What a publish did.
+
+    Attributes:
+      collection: `schema.collection`.
+      mode: "build" or "merge".
+      publish_run: the publish's id.
+      source_run_id: the published table's run id.
+      rows: the collection's rows after it.
+      inserted: rows inserted (a build: all of them).
+      updated: rows whose content hash, vector or passthrough values changed.
+      deleted: rows whose id the table no longer has.
+      unchanged: rows left as they were.
+      index: the index (`IndexSpec.to_dict()`), None without one.
+      index_build_s: seconds spent building the index (0 when it was kept).
+    """
+
+    collection: str
+    mode: str
+    publish_run: str
+    source_run_id: str
+    rows: int
+    inserted: int
+    updated: int
+    deleted: int
+    unchanged: int
+    index: dict[str, Any] | None
+    index_build_s: float
+
+    def changes(self) -> dict[str, Any]:
+        """The catalogue's `last_changes`."""
+        return {
+            "mode": self.mode,
+            "inserted": self.inserted,
+            "updated": self.updated,
+            "deleted": self.deleted,
+            "unchanged": self.unchanged,
+            "index_build_s": round(self.index_build_s, 3),
+        }
+
+    @classmethod
+    def from_entry(cls, entry: CatalogueEntry, schema: str) -> PublishResult:
+        """The result a catalogue entry records of the publish that wrote it."""
+        changes = entry.last_changes
+        return cls(
+            collection=f"{schema}.{entry.collection}",
+            mode=str(changes.get("mode", "")),
+            publish_run=entry.publish_run,
+            source_run_id=entry.source_run_id,
+            rows=entry.row_count,
+            inserted=int(changes.get("inserted", 0)),
+            updated=int(changes.get("updated", 0)),
+            deleted=int(changes.get("deleted", 0)),
+            unchanged=int(changes.get("unchanged", 0)),
+            index=entry.index.to_dict() if entry.index else None,
+            index_build_s=float(changes.get("index_build_s", 0.0)),
+        )
+
+
+def commit(conn: psycopg.Connection[Any], plan: PublishPlan) -> PublishResult:
+    """Makes the staged work the collection (see the module docstring); returns what changed.
+
+    Raises:
+      PublishFailed: chunks are missing, rows do not add up, or the collection changed since the publish was planned.
+      psycopg.Error: the database failed (the transaction is rolled back).
+    """
+    schema = plan.layout.schema
+    entry = catalogue.read(conn, schema, plan.layout.collection)
+    conn.rollback()
+    if entry is not None and entry.publish_run == plan.publish_run:  # a retried commit: it is done
+        return PublishResult.from_entry(entry, schema)
+    work.check_complete(conn, plan)
+    conn.rollback()
+    try:
+        return _build(conn, plan) if plan.mode == BUILD else _merge(conn, plan)
+    except BaseChanged:
+        if plan.mode != BUILD:  # a merge's staged differences are of no use to a publish planned from now on
+            with conn.transaction():
+                work.drop(conn, plan, plan.work_table)
+        raise
+
+
+class BaseChanged(PublishFailed):
+    """Another publish committed to the collection after this one was planned."""
+
+
+def _lock_and_check_base(conn: psycopg.Connection[Any], plan: PublishPlan) -> CatalogueEntry | None:
+    """Takes the commit lock; fails unless the collection is as the plan found it. Returns its entry."""
+    layout = plan.layout
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [plan.commit_lock_key])
+    entry = catalogue.read(conn, layout.schema, layout.collection)
+    exists = catalogue.table_exists(conn, layout.schema, layout.collection)
+    now = entry.publish_run if entry is not None and exists else None
+    planned = plan.base.publish_run if plan.base is not None else None
+    if now != planned:
+        raise BaseChanged(
+            f"{plan.collection} changed while this publish ran (publish {now!r} committed; this one was planned "
+            f"against {planned!r}); nothing was committed: run the publish again."
+        )
+    return entry if exists else None
+
+
+def _index_memory(conn: psycopg.Connection[Any], plan: PublishPlan) -> None:
+    """Raises maintenance_work_mem (for this transaction) to fit the index being built, up to MAX_INDEX_MEMORY_MB."""
+    bytes_per_value = 2 if plan.layout.vector_type == "halfvec" else 4
+    per_row = plan.layout.dimension * bytes_per_value + plan.index.m * 2 * 10 + 64
+    needed_mb = min(MAX_INDEX_MEMORY_MB, int(plan.table.rows * per_row * 1.25 / 2**20) + 64)
+    row = conn.execute("SELECT setting::bigint / 1024 FROM pg_settings WHERE name = 'maintenance_work_mem'").fetchone()
+    if row is not None and int(row[0]) < needed_mb:
+        conn.execute(sql.SQL("SET LOCAL maintenance_work_mem = {}").format(sql.Literal(f"{needed_mb}MB")))
+
+
+def _create_index(conn: psycopg.Connection[Any], plan: PublishPlan, table: str, name: str) -> float:
+    """Builds the plan's index on `table` (in the caller's transaction); returns the seconds it took."""
+    if plan.index.method == "none":
+        return 0.0
+    _index_memory(conn, plan)
+    start = time.monotonic()
+    conn.execute(plan.index.create_sql(plan.layout.schema, table, name))
+    seconds = time.monotonic() - start
+    _LOG.info("%s index on %s built in %.1fs", plan.index.method, plan.collection, seconds)
+    return seconds
+
+
+def _build(conn: psycopg.Connection[Any], plan: PublishPlan) -> PublishResult:
+    layout, work_table = plan.layout, plan.work_table
+    key, index_name = f"{work_table}_pkey", f"{work_table}_idx"
+    with conn.transaction():
+        has_key = conn.execute(
+            "SELECT 1 FROM pg_constraint WHERE conname = %s AND connamespace = %s::regnamespace",
+            [key, f'"{layout.schema}"'],
+        ).fetchone()
+        if not has_key:
+            try:
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY (id)").format(
+                        layout.table(work_table), sql.Identifier(key)
+                    )
+                )
+            except psycopg.errors.UniqueViolation:
+                raise PublishFailed(f"{plan.table.display} holds an id twice; nothing was committed.") from None
+    with conn.transaction():
+        index_s = _create_index(conn, plan, work_table, index_name)
+    conn.execute(sql.SQL("ANALYZE {}").format(layout.table(work_table)))
+    conn.commit()
+    with conn.transaction():
+        _lock_and_check_base(conn, plan)
+        if plan.base is not None:
+            conn.execute(sql.SQL("DROP TABLE {}").format(layout.table()))
+        conn.execute(
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(layout.table(work_table), sql.Identifier(layout.collection))
+        )
+        renames = [(key, layout.key_name)] + ([(index_name, layout.index_name)] if plan.index.method != "none" else [])
+        for old, new in renames:
+            conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(layout.table(old), sql.Identifier(new)))
+        work.drop(conn, plan, work_table)  # the chunk records (the table is the collection now)
+        result = PublishResult(
+            plan.collection, BUILD, plan.publish_run, plan.table.run_id, plan.table.rows,
+            inserted=plan.table.rows, updated=0, deleted=0, unchanged=0,
+            index=_index_dict(plan.index), index_build_s=index_s,
+        )  # fmt: skip
+        catalogue.write(conn, layout.schema, _entry(plan, result))
+    return result
+
+
+def _merge(conn: psycopg.Connection[Any], plan: PublishPlan) -> PublishResult:
+    layout, stage = plan.layout, plan.layout.table(plan.work_table)
+    collection, run_id = layout.table(), plan.table.run_id
+    values = ("content_hash", "embedding", *layout.passthrough)
+    with conn.transaction():
+        entry = _lock_and_check_base(conn, plan)
+        conn.execute(sql.SQL("ANALYZE {}").format(stage))
+        stale = conn.execute(
+            sql.SQL(
+                "SELECT count(*) FROM {} s LEFT JOIN {} c ON c.id = s.id "
+                "WHERE NOT s.changed AND (c.id IS NULL OR c.content_hash <> s.content_hash)"
+            ).format(stage, collection)
+        ).fetchone()
+        if stale and stale[0]:
+            raise PublishFailed(
+                f"{plan.collection}: {stale[0]} rows changed outside this publish while it ran; nothing was committed: "
+                "run the publish again."
+            )
+        deleted = 0
+        if not plan.cfg.options.keep_missing:
+            deleted = conn.execute(
+                sql.SQL("DELETE FROM {} c WHERE NOT EXISTS (SELECT 1 FROM {} s WHERE s.id = c.id)").format(
+                    collection, stage
+                )
+            ).rowcount
+        updated = conn.execute(
+            sql.SQL(
+                "UPDATE {} c SET {}, source_run_id = %s FROM {} s WHERE s.changed AND c.id = s.id AND ({}) IS DISTINCT FROM ({})"
+            ).format(
+                collection,
+                sql.SQL(", ").join(sql.SQL("{0} = s.{0}").format(sql.Identifier(v)) for v in values),
+                stage,
+                layout.identifiers(values, "c"),
+                layout.identifiers(values, "s"),
+            ),
+            [run_id],
+        ).rowcount
+        inserted = conn.execute(
+            sql.SQL(
+                "INSERT INTO {} ({}, source_run_id) SELECT {}, %s FROM {} s "
+                "WHERE s.changed AND NOT EXISTS (SELECT 1 FROM {} c WHERE c.id = s.id)"
+            ).format(
+                collection,
+                layout.identifiers(("id", *values)),
+                layout.identifiers(("id", *values), "s"),
+                stage,
+                collection,
+            ),
+            [run_id],
+        ).rowcount
+        index_s = _replace_index(conn, plan, entry.index if entry else None)
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(collection)).fetchone()
+        rows = int(row[0]) if row else 0
+        work.drop(conn, plan, plan.work_table)
+        result = PublishResult(
+            plan.collection, plan.mode, plan.publish_run, run_id, rows,
+            inserted=inserted, updated=updated, deleted=deleted,
+            unchanged=plan.table.rows - inserted - updated,
+            index=_index_dict(plan.index), index_build_s=index_s,
+        )  # fmt: skip
+        catalogue.write(conn, layout.schema, _entry(plan, result))
+    return result
+
+
+def _replace_index(conn: psycopg.Connection[Any], plan: PublishPlan, built: IndexSpec | None) -> float:
+    """Rebuilds the collection's index when another one is asked for (in the merge's transaction)."""
+    if not plan.index.rebuild_needed(built):
+        return 0.0
+    layout = plan.layout
+    fresh = f"{layout.index_name}_new"
+    seconds = _create_index(conn, plan, layout.collection, fresh)
+    conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(layout.table(layout.index_name)))
+    if plan.index.method != "none":
+        conn.execute(
+            sql.SQL("ALTER INDEX {} RENAME TO {}").format(layout.table(fresh), sql.Identifier(layout.index_name))
+        )
+    return seconds
+
+
+def _index_dict(index: IndexSpec) -> dict[str, Any] | None:
+    return index.to_dict() if index.method != "none" else None
+
+
+def _entry(plan: PublishPlan, result: PublishResult) -> CatalogueEntry:
+    return CatalogueEntry(
+        collection=plan.layout.collection,
+        space=plan.space,
+        metric=plan.index.metric,
+        vector_type=plan.layout.vector_type,
+        columns=plan.layout.passthrough,
+        index=plan.index if plan.index.method != "none" else None,
+        source_table=plan.table.display,
+        source_run_id=plan.table.run_id,
+        publish_run=plan.publish_run,
+        row_count=result.rows,
+        last_changes=result.changes(),
+    )
