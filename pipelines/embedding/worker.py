@@ -16,6 +16,8 @@ import sys  # noqa: E402
 import traceback  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
+from pipelines import console  # noqa: E402
+
 # Seconds this process took to start its harness; None until then, and in
 # processes that are not a `pipelines.embedding.worker` (the launcher, Dataflow workers).
 _startup_s: float | None = None
@@ -40,7 +42,7 @@ def run_harness(argv: Sequence[str], started: float) -> int:
       status it exited with).
     """
     global _startup_s
-    from apache_beam.runners.worker import sdk_worker_main
+    from apache_beam.runners.worker import sdk_worker_main  # Beam's harness: only worker processes import it
 
     _startup_s = time.monotonic() - started
     try:
@@ -59,8 +61,6 @@ def exit_now(status: int) -> None:
     For commands whose work is done and whose files are closed: this worker,
     and `python -m pipelines.embed` once it has printed its summary.
     """
-    from pipelines import console
-
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
