@@ -5,7 +5,7 @@ whether it is reusable/trainable, and a table of its signatures with their
 inputs and outputs (for a per-token output: how an embedding job cuts it to
 each row's tokens, see `pipelines.embedding.token_trim`). Exits with status 2
 and a one-line message when the handle cannot be resolved or the module cannot
-be loaded.
+be loaded, or when fetching it goes over one of its limits (`--max-download-bytes` and the like).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pipelines import console
 from pipelines.embedding import token_trim
 from pipelines.hub.description import describe
 from pipelines.hub.errors import HandleError, ModuleError
+from pipelines.hub.flags import add_resolve_flags, options_from_args
 from pipelines.hub.module_info import ModuleInfo, SignatureInfo
 from pipelines.hub.module_manifest import read_module_manifest
 from pipelines.hub.redaction import redact
@@ -92,10 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.inspect", description=__doc__.split("\n\n")[0])
     parser.add_argument("handle", help=f"module handle: {SUPPORTED_FORMS}")
     parser.add_argument("--json", action="store_true", help="print the description as JSON")
+    add_resolve_flags(parser)
     console.add_verbose_flag(parser)
     args = parser.parse_args(argv)
     try:
-        info = describe(args.handle)
+        info = describe(args.handle, options_from_args(args))
     except (HandleError, ModuleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

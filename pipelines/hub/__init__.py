@@ -3,7 +3,8 @@
 Resolving: `registry.resolve(handle)` asks each resolver (`local_resolver`,
 `http_resolver`, `object_store_resolver`; contract in `resolver`) in turn;
 remote modules land in `module_cache`, guarded by `locks`, unpacked by
-`archives`, and identified by `fingerprints`. Using: `loading.load`,
+`extraction` within `limits`, identified by `fingerprints` and checked by
+`cache_entries` before use. Using: `loading.load`,
 `description.describe`, `binding.bind`; `op_gate.check` refuses modules whose
 ops reach outside the computation.
 """

@@ -10,7 +10,7 @@ from pipelines.hub import fingerprint_records, loading, registry
 from pipelines.hub.module_dirs import module_format
 from pipelines.hub.module_info import DEFAULT_OUTPUT_KEY, ModuleInfo, SignatureInfo, TensorInfo
 from pipelines.hub.module_manifest import compute_precision, read_module_manifest, recommended_batch_size
-from pipelines.hub.resolver import ResolvedModule
+from pipelines.hub.resolver import ResolvedModule, ResolveOptions
 
 # Bump when what `describe_loaded` reports changes: older stored descriptions are then described afresh.
 DESCRIPTION_VERSION = 1
@@ -165,11 +165,12 @@ def describe_resolved(resolved: ResolvedModule, loader: Callable[[ResolvedModule
     return info
 
 
-def describe(handle: str) -> ModuleInfo:
+def describe(handle: str, options: ResolveOptions | None = None) -> ModuleInfo:
     """Resolves a module and describes it (loading it unless its description is stored).
 
     Args:
       handle: any handle `registry.resolve` accepts.
+      options: the limits and trust `registry.resolve` applies (default: its defaults).
 
     Returns:
       The module's description.
@@ -178,4 +179,4 @@ def describe(handle: str) -> ModuleInfo:
       HandleError: the handle cannot be resolved.
       ModuleError: the module cannot be loaded.
     """
-    return describe_resolved(registry.resolve(handle))
+    return describe_resolved(registry.resolve(handle, options=options))

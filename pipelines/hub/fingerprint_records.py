@@ -7,7 +7,7 @@ import os
 import re
 from typing import Any
 
-from pipelines.hub.cache_files import cache_dir, write_text_atomically
+from pipelines.hub.cache_files import cache_dir, make_private_dir, write_text_atomically
 
 _FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -62,7 +62,7 @@ def write_record(fingerprint: str, kind: str, record: dict[str, Any]) -> bool:
     if path is None:
         return False
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        make_private_dir(os.path.dirname(path))
         write_text_atomically(path, json.dumps({**record, "fingerprint": fingerprint}, sort_keys=True))
     except OSError:
         return False

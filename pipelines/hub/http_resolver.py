@@ -14,9 +14,10 @@ from typing import IO
 from pipelines.hub import archives
 from pipelines.hub.cache_files import CHUNK_BYTES
 from pipelines.hub.errors import HandleError
+from pipelines.hub.limits import Limits
 from pipelines.hub.module_cache import resolve_into_cache, unpack_into_staging
 from pipelines.hub.redaction import redact
-from pipelines.hub.resolver import DEFAULT_TIMEOUT_S, ResolvedModule, Resolver
+from pipelines.hub.resolver import DEFAULT_OPTIONS, DEFAULT_TIMEOUT_S, ResolvedModule, ResolveOptions, Resolver
 
 _USER_AGENT = "hub-embed"
 
@@ -30,15 +31,24 @@ def compressed_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(query=query))
 
 
-def _request(url: str) -> urllib.request.Request:
+def _request(url: str, allow_insecure_http: bool = False) -> urllib.request.Request:
     """A GET request for `url`; `user:password@` in it becomes HTTP Basic authorization.
 
     urllib cannot connect to a URL with user info in it, so it is moved into
     an `Authorization` header, which is not sent on to a redirect's target.
+
+    Raises:
+      HandleError: the URL carries credentials over plain `http://` and
+        `allow_insecure_http` is not set.
     """
     parts = urllib.parse.urlsplit(url)
     if parts.username is None:
         return urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+    if parts.scheme == "http" and not allow_insecure_http:
+        raise HandleError(
+            f"Module handle {redact(url)!r} carries a user name and password over plain http://, which would send "
+            "them unencrypted; use https://, or pass --allow-insecure-http to send them anyway."
+        )
     bare = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     request = urllib.request.Request(bare, headers={"User-Agent": _USER_AGENT})
     user = urllib.parse.unquote(parts.username)
@@ -75,21 +85,36 @@ class HttpArchiveResolver(Resolver):
         """`http://` and `https://` URLs."""
         return urllib.parse.urlsplit(handle).scheme in ("http", "https")
 
-    def __call__(self, handle: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> ResolvedModule:
+    def __call__(
+        self, handle: str, timeout_s: float = DEFAULT_TIMEOUT_S, options: ResolveOptions = DEFAULT_OPTIONS
+    ) -> ResolvedModule:
         """Resolves a URL through the cache (see `Resolver`)."""
-        return resolve_into_cache(handle, lambda h, staging: self._fetch(h, staging, timeout_s), timeout_s)
+        request = _request(compressed_url(handle), options.allow_insecure_http)  # refuses before touching the cache
+        return resolve_into_cache(
+            handle, lambda h, staging: self._fetch(h, request, staging, timeout_s, options.limits), timeout_s, options
+        )
 
-    def _fetch(self, handle: str, staging: str, timeout_s: float) -> None:
+    def _fetch(
+        self, handle: str, request: urllib.request.Request, staging: str, timeout_s: float, limits: Limits
+    ) -> None:
         download = os.path.join(staging, "download.tar.gz")
         shown = redact(handle)
-        request = _request(compressed_url(handle))
+        cap = limits.max_download_bytes
+        subject = f"Module handle {shown!r}"
         try:
             with _OPENER.open(request, timeout=timeout_s) as response, open(download, "wb") as out:
-                expected = response.headers.get("Content-Length")
+                length = (response.headers.get("Content-Length") or "").strip()
+                expected = int(length) if length.isdigit() else None
+                if expected is not None and expected > cap:
+                    raise HandleError(limits.exceeded("max_download_bytes", subject, f"it is {expected:,} bytes"))
                 received = 0
                 for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
-                    out.write(chunk)
                     received += len(chunk)
+                    if received > cap:
+                        raise HandleError(limits.exceeded("max_download_bytes", subject, f"more than {cap:,} bytes"))
+                    out.write(chunk)
+        except HandleError:
+            raise
         except urllib.error.HTTPError as e:
             raise HandleError(f"Module handle {shown!r} could not be downloaded: HTTP {e.code} {e.reason}.") from e
         except TimeoutError as e:
@@ -100,7 +125,7 @@ class HttpArchiveResolver(Resolver):
             raise HandleError(f"Module handle {shown!r} could not be downloaded: {e.reason}.") from e
         except (ConnectionError, OSError) as e:
             raise HandleError(f"Module handle {shown!r} could not be downloaded: {e}.") from e
-        if expected is not None and received != int(expected):
+        if expected is not None and received != expected:
             raise HandleError(f"Module archive {shown} is truncated: received {received} of {expected} bytes.")
-        unpack_into_staging(download, staging, handle)
+        unpack_into_staging(download, staging, handle, limits)
         os.remove(download)

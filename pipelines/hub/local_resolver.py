@@ -11,7 +11,7 @@ from pipelines.hub.errors import HandleError
 from pipelines.hub.fingerprints import local_fingerprint
 from pipelines.hub.module_cache import resolve_into_cache, unpack_into_staging
 from pipelines.hub.module_dirs import require_module_dir
-from pipelines.hub.resolver import DEFAULT_TIMEOUT_S, ResolvedModule, Resolver
+from pipelines.hub.resolver import DEFAULT_OPTIONS, DEFAULT_TIMEOUT_S, ResolvedModule, ResolveOptions, Resolver
 
 
 def _file_url_path(handle: str) -> str:
@@ -28,14 +28,16 @@ class LocalResolver(Resolver):
         scheme = urllib.parse.urlsplit(handle).scheme
         return scheme in ("", "file") or (len(scheme) == 1 and handle[1:3] in (":\\", ":/"))
 
-    def __call__(self, handle: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> ResolvedModule:
+    def __call__(
+        self, handle: str, timeout_s: float = DEFAULT_TIMEOUT_S, options: ResolveOptions = DEFAULT_OPTIONS
+    ) -> ResolvedModule:
         """Resolves a local directory or archive (see `Resolver`)."""
         path = _file_url_path(handle)
         if not os.path.exists(path):
             raise HandleError(f"Module handle {handle!r} does not exist (no such file or directory: {path}).")
         if os.path.isdir(path):
             require_module_dir(path, handle)
-            return ResolvedModule(handle, os.path.abspath(path), local_fingerprint(path))
+            return ResolvedModule(handle, os.path.abspath(path), local_fingerprint(path, verify=options.verify_cache))
         if archives.is_archive_name(path):
             abspath = os.path.abspath(path)
             st = os.stat(abspath)
@@ -43,9 +45,9 @@ class LocalResolver(Resolver):
             versioned = f"{abspath}#{st.st_size}-{st.st_mtime_ns}"
 
             def fetch(_handle: str, staging: str) -> None:
-                unpack_into_staging(abspath, staging, handle)
+                unpack_into_staging(abspath, staging, handle, options.limits)
 
-            resolved = resolve_into_cache(versioned, fetch, timeout_s)
+            resolved = resolve_into_cache(versioned, fetch, timeout_s, options)
             return dataclasses.replace(resolved, handle=handle)
         raise HandleError(
             f"Module handle {handle!r} is a file but not a module archive (expected a directory or "

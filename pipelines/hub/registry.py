@@ -15,8 +15,34 @@ SUPPORTED_FORMS = "a local directory or .tar.gz, file://, http://, https://, gs:
 
 RESOLVERS: list[resolver.Resolver] = [LocalResolver(), HttpArchiveResolver(), ObjectStoreResolver()]
 
+# Schemes whose URLs must name a host (for gs:// and s3://, the bucket).
+_NEEDS_HOST = ("http", "https", "gs", "s3")
 
-def resolve(handle: str, timeout_s: float | None = None) -> resolver.ResolvedModule:
+
+def check_url(handle: str) -> None:
+    """Raises HandleError, naming the handle (redacted) and the fault, unless `handle` parses as a URL or path.
+
+    Catches what `urllib.parse` only reports on use: a bracketed IPv6 host
+    left open, a port that is not a number from 0 to 65535, and a URL of a
+    remote scheme with no host.
+    """
+    try:
+        parts = urllib.parse.urlsplit(handle)
+    except ValueError as e:  # e.g. "Invalid IPv6 URL"; urllib's message does not repeat the URL
+        raise HandleError(f"Module handle {redact(handle)!r} is not a valid URL: {e}.") from None
+    try:
+        parts.port  # noqa: B018 (parsing the port is what raises)
+    except ValueError:  # urllib's message repeats the port, which may be a misplaced password: not shown
+        raise HandleError(
+            f"Module handle {redact(handle)!r} is not a valid URL: its port is not a number from 0 to 65535."
+        ) from None
+    if parts.scheme in _NEEDS_HOST and not parts.hostname:
+        raise HandleError(f"Module handle {redact(handle)!r} is not a valid URL: it names no host.")
+
+
+def resolve(
+    handle: str, timeout_s: float | None = None, options: resolver.ResolveOptions | None = None
+) -> resolver.ResolvedModule:
     """Resolves a handle to a local module directory with its fingerprint.
 
     Args:
@@ -25,19 +51,25 @@ def resolve(handle: str, timeout_s: float | None = None) -> resolver.ResolvedMod
         `?tf-hub-format=compressed` convention serves as one), or a `gs://` or
         `s3://` path to a module directory or `.tar.gz`.
       timeout_s: network timeout for remote handles (default
-        `resolver.DEFAULT_TIMEOUT_S`, 60 s).
+        `resolver.DEFAULT_TIMEOUT_S`, 60 s): for connecting, and for each read.
+      options: the limits on fetching and unpacking, whether credentials may
+        go over plain http, and whether cached modules are re-hashed (default
+        `resolver.DEFAULT_OPTIONS`).
 
     Returns:
       The resolved module.
 
     Raises:
-      HandleError: unsupported scheme, missing module, download failure,
-        corrupt or unsafe archive, or a directory that is not a module.
+      HandleError: malformed URL, unsupported scheme, missing module, download
+        failure or timeout, corrupt or unsafe archive, a limit exceeded, or a
+        directory that is not a module.
     """
     if not isinstance(handle, str) or not handle.strip():
         raise HandleError(f"Module handle must be a non-empty string, got {handle!r}.")
+    check_url(handle)
+    timeout = resolver.DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
     for candidate in RESOLVERS:
         if candidate.is_supported(handle):
-            return candidate(handle, resolver.DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
+            return candidate(handle, timeout, options or resolver.DEFAULT_OPTIONS)
     scheme = urllib.parse.urlsplit(handle).scheme
     raise HandleError(f"Unsupported handle scheme {scheme!r} in {redact(handle)!r}; supported: {SUPPORTED_FORMS}.")
