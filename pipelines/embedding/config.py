@@ -77,6 +77,8 @@ class SourceConfig:
 
 # Settings that change how fast a run goes, not what it writes (left out of `config_hash`).
 SPEED_KEYS = frozenset({"decode_threads"})
+# Where a setting came from, not what it is (left out of `config_hash`).
+SOURCE_KEYS = frozenset({"module_from_env"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +102,11 @@ class ModelConfig:
     """Which module, signature and output embed the records."""
 
     module: str = _option(DEFAULT_MODULE, "module handle: directory, .tar.gz, file://, http(s)://, gs://, s3://")
+    module_from_env: str | None = _option(
+        None,
+        "name of an environment variable holding the module handle, read instead of module: keeps a handle with "
+        "credentials (user:password@, ?token=) off command lines and out of config files",
+    )
     signature: str = _option("default", "signature to call")
     output_key: str = _option("default", "output of the signature to store")
     output_length_key: str | None = _option(
@@ -169,7 +176,7 @@ class EmbedConfig:
 
     def config_hash(self) -> str:
         """`sha256:<hex>` of everything that decides the table's content (not where it goes, nor how fast)."""
-        skipped = {f.name for f in dataclasses.fields(SinkConfig)} | SPEED_KEYS
+        skipped = {f.name for f in dataclasses.fields(SinkConfig)} | SPEED_KEYS | SOURCE_KEYS
         content = {k: v for k, v in self.to_dict().items() if k not in skipped}
         return "sha256:" + hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
@@ -386,11 +393,26 @@ def from_dict(values: Mapping[str, Any], beam_args: Sequence[str] = ()) -> Embed
 
 def _build(values: Mapping[str, Any], beam_args: Sequence[str]) -> EmbedConfig:
     """The validated config from checked, typed flat values."""
+    if values.get("module_from_env") is not None:
+        values = {**values, "module": _module_from_env(values)}
     groups: dict[type, dict[str, Any]] = {group: {} for group in SECTIONS}
     for key, value in values.items():
         groups[_KEYS[key][0]][key] = value
     cfg = EmbedConfig(**{name: group(**groups[group]) for group, name in SECTIONS.items()}, beam_args=tuple(beam_args))
     return _validate(cfg)
+
+
+def _module_from_env(values: Mapping[str, Any]) -> str:
+    """The module handle in the environment variable `module_from_env` names; it and `module` exclude each other."""
+    name = values["module_from_env"]
+    if "module" in values:
+        raise ConfigError(
+            "Set module or module_from_env, not both (module_from_env names the variable holding the handle)."
+        )
+    handle = os.environ.get(name, "").strip()
+    if not handle:
+        raise ConfigError(f"module_from_env names the environment variable {name!r}, which is not set or empty.")
+    return handle
 
 
 # --------------------------------------------------------------------------- validation
