@@ -15,12 +15,14 @@ import yaml
 
 from pipelines.embedding.config import DEFAULT_MODULE  # stdlib + PyYAML only: cheap at parse time
 from pipelines.embedding.paths import BEAM_PATH_OPTIONS, absolute
+from pipelines.hub.redaction import redact
+from pipelines.orchestration.credentials import HTTP_SCHEMES, SECRET_BEAM_OPTIONS, find_secrets
 from pipelines.orchestration.defaults import DEFAULT_START_DATE
 from pipelines.orchestration.project import PROJECT_ROOT, configs_dir
 
 EMBED_DAG_PREFIX = "embed__"
 RUNNERS = ("DirectRunner", "DataflowRunner")
-SCHEDULE_KEYS = ("cron", "runner", "module_name", "start_date", "dataflow")
+SCHEDULE_KEYS = ("cron", "runner", "module_name", "start_date", "dataflow", "module_conn_id")
 # Fields of airflow.providers.google.cloud.operators.dataflow.DataflowConfiguration.
 _DATAFLOW_CONFIG_FIELDS = (
     "job_name",
@@ -40,8 +42,16 @@ _DATAFLOW_CONFIG_FIELDS = (
 _DATAFLOW_ALIASES = {"project": "project_id", "region": "location"}
 _DATAFLOW_REQUIRED = ("project_id", "location", "temp_location")
 _LOCAL_PATH_KEYS = ("input", "output", "module")
-_RUN_KEYS = ("module", "output", "overwrite", "reuse")  # set per run by `pipeline_options`
+# Set per run: by `pipeline_options` (module, output, overwrite, reuse) or by `EmbedPipelineOperator` (module_from_env).
+_RUN_KEYS = ("module", "output", "overwrite", "reuse", "module_from_env")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LEAK = "credentials in a scheduled config would reach Airflow's XComs, rendered templates and task logs"
+_MODULE_CREDENTIALS = (
+    "Keep the handle free of them and name an Airflow connection holding them in schedule.module_conn_id, "
+    "or put the whole handle in an environment variable of the workers and name it in module_from_env "
+    "(see docs/airflow.md)."
+)
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 
 
@@ -64,6 +74,8 @@ class ScheduledJob:
       start_date: first logical date.
       dataflow_config: `DataflowConfiguration` fields (DataflowRunner).
       dataflow_options: further Beam options from `schedule.dataflow` (e.g. temp_location).
+      module_conn_id: the Airflow connection whose credentials the module handle is sent with, if any.
+      module_from_env: the variable of the workers' environment that holds the module handle, if any.
     """
 
     name: str
@@ -76,6 +88,8 @@ class ScheduledJob:
     start_date: datetime.datetime
     dataflow_config: Mapping[str, Any]
     dataflow_options: Mapping[str, Any]
+    module_conn_id: str | None = None
+    module_from_env: str | None = None
 
     @property
     def dag_id(self) -> str:
@@ -88,8 +102,10 @@ class ScheduledJob:
         return self.values["output"]
 
     @property
-    def module(self) -> str:
-        """The config's module handle (the pipeline's default module when it names none)."""
+    def module(self) -> str | None:
+        """The config's module handle (the pipeline's default module when it names none); None with `module_from_env`."""
+        if self.module_from_env:
+            return None
         return self.values.get("module") or absolute(DEFAULT_MODULE, PROJECT_ROOT)
 
     def pipeline_options(self, module: str, output: str, reuse: str) -> dict[str, Any]:
@@ -133,6 +149,7 @@ def discover(folder: str | None = None) -> list[ScheduledJob]:
           runner: DirectRunner      # or DataflowRunner (default: beam.runner, else DirectRunner)
           module_name: my-encoder   # module this job embeds with (default: from the module handle)
           start_date: 2024-01-01    # first logical date (default 2024-01-01, no catch-up)
+          module_conn_id: my_models # an Airflow connection holding the module handle's credentials
           dataflow:                 # DataflowRunner only
             project: my-project     # -> dataflow_config.project_id
             region: europe-west1    # -> dataflow_config.location
@@ -142,8 +159,10 @@ def discover(folder: str | None = None) -> list[ScheduledJob]:
     `project`, `region` and `temp_location` may instead be Beam options under
     `beam:`. `output` is required (the base folder of the job's tables);
     `reuse` is refused (each run reuses the previous committed run of its
-    folder). Relative local paths (input, output, module, Beam file options)
-    are taken from the project root.
+    folder), and so is any value holding credentials (`user:password@` or
+    query parameters in a URL, secret Beam options): they come from
+    `schedule.module_conn_id` or `module_from_env`. Relative local paths
+    (input, output, module, Beam file options) are taken from the project root.
 
     Args:
       folder: the configs folder (default `project.configs_dir()`).
@@ -166,8 +185,10 @@ def _read_job(path: str) -> ScheduledJob | None:
     try:
         with open(path) as f:
             data = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigDiscoveryError(f"{path}: cannot be read as YAML: {e}") from None
+    except OSError as e:
+        raise ConfigDiscoveryError(f"{path}: cannot be read: {e.strerror}") from None
+    except yaml.YAMLError as e:  # its message quotes the line, which may hold a secret: say only where
+        raise ConfigDiscoveryError(f"{path}: cannot be read as YAML: {_yaml_problem(e)}") from None
     if not isinstance(data, dict) or "schedule" not in data:
         return None
     name = os.path.splitext(os.path.basename(path))[0]
@@ -189,6 +210,8 @@ def _read_job(path: str) -> ScheduledJob | None:
         raise ConfigDiscoveryError(
             f"{path}: a scheduled config cannot set 'reuse'; each run reuses the previous committed run of its folder."
         )
+    _refuse_credentials(path, data, beam, schedule)
+    module_conn_id, module_from_env = _module_source(path, data, schedule)
     values = {
         k: (absolute(v, PROJECT_ROOT) if k in _LOCAL_PATH_KEYS and isinstance(v, str) else v) for k, v in data.items()
     }
@@ -198,7 +221,7 @@ def _read_job(path: str) -> ScheduledJob | None:
         raise ConfigDiscoveryError(f"{path}: schedule.runner must be one of {', '.join(RUNNERS)}, got {runner!r}.")
     beam = {k: (_project_paths(v) if k in BEAM_PATH_OPTIONS else v) for k, v in beam.items()}
     config, options = _split_dataflow(path, runner, schedule.get("dataflow") or {}, beam, name)
-    module = values.get("module") or absolute(DEFAULT_MODULE, PROJECT_ROOT)
+    module = None if module_from_env else values.get("module") or absolute(DEFAULT_MODULE, PROJECT_ROOT)
     return ScheduledJob(
         name=name,
         path=path,
@@ -206,11 +229,66 @@ def _read_job(path: str) -> ScheduledJob | None:
         beam=beam,
         cron=schedule.get("cron"),
         runner=runner,
-        module_name=schedule.get("module_name") or module_name_of(module),
+        module_name=schedule.get("module_name") or (module_name_of(module) if module else None),
         start_date=_start_date(path, schedule.get("start_date")),
         dataflow_config=config,
         dataflow_options=options,
+        module_conn_id=module_conn_id,
+        module_from_env=module_from_env,
     )
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """What is wrong and where, without the quoted line a YAML error's text holds."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"{error.problem or error.context} (line {mark.line + 1}, column {mark.column + 1})"
+    return type(error).__name__
+
+
+def _refuse_credentials(
+    path: str, data: Mapping[str, Any], beam: Mapping[str, Any], schedule: Mapping[str, Any]
+) -> None:
+    """Refuses a config that holds credentials: a URL with `user:password@` or query parameters, a secret Beam option."""
+    for key, value, found in find_secrets({**data, "beam": beam, "schedule": schedule}):
+        raise ConfigDiscoveryError(
+            f"{path}: {key} holds {' and '.join(found)} in {redact(value)!r}: {_LEAK}. " + _MODULE_CREDENTIALS
+        )
+    dataflow = schedule.get("dataflow")
+    options = {**beam, **(dataflow if isinstance(dataflow, Mapping) else {})}
+    for name in SECRET_BEAM_OPTIONS:
+        if options.get(name) is not None:
+            raise ConfigDiscoveryError(
+                f"{path}: Beam option {name} is a credential: {_LEAK}. Leave it out and give the workers their "
+                "storage credentials through their environment (e.g. AWS_SECRET_ACCESS_KEY) or credential files."
+            )
+
+
+def _module_source(path: str, data: Mapping[str, Any], schedule: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The job's `schedule.module_conn_id` and `module_from_env`, checked: one of them, with the handle each needs."""
+    conn_id, env = schedule.get("module_conn_id"), data.get("module_from_env")
+    for key, value in (("schedule.module_conn_id", conn_id), ("module_from_env", env)):
+        if value is not None and not (isinstance(value, str) and value.strip()):
+            raise ConfigDiscoveryError(f"{path}: {key} must name {'a connection' if 'conn' in key else 'a variable'}.")
+    if conn_id and env:
+        raise ConfigDiscoveryError(
+            f"{path}: set schedule.module_conn_id or module_from_env, not both: they are two sources of one handle."
+        )
+    if env:
+        if not _ENV_NAME_RE.match(env):
+            raise ConfigDiscoveryError(f"{path}: module_from_env must be an environment variable name, got {env!r}.")
+        if data.get("module"):
+            raise ConfigDiscoveryError(
+                f"{path}: set module or module_from_env, not both (module_from_env names the variable holding the handle)."
+            )
+    module = data.get("module")
+    if conn_id and not (isinstance(module, str) and urllib.parse.urlsplit(module).scheme in HTTP_SCHEMES):
+        shown = redact(module) if isinstance(module, str) else module
+        raise ConfigDiscoveryError(
+            f"{path}: schedule.module_conn_id authenticates an http(s):// module handle, not {shown!r}; "
+            "gs:// and s3:// modules take their credentials from the workers' environment."
+        )
+    return conn_id, env
 
 
 def _split_dataflow(

@@ -6,15 +6,20 @@ from collections.abc import Mapping
 from typing import Any
 
 from airflow.sdk import TaskGroup, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
 
-from pipelines.orchestration import assets, plans, project
+from pipelines.hub.redaction import redact
+from pipelines.orchestration import assets, credentials, plans, project
 from pipelines.orchestration.discovery import ScheduledJob
 from pipelines.orchestration.operators import EmbedPipelineOperator
 
 
 @task
-def plan_output(output_base: str, module: str) -> dict[str, str | None]:
-    """This run's `scheduled_plan`: `<output>/<run stamp>`, the config's module, the previous committed run as reuse."""
+def plan_output(output_base: str, module: str | None) -> dict[str, str | None]:
+    """This run's `scheduled_plan`: `<output>/<run stamp>`, the config's module, the previous committed run as reuse.
+
+    The module is None when the job reads its handle from the workers' environment (`module_from_env`).
+    """
     return plans.scheduled_plan(output_base, module, plans.run_stamp(get_current_context()["dag_run"]))
 
 
@@ -35,7 +40,9 @@ def module_updates() -> dict[str, dict[str, Any]]:
     """The newest version per module from the triggering module Asset events (or from the run's conf).
 
     A manual run may pass `{"name": ..., "version": ..., "handle": ...}` as conf
-    to re-embed with that module version.
+    to re-embed with that module version. A handle with credentials is refused
+    (they would be stored as this task's XCom): the jobs' `module_conn_id`
+    supplies them.
     """
     context = get_current_context()
     updates: dict[str, dict[str, Any]] = {}
@@ -49,6 +56,11 @@ def module_updates() -> dict[str, dict[str, Any]]:
     for extra in extras:
         if not extra.get("handle") or extra.get("version") is None:
             raise ValueError(f"Module event {extra} lacks a handle or version.")
+        if credentials.secrets_in(str(extra["handle"])):
+            raise AirflowFailException(
+                f"Module event of {extra.get('name')!r} has a handle with credentials ({redact(str(extra['handle']))!r}); "
+                "publish credential-free handles: a job's schedule.module_conn_id supplies its credentials."
+            )
         known = updates.get(extra["name"])
         if known is None or int(extra["version"]) >= int(known["version"]):
             updates[extra["name"]] = {k: extra.get(k) for k in ("name", "version", "fingerprint", "handle")}
@@ -98,12 +110,17 @@ def record_table(plan: Mapping[str, str]) -> dict[str, Any]:
 def embed_job(job: ScheduledJob, plan: Any) -> None:
     """Adds `embed` (the Beam pipeline, `python -m pipelines.embed`) and `record_table` after a plan task.
 
+    The plan's module is a credential-free handle (or None with
+    `module_from_env`); the operator adds the credentials of the job's
+    `module_conn_id` out of band, when it runs.
+
     Args:
       job: the scheduled config.
       plan: the plan task's output, `{"module": ..., "output": ..., "reuse": ...}` (an XComArg).
     """
     plan_id = plan.operator.task_id
     pulled = "{{{{ ti.xcom_pull(task_ids='{}')['{}'] }}}}"
+    module = f"{{{{ ti.xcom_pull(task_ids='{plan_id}')['module'] or '' }}}}"
     reuse = f"{{{{ ti.xcom_pull(task_ids='{plan_id}')['reuse'] or '' }}}}"
     embed = EmbedPipelineOperator(
         task_id="embed",
@@ -111,11 +128,11 @@ def embed_job(job: ScheduledJob, plan: Any) -> None:
         py_options=["-m"],
         py_interpreter=project.python(),
         runner=job.runner,
-        pipeline_options=job.pipeline_options(
-            pulled.format(plan_id, "module"), pulled.format(plan_id, "output"), reuse
-        ),
+        pipeline_options=job.pipeline_options(module, pulled.format(plan_id, "output"), reuse),
         dataflow_config=dict(job.dataflow_config) or None,
         gcp_conn_id=job.dataflow_config.get("gcp_conn_id", "google_cloud_default"),
+        module_conn_id=job.module_conn_id,
+        module_from_env=job.module_from_env,
     )
     plan >> embed >> record_table.override(outlets=[assets.table_asset(job.name, job.output_base)])(plan)
 

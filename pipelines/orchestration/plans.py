@@ -62,8 +62,11 @@ def previous_table(folder: str, stamp: str) -> str | None:
     return join(folder, max(stamps)) if stamps else None
 
 
-def scheduled_plan(output_base: str, module: str, stamp: str) -> dict[str, str | None]:
-    """A scheduled run's plan: its module, its table `<output>/<stamp>`, and the previous committed run to reuse."""
+def scheduled_plan(output_base: str, module: str | None, stamp: str) -> dict[str, str | None]:
+    """A scheduled run's plan: its module, its table `<output>/<stamp>`, and the previous committed run to reuse.
+
+    The module is a credential-free handle, or None when the job reads it from the workers' environment.
+    """
     return {"module": module, "output": join(output_base, stamp), "reuse": previous_table(output_base, stamp)}
 
 

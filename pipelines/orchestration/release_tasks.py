@@ -8,15 +8,27 @@ from airflow.sdk import get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from pipelines.embedding.paths import absolute
-from pipelines.orchestration import assets, project
+from pipelines.hub.redaction import redact
+from pipelines.orchestration import assets, credentials, project
 
 PATH_PARAMS = ("module", "data", "output_root", "probe_data")
 """DAG params that name local files: relative ones are taken from the project root."""
 
 
 def _params() -> dict[str, Any]:
-    """The run's params, relative local paths made relative to the project root."""
+    """The run's params, relative local paths made relative to the project root.
+
+    Raises:
+      AirflowFailException: a param holds credentials (`user:password@` or
+        query parameters in a URL), which the fine-tuning command and the task
+        logs would carry.
+    """
     params = dict(get_current_context()["params"])
+    for key, value, found in credentials.find_secrets(params):
+        raise AirflowFailException(
+            f"Param {key} holds {' and '.join(found)} in {redact(value)!r}; they would reach the task logs. "
+            "Fine-tune a module the workers can read without them (a local copy, gs:// or s3://)."
+        )
     return {k: absolute(v, project.PROJECT_ROOT) if k in PATH_PARAMS and v else v for k, v in params.items()}
 
 
