@@ -185,10 +185,8 @@ def _read_job(path: str) -> ScheduledJob | None:
     try:
         with open(path) as f:
             data = yaml.safe_load(f)
-    except OSError as e:
-        raise ConfigDiscoveryError(f"{path}: cannot be read: {e.strerror}") from None
-    except yaml.YAMLError as e:  # its message quotes the line, which may hold a secret: say only where
-        raise ConfigDiscoveryError(f"{path}: cannot be read as YAML: {_yaml_problem(e)}") from None
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigDiscoveryError(f"{path}: cannot be read as YAML: {e}") from None
     if not isinstance(data, dict) or "schedule" not in data:
         return None
     name = os.path.splitext(os.path.basename(path))[0]
@@ -236,14 +234,6 @@ def _read_job(path: str) -> ScheduledJob | None:
         module_conn_id=module_conn_id,
         module_from_env=module_from_env,
     )
-
-
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    """What is wrong and where, without the quoted line a YAML error's text holds."""
-    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
-        mark = error.problem_mark
-        return f"{error.problem or error.context} (line {mark.line + 1}, column {mark.column + 1})"
-    return type(error).__name__
 
 
 def _refuse_credentials(
