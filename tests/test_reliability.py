@@ -591,7 +591,7 @@ def test_http_credentials_work_and_are_never_written(served, http_server, tmp_pa
     module = http_server.url(f"/private/m.tar.gz?token={SECRET}").replace("http://", f"http://reader:{PASSWORD}@")
     src = tmp_path / "in.txt"
     src.write_text("hello world\nsecond line\n")
-    result = run(tmp_path / "out", "--input", src, "--module", module)
+    result = run(tmp_path / "out", "--input", src, "--module", module, "--allow-insecure-http")
     assert result.rc == 0
     result.assert_balanced(rows_in=2)
     manifest = result.manifest
@@ -614,7 +614,7 @@ def test_http_credentials_work_and_are_never_written(served, http_server, tmp_pa
         if body is not None:
             served(f"{path}?token={SECRET}", body)
         bad = http_server.url(f"{path}?token={SECRET}").replace("http://", f"http://reader:{PASSWORD}@")
-        refused = run(tmp_path / "refused", "--input", src, "--module", bad, capsys=capfd)
+        refused = run(tmp_path / "refused", "--input", src, "--module", bad, "--allow-insecure-http", capsys=capfd)
         assert refused.rc == 2 and message in refused.err
         for secret in (SECRET, PASSWORD):
             assert secret not in refused.err + caplog.text

@@ -24,7 +24,12 @@ import yaml
 
 from pipelines import console
 from pipelines.embedding.paths import absolute, absolute_beam_paths, is_local, normalize
+from pipelines.hub.errors import HandleError
+from pipelines.hub.flags import HELP as HUB_HELP
+from pipelines.hub.limits import DEFAULT_LIMITS, Limits
 from pipelines.hub.redaction import redact
+from pipelines.hub.resolver import ResolveOptions
+from pipelines.hub.urls import check_url
 
 FORMATS = ("txt", "jsonl", "csv", "parquet", "tfrecord", "image")
 _EXTENSIONS = {
@@ -79,6 +84,8 @@ class SourceConfig:
 SPEED_KEYS = frozenset({"decode_threads"})
 # Where a setting came from, not what it is (left out of `config_hash`).
 SOURCE_KEYS = frozenset({"module_from_env"})
+# How far fetching the module is trusted, not what the module computes (left out of `config_hash`).
+FETCH_KEYS = frozenset({field.name for field in dataclasses.fields(Limits)} | {"allow_insecure_http", "verify_cache"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +106,7 @@ class PreprocessConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Which module, signature and output embed the records."""
+    """Which module, signature and output embed the records, and how far fetching the module is trusted."""
 
     module: str = _option(DEFAULT_MODULE, "module handle: directory, .tar.gz, file://, http(s)://, gs://, s3://")
     module_from_env: str | None = _option(
@@ -119,6 +126,18 @@ class ModelConfig:
         "rows per module call; default: the module's recommendation (module.json serving.batch_size), "
         f"else {DEFAULT_BATCH_SIZE['text']} texts, {DEFAULT_BATCH_SIZE['image']} images",
     )
+    max_download_bytes: int = _option(DEFAULT_LIMITS.max_download_bytes, HUB_HELP["max_download_bytes"])
+    max_unpacked_bytes: int = _option(DEFAULT_LIMITS.max_unpacked_bytes, HUB_HELP["max_unpacked_bytes"])
+    max_archive_members: int = _option(DEFAULT_LIMITS.max_archive_members, HUB_HELP["max_archive_members"])
+    max_member_path_length: int = _option(DEFAULT_LIMITS.max_member_path_length, HUB_HELP["max_member_path_length"])
+    max_compression_ratio: float = _option(DEFAULT_LIMITS.max_compression_ratio, HUB_HELP["max_compression_ratio"])
+    allow_insecure_http: bool = _option(False, HUB_HELP["allow_insecure_http"])
+    verify_cache: bool = _option(False, HUB_HELP["verify_cache"])
+
+    def resolve_options(self) -> ResolveOptions:
+        """The limits and trust `pipelines.hub.registry.resolve` applies to this job's module."""
+        limits = Limits(**{field.name: getattr(self, field.name) for field in dataclasses.fields(Limits)})
+        return ResolveOptions(limits, allow_insecure_http=self.allow_insecure_http, verify_cache=self.verify_cache)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +195,7 @@ class EmbedConfig:
 
     def config_hash(self) -> str:
         """`sha256:<hex>` of everything that decides the table's content (not where it goes, nor how fast)."""
-        skipped = {f.name for f in dataclasses.fields(SinkConfig)} | SPEED_KEYS | SOURCE_KEYS
+        skipped = {f.name for f in dataclasses.fields(SinkConfig)} | SPEED_KEYS | SOURCE_KEYS | FETCH_KEYS
         content = {k: v for k, v in self.to_dict().items() if k not in skipped}
         return "sha256:" + hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
@@ -471,6 +490,13 @@ def _validate(cfg: EmbedConfig) -> EmbedConfig:
         raise ConfigError("output_length_key must not be empty (leave it out to find it by shape).")
     if model.batch_size is not None:  # None: decided with the module (`model_spec.for_module`)
         _positive("batch_size", model.batch_size)
+    for field in dataclasses.fields(Limits):
+        if getattr(model, field.name) <= 0:
+            raise ConfigError(f"{field.name} must be positive, got {getattr(model, field.name)}.")
+    try:
+        check_url(model.module)
+    except HandleError as e:
+        raise ConfigError(str(e)) from None
     output, overwrite = sink.output, sink.overwrite
     if output is None:  # The sample job's own output: no one else's table to protect, so each run replaces it.
         if source.input != SAMPLE_INPUT:

@@ -28,6 +28,7 @@ from pipelines.embedding.records import FAILURES, METRICS_NAMESPACE, TALLIES, Co
 from pipelines.embedding.runtime import HeapTrimmer, configure_threads
 from pipelines.hub import binding, fingerprint_records, registry
 from pipelines.hub.redaction import redact
+from pipelines.hub.resolver import ResolveOptions
 
 # Texts: module calls per window; a window is sorted by length, then cut into calls.
 WINDOW_BATCHES = 8
@@ -117,6 +118,7 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LazyModule]):
         tf_threads: int | None = None,
         calls: int = 1,
         max_image_pixels: int | None = None,
+        resolve_options: ResolveOptions | None = None,
     ):
         """Initializes the handler.
 
@@ -130,6 +132,8 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LazyModule]):
             each thread decoding its own call's images (payloads that are still paths).
           max_image_pixels: the decompression-bomb limit for the images it decodes
             (default: `PreprocessConfig`'s).
+          resolve_options: the limits and trust each worker resolves the handle with
+            (default: `pipelines.hub.registry.resolve`'s).
         """
         if spec.kind == "text":
             window = spec.batch_size * WINDOW_BATCHES
@@ -143,6 +147,7 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LazyModule]):
         self._tf_threads = tf_threads
         self._calls = calls if spec.kind == "image" else 1
         self._max_image_pixels = max_image_pixels or PreprocessConfig().max_image_pixels
+        self._resolve_options = resolve_options
         self._progress: _Progress | None = None
         self._trimmer = HeapTrimmer()
 
@@ -162,7 +167,7 @@ class HubModelHandler(ModelHandler[ContentGroup, PredictionResult, LazyModule]):
         Raises:
           ModuleChangedError: the module's fingerprint differs from the one at launch.
         """
-        resolved = registry.resolve(self._handle)
+        resolved = registry.resolve(self._handle, options=self._resolve_options)
         if resolved.fingerprint != self._fingerprint:
             raise ModuleChangedError(
                 f"Module {redact(self._handle)!r} changed since the job was launched: fingerprint "

@@ -70,7 +70,8 @@ def prepare(cfg: EmbedConfig, module: ModuleInfo | None = None) -> Job:
     """
     if module is None:  # description.describe; a module it has to load is kept for in-process workers
         module = description.describe_resolved(
-            registry.resolve(cfg.model.module), functools.partial(_load_for_workers, cfg)
+            registry.resolve(cfg.model.module, options=cfg.model.resolve_options()),
+            functools.partial(_load_for_workers, cfg),
         )
     spec = model_spec.for_module(cfg, module)
     if spec.dim is None:  # The signature leaves the dimension open: ask the module.
@@ -183,7 +184,14 @@ def _handler(
     cfg: EmbedConfig, module: ModuleInfo, spec: ModelSpec, threads: int | None = None, calls: int = 1
 ) -> HubModelHandler:
     return HubModelHandler(
-        cfg.model.module, cfg.model.signature, module.fingerprint, spec, threads, calls, cfg.preprocess.max_image_pixels
+        cfg.model.module,
+        cfg.model.signature,
+        module.fingerprint,
+        spec,
+        threads,
+        calls,
+        cfg.preprocess.max_image_pixels,
+        cfg.model.resolve_options(),
     )
 
 

@@ -122,3 +122,41 @@ def test_basic_auth_over_plain_http_is_refused_unless_allowed(tiny, tmp_path, ht
     # No credentials, or https: nothing to refuse.
     http_server.routes["/public/m.tar.gz"] = Route(open(archive, "rb").read())
     assert registry.resolve(http_server.url("/public/m.tar.gz")).fingerprint == allowed.fingerprint
+
+
+def test_embed_takes_the_same_guards_as_flags_and_yaml_keys(tiny, tmp_path, http_server, capsys):
+    from pipelines.embedding import config
+    from tests.fixtures.reliability import run
+
+    src = tmp_path / "in.txt"
+    src.write_text("hello\n")
+    bad = run(tmp_path / "out", "--input", src, "--module", f"http://reader:{PASSWORD}@[::1/m.tar.gz", capsys=capsys)
+    assert bad.rc == 2 and bad.err.count("\n") == 1 and "is not a valid URL: Invalid IPv6 URL" in bad.err, bad.err
+    assert PASSWORD not in bad.err
+    archive = archives.pack_dir(tiny.text, str(tmp_path / "text.tar.gz"))
+    with open(archive, "rb") as f:
+        http_server.routes["/m.tar.gz"] = Route(f.read(), auth=("reader", PASSWORD))
+    handle = http_server.url("/m.tar.gz").replace("http://", f"http://reader:{PASSWORD}@")
+    refused = run(tmp_path / "out", "--input", src, "--module", handle, capsys=capsys)
+    assert refused.rc == 2 and "--allow-insecure-http" in refused.err and PASSWORD not in refused.err
+    capped = run(
+        tmp_path / "out",
+        "--input",
+        src,
+        "--module",
+        handle,
+        "--allow-insecure-http",
+        "--max-download-bytes",
+        "100",
+        capsys=capsys,
+    )
+    assert capped.rc == 2 and "exceeds --max-download-bytes (100)" in capped.err, capped.err
+    yaml_job = tmp_path / "job.yaml"
+    yaml_job.write_text("max_archive_members: 5\nmax_compression_ratio: 50.5\nverify_cache: true\n")
+    cfg = config.load(["--config", str(yaml_job), "--input", str(src), "--output", str(tmp_path / "o")])
+    options = cfg.model.resolve_options()
+    assert options.limits.max_archive_members == 5 and options.limits.max_compression_ratio == 50.5
+    assert options.verify_cache and not options.allow_insecure_http
+    assert cfg.config_hash() == config.load(["--input", str(src), "--output", str(tmp_path / "o")]).config_hash()
+    with pytest.raises(config.ConfigError, match="max_unpacked_bytes must be positive"):
+        config.load(["--input", str(src), "--output", str(tmp_path / "o"), "--max-unpacked-bytes", "0"])
