@@ -243,7 +243,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 def markdown(report: dict[str, Any]) -> str:
     """The report in Markdown: a table of the contenders, then the summary lines."""
     meta = report["meta"]
-    parts = [f"{meta['images']} images, {meta['repeats']} rounds; images decoded and resized by {meta['pillow']}."]
+    parts = [f"{meta['images']} images, {meta['repeats']} rounds."]
     rows = [
         [
             label,

@@ -19,6 +19,7 @@ from typing import Any
 
 from benchmarks import cpu, harness, images, incremental, text_report
 from benchmarks.probes import int8_tables, op_profile
+from benchmarks.tables import fmt, markdown_table, verdict
 
 PAGE = os.path.join(harness.REPO_ROOT, "docs", "benchmarks.md")
 RENDER_COMMAND = "python -m benchmarks.render"
@@ -38,12 +39,27 @@ class Section:
     command: str
 
 
+def figures_tables(report: dict[str, Any]) -> str:
+    """The tables of a benchmark without tables of its own: its targets, then its other `metrics`."""
+    targets = report.get("targets") or {}
+    rows = [
+        [f"`{key}`", fmt(check["value"], 3), check["target"], verdict(check["met"])] for key, check in targets.items()
+    ]
+    rows += [
+        [f"`{key}`", fmt(value, 3), "", ""]
+        for key, value in (report.get("metrics") or {}).items()
+        if key not in targets and not isinstance(value, dict | list)
+    ]
+    return markdown_table(["metric", "value", "target", ""], rows)
+
+
 SECTIONS = {
     "text": Section(text_report.markdown, "make bench"),
     "images": Section(images.markdown, "make bench-images"),
     "incremental": Section(incremental.markdown, "make bench-incremental"),
     "op_profile": Section(op_profile.markdown, "make bench-op-profile"),
     "int8_probe": Section(int8_tables.markdown, "make bench-int8"),
+    "publish": Section(figures_tables, "python -m benchmarks.publish"),
 }
 
 
@@ -67,7 +83,7 @@ def _duration(seconds: float) -> str:
 
 
 def machine_lines(meta: dict[str, Any], command: str) -> list[str]:
-    """Where and how a result was measured: the command, the CPU and its flags, the load, the versions."""
+    """Where and how a result was measured (the command, the CPU and its flags, the load, the versions), one paragraph each."""
     present = set(meta.get("cpu_flags") or [])
     absent = [flag for flag in cpu.LISTED_FLAGS if flag not in present]
     flags = f"flags {', '.join(meta.get('cpu_flags') or []) or 'none listed'}" + (
@@ -91,7 +107,7 @@ def machine_lines(meta: dict[str, Any], command: str) -> list[str]:
     ]
     if harness.busy_at_start(meta):
         lines.append(
-            f"The machine was busy when this run started (load average {meta['load_average_at_start']:.2f} on "
+            f"**Noisy:** the machine was busy when this run started (load average {meta['load_average_at_start']:.2f} on "
             f"{meta['cores']} cores): other work shared it, so its timings are noisy."
         )
     lines.append(f"To measure again: `{command}`, then `{RENDER_COMMAND}`.")
@@ -109,7 +125,7 @@ def render_section(name: str, report: dict[str, Any] | None) -> str:
     meta = dict(report["meta"])
     if meta.get("module"):
         meta["module"] = _relative(meta["module"])
-    return "\n\n".join([" ".join(machine_lines(meta, section.command)), section.tables({**report, "meta": meta})])
+    return "\n\n".join([*machine_lines(meta, section.command), section.tables({**report, "meta": meta})])
 
 
 def read_results(results_dir: str) -> dict[str, dict[str, Any]]:

@@ -68,7 +68,7 @@ def test_render_fills_each_section_between_its_markers_and_check_then_passes(tmp
     page.write_text(_page())
     _write(results, "images", _images_report(tmp_path))
     assert render.main(["--page", str(page), "--results", str(results), "--check"]) == 1
-    assert "out of date with the result files of: text, images, incremental, op_profile, int8_probe" in (
+    assert "out of date with the result files of: text, images, incremental, op_profile, int8_probe, publish" in (
         capsys.readouterr().err
     )
     assert render.main(["--page", str(page), "--results", str(results)]) == 0
@@ -111,7 +111,7 @@ def test_check_names_the_benchmark_whose_result_file_changed_and_changes_nothing
     )
     assert page.read_text() == rendered
     assert render.main(["--page", str(page), "--results", str(results)]) == 0
-    assert "The machine was busy when this run started (load average 1.50 on 2 cores)" in page.read_text()
+    assert "**Noisy:** the machine was busy when this run started (load average 1.50 on 2 cores)" in page.read_text()
 
 
 def test_a_page_without_a_benchmarks_markers_or_an_unknown_result_file_is_an_error(tmp_path, capsys):
@@ -168,6 +168,11 @@ def test_every_benchmarks_tables_render_from_its_report():
         {"e2e": [{**e2e, "mean_cos": 1.0}], "meta": {**META, "threads": 2, "onednn_opts": "default(on)", "rows": 10}}
     )
     assert "| float32 | 250.0 | 240.0–260.0 | 1.00000 | 1.00000 |" in table and "micro" not in table
+    # A benchmark without tables of its own: its targets, then its other metrics.
+    report = {"metrics": {"speedup": 4.25, "rows_per_s": 900.0, "counts": {"rows": 1}}}
+    report["targets"] = {"speedup": {"value": 4.25, "target": ">= 3.0", "met": True}}
+    table = render.figures_tables(report)
+    assert table.splitlines()[2:] == ["| `speedup` | 4.250 | >= 3.0 | met |", "| `rows_per_s` | 900.000 |  |  |"]
 
 
 @pytest.mark.parametrize("name", sorted(render.SECTIONS))
