@@ -4,8 +4,9 @@
   takes a moment), then one transaction drops the old collection if any, renames the work table and
   its indexes into place, and writes the catalogue.
 * merge: one transaction deletes the collection's rows whose id the table lacks (unless
-  `keep_missing`), updates rows staged as changed where they differ, inserts new ids, rebuilds the
-  index if another was asked for, drops the stage table and writes the catalogue.
+  `keep_missing`), updates the staged rows whose id it holds, inserts the others, rebuilds the
+  index if another was asked for, drops the stage table and writes the catalogue. Its work is
+  proportional to the rows that changed, not to the collection.
 
 Both first take the collection's commit lock and check that its catalogue entry is still the one
 the publish was planned against: a publish committed by someone else in between fails this one
@@ -20,14 +21,16 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 import psycopg
 from psycopg import sql
 
-from pipelines.publish import catalogue, work
+from pipelines.publish import catalogue, snapshot, work
 from pipelines.publish.catalogue import CatalogueEntry
 from pipelines.publish.errors import PublishFailed
 from pipelines.publish.index import IndexSpec
 from pipelines.publish.plan import BUILD, PublishPlan
+from pipelines.publish.snapshot import Snapshot
 
 # An index build may use up to this much memory (maintenance_work_mem is raised to fit the graph, never lowered).
 MAX_INDEX_MEMORY_MB = 2048
@@ -94,8 +97,16 @@ class PublishResult:
         )
 
 
-def commit(conn: psycopg.Connection[Any], plan: PublishPlan) -> PublishResult:
+def commit(
+    conn: psycopg.Connection[Any], plan: PublishPlan, seen: np.ndarray | None = None, snapshot: Snapshot | None = None
+) -> PublishResult:
     """Makes the staged work the collection (see the module docstring); returns what changed.
+
+    Args:
+      conn: a connection from `database.connect`.
+      plan: the publish.
+      seen: the digests of the table's ids (a merge: ids the table lacks are deleted).
+      snapshot: the collection's snapshot the merge staged against (spares the scan for ids when none is missing).
 
     Raises:
       PublishFailed: chunks are missing, rows do not add up, or the collection changed since the publish was planned.
@@ -109,7 +120,9 @@ def commit(conn: psycopg.Connection[Any], plan: PublishPlan) -> PublishResult:
     work.check_complete(conn, plan)
     conn.rollback()
     try:
-        return _build(conn, plan) if plan.mode == BUILD else _merge(conn, plan)
+        if plan.mode == BUILD:
+            return _build(conn, plan)
+        return _merge(conn, plan, np.zeros(0, "S16") if seen is None else seen, snapshot)
     except BaseChanged:
         if plan.mode != BUILD:  # a merge's staged differences are of no use to a publish planned from now on
             with conn.transaction():
@@ -200,34 +213,20 @@ def _build(conn: psycopg.Connection[Any], plan: PublishPlan) -> PublishResult:
     return result
 
 
-def _merge(conn: psycopg.Connection[Any], plan: PublishPlan) -> PublishResult:
+def _merge(conn: psycopg.Connection[Any], plan: PublishPlan, seen: np.ndarray, base: Snapshot | None) -> PublishResult:
     layout, stage = plan.layout, plan.layout.table(plan.work_table)
     collection, run_id = layout.table(), plan.table.run_id
     values = ("content_hash", "embedding", *layout.passthrough)
     with conn.transaction():
         entry = _lock_and_check_base(conn, plan)
         conn.execute(sql.SQL("ANALYZE {}").format(stage))
-        stale = conn.execute(
-            sql.SQL(
-                "SELECT count(*) FROM {} s LEFT JOIN {} c ON c.id = s.id "
-                "WHERE NOT s.changed AND (c.id IS NULL OR c.content_hash <> s.content_hash)"
-            ).format(stage, collection)
-        ).fetchone()
-        if stale and stale[0]:
-            raise PublishFailed(
-                f"{plan.collection}: {stale[0]} rows changed outside this publish while it ran; nothing was committed: "
-                "run the publish again."
-            )
         deleted = 0
-        if not plan.cfg.options.keep_missing:
-            deleted = conn.execute(
-                sql.SQL("DELETE FROM {} c WHERE NOT EXISTS (SELECT 1 FROM {} s WHERE s.id = c.id)").format(
-                    collection, stage
-                )
-            ).rowcount
+        if not plan.cfg.options.keep_missing and (base is None or np.setdiff1d(base.ids, seen).size):
+            gone = snapshot.missing(conn, layout, seen)
+            deleted = conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(collection), [gone]).rowcount
         updated = conn.execute(
             sql.SQL(
-                "UPDATE {} c SET {}, source_run_id = %s FROM {} s WHERE s.changed AND c.id = s.id AND ({}) IS DISTINCT FROM ({})"
+                "UPDATE {} c SET {}, source_run_id = %s FROM {} s WHERE c.id = s.id AND ({}) IS DISTINCT FROM ({})"
             ).format(
                 collection,
                 sql.SQL(", ").join(sql.SQL("{0} = s.{0}").format(sql.Identifier(v)) for v in values),
@@ -239,8 +238,7 @@ def _merge(conn: psycopg.Connection[Any], plan: PublishPlan) -> PublishResult:
         ).rowcount
         inserted = conn.execute(
             sql.SQL(
-                "INSERT INTO {} ({}, source_run_id) SELECT {}, %s FROM {} s "
-                "WHERE s.changed AND NOT EXISTS (SELECT 1 FROM {} c WHERE c.id = s.id)"
+                "INSERT INTO {} ({}, source_run_id) SELECT {}, %s FROM {} s WHERE NOT EXISTS (SELECT 1 FROM {} c WHERE c.id = s.id)"
             ).format(
                 collection,
                 layout.identifiers(("id", *values)),
@@ -251,8 +249,7 @@ def _merge(conn: psycopg.Connection[Any], plan: PublishPlan) -> PublishResult:
             [run_id],
         ).rowcount
         index_s = _replace_index(conn, plan, entry.index if entry else None)
-        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(collection)).fetchone()
-        rows = int(row[0]) if row else 0
+        rows = (entry.row_count if entry else 0) - deleted + inserted
         work.drop(conn, plan, plan.work_table)
         result = PublishResult(
             plan.collection, plan.mode, plan.publish_run, run_id, rows,

@@ -3,8 +3,7 @@
     collection          id text PRIMARY KEY, content_hash text, embedding vector(D) | halfvec(D),
                         <passthrough columns> text, source_run_id text
     hub_embed_build_*   the same columns, no key yet: a new or replaced collection, built beside the old one
-    hub_embed_stage_*   id, changed, content_hash, embedding, <passthrough>: what a merge brings in
-                        (unchanged rows: id and content hash only)
+    hub_embed_stage_*   id, content_hash, embedding, <passthrough>: the rows a merge inserts or updates
 
 Work tables are named `hub_embed_<build|stage>_<8 hex of the collection name>_<12 hex of the work's key>`,
 so the ones a killed publish left are found and reused (same key) or dropped (another key).
@@ -99,20 +98,19 @@ class Layout:
         return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(self.table(name), sql.SQL(", ").join(columns))
 
     def create_stage_table(self, name: str) -> sql.Composed:
-        """The merge's staging table: every row's id and content hash; the rest only for changed rows."""
+        """The merge's staging table: the rows to insert or update, shaped as the collection without its run id."""
         passthrough = [sql.SQL("{} text").format(sql.Identifier(c)) for c in self.passthrough]
         columns = [
             sql.SQL("id text NOT NULL"),
-            sql.SQL("changed boolean NOT NULL"),
             sql.SQL("content_hash text NOT NULL"),
-            sql.SQL("embedding {}").format(self.vector_column_type()),
+            sql.SQL("embedding {} NOT NULL").format(self.vector_column_type()),
             *passthrough,
         ]
         return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(self.table(name), sql.SQL(", ").join(columns))
 
     def stage_columns(self) -> tuple[str, ...]:
         """The staging table's columns, in order."""
-        return ("id", "changed", "content_hash", "embedding", *self.passthrough)
+        return ("id", "content_hash", "embedding", *self.passthrough)
 
     def identifiers(self, names: tuple[str, ...], prefix: str | None = None) -> sql.Composed:
         """`a, b, c` (or `p.a, p.b, p.c`) as quoted SQL names."""

@@ -1,9 +1,10 @@
 """`publish_table` and `build_publish_pipeline`: a committed table into a pgvector collection, as a Beam pipeline.
 
     SetUp (work tables) ─▶ chunks ─▶ Spread ─▶ Stage (COPY, each chunk once) ─┐
+    Snapshot (a merge: the collection's id and content digests) ──▲───────────┤
     CommitTrigger ───────────────────────────────────────────────────────────▶ Commit (one transaction)
 
-Step labels are stable: `SetUp`, `Spread`, `Stage`, `CommitTrigger`, `Commit`. `publish_table` checks
+Step labels are stable: `SetUp`, `Spread`, `Snapshot`, `Stage`, `CommitTrigger`, `Commit`. `publish_table` checks
 everything first (`plan.prepare`), holds the collection's publish lock while the pipeline runs, and
 returns what the commit did.
 """
@@ -17,17 +18,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.embedding.pipeline import new_pipeline
-from pipelines.publish import catalogue, database, work
+from pipelines.publish import catalogue, database, snapshot, work
 from pipelines.publish.commit import PublishResult, commit
 from pipelines.publish.errors import PublishFailed
 from pipelines.publish.options import PublishConfig, PublishOptions
-from pipelines.publish.plan import PublishPlan, prepare
+from pipelines.publish.plan import BUILD, PublishPlan, prepare
+from pipelines.publish.snapshot import Snapshot
 from pipelines.publish.source import Chunk
-from pipelines.publish.staging import StageChunks
+from pipelines.publish.staging import StageChunks, StagedChunk
 from pipelines.publish.target import Target
 
 _LOG = logging.getLogger("hub_embed")
@@ -49,18 +52,34 @@ class _SetUp(beam.DoFn):
         yield from plan.chunks
 
 
+class _Snapshot(beam.DoFn):
+    """Reads the collection's snapshot for a merge (None for a build)."""
+
+    def __init__(self, plan: PublishPlan):
+        self._plan = plan
+
+    def process(self, _: Any) -> Iterator[Snapshot | None]:
+        plan = self._plan
+        if plan.mode == BUILD:
+            yield None
+            return
+        with database.connect(plan.cfg.target, plan.cfg.options.connect_timeout_s) as conn:
+            yield snapshot.read(conn, plan.layout)
+
+
 class _Commit(beam.DoFn):
     """Runs the commit once every chunk is staged (they arrive as a side input); outputs the `PublishResult`."""
 
     def __init__(self, plan: PublishPlan):
         self._plan = plan
 
-    def process(self, _: Any, staged: list[Any]) -> Iterator[PublishResult]:
+    def process(self, _: Any, staged: list[StagedChunk], base: Snapshot | None) -> Iterator[PublishResult]:
         plan = self._plan
-        _LOG.info("%d chunks staged (%d rows changed); committing", len(staged), sum(s.changed for s in staged))
+        _LOG.info("%d chunks staged (%d rows to write); committing", len(staged), sum(s.changed for s in staged))
+        seen = np.concatenate([s.seen for s in staged if s.seen is not None] or [np.zeros(0, "S16")])
         with database.connect(plan.cfg.target, plan.cfg.options.connect_timeout_s) as conn:
             try:
-                yield commit(conn, plan)
+                yield commit(conn, plan, np.unique(seen), base)
             except Exception as e:
                 if isinstance(e, PublishFailed):
                     raise
@@ -85,15 +104,18 @@ def build_publish_pipeline(p: beam.Pipeline, cfg: PublishConfig, plan: PublishPl
       PublishError: from `prepare`, when `plan` is absent.
     """
     plan = plan or prepare(cfg)
+    base = p | "SnapshotTrigger" >> beam.Create([None]) | "Snapshot" >> beam.ParDo(_Snapshot(plan))
     staged = (
         p
         | "Start" >> beam.Create([None])
         | "SetUp" >> beam.ParDo(_SetUp(plan))
         | "Spread" >> beam.Reshuffle()
-        | "Stage" >> beam.ParDo(StageChunks(plan))
+        | "Stage" >> beam.ParDo(StageChunks(plan), beam.pvalue.AsSingleton(base))
     )
     return (
-        p | "CommitTrigger" >> beam.Create([None]) | "Commit" >> beam.ParDo(_Commit(plan), beam.pvalue.AsList(staged))
+        p
+        | "CommitTrigger" >> beam.Create([None])
+        | "Commit" >> beam.ParDo(_Commit(plan), beam.pvalue.AsList(staged), beam.pvalue.AsSingleton(base))
     )
 
 

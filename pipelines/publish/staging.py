@@ -1,15 +1,16 @@
 """StageChunks: Beam workers copy the table's chunks into the publish's work table, each chunk exactly once.
 
 Each chunk is one transaction: it first records the chunk in `hub_embed_staged_chunks` (work table,
-chunk), then binary-COPYs its rows (psycopg 3, vectors by pgvector's adapter), then commits. A chunk
-already recorded (by a retried bundle, a second attempt running beside the first, or a publish killed
-and run again) is skipped: its rows are there once. A transaction cut short leaves neither the record
-nor the rows.
+chunk, rows staged), then binary-COPYs its rows (psycopg 3, vectors by pgvector's adapter), then
+commits. A chunk already recorded (by a retried bundle, a second attempt running beside the first,
+or a publish killed and run again) is skipped: its rows are there once. A transaction cut short
+leaves neither the record nor the rows.
 
 * build: every row of the chunk, as the collection will hold it.
-* merge: the collection's rows of the chunk's ids are read first (content hash, passthrough values, and
-  the SHA-256 of the vector's binary form, computed by the server); a row equal in all three is staged
-  as its id and content hash only, any other row whole (`changed`).
+* merge: only the rows the collection's snapshot does not hold as they are (new ids, other content
+  hash or passthrough values; see `pipelines.publish.snapshot`); their vectors are read only then.
+  Every chunk also reports the digests of its ids, so that the commit can tell the ids the table
+  no longer has.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from pipelines.publish import catalogue, database
 from pipelines.publish.errors import PublishFailed
 from pipelines.publish.layout import Layout
 from pipelines.publish.plan import BUILD, PublishPlan
+from pipelines.publish.snapshot import Snapshot, content_digest, id_digests
 from pipelines.publish.source import Chunk, read_chunk
-from pipelines.publish.vectors import vector_digest, vector_value
+from pipelines.publish.vectors import vector_value
 
 METRICS_NAMESPACE = "hub_embed_publish"
 _LOG = logging.getLogger("hub_embed")
@@ -43,139 +45,135 @@ class StagedChunk:
     Attributes:
       chunk: the chunk's key.
       rows: its rows.
-      changed: rows staged whole (build: all of them).
+      changed: its rows staged (build: all of them; merge: those that differ from the collection).
       skipped: it had been staged already.
+      seen: the digests of its ids (merge only).
     """
 
     chunk: str
     rows: int
     changed: int
     skipped: bool
+    seen: np.ndarray | None = None
 
 
-def _columns(batch: pa.RecordBatch, passthrough: tuple[str, ...]) -> tuple[list, list, np.ndarray, list]:
-    """A record batch's ids, content hashes, `[N, D]` vectors and passthrough rows."""
-    vectors = batch.column("embedding")
-    flat = vectors.flatten().to_numpy(zero_copy_only=False)
-    matrix = np.asarray(flat, np.float32).reshape(len(batch), vectors.type.list_size)
+def _columns(batch: pa.RecordBatch, passthrough: tuple[str, ...]) -> tuple[list, list, list]:
+    """A record batch's ids, content hashes and passthrough rows."""
     others = [batch.column(name).to_pylist() for name in passthrough]
     return (
         batch.column("id").to_pylist(),
         batch.column("content_hash").to_pylist(),
-        matrix,
         list(zip(*others)) if others else [()] * len(batch),
     )
 
 
-def stage_chunk(conn: psycopg.Connection[Any], plan: PublishPlan, chunk: Chunk) -> StagedChunk:
+def _vectors(batch: pa.RecordBatch) -> np.ndarray:
+    """A record batch's `[N, D]` float32 vectors."""
+    column = batch.column("embedding")
+    return np.asarray(column.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(len(batch), -1)
+
+
+def _claim(conn: psycopg.Connection[Any], plan: PublishPlan, chunk: Chunk, rows: int) -> bool:
+    """Records the chunk as staged (in the caller's transaction); False when it already is."""
+    chunks_table = catalogue.table(plan.layout.schema, catalogue.STAGED_CHUNKS)
+    claimed = conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (work_table, chunk, rows) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1"
+        ).format(chunks_table),
+        [plan.work_table, chunk.key, rows],
+    ).fetchone()
+    return claimed is not None
+
+
+def _copy(
+    conn: psycopg.Connection[Any], layout: Layout, table: str, columns: tuple[str, ...], rows: Iterator[tuple]
+) -> None:
+    """Binary COPY of `rows` into `table`'s `columns` (types: text, but the vector column)."""
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        layout.table(table), layout.identifiers(columns)
+    )
+    with conn.cursor().copy(statement) as copy:
+        copy.set_types([layout.vector_type if c == "embedding" else "text" for c in columns])
+        for row in rows:
+            copy.write_row(row)
+
+
+def stage_chunk(
+    conn: psycopg.Connection[Any], plan: PublishPlan, chunk: Chunk, snapshot: Snapshot | None
+) -> StagedChunk:
     """Stages one chunk in its own transaction, unless it is staged already.
+
+    Args:
+      conn: a connection from `database.connect`.
+      plan: the publish.
+      chunk: the chunk.
+      snapshot: the collection's snapshot (merge); None for a build.
 
     Raises:
       psycopg.Error: the database failed (the transaction is rolled back: nothing of the chunk stays).
     """
-    layout = plan.layout
-    chunks_table = catalogue.table(layout.schema, catalogue.STAGED_CHUNKS)
-    with conn.transaction():
-        claimed = conn.execute(
-            sql.SQL(
-                "INSERT INTO {} (work_table, chunk, rows) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1"
-            ).format(chunks_table),
-            [plan.work_table, chunk.key, chunk.rows],
-        ).fetchone()
-        if claimed is None:
-            return StagedChunk(chunk.key, chunk.rows, 0, skipped=True)
-        columns = ["id", "content_hash", "embedding", *layout.passthrough]
-        batches = list(read_chunk(chunk, columns))
-        if plan.mode == BUILD:
-            changed = _copy_rows(conn, layout, plan.work_table, batches, plan.table.run_id)
-        else:
-            changed = _copy_differences(conn, layout, plan.work_table, batches)
-    return StagedChunk(chunk.key, chunk.rows, changed, skipped=False)
-
-
-def _copy_rows(
-    conn: psycopg.Connection[Any], layout: Layout, work_table: str, batches: list[pa.RecordBatch], run_id: str
-) -> int:
-    """COPYs every row into a build table; returns the row count."""
-    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-        layout.table(work_table), layout.identifiers(layout.columns)
-    )
-    rows = 0
-    with conn.cursor().copy(statement) as copy:
-        copy.set_types(["text", "text", layout.vector_type, *["text"] * len(layout.passthrough), "text"])
-        for batch in batches:
-            ids, hashes, vectors, others = _columns(batch, layout.passthrough)
-            for i, row_id in enumerate(ids):
-                copy.write_row((row_id, hashes[i], vector_value(layout.vector_type, vectors[i]), *others[i], run_id))
-            rows += len(ids)
-    return rows
-
-
-def _published(conn: psycopg.Connection[Any], layout: Layout, ids: list[str]) -> dict[str, tuple[Any, ...]]:
-    """The collection's (content hash, vector digest, passthrough values) of those of `ids` it holds."""
-    select = sql.SQL("SELECT id, content_hash, sha256({}(embedding)){} FROM {} WHERE id = ANY(%s)").format(
-        sql.SQL(f"{layout.vector_type}_send"),
-        sql.SQL("").join(sql.SQL(", {}").format(sql.Identifier(c)) for c in layout.passthrough),
-        layout.table(),
-    )
-    return {row[0]: (row[1], bytes(row[2]), tuple(row[3:])) for row in conn.execute(select, [ids])}
-
-
-def _copy_differences(
-    conn: psycopg.Connection[Any], layout: Layout, work_table: str, batches: list[pa.RecordBatch]
-) -> int:
-    """COPYs every row's id and content hash into a stage table, rows that differ from the collection whole."""
-    ids = [row_id for batch in batches for row_id in batch.column("id").to_pylist()]
-    published = _published(conn, layout, ids)
-    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-        layout.table(work_table), layout.identifiers(layout.stage_columns())
-    )
-    empty = (None,) * len(layout.passthrough)
-    changed = 0
-    with conn.cursor().copy(statement) as copy:
-        copy.set_types(["text", "bool", "text", layout.vector_type, *["text"] * len(layout.passthrough)])
-        for batch in batches:
-            batch_ids, hashes, vectors, others = _columns(batch, layout.passthrough)
-            for i, row_id in enumerate(batch_ids):
-                old = published.get(row_id)
-                same = (
-                    old is not None
-                    and old[0] == hashes[i]
-                    and old[2] == tuple(others[i])
-                    and old[1] == vector_digest(layout.vector_type, vectors[i])
+    layout, vector_type = plan.layout, plan.layout.vector_type
+    if plan.mode == BUILD:
+        with conn.transaction():
+            if not _claim(conn, plan, chunk, chunk.rows):
+                return StagedChunk(chunk.key, chunk.rows, chunk.rows, skipped=True)
+            run_id = plan.table.run_id
+            for batch in read_chunk(chunk, ["id", "content_hash", "embedding", *layout.passthrough]):
+                ids, hashes, others = _columns(batch, layout.passthrough)
+                vectors = _vectors(batch)
+                rows = (
+                    (i, hashes[n], vector_value(vector_type, vectors[n]), *others[n], run_id) for n, i in enumerate(ids)
                 )
-                if same:
-                    copy.write_row((row_id, False, hashes[i], None, *empty))
-                else:
-                    copy.write_row((row_id, True, hashes[i], vector_value(layout.vector_type, vectors[i]), *others[i]))
-                    changed += 1
-    return changed
+                _copy(conn, layout, plan.work_table, layout.columns, rows)
+        return StagedChunk(chunk.key, chunk.rows, chunk.rows, skipped=False)
+    assert snapshot is not None
+    batches = list(read_chunk(chunk, ["id", "content_hash", *layout.passthrough]))
+    keys = [_columns(batch, layout.passthrough) for batch in batches]
+    ids = [i for batch_ids, _, _ in keys for i in batch_ids]
+    seen = id_digests(ids)
+    contents = np.array(
+        [content_digest(h, o) for _, hashes, others in keys for h, o in zip(hashes, others)], dtype=seen.dtype
+    )
+    changed = np.flatnonzero(~snapshot.unchanged(seen, contents))
+    with conn.transaction():
+        if not _claim(conn, plan, chunk, len(changed)):
+            return StagedChunk(chunk.key, chunk.rows, len(changed), skipped=True, seen=seen)
+        if len(changed):
+            vectors = np.concatenate([_vectors(b) for b in read_chunk(chunk, ["embedding"])])
+            hashes = [h for _, batch_hashes, _ in keys for h in batch_hashes]
+            others = [o for _, _, batch_others in keys for o in batch_others]
+            rows = ((ids[n], hashes[n], vector_value(vector_type, vectors[n]), *others[n]) for n in changed)
+            _copy(conn, layout, plan.work_table, layout.stage_columns(), rows)
+    return StagedChunk(chunk.key, chunk.rows, len(changed), skipped=False, seen=seen)
 
 
 class StageChunks(beam.DoFn):
-    """Stages each `Chunk` it gets (see the module docstring); outputs a `StagedChunk` each."""
+    """Stages each `Chunk` it gets (see the module docstring); outputs a `StagedChunk` each.
+
+    Its side input is the collection's `Snapshot` (merge), or None (build).
+    """
 
     def __init__(self, plan: PublishPlan):
         self._plan = plan
 
     def setup(self) -> None:
         self._conn: psycopg.Connection[Any] | None = None
-        self._rows = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_staged")
-        self._changed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_changed")
+        self._rows = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_read")
+        self._changed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_staged")
 
-    def process(self, chunk: Chunk) -> Iterator[StagedChunk]:
+    def process(self, chunk: Chunk, snapshot: Snapshot | None) -> Iterator[StagedChunk]:
         target = self._plan.cfg.target
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = database.connect(target, self._plan.cfg.options.connect_timeout_s)
-            staged = stage_chunk(self._conn, self._plan, chunk)
+            staged = stage_chunk(self._conn, self._plan, chunk, snapshot)
         except psycopg.Error as e:
             self._close()
             raise PublishFailed(target.scrub(f"staging {chunk.key} into {self._plan.collection} failed: {e}")) from None
         if not staged.skipped:
             self._rows.inc(staged.rows)
             self._changed.inc(staged.changed)
-        _LOG.debug("staged %s (%d rows, %d changed)", staged.chunk, staged.rows, staged.changed)
+        _LOG.debug("staged %s (%d rows, %d staged)", staged.chunk, staged.rows, staged.changed)
         yield staged
 
     def teardown(self) -> None:

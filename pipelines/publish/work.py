@@ -65,22 +65,25 @@ def staged_chunks(conn: psycopg.Connection[Any], plan: PublishPlan) -> dict[str,
 
 
 def check_complete(conn: psycopg.Connection[Any], plan: PublishPlan) -> None:
-    """Checks that every chunk of the table is staged once and the work table holds exactly the table's rows.
+    """Checks that every chunk of the table is staged once and the work table holds exactly the rows staged.
+
+    A build stages every row of the table; a merge, the rows that differ from the collection.
 
     Raises:
       PublishFailed: a chunk is missing, or the rows do not add up (nothing is committed).
     """
     staged = staged_chunks(conn, plan)
-    expected = {chunk.key: chunk.rows for chunk in plan.chunks}
-    if staged != expected:
-        missing = sorted(set(expected) - set(staged))
+    expected = {chunk.key for chunk in plan.chunks}
+    if set(staged) != expected:
+        missing = sorted(expected - set(staged))
         raise PublishFailed(
             f"{plan.collection}: {len(staged)} of {len(expected)} chunks are staged (missing: {missing[:5]}); "
             "nothing was committed."
         )
     row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(plan.layout.table(plan.work_table))).fetchone()
     count = int(row[0]) if row else 0
-    if count != plan.table.rows:
+    rows = plan.table.rows if plan.mode == BUILD else sum(staged.values())
+    if count != rows or (plan.mode == BUILD and sum(staged.values()) != rows):
         raise PublishFailed(
-            f"{plan.collection}: the work table holds {count} rows, the table {plan.table.rows}; nothing was committed."
+            f"{plan.collection}: the work table holds {count} rows, {rows} were staged; nothing was committed."
         )
