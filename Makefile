@@ -13,6 +13,7 @@ EFFICIENTNET := build/modules/efficientnet-lite0/1
 EFFICIENTNET_WEIGHTS := $(VENV)/.efficientnet-weights
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
+export NO_MKDOCS_2_WARNING ?= 1
 
 .PHONY: setup run test test-fast lint docs docs-serve bench bench-images soak lock clean module
 
