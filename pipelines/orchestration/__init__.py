@@ -2,6 +2,7 @@
 
 `project` (root, folders, interpreter), `defaults` (what every DAG shares),
 `discovery` (scheduled job configs), `assets` (module and table Assets),
-`plans` (a run's table and the table it reuses), `operators` (the Beam
-pipeline operator), `embedding_tasks` and `release_tasks` (the DAGs' tasks).
+`plans` (a run's table and the table it reuses), `credentials` (credentials
+found in configs, added from a connection), `operators` (the Beam pipeline
+operator), `embedding_tasks` and `release_tasks` (the DAGs' tasks).
 """

@@ -64,14 +64,13 @@ def secrets_in(value: str) -> list[str]:
     """
     if "://" not in value:
         return []
-    scheme, _, rest = value.partition("://")
-    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    authority = value.partition("://")[2].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
     found = ["a user name or password (user:password@)"] if "@" in authority else []
+    query = value.split("#", 1)[0].partition("?")[2]
     try:
-        query = urllib.parse.urlsplit(value).query
         kept = urllib.parse.urlsplit(redact(value)).query
-    except ValueError:  # too malformed to parse: only its authority can be judged
-        return found
+    except ValueError:  # too malformed to parse: `redact` keeps no query of such a URL
+        kept = ""
     dropped = [k for k, _ in urllib.parse.parse_qsl(query, keep_blank_values=True)]
     for k, _ in urllib.parse.parse_qsl(kept, keep_blank_values=True):
         dropped.remove(k)
