@@ -19,6 +19,7 @@ import time
 import pytest
 
 from tests.fixtures import airflow_env
+from tests.fixtures.airflow_env import dagbag, write_config, write_lines
 
 airflow_env.activate()  # before anything imports airflow
 
@@ -42,32 +43,6 @@ TEXTS = [f"sentence number {i} about {'apples and pears' if i % 2 else 'cars and
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def write_config(folder, name: str, **values) -> str:
-    """Writes `<folder>/<name>.yaml` from keyword values (a `schedule` section included if given)."""
-    import yaml
-
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"{name}.yaml")
-    with open(path, "w") as f:
-        yaml.safe_dump(values, f)
-    return path
-
-
-def write_lines(path, lines) -> str:
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return str(path)
-
-
-def dagbag():
-    """Parses dags/ the way the dag-processor does (the bundle folder on sys.path)."""
-    from airflow.dag_processing.dagbag import BundleDagBag
-
-    return BundleDagBag(
-        dag_folder=airflow_env.DAGS_FOLDER, bundle_path=airflow_env.DAGS_FOLDER, bundle_name="dags-folder"
-    )
 
 
 def commit(folder, *names: str) -> None:
@@ -97,16 +72,8 @@ def asset_events(session, uri: str) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def airflow_db():
-    """Creates the metadata DB once per session (SQLite in the temp AIRFLOW_HOME)."""
-    import sqlite3
-
-    from airflow.utils import db
-
-    db.initdb()
-    path = os.path.join(airflow_env.activate(), "airflow.db")
-    with sqlite3.connect(path) as live, sqlite3.connect(path + ".template") as copy:
-        live.backup(copy)  # a fresh DB for the real-processes test
-    return path
+    """Creates the metadata DB once per session (SQLite in the temp AIRFLOW_HOME), and its pristine `.template` copy."""
+    return airflow_env.init_db()
 
 
 @pytest.fixture
