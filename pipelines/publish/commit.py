@@ -221,9 +221,8 @@ def _merge(conn: psycopg.Connection[Any], plan: PublishPlan, seen: np.ndarray, b
         entry = _lock_and_check_base(conn, plan)
         conn.execute(sql.SQL("ANALYZE {}").format(stage))
         deleted = 0
-        if not plan.cfg.options.keep_missing and (base is None or np.setdiff1d(base.ids, seen).size):
-            gone = snapshot.missing(conn, layout, seen)
-            deleted = conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(collection), [gone]).rowcount
+        if not plan.cfg.options.keep_missing:
+            deleted = snapshot.delete(conn, layout, (base or snapshot.read(conn, layout)).missing(seen))
         updated = conn.execute(
             sql.SQL(
                 "UPDATE {} c SET {}, source_run_id = %s FROM {} s WHERE c.id = s.id AND ({}) IS DISTINCT FROM ({})"

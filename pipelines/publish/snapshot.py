@@ -3,8 +3,10 @@
 A row is unchanged when the collection holds its id with the same content hash and passthrough values:
 the collection holds vectors of the table's module, signature and output (the catalogue checks it), so
 the same content has the same vector (bit for bit when the table reused the published table's vectors,
-as incremental runs do). Digests are 16-byte BLAKE2b, sorted for lookup: 32 bytes per row, read once
-per publish with one scan, and handed to every worker.
+as incremental runs do). A digest is the first 16 bytes of the SHA-256 of the UTF-8 id, or of the UTF-8
+content hash followed by each passthrough value (0x01, its UTF-8 bytes, 0x02; NULL: 0x00). The server
+computes the collection's digests in one scan (32 bytes per row come back); the workers compute the
+table's the same way.
 """
 
 from __future__ import annotations
@@ -21,26 +23,42 @@ from psycopg import sql
 from pipelines.publish.layout import Layout
 
 DIGEST_BYTES = 16
-_DTYPE = f"S{DIGEST_BYTES}"
-_FETCH_ROWS = 50_000
+DIGEST_DTYPE = f"S{DIGEST_BYTES}"
+_FETCH_ROWS = 100_000
 
 
 def id_digest(row_id: str) -> bytes:
     """The digest of a row's id."""
-    return hashlib.blake2b(row_id.encode("utf-8", "surrogatepass"), digest_size=DIGEST_BYTES).digest()
+    return hashlib.sha256(row_id.encode()).digest()[:DIGEST_BYTES]
 
 
 def content_digest(content_hash: str, passthrough: Sequence[str | None]) -> bytes:
     """The digest of what decides whether a row changed: its content hash and passthrough values."""
-    digest = hashlib.blake2b(content_hash.encode(), digest_size=DIGEST_BYTES)
-    for value in passthrough:
-        digest.update(b"\x00" if value is None else b"\x01" + value.encode("utf-8", "surrogatepass") + b"\x02")
-    return digest.digest()
+    data = [content_hash.encode()]
+    data += [b"\x00" if value is None else b"\x01" + value.encode() + b"\x02" for value in passthrough]
+    return hashlib.sha256(b"".join(data)).digest()[:DIGEST_BYTES]
 
 
 def id_digests(ids: Iterable[str]) -> np.ndarray:
     """The digests of `ids`, as a byte-string array."""
-    return np.array([id_digest(i) for i in ids], dtype=_DTYPE)
+    return np.array([id_digest(i) for i in ids], dtype=DIGEST_DTYPE)
+
+
+def _sql_id_digest() -> sql.Composable:
+    return sql.SQL("substring(sha256(convert_to(id, 'UTF8')) from 1 for {})").format(sql.Literal(DIGEST_BYTES))
+
+
+def _sql_content_digest(passthrough: Sequence[str]) -> sql.Composable:
+    values: list[sql.Composable] = [sql.SQL("convert_to(content_hash, 'UTF8')")]
+    values += [
+        sql.SQL("coalesce('\\x01'::bytea || convert_to({}, 'UTF8') || '\\x02'::bytea, '\\x00'::bytea)").format(
+            sql.Identifier(name)
+        )
+        for name in passthrough
+    ]
+    return sql.SQL("substring(sha256({}) from 1 for {})").format(
+        sql.SQL(" || ").join(values), sql.Literal(DIGEST_BYTES)
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,26 +81,34 @@ class Snapshot:
         where = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
         return (self.ids[where] == ids) & (self.contents[where] == contents)
 
+    def missing(self, seen: np.ndarray) -> np.ndarray:
+        """The id digests of the collection that are not among `seen` (the table's)."""
+        return np.setdiff1d(self.ids, seen)
+
 
 def read(conn: psycopg.Connection[Any], layout: Layout) -> Snapshot:
-    """The collection's snapshot, read with one scan (a server-side cursor, `_FETCH_ROWS` rows at a time)."""
-    statement = sql.SQL("SELECT id, content_hash{} FROM {}").format(
-        sql.SQL("").join(sql.SQL(", {}").format(sql.Identifier(c)) for c in layout.passthrough), layout.table()
+    """The collection's snapshot: one scan, the digests computed by the server."""
+    statement = sql.SQL("SELECT {} || {} FROM {}").format(
+        _sql_id_digest(), _sql_content_digest(layout.passthrough), layout.table()
     )
-    ids, contents = [], []
-    with conn.transaction(), conn.cursor(name="hub_embed_snapshot") as cursor:
+    chunks = []
+    with conn.transaction(), conn.cursor(name="hub_embed_snapshot", binary=True) as cursor:
         cursor.itersize = _FETCH_ROWS
-        for row in cursor.execute(statement):
-            ids.append(id_digest(row[0]))
-            contents.append(content_digest(row[1], row[2:]))
-    return Snapshot.of(np.array(ids, dtype=_DTYPE), np.array(contents, dtype=_DTYPE))
+        cursor.execute(statement)
+        while rows := cursor.fetchmany(_FETCH_ROWS):
+            chunks.append(b"".join(row[0] for row in rows))
+    both = np.frombuffer(b"".join(chunks), dtype=f"S{2 * DIGEST_BYTES}")
+    pairs = both.view(np.uint8).reshape(len(both), 2 * DIGEST_BYTES)
+    ids = np.ascontiguousarray(pairs[:, :DIGEST_BYTES]).view(DIGEST_DTYPE).ravel()
+    contents = np.ascontiguousarray(pairs[:, DIGEST_BYTES:]).view(DIGEST_DTYPE).ravel()
+    return Snapshot.of(ids, contents)
 
 
-def missing(conn: psycopg.Connection[Any], layout: Layout, seen: np.ndarray) -> list[str]:
-    """The collection's ids whose digests are not among `seen` (the table's), read in the caller's transaction."""
-    rows = conn.execute(sql.SQL("SELECT id FROM {}").format(layout.table())).fetchall()
-    ids = [row[0] for row in rows]
-    if not ids:
-        return []
-    absent = ~np.isin(id_digests(ids), seen)
-    return [row_id for row_id, gone in zip(ids, absent) if gone]
+def delete(conn: psycopg.Connection[Any], layout: Layout, digests: np.ndarray) -> int:
+    """Deletes the collection's rows whose id digests are `digests` (in the caller's transaction); returns how many."""
+    if not len(digests):
+        return 0
+    statement = sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(layout.table(), _sql_id_digest())
+    # From the array's buffer: a numpy bytes scalar drops trailing zero bytes, a digest may end with some.
+    raw = [row.tobytes() for row in np.ascontiguousarray(digests).view(np.uint8).reshape(len(digests), DIGEST_BYTES)]
+    return conn.execute(statement, [raw]).rowcount
