@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from pipelines import console
+from pipelines.embedding import job_yaml
 from pipelines.embedding.paths import absolute, absolute_beam_paths, is_local, normalize
 from pipelines.hub.errors import HandleError
 from pipelines.hub.flags import HELP as HUB_HELP
@@ -302,10 +303,11 @@ def flag_parser() -> argparse.ArgumentParser:
 def _read_yaml(path: str) -> tuple[dict[str, Any], list[str]]:
     """Returns the flat keys and the Beam flags (from `beam:`) of a YAML job file."""
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
+        data = job_yaml.read(path)  # size capped, anchors and aliases refused (a "billion laughs" file)
     except OSError as e:
         raise ConfigError(f"Config file {path!r} cannot be read: {e.strerror}.") from None
+    except job_yaml.JobYamlError as e:
+        raise ConfigError(str(e)) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"Config file {path!r} is not valid YAML: {e}") from None
     if data is None:
