@@ -5,7 +5,8 @@ default all-MiniLM-L6-v2 module into `output/sample/`. See `config` for the
 flags and YAML keys; flags it does not define are Beam pipeline options.
 
 Exit status: 0 committed, 1 the run failed (nothing committed), 2 invalid
-config, input, output or module (checked before anything runs).
+config, input, output or module (checked before anything runs), or another
+run committed to the output while this one ran (this one committed nothing).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
 from pipelines import console
-from pipelines.embedding import config, pipeline, sinks
+from pipelines.embedding import commit, config, output_locks, pipeline, sinks
 from pipelines.embedding.model_handler import MODEL_LOAD_METRIC
 from pipelines.embedding.paths import display, is_local
 from pipelines.embedding.records import METRICS_NAMESPACE
@@ -32,6 +33,8 @@ _LOG = logging.getLogger("hub_embed")
 _ERROR_LINE = re.compile(r"^\s*[\w.]*(Error|Exception): ")
 # What the FnApiRunner raises when a worker process dies mid-bundle.
 _WORKER_DIED = ("Channel closed prematurely", "Worker subprocess exited with return code")
+# How a lost commit reads in the runner's error (see `commit.CommitConflict`).
+_CONFLICT = re.compile(rf"{commit.CommitConflict.__name__}: (.*? while this one ran)")
 
 
 def _model_load_s(result: Any) -> float:
@@ -82,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not console.verbose(argv if argv is not None else sys.argv[1:]):
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    commit.quiet_conflict_tracebacks()  # a lost commit is one line below, not Beam's traceback
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         cfg = config.load(argv)
@@ -89,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         FileSystems.set_options(PipelineOptions(list(cfg.beam_args)))
         config.check_paths(cfg)
         job = pipeline.prepare(cfg)
-    except (config.ConfigError, HandleError, ModuleError) as e:
+        commit.mark_run(cfg.sink, job.run_id)  # until the run is over: no other run's commit removes its files
+    except (config.ConfigError, HandleError, ModuleError, output_locks.OutputLockError) as e:
         print(f"hub-embed: error: {e}", file=sys.stderr)
         return 2
     options = PipelineOptions(list(cfg.beam_args))
@@ -106,12 +111,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         job.run_id,
     )
     start = time.monotonic()
+    try:
+        return _run(cfg, job, options, start)
+    finally:  # the run is over, whatever its end: another run's commit may remove what it left
+        commit.release_run(cfg.sink, job.run_id)
+
+
+def _run(cfg: config.EmbedConfig, job: pipeline.Job, options: PipelineOptions, start: float) -> int:
+    """Builds and runs the job's pipeline; returns the exit status."""
     p = pipeline.new_pipeline(options)
     pipeline.build_pipeline(p, cfg, job)
     try:
         result = p.run()
         result.wait_until_finish()
     except Exception as e:  # The runner reports a failed job by raising; say why in one line.
+        lost = _CONFLICT.search(f"{type(e).__name__}: {e}")  # raised as is in one process, wrapped from workers
+        if lost:
+            print(f"hub-embed: error: {lost.group(1)}", file=sys.stderr)
+            return 2
         cause = _root_cause(e)
         if any(sign in str(e) for sign in _WORKER_DIED):
             cause += (

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.embedding import pipeline, sinks
+from pipelines.embedding import commit, pipeline, sinks
 from pipelines.embedding.config import SinkConfig
 from pipelines.embedding.records import Failure, Record
 
@@ -88,7 +88,7 @@ def test_commit_writes_parts_errors_and_manifest(tmp_path):
         "max_error_fraction": 1.0,
         "failed_by_stage": {"validate": 2},
     }
-    assert manifest["run_id"] == "20260101T000000Z-aaaaaaaa" and manifest["format"] == sinks.MANIFEST_FORMAT
+    assert manifest["run_id"] == "20260101T000000Z-aaaaaaaa" and manifest["format"] == commit.MANIFEST_FORMAT
     assert manifest["table"] == {**METADATA, "row_count": 5}
     assert manifest["files"] == [{"path": "part-00000-20260101T000000Z-aaaaaaaa.parquet", "rows": 5}]
     assert manifest["error_files"] == [{"path": "errors/part-00000-20260101T000000Z-aaaaaaaa.parquet", "rows": 2}]
@@ -189,7 +189,7 @@ def test_written_rows_that_are_neither_embedded_nor_reused_commit_nothing(tmp_pa
         write(out, _records(5), [], 5, tallies=tallies)
     assert sinks.read_table_manifest(str(out)) is None
     manifest = write(out, _records(5), [], 5, tallies=tallies + [("rows_reused", 1), ("rows_deduplicated", 2)])
-    assert {k: manifest["counts"][k] for k in sinks.TALLY_NAMES} == {
+    assert {k: manifest["counts"][k] for k in commit.TALLY_NAMES} == {
         "rows_embedded": 3,
         "rows_reused": 2,
         "rows_deduplicated": 2,
@@ -237,14 +237,14 @@ def test_a_retried_commit_finishes_what_the_first_attempt_started(tmp_path):
         pq.write_table(pa.Table.from_batches([batch]), tmp / name)
     # The first attempt moved one part, then died.
     os.rename(tmp / "part-a.parquet", out / f"part-00000-{run_id}.parquet")
-    commit = sinks._Commit(
-        SinkConfig(output=str(out), max_error_fraction=0.0), run_id, _schema(), {"table": {}, "config": {}}
+    committer = commit.Commit(
+        SinkConfig(output=str(out), max_error_fraction=0.0), run_id, _schema(), {"table": {}, "config": {}}, None
     )
-    parts = [sinks.PartFile("part-a.parquet", 2), sinks.PartFile("part-b.parquet", 2)]
-    (manifest,) = commit.process(None, parts, [], {}, [], {"rows_in": 4, "rows_embedded": 4})
+    parts = [commit.PartFile("part-a.parquet", 2), commit.PartFile("part-b.parquet", 2)]
+    (manifest,) = committer.process(None, parts, [], {}, [], {"rows_in": 4, "rows_embedded": 4})
     assert [f["path"] for f in manifest["files"]] == [f"part-0000{i}-{run_id}.parquet" for i in range(2)]
     assert sinks.read_table(str(out)).num_rows == 4 and not any(e.startswith(".tmp-") for e in os.listdir(out))
-    (again,) = commit.process(
+    (again,) = committer.process(
         None, parts, [], {}, [], {"rows_in": 4, "rows_embedded": 4}
     )  # a retry after the commit: nothing left to do
     assert again == manifest

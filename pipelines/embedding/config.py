@@ -55,6 +55,8 @@ TABLE_COLUMNS = ("id", "embedding", "content_hash")
 SUCCESS_FILE = "_SUCCESS"
 ERRORS_DIR = "errors"
 TMP_PREFIX = ".tmp-"
+# The output's commit lock, held while a run commits (see `output_locks.commit_lock`); removed by its holder.
+COMMIT_LOCK = ".commit.lock"
 
 
 class ConfigError(ValueError):
@@ -620,7 +622,7 @@ def _check_local_output(output: str, overwrite: bool) -> None:
 
 def _is_table_entry(name: str) -> bool:
     return (
-        name in (SUCCESS_FILE, ERRORS_DIR)
+        name in (SUCCESS_FILE, ERRORS_DIR, COMMIT_LOCK)
         or name.startswith(TMP_PREFIX)
         or (name.startswith("part-") and name.endswith(".parquet"))
     )

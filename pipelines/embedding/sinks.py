@@ -1,7 +1,8 @@
 """WriteEmbeddingTable: embedded records and failures -> Parquet parts, committed atomically under `_SUCCESS`.
 
-Readers read the parts the manifest names (`read_table`). The directory layout
-and why the commit is safe: docs/design/embedding.md.
+Readers read the parts the manifest names (`read_table`). The commit itself is
+`commit.Commit`; the directory layout and why the commit is safe:
+docs/design/embedding.md.
 """
 
 from __future__ import annotations
@@ -10,12 +11,9 @@ import collections
 import contextlib
 import datetime
 import json
-import logging
-import os
-import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -25,29 +23,21 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
+from pipelines.embedding.commit import Commit, PartFile, seen_table
 from pipelines.embedding.config import ERRORS_DIR, SUCCESS_FILE, TMP_PREFIX, SinkConfig
-from pipelines.embedding.paths import is_local
 from pipelines.embedding.records import METRICS_NAMESPACE, Failure, Record
 
 METADATA_KEY = "hub_embed"
-MANIFEST_FORMAT = "hub-embed-table/1"
 ROWS_PER_BATCH = 4096
 PART_BYTES = 64 << 20
-# Counts the pipeline tallies where rows get their vectors (see `records.tally`), recorded in the manifest.
-TALLY_NAMES = ("rows_embedded", "rows_reused", "rows_deduplicated", "contents_embedded")
 ERROR_SCHEMA = pa.schema([(name, pa.string()) for name in Failure._fields])
-_LOG = logging.getLogger(__name__)
 
 
-class CommitError(RuntimeError):
-    """The run cannot be committed: counts do not add up, or too many records failed."""
+class SeenAtBuild:
+    """`WriteEmbeddingTable(replaces=...)` left out: the table the output holds when the graph is built."""
 
 
-class PartFile(NamedTuple):
-    """A written part: its path relative to the run's temp dir, and its row count."""
-
-    name: str
-    rows: int
+SEEN_AT_BUILD = SeenAtBuild()
 
 
 def new_run_id() -> str:
@@ -271,158 +261,6 @@ def read_errors(output: str) -> pa.Table:
     return _read_files(output, [f["path"] for f in manifest["error_files"]], ERROR_SCHEMA)
 
 
-class _Commit(beam.DoFn):
-    """Checks the counts, moves the run's parts into place and writes `_SUCCESS` (see the module docstring)."""
-
-    def __init__(self, cfg: SinkConfig, run_id: str, schema: pa.Schema, manifest: dict[str, Any]):
-        self._cfg = cfg
-        self._run_id = run_id
-        self._schema = schema
-        self._manifest = {"format": MANIFEST_FORMAT, "run_id": run_id, **manifest}
-
-    def process(
-        self,
-        _: Any,
-        parts: list[PartFile],
-        error_parts: list[PartFile],
-        failed_by_stage: dict[str, int],
-        examples: list[Failure],
-        tallies: dict[str, int],
-    ) -> Iterator[dict[str, Any]]:
-        output = self._cfg.output_dir
-        tmp = FileSystems.join(output, TMP_PREFIX + self._run_id)
-        committed = read_table_manifest(output)
-        if committed and committed.get("run_id") == self._run_id:  # A retry of a commit that got this far.
-            self._remove_debris(output, _manifest_paths(committed))
-            yield committed
-            return
-        rows_in = int(tallies.get("rows_in", 0))
-        written = sum(p.rows for p in parts)
-        failed = sum(p.rows for p in error_parts)
-        counted = {name: int(tallies.get(name, 0)) for name in TALLY_NAMES}
-        if rows_in != written + failed:
-            raise CommitError(
-                f"Row counts do not add up: rows_in={rows_in} but rows_written={written} + rows_failed={failed} "
-                f"= {written + failed}. Nothing was committed to {output}."
-            )
-        if written != counted["rows_embedded"] + counted["rows_reused"]:
-            raise CommitError(
-                f"Row counts do not add up: rows_written={written} but rows_embedded={counted['rows_embedded']} + "
-                f"rows_reused={counted['rows_reused']} = {counted['rows_embedded'] + counted['rows_reused']}. "
-                f"Nothing was committed to {output}."
-            )
-        fraction = failed / rows_in if rows_in else 0.0
-        if fraction > self._cfg.max_error_fraction:
-            shown = "; ".join(f"{f.source} ({f.stage}): {f.error[:200]}" for f in examples)
-            raise CommitError(
-                f"{failed} of {rows_in} records failed ({fraction:.2%}), more than max_error_fraction="
-                f"{self._cfg.max_error_fraction}; nothing was committed to {output}. Failures by stage: "
-                f"{dict(sorted(failed_by_stage.items()))}. First failures: {shown}. All of them: "
-                f"{FileSystems.join(tmp, ERRORS_DIR)}."
-            )
-        if not parts:  # An empty table still has its schema.
-            parts = [self._write_empty(tmp)]
-        files = self._move(tmp, "", parts)
-        error_files = self._move(tmp, ERRORS_DIR, error_parts)
-        manifest = {
-            **self._manifest,
-            "committed_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "counts": {
-                "rows_in": rows_in,
-                "rows_written": written,
-                **counted,
-                "rows_failed": failed,
-                "balanced": True,
-                "error_fraction": fraction,
-                "max_error_fraction": self._cfg.max_error_fraction,
-                "failed_by_stage": dict(sorted(failed_by_stage.items())),
-            },
-            "files": files,
-            "error_files": error_files,
-        }
-        manifest["table"] = {**manifest["table"], "row_count": written}
-        staged = FileSystems.join(tmp, SUCCESS_FILE)
-        with FileSystems.create(staged, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            f.write(json.dumps(manifest, indent=2, sort_keys=True).encode())
-        FileSystems.rename([staged], [FileSystems.join(output, SUCCESS_FILE)])
-        self._remove_debris(output, _manifest_paths(manifest))
-        yield manifest
-
-    def _write_empty(self, tmp: str) -> PartFile:
-        name = f"part-{uuid.uuid4().hex}.parquet"
-        with FileSystems.create(FileSystems.join(tmp, name), compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            pq.write_table(self._schema.empty_table(), f)
-        return PartFile(name, 0)
-
-    def _move(self, tmp: str, subdir: str, parts: list[PartFile]) -> list[dict[str, Any]]:
-        """Renames parts to `[subdir/]part-NNNNN-<run_id>.parquet` in the output; returns manifest entries."""
-        parts = sorted(parts)
-        names = [f"part-{i:05d}-{self._run_id}.parquet" for i in range(len(parts))]
-        relative = [f"{subdir}/{n}" if subdir else n for n in names]
-        target = FileSystems.join(self._cfg.output_dir, subdir) if subdir else self._cfg.output_dir
-        sources = [FileSystems.join(tmp, subdir, p.name) if subdir else FileSystems.join(tmp, p.name) for p in parts]
-        targets = [FileSystems.join(target, n) for n in names]
-        pending = [(s, t) for s, t in zip(sources, targets) if FileSystems.exists(s) or not FileSystems.exists(t)]
-        if pending:  # On a retried commit, parts already moved are skipped; a part in neither place fails.
-            _mkdirs(target)
-            FileSystems.rename([s for s, _ in pending], [t for _, t in pending])
-        return [{"path": r, "rows": p.rows} for r, p in zip(relative, parts)]
-
-    def _remove_debris(self, output: str, keep: set[str]) -> None:
-        """Deletes parts no manifest names and every `.tmp-*` directory (this run's included).
-
-        Best effort: the table is committed already, and the next commit retries.
-        """
-        try:
-            self._delete_debris(output, keep)
-        except Exception as e:  # pylint: disable=broad-except
-            _LOG.warning("Committed %s, but could not remove leftovers: %s", output, e)
-
-    def _delete_debris(self, output: str, keep: set[str]) -> None:
-        stale = [
-            m.path
-            for pattern in ("part-*.parquet", f"{ERRORS_DIR}/part-*.parquet")
-            for m in _match(output, pattern)
-            if _relative(m.path, output) not in keep
-        ]
-        # Matches list files only: directories left empty are found by listing where there are directories.
-        tmp_names = {_relative(m.path, output).split("/")[0] for m in _match(output, TMP_PREFIX + "*/**")}
-        if is_local(output):
-            tmp_names.update(name for name in os.listdir(output) if name.startswith(TMP_PREFIX))
-        if stale:
-            FileSystems.delete(stale)
-        for name in sorted(tmp_names):
-            _delete_tree(FileSystems.join(output, name))
-
-
-def _manifest_paths(manifest: dict[str, Any]) -> set[str]:
-    return {f["path"] for f in manifest["files"] + manifest["error_files"]}
-
-
-def _delete_tree(path: str) -> None:
-    """Deletes a directory and everything under it (Beam's local delete keeps directories)."""
-    if is_local(path):
-        shutil.rmtree(path)
-    else:
-        FileSystems.delete([path.rstrip("/") + "/"])
-
-
-def _match(output: str, pattern: str) -> list[Any]:
-    return FileSystems.match([FileSystems.join(output, pattern)])[0].metadata_list
-
-
-def _relative(path: str, output: str) -> str:
-    return os.path.relpath(path, output).replace(os.sep, "/")
-
-
-def _mkdirs(path: str) -> None:
-    try:
-        FileSystems.mkdirs(path)
-    except OSError:  # Beam's local file system refuses to create an existing directory.
-        if not FileSystems.exists(path):
-            raise
-
-
 class WriteEmbeddingTable(beam.PTransform):
     """Writes embedded records and failures as a table, then commits it (see the module docstring).
 
@@ -430,13 +268,24 @@ class WriteEmbeddingTable(beam.PTransform):
     of them, each written by a writer of its own), `failures` (`Failure`s),
     and `tallies` (`(name, n)` pairs, summed per name: `rows_in`, the records
     read, must equal the rows written plus the dead letters, and `rows_embedded`
-    and `rows_reused` must add up to the rows written; see `TALLY_NAMES`).
+    and `rows_reused` must add up to the rows written; see `commit.TALLY_NAMES`).
+
+    The run may replace only the table `replaces` names, or else the one its
+    output holds when the graph is built, and that only with `overwrite` (see
+    `commit.seen_table`).
 
     Returns:
       A PCollection with the committed manifest (one dict).
     """
 
-    def __init__(self, cfg: SinkConfig, run_id: str, schema: pa.Schema, manifest: dict[str, Any]):
+    def __init__(
+        self,
+        cfg: SinkConfig,
+        run_id: str,
+        schema: pa.Schema,
+        manifest: dict[str, Any],
+        replaces: str | None | SeenAtBuild = SEEN_AT_BUILD,
+    ):
         """Initializes the transform.
 
         Args:
@@ -445,14 +294,19 @@ class WriteEmbeddingTable(beam.PTransform):
           schema: the table schema (see `table_schema`).
           manifest: what `_SUCCESS` records besides counts and files: at least
             `table` (the `hub_embed` metadata) and `config`.
+          replaces: the run id of the committed table this run may replace
+            (None: none); by default the one `commit.seen_table` reads when the
+            graph is built.
         """
         super().__init__()
         self._cfg = cfg
         self._run_id = run_id
         self._schema = schema
         self._manifest = manifest
+        self._replaces = replaces
 
     def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
+        replaces = seen_table(self._cfg) if isinstance(self._replaces, SeenAtBuild) else self._replaces
         tmp = FileSystems.join(self._cfg.output_dir, TMP_PREFIX + self._run_id)
         streams = inputs["records"] if isinstance(inputs["records"], tuple) else (inputs["records"],)
         # One writer per stream, not one behind a Flatten: the runner can then fuse each writer with the
@@ -476,7 +330,7 @@ class WriteEmbeddingTable(beam.PTransform):
             | "CommitTrigger" >> beam.Create([None])
             | "Commit"
             >> beam.ParDo(
-                _Commit(self._cfg, self._run_id, self._schema, self._manifest),
+                Commit(self._cfg, self._run_id, self._schema, self._manifest, replaces),
                 beam.pvalue.AsList(parts),
                 beam.pvalue.AsList(error_parts),
                 beam.pvalue.AsDict(by_stage),

@@ -44,6 +44,9 @@ def run_harness(argv: Sequence[str], started: float) -> int:
     global _startup_s
     from apache_beam.runners.worker import sdk_worker_main  # Beam's harness: only worker processes import it
 
+    from pipelines.embedding import commit  # Beam too: kept out of the launcher's import of this module
+
+    commit.quiet_conflict_tracebacks()  # the launcher reports a lost commit in one line
     _startup_s = time.monotonic() - started
     try:
         sdk_worker_main.main(list(argv))
