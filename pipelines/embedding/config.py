@@ -87,6 +87,9 @@ class SourceConfig:
 SPEED_KEYS = frozenset({"decode_threads"})
 # Where a setting came from, not what it is (left out of `config_hash`).
 SOURCE_KEYS = frozenset({"module_from_env"})
+# Which of the module's ops may run: a decision about trust, not about what the module computes (left out of
+# `config_hash`).
+GATE_KEYS = frozenset({"allow_ops", "trust_module"})
 # How far fetching the module is trusted, not what the module computes (left out of `config_hash`).
 FETCH_KEYS = frozenset({field.name for field in dataclasses.fields(Limits)} | {"allow_insecure_http", "verify_cache"})
 
@@ -128,6 +131,14 @@ class ModelConfig:
         None,
         "rows per module call; default: the module's recommendation (module.json serving.batch_size), "
         f"else {DEFAULT_BATCH_SIZE['text']} texts, {DEFAULT_BATCH_SIZE['image']} images",
+    )
+    allow_ops: tuple[str, ...] = _option(
+        (),
+        "TensorFlow ops the op gate lets the module run although they read or write files, list directories, run "
+        "Python or reach the network (comma-separated, e.g. ReadFile,WriteFile); only for a module you trust",
+    )
+    trust_module: bool = _option(
+        False, "run the module whatever ops it holds (the op gate still records them in the manifest)"
     )
     max_download_bytes: int = _option(DEFAULT_LIMITS.max_download_bytes, HUB_HELP["max_download_bytes"])
     max_unpacked_bytes: int = _option(DEFAULT_LIMITS.max_unpacked_bytes, HUB_HELP["max_unpacked_bytes"])
@@ -198,7 +209,7 @@ class EmbedConfig:
 
     def config_hash(self) -> str:
         """`sha256:<hex>` of everything that decides the table's content (not where it goes, nor how fast)."""
-        skipped = {f.name for f in dataclasses.fields(SinkConfig)} | SPEED_KEYS | SOURCE_KEYS | FETCH_KEYS
+        skipped = {f.name for f in dataclasses.fields(SinkConfig)} | SPEED_KEYS | SOURCE_KEYS | FETCH_KEYS | GATE_KEYS
         content = {k: v for k, v in self.to_dict().items() if k not in skipped}
         return "sha256:" + hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
@@ -494,6 +505,9 @@ def _validate(cfg: EmbedConfig) -> EmbedConfig:
         raise ConfigError("output_length_key must not be empty (leave it out to find it by shape).")
     if model.batch_size is not None:  # None: decided with the module (`model_spec.for_module`)
         _positive("batch_size", model.batch_size)
+    for op in model.allow_ops:
+        if not _OP_NAME.fullmatch(op):
+            raise ConfigError(f"allow_ops: {op!r} is not a TensorFlow op name (letters, digits and '_').")
     for field in dataclasses.fields(Limits):
         if getattr(model, field.name) <= 0:
             raise ConfigError(f"{field.name} must be positive, got {getattr(model, field.name)}.")
@@ -523,6 +537,9 @@ def _validate(cfg: EmbedConfig) -> EmbedConfig:
         sink=dataclasses.replace(sink, output=absolute(output), overwrite=overwrite, reuse=reuse),
         beam_args=absolute_beam_paths(cfg.beam_args),
     )
+
+
+_OP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _positive(key: str, value: int) -> None:

@@ -30,7 +30,8 @@ from pipelines.embedding.preprocess import Decode, Preprocess
 from pipelines.embedding.reuse import ReadReusedVectors, ReusePlan
 from pipelines.embedding.runtime import configure_threads
 from pipelines.embedding.sources import DedupeIds, ReadRecords
-from pipelines.hub import description, registry
+from pipelines.hub import cache_files, description, registry
+from pipelines.hub.errors import ModuleError
 from pipelines.hub.module_info import ModuleInfo
 from pipelines.hub.redaction import redact
 from pipelines.hub.resolver import ResolvedModule
@@ -47,6 +48,7 @@ class Job:
       run_id: this run's id (temp dir and part names).
       metadata: the table's `hub_embed` metadata.
       reuse: what the run takes from its reuse table (None without `reuse`).
+      op_gate: the op gate's verdict on the module (`Verdict.as_manifest()`).
     """
 
     module: ModuleInfo
@@ -54,6 +56,7 @@ class Job:
     run_id: str
     metadata: dict[str, Any]
     reuse: ReusePlan | None = None
+    op_gate: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def prepare(cfg: EmbedConfig, module: ModuleInfo | None = None) -> Job:
@@ -63,16 +66,21 @@ def prepare(cfg: EmbedConfig, module: ModuleInfo | None = None) -> Job:
       cfg: a validated config.
       module: the module's description, when the caller already has it.
 
+    The module passes the op gate before anything loads or calls it (workers
+    do not scan it again).
+
     Raises:
       ConfigError: the signature or output key does not exist or does not suit the
         input, or the reuse table does not exist, is not committed or is corrupt.
-      HandleError, ModuleError: the module cannot be resolved or loaded.
+      HandleError, ModuleError: the module cannot be resolved or loaded, or the
+        op gate refuses it (naming each op and the function that holds it).
     """
     if module is None:  # description.describe; a module it has to load is kept for in-process workers
-        module = description.describe_resolved(
-            registry.resolve(cfg.model.module, options=cfg.model.resolve_options()),
-            functools.partial(_load_for_workers, cfg),
-        )
+        resolved = registry.resolve(cfg.model.module, options=cfg.model.resolve_options())
+        verdict = gate(cfg, resolved.path, resolved.fingerprint)
+        module = description.describe_resolved(resolved, functools.partial(_load_for_workers, cfg))
+    else:
+        verdict = gate(cfg, module.path, module.fingerprint)
     spec = model_spec.for_module(cfg, module)
     if spec.dim is None:  # The signature leaves the dimension open: ask the module.
         example = np.zeros((*spec.resize_to, 3), np.float32) if spec.kind == "image" else "dimension probe"
@@ -96,7 +104,30 @@ def prepare(cfg: EmbedConfig, module: ModuleInfo | None = None) -> Job:
         "run_id": run_id,
     }
     reuse_plan = reuse.plan(cfg.sink.reuse, metadata) if cfg.sink.reuse else None
-    return Job(module, spec, run_id, metadata, reuse_plan)
+    return Job(module, spec, run_id, metadata, reuse_plan, verdict)
+
+
+def gate(cfg: EmbedConfig, module_dir: str, fingerprint: str) -> dict[str, Any]:
+    """The op gate's verdict on a module, as the manifest records it; cached under the module's fingerprint.
+
+    Raises:
+      ModuleError: the module holds ops the gate refuses that neither
+        `allow_ops` nor `trust_module` lets through.
+    """
+    # TensorFlow: the gate reads graphs with its protos; imported when a run starts, not with this module.
+    from pipelines.hub import op_gate
+
+    try:
+        verdict = op_gate.check(
+            module_dir,
+            allow_ops=cfg.model.allow_ops,
+            trust=cfg.model.trust_module,
+            fingerprint=fingerprint,
+            cache_dir=cache_files.cache_dir(),
+        )
+    except op_gate.OpGateError as e:
+        raise ModuleError(str(e)) from None
+    return verdict.as_manifest()
 
 
 def decode_threads(cfg: EmbedConfig, options: PipelineOptions) -> int:
@@ -225,7 +256,12 @@ def build_pipeline(p: beam.Pipeline, cfg: EmbedConfig, job: Job | None = None) -
     tallies = (read.tallies, joined.tallies, embedded.tallies) | "AllTallies" >> beam.Flatten()
     assert job.spec.dim is not None  # `prepare` asks the module when its signature leaves it open
     schema = sinks.table_schema(job.spec.dim, job.spec.sequence, cfg.source.passthrough, job.metadata)
-    manifest = {"table": job.metadata, "config": cfg.to_dict(), "reuse": job.reuse.to_manifest() if job.reuse else None}
+    manifest = {
+        "table": job.metadata,
+        "config": cfg.to_dict(),
+        "reuse": job.reuse.to_manifest() if job.reuse else None,
+        "op_gate": job.op_gate,
+    }
     return {
         "records": (joined.reused, embedded.records),
         "failures": failures,

@@ -2,13 +2,15 @@
 
 `python -m pipelines.export --source PATH --root ROOT --name NAME [--version N]
 [--batch-size N] [--pack] [--precision bfloat16 [--min-cosine C]
-[--min-agreement A]]` prints the written path and fingerprint (and the
-archive's path when packed); exit status 2 when the export cannot be done.
+[--min-agreement A]] [--allow-ops OP,... | --trust-module]` prints the written
+path and fingerprint (and the archive's path when packed); exit status 2 when
+the export cannot be done.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 
@@ -36,8 +38,35 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--pack", action="store_true", help="also write ROOT/NAME/VERSION.tar.gz")
     add_precision_flags(parser)
+    add_op_gate_flags(parser)
     console.add_verbose_flag(parser)
     return parser.parse_args(argv)
+
+
+_OP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _op_names(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    bad = [name for name in names if not _OP_NAME.fullmatch(name)]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{bad[0]!r} is not a TensorFlow op name (letters, digits and '_')")
+    return names
+
+
+def add_op_gate_flags(parser: argparse.ArgumentParser) -> None:
+    """`--allow-ops` and `--trust-module`, for every command that loads a module it may not trust."""
+    parser.add_argument(
+        "--allow-ops",
+        type=_op_names,
+        default=(),
+        metavar="OP,...",
+        help="TensorFlow ops the op gate lets the module run although they read or write files, list "
+        "directories, run Python or reach the network; only for a module you trust",
+    )
+    parser.add_argument(
+        "--trust-module", action="store_true", help="run the module whatever ops it holds (the manifest records them)"
+    )
 
 
 def add_precision_flags(parser: argparse.ArgumentParser) -> None:
@@ -85,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             precision=args.precision,
             min_cosine=args.min_cosine,
             min_agreement=args.min_agreement,
+            allow_ops=args.allow_ops,
+            trust_module=args.trust_module,
         )
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)

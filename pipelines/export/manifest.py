@@ -74,6 +74,7 @@ def build_manifest(
     compute: Mapping[str, Any],
     extra: Mapping[str, Any] | None,
     batch_size: int | None,
+    op_gate: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The contents of a version's `module.json` (see `pipelines.export.export_module` for its keys).
 
@@ -87,6 +88,7 @@ def build_manifest(
       compute: its `precision` entry.
       extra: caller data stored under `extra`; credentials in URLs are redacted.
       batch_size: the rows per call it is best called with, if known.
+      op_gate: the op gate's verdict on the written module (`Verdict.as_manifest()`).
     """
     return {
         "name": name,
@@ -104,6 +106,7 @@ def build_manifest(
         "precision": dict(compute),
         "verification": dict(verification),
         "serving": {"batch_size": batch_size} if batch_size else {},
+        "op_gate": dict(op_gate or {}),
         "extra": _redact_urls(dict(extra or {})),
     }
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pipelines.export import precision as reduced_precision
 from pipelines.export.errors import ExportError
+from pipelines.export.gating import check_ops
 from pipelines.export.manifest import ModuleRef, build_manifest, write_manifest
 from pipelines.export.probes import probe_record, probes_for
 from pipelines.export.saving import save
@@ -27,7 +28,7 @@ from pipelines.export.verification import (
     verify,
 )
 from pipelines.export.versions import check_name, choose_version, locked_name_dir, temp_dir, version_dir
-from pipelines.hub import archives, description, fingerprints, loading, resolver
+from pipelines.hub import archives, description, fingerprints, loading, module_dirs, resolver
 from pipelines.hub.module_manifest import is_batch_size
 
 
@@ -67,6 +68,8 @@ def export_module(
     precision: str = reduced_precision.FLOAT32,
     min_cosine: float = reduced_precision.DEFAULT_MIN_COSINE,
     min_agreement: float = reduced_precision.DEFAULT_MIN_AGREEMENT,
+    allow_ops: Iterable[str] = (),
+    trust_module: bool = False,
 ) -> ExportResult:
     """Exports `source` as a verified, reusable TF Hub module version `<root>/<name>/<version>/`.
 
@@ -105,6 +108,9 @@ def export_module(
       min_agreement: reduced precision: the smallest share of equal elements
         in each non-float output (ids, masks: 1.0, the default; an argmax of
         scores can flip on near-ties).
+      allow_ops: ops the op gate lets through although they read or write
+        files, list directories, run Python or reach the network.
+      trust_module: let every op through the op gate.
 
     Returns:
       The published version. Its `module.json` holds: name, version,
@@ -119,10 +125,15 @@ def export_module(
       max_abs_diff per signature and `__call__` (bfloat16: of float outputs); float32: atol; bfloat16:
       reference (the float32 source, or a bfloat16 one re-exported),
       min_cosine_required, min_cosine, mean_cosine, cosine per signature,
-      min_agreement_required, agreement per non-float output}, serving {batch_size} (or {}), extra.
+      min_agreement_required, agreement per non-float output}, serving {batch_size} (or {}),
+      op_gate {passed, trusted, allowed_ops, refused_ops} (the written module's verdict), extra.
+
+    The op gate checks a source module directory before it is loaded (or
+    migrated), and the written module before it is loaded back to be verified.
 
     Raises:
-      ExportError: bad source, signatures, name, version or probe inputs.
+      ExportError: bad source, signatures, name, version or probe inputs, or a
+        source or written module holding ops the op gate refuses.
       ExportVerificationError: the reloaded module does not reproduce the
         source within `atol` (or `min_cosine`). No version is left behind (nor
         on any other error).
@@ -131,6 +142,9 @@ def export_module(
     tolerance = checked_tolerance(precision, atol, min_cosine, min_agreement)
     if batch_size is not None and not is_batch_size(batch_size):
         raise ExportError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    allow_ops = tuple(allow_ops)
+    if isinstance(source, (str, os.PathLike)) and module_dirs.is_module_dir(os.fspath(source)):
+        check_ops(os.fspath(source), allow_ops, trust_module)  # before it is loaded or migrated
     prepared = prepare(source, signatures, source_description)
     probes = probes_for(prepared, probe_inputs)
     prepared = verified_against_tf1_module(prepared, probes, atol)
@@ -139,7 +153,17 @@ def export_module(
         temp = temp_dir(name_dir, chosen)
         try:
             manifest = _write_verified(
-                prepared, temp, name, chosen, probes, parent, tolerance, extra_manifest, batch_size
+                prepared,
+                temp,
+                name,
+                chosen,
+                probes,
+                parent,
+                tolerance,
+                extra_manifest,
+                batch_size,
+                allow_ops,
+                trust_module,
             )
             final = version_dir(root, name, chosen)
             os.rename(temp, final)
@@ -159,13 +183,17 @@ def _write_verified(
     tolerance: Tolerance,
     extra: Mapping[str, Any] | None,
     batch_size: int | None,
+    allow_ops: tuple[str, ...],
+    trust_module: bool,
 ) -> dict[str, Any]:
-    """Saves, rewrites to its precision, reloads, verifies and writes the manifest into `path`; returns the manifest."""
+    """Saves, rewrites to its precision, gates, reloads, verifies and writes the manifest into `path`; returns it."""
     save(prepared, path)
     try:
         rewrite = reduced_precision.rewrite_saved_model(path, tolerance.precision)
     except reduced_precision.PrecisionError as e:
         raise ExportError(str(e)) from e
+    fingerprint = fingerprints.fingerprint_dir(path)
+    op_gate = check_ops(path, allow_ops, trust_module, fingerprint)  # cached: embedding it later costs no scan
     loaded = loading.load(path)
     verification = {**verify(prepared, loaded, probes, tolerance), "probe": probe_record(probes)}
     compute = {"compute": tolerance.precision}
@@ -174,7 +202,7 @@ def _write_verified(
         # What the cosines were measured against: the float32 model, or a source already in bfloat16.
         source = tolerance.precision if rewrite.already else reduced_precision.FLOAT32
         verification["reference"] = f"the {source} source, in memory"
-    info = description.describe_loaded(loaded, resolver.ResolvedModule(path, path, fingerprints.fingerprint_dir(path)))
-    manifest = build_manifest(name, version, info, prepared, parent, verification, compute, extra, batch_size)
+    info = description.describe_loaded(loaded, resolver.ResolvedModule(path, path, fingerprint))
+    manifest = build_manifest(name, version, info, prepared, parent, verification, compute, extra, batch_size, op_gate)
     write_manifest(path, manifest)
     return manifest

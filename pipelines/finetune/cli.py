@@ -2,7 +2,7 @@
 
     python -m pipelines.finetune --module HANDLE --data PATH --task classification --output-root ROOT
         [--name NAME] [--epochs N | --steps N] [--learning-rate LR] [--batch-size N] [--seed N]
-        [--holdout-fraction F] [--pack]
+        [--holdout-fraction F] [--pack] [--allow-ops OP,... | --trust-module]
 
 The last line printed is the JSON summary (path, name, version, fingerprint,
 parent, metrics); exit status 2 when the run cannot start or its export fails.
@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from pipelines import console, export
+from pipelines.export.cli import add_op_gate_flags
 from pipelines.finetune import labeled
 from pipelines.finetune.errors import FinetuneError
 from pipelines.finetune.run import TASKS, FinetuneResult, finetune
@@ -45,6 +46,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=Hyperparameters.seed)
     parser.add_argument("--holdout-fraction", type=float, default=Hyperparameters.holdout_fraction)
     parser.add_argument("--pack", action="store_true", help="also write ROOT/NAME/VERSION.tar.gz")
+    add_op_gate_flags(parser)
     console.add_verbose_flag(parser)
     return parser.parse_args(argv)
 
@@ -86,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             hparams=hparams,
             pack=args.pack,
             verbose=2,
+            allow_ops=args.allow_ops,
+            trust_module=args.trust_module,
         )
     except (FinetuneError, labeled.DataError, HandleError, ModuleError, export.ExportError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -9,13 +9,14 @@ import dataclasses
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
 from pipelines import export
 from pipelines.export import precision as reduced_precision
+from pipelines.export.gating import check_ops
 from pipelines.finetune import labeled
 from pipelines.finetune.errors import FinetuneError
 from pipelines.finetune.trainable import module_input, unseeded_random_ops
@@ -65,6 +66,8 @@ def finetune(
     hparams: Hyperparameters = DEFAULT_HYPERPARAMETERS,
     pack: bool = False,
     verbose: int = 0,
+    allow_ops: Iterable[str] = (),
+    trust_module: bool = False,
 ) -> FinetuneResult:
     """Fine-tunes a module on labeled data and exports the encoder as the next version.
 
@@ -86,29 +89,53 @@ def finetune(
       hparams: training settings.
       pack: also write `<output_root>/<name>/<version>.tar.gz`.
       verbose: tf_keras `fit` verbosity (0 silent, 2 one line per epoch).
+      allow_ops: ops the op gate lets the parent (and so the fine-tuned
+        version, which holds the same graph) run although they read or write
+        files, list directories, run Python or reach the network.
+      trust_module: let every op of the parent through the op gate.
 
     Returns:
       The published version, its metrics and the in-memory fine-tuned encoder.
 
+    The parent passes the op gate before it is loaded (its verdict is cached
+    under its fingerprint).
+
     Raises:
       HandleError, ModuleError: the module cannot be resolved or loaded.
-      FinetuneError: unsupported task or module, bad hyperparameters, no module name.
+      FinetuneError: unsupported task or module, bad hyperparameters, no module
+        name, or a parent holding ops the op gate refuses (naming each op and
+        the function that holds it).
       labeled.DataError: bad data (raised before training).
       export.ExportError: the export failed verification; nothing was published.
     """
     if task not in TASKS:
         raise FinetuneError(f"Unknown task {task!r}; supported: {', '.join(TASKS)}.")
     resolved = registry.resolve(module)
+    gate = _Gate(tuple(allow_ops), trust_module)
+    try:
+        check_ops(resolved.path, gate.allow_ops, gate.trust, resolved.fingerprint)
+    except export.ExportError as e:
+        raise FinetuneError(str(e)) from None
     if not (name or read_module_manifest(resolved.path).get("name")):
         raise FinetuneError(f"Module {redact(module)!r} has no name in a module.json; pass a name.")
     with tempfile.TemporaryDirectory(prefix="hub-embed-tf1-migration-") as scratch:
-        trainable_path, migration = _trainable_module(resolved, scratch)
+        trainable_path, migration = _trainable_module(resolved, scratch, gate)
         return _finetune(
-            module, resolved, trainable_path, migration, data, output_root, task, name, hparams, pack, verbose
+            module, resolved, trainable_path, migration, data, output_root, task, name, hparams, pack, verbose, gate
         )
 
 
-def _trainable_module(resolved: resolver.ResolvedModule, scratch: str) -> tuple[str, dict[str, Any] | None]:
+@dataclasses.dataclass(frozen=True)
+class _Gate:
+    """What the op gate lets through, for the parent and the versions exported from it."""
+
+    allow_ops: tuple[str, ...] = ()
+    trust: bool = False
+
+
+def _trainable_module(
+    resolved: resolver.ResolvedModule, scratch: str, gate: _Gate
+) -> tuple[str, dict[str, Any] | None]:
     """The module directory to train: the module itself, or the migration of a TF1 Hub-format module.
 
     Returns:
@@ -117,7 +144,12 @@ def _trainable_module(resolved: resolver.ResolvedModule, scratch: str) -> tuple[
     if module_dirs.module_format(resolved.path) != "tf1_hub":
         return resolved.path, None
     migrated = export.export_module(
-        resolved.path, scratch, "tf1-migration", source_description=f"TF1 Hub module {redact(resolved.handle)}"
+        resolved.path,
+        scratch,
+        "tf1-migration",
+        source_description=f"TF1 Hub module {redact(resolved.handle)}",
+        allow_ops=gate.allow_ops,
+        trust_module=gate.trust,
     )
     return migrated.path, migrated.manifest["source"]
 
@@ -134,6 +166,7 @@ def _finetune(
     hparams: Hyperparameters,
     pack: bool,
     verbose: int,
+    gate: _Gate,
 ) -> FinetuneResult:
     """`finetune` once the module to train is at `trainable_path` (see `_trainable_module`)."""
     # TensorFlow (Hub) is imported when a run starts, to keep it out of this module's import.
@@ -183,6 +216,8 @@ def _finetune(
         batch_size=info.recommended_batch_size,  # same graph, same best call size
         pack=pack,
         precision=info.precision if info.precision in reduced_precision.PRECISIONS else reduced_precision.FLOAT32,
+        allow_ops=gate.allow_ops,
+        trust_module=gate.trust,
     )
     return FinetuneResult(published, metrics, loaded, examples.classes)
 
