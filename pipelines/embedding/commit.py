@@ -53,19 +53,27 @@ class PartFile(NamedTuple):
 
 
 class _WithoutConflicts(logging.Filter):
-    """Drops the records Beam logs for a step that raised `CommitConflict`."""
+    """Drops the records Beam logs for a step that raised `CommitConflict`: the exception, or its traceback as text."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return not isinstance(error, CommitConflict)
+        if isinstance(error, CommitConflict):
+            return False
+        return f"{CommitConflict.__module__}.{CommitConflict.__name__}: " not in record.getMessage()
+
+
+# Where Beam logs a failed step: the step's runner, and a worker process's harness (the failed bundle's traceback).
+_BEAM_STEP_LOGGERS = ("apache_beam.runners.common", "apache_beam.runners.worker.sdk_worker")
 
 
 def quiet_conflict_tracebacks() -> None:
     """Keeps Beam from logging a lost commit with its traceback, as it logs every step that raises.
 
-    For commands that report the conflict themselves, in one line.
+    For commands that report the conflict themselves, in one line, and the
+    worker processes of their multi-process runs.
     """
-    logging.getLogger("apache_beam.runners.common").addFilter(_WithoutConflicts())
+    for name in _BEAM_STEP_LOGGERS:
+        logging.getLogger(name).addFilter(_WithoutConflicts())
 
 
 def conflict_message(output: str, committed: str | None, replaced: str | None) -> str:
