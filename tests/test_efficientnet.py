@@ -136,7 +136,7 @@ def test_images_config_embeds_the_bundled_photos(module, reference, tmp_path, mo
     monkeypatch.chdir(REPO)  # the config names its input relative to the repository
     out = tmp_path / "images"
     assert embed.main(["--config", "configs/images.yaml", "--output", str(out)]) == 0
-    manifest = sinks.read_manifest(str(out))
+    manifest = sinks.read_table_manifest(str(out))
     assert manifest["table"]["dimension"] == 1280
     rows = {
         os.path.basename(r["id"]): np.asarray(r["embedding"], np.float32)

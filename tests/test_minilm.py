@@ -184,7 +184,7 @@ def test_bfloat16_module_matches_reference_and_embeds_like_float32(tmp_path):
     # The shipped config runs it on the sample corpus; every row matches the float32 module's vector.
     out = str(tmp_path / "out")
     assert embed.main(["--config", "configs/sample-bf16.yaml", "--output", out]) == 0
-    table_manifest = sinks.read_manifest(out)
+    table_manifest = sinks.read_table_manifest(out)
     assert table_manifest["table"]["module_precision"] == "bfloat16"
     counts = table_manifest["counts"]
     assert (counts["rows_in"], counts["rows_written"], counts["rows_failed"]) == (400, 400, 0)
