@@ -3,9 +3,11 @@
 Prints the module's fingerprint, format (TF2 SavedModel or TF1 Hub format),
 whether it is reusable/trainable, and a table of its signatures with their
 inputs and outputs (for a per-token output: how an embedding job cuts it to
-each row's tokens, see `pipelines.embedding.token_trim`). Exits with status 2
-and a one-line message when the handle cannot be resolved or the module cannot
-be loaded, or when fetching it goes over one of its limits (`--max-download-bytes` and the like).
+each row's tokens, see `pipelines.embedding.token_trim`), and the op gate's
+verdict, reached before the module is loaded. Exits with status 2 and a one-line
+message when the handle cannot be resolved, fetching it goes over one of its
+limits (`--max-download-bytes` and the like), the op gate refuses it, or it
+cannot be loaded.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import sys
 
 from pipelines import console
 from pipelines.embedding import token_trim
-from pipelines.hub.description import describe
+from pipelines.hub import op_gate, registry
+from pipelines.hub.description import describe_resolved
 from pipelines.hub.errors import HandleError, ModuleError
-from pipelines.hub.flags import add_resolve_flags, options_from_args
+from pipelines.hub.flags import add_op_gate_flags, add_resolve_flags, options_from_args
 from pipelines.hub.module_info import ModuleInfo, SignatureInfo
 from pipelines.hub.module_manifest import read_module_manifest
+from pipelines.hub.op_verdict import Verdict
 from pipelines.hub.redaction import redact
-from pipelines.hub.registry import SUPPORTED_FORMS
 
 FORMAT_NAMES = {"tf2": "TF2 SavedModel", "tf1_hub": "TF1 Hub format"}
 
@@ -51,8 +54,8 @@ def precision_line(info: ModuleInfo) -> str:
     return f"{info.precision} (matmuls and convolutions; outputs float32{measured})"
 
 
-def render_text(info: ModuleInfo) -> str:
-    """Renders a module description as a human-readable report."""
+def render_text(info: ModuleInfo, verdict: Verdict | None = None) -> str:
+    """Renders a module description (and the op gate's verdict, when given) as a human-readable report."""
     lines = [
         f"handle:       {redact(info.handle)}",
         f"path:         {info.path}",
@@ -67,6 +70,8 @@ def render_text(info: ModuleInfo) -> str:
             "              (TF1 Hub format: `python -m pipelines.export --source PATH --root ROOT --name NAME` "
             "migrates it to a trainable TF2 module)"
         )
+    if verdict is not None:
+        lines.append(f"op gate:      {verdict.summary()}")
     if info.name is not None:
         lines.append(f"name/version: {info.name}/{info.version}")
     if info.precision is not None:
@@ -91,17 +96,25 @@ def render_text(info: ModuleInfo) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Runs the inspect command; returns the process exit status."""
     parser = argparse.ArgumentParser(prog="python -m pipelines.inspect", description=__doc__.split("\n\n")[0])
-    parser.add_argument("handle", help=f"module handle: {SUPPORTED_FORMS}")
+    parser.add_argument("handle", help=f"module handle: {registry.SUPPORTED_FORMS}")
     parser.add_argument("--json", action="store_true", help="print the description as JSON")
     add_resolve_flags(parser)
+    add_op_gate_flags(parser)
     console.add_verbose_flag(parser)
     args = parser.parse_args(argv)
     try:
-        info = describe(args.handle, options_from_args(args))
+        resolved = registry.resolve(args.handle, options=options_from_args(args))
+        verdict = op_gate.check(
+            resolved.path, allow_ops=args.allow_ops, trust=args.trust_module, fingerprint=resolved.fingerprint
+        )
+        info = describe_resolved(resolved)
     except (HandleError, ModuleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(info.to_dict(), indent=2, sort_keys=True) if args.json else render_text(info))
+    if args.json:
+        print(json.dumps({**info.to_dict(), "op_gate": verdict.as_manifest()}, indent=2, sort_keys=True))
+    else:
+        print(render_text(info, verdict))
     return 0
 
 

@@ -27,6 +27,7 @@ from pipelines.embedding import job_yaml
 from pipelines.embedding.paths import absolute, absolute_beam_paths, is_local, normalize
 from pipelines.hub.errors import HandleError
 from pipelines.hub.flags import HELP as HUB_HELP
+from pipelines.hub.flags import OP_NAME
 from pipelines.hub.limits import DEFAULT_LIMITS, Limits
 from pipelines.hub.redaction import redact
 from pipelines.hub.resolver import ResolveOptions
@@ -506,7 +507,7 @@ def _validate(cfg: EmbedConfig) -> EmbedConfig:
     if model.batch_size is not None:  # None: decided with the module (`model_spec.for_module`)
         _positive("batch_size", model.batch_size)
     for op in model.allow_ops:
-        if not _OP_NAME.fullmatch(op):
+        if not OP_NAME.fullmatch(op):
             raise ConfigError(f"allow_ops: {op!r} is not a TensorFlow op name (letters, digits and '_').")
     for field in dataclasses.fields(Limits):
         if getattr(model, field.name) <= 0:
@@ -537,9 +538,6 @@ def _validate(cfg: EmbedConfig) -> EmbedConfig:
         sink=dataclasses.replace(sink, output=absolute(output), overwrite=overwrite, reuse=reuse),
         beam_args=absolute_beam_paths(cfg.beam_args),
     )
-
-
-_OP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _positive(key: str, value: int) -> None:

@@ -30,8 +30,7 @@ from pipelines.embedding.preprocess import Decode, Preprocess
 from pipelines.embedding.reuse import ReadReusedVectors, ReusePlan
 from pipelines.embedding.runtime import configure_threads
 from pipelines.embedding.sources import DedupeIds, ReadRecords
-from pipelines.hub import cache_files, description, registry
-from pipelines.hub.errors import ModuleError
+from pipelines.hub import description, op_gate, registry
 from pipelines.hub.module_info import ModuleInfo
 from pipelines.hub.redaction import redact
 from pipelines.hub.resolver import ResolvedModule
@@ -114,19 +113,9 @@ def gate(cfg: EmbedConfig, module_dir: str, fingerprint: str) -> dict[str, Any]:
       ModuleError: the module holds ops the gate refuses that neither
         `allow_ops` nor `trust_module` lets through.
     """
-    # TensorFlow: the gate reads graphs with its protos; imported when a run starts, not with this module.
-    from pipelines.hub import op_gate
-
-    try:
-        verdict = op_gate.check(
-            module_dir,
-            allow_ops=cfg.model.allow_ops,
-            trust=cfg.model.trust_module,
-            fingerprint=fingerprint,
-            cache_dir=cache_files.cache_dir(),
-        )
-    except op_gate.OpGateError as e:
-        raise ModuleError(str(e)) from None
+    verdict = op_gate.check(
+        module_dir, allow_ops=cfg.model.allow_ops, trust=cfg.model.trust_module, fingerprint=fingerprint
+    )
     return verdict.as_manifest()
 
 

@@ -10,7 +10,6 @@ the export cannot be done.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Sequence
 
@@ -18,6 +17,7 @@ from pipelines import console
 from pipelines.export import precision as reduced_precision
 from pipelines.export.errors import ExportError
 from pipelines.export.publish import export_module
+from pipelines.hub.flags import add_op_gate_flags
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -41,32 +41,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_op_gate_flags(parser)
     console.add_verbose_flag(parser)
     return parser.parse_args(argv)
-
-
-_OP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _op_names(text: str) -> tuple[str, ...]:
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    bad = [name for name in names if not _OP_NAME.fullmatch(name)]
-    if bad:
-        raise argparse.ArgumentTypeError(f"{bad[0]!r} is not a TensorFlow op name (letters, digits and '_')")
-    return names
-
-
-def add_op_gate_flags(parser: argparse.ArgumentParser) -> None:
-    """`--allow-ops` and `--trust-module`, for every command that loads a module it may not trust."""
-    parser.add_argument(
-        "--allow-ops",
-        type=_op_names,
-        default=(),
-        metavar="OP,...",
-        help="TensorFlow ops the op gate lets the module run although they read or write files, list "
-        "directories, run Python or reach the network; only for a module you trust",
-    )
-    parser.add_argument(
-        "--trust-module", action="store_true", help="run the module whatever ops it holds (the manifest records them)"
-    )
 
 
 def add_precision_flags(parser: argparse.ArgumentParser) -> None:

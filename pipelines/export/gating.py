@@ -6,7 +6,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from pipelines.export.errors import ExportError
-from pipelines.hub import cache_files
+from pipelines.hub import op_gate
+from pipelines.hub.op_verdict import OpGateError
 
 
 def check_ops(
@@ -26,17 +27,8 @@ def check_ops(
       ExportError: the module holds ops the gate refuses; the message names
         each op and the function that holds it.
     """
-    # TensorFlow: the gate reads graphs with its protos; importing the export tool does not import it.
-    from pipelines.hub import op_gate
-
     try:
-        verdict = op_gate.check(
-            module_dir,
-            allow_ops=allow_ops,
-            trust=trust,
-            fingerprint=fingerprint,
-            cache_dir=cache_files.cache_dir() if fingerprint else None,
-        )
-    except op_gate.OpGateError as e:
+        verdict = op_gate.check(module_dir, allow_ops=allow_ops, trust=trust, fingerprint=fingerprint)
+    except OpGateError as e:
         raise ExportError(str(e)) from None
     return verdict.as_manifest()

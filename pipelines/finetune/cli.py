@@ -16,12 +16,12 @@ import sys
 from collections.abc import Sequence
 
 from pipelines import console, export
-from pipelines.export.cli import add_op_gate_flags
 from pipelines.finetune import labeled
 from pipelines.finetune.errors import FinetuneError
 from pipelines.finetune.run import TASKS, FinetuneResult, finetune
 from pipelines.finetune.training import DEFAULT_EPOCHS, Hyperparameters
 from pipelines.hub.errors import HandleError, ModuleError
+from pipelines.hub.flags import add_op_gate_flags
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

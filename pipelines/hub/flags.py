@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from collections.abc import Callable
 
 from pipelines.hub.limits import DEFAULT_LIMITS, Limits, flag
@@ -55,3 +56,31 @@ def options_from_args(args: argparse.Namespace) -> ResolveOptions:
     """The `ResolveOptions` that the flags of `add_resolve_flags` give."""
     limits = Limits(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Limits)})
     return ResolveOptions(limits, allow_insecure_http=args.allow_insecure_http, verify_cache=args.verify_cache)
+
+
+OP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+"""What a TensorFlow op name looks like (`--allow-ops`, `allow_ops`)."""
+
+
+def parse_op_names(text: str) -> tuple[str, ...]:
+    """`--allow-ops`'s value: comma-separated op names."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    bad = [name for name in names if not OP_NAME.fullmatch(name)]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{bad[0]!r} is not a TensorFlow op name (letters, digits and '_')")
+    return names
+
+
+def add_op_gate_flags(parser: argparse.ArgumentParser) -> None:
+    """`--allow-ops` and `--trust-module`, for every command that loads a module it may not trust."""
+    parser.add_argument(
+        "--allow-ops",
+        type=parse_op_names,
+        default=(),
+        metavar="OP,...",
+        help="TensorFlow ops the op gate lets the module run although they read or write files, list "
+        "directories, run Python or reach the network; only for a module you trust",
+    )
+    parser.add_argument(
+        "--trust-module", action="store_true", help="run the module whatever ops it holds (the manifest records them)"
+    )

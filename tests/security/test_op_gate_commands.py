@@ -16,7 +16,7 @@ import pytest
 from pipelines.embedding import config, pipeline, sinks
 from pipelines.export import cli as export_cli
 from pipelines.finetune import cli as finetune_cli
-from pipelines.hub import op_gate
+from pipelines.hub import op_scan
 from pipelines.hub.module_manifest import read_module_manifest
 from tests.fixtures import hostile_modules
 from tests.fixtures import reliability as rel
@@ -125,7 +125,7 @@ def test_the_verdict_is_cached_under_the_fingerprint_so_a_second_launch_does_not
     args = ["--input", corpus, "--output", str(tmp_path / "out"), "--module", hostile["tf2"], "--trust-module"]
     job = pipeline.prepare(config.load(args))
     assert os.path.isfile(os.path.join(module_cache, "op-gate", f"{job.module.fingerprint}.json"))
-    monkeypatch.setattr(op_gate, "scan", lambda *a, **k: pytest.fail("scanned again"))
+    monkeypatch.setattr(op_scan, "scan", lambda *a, **k: pytest.fail("scanned again"))
     assert pipeline.prepare(config.load(args)).op_gate == job.op_gate
 
 
