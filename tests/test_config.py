@@ -77,7 +77,10 @@ def test_flags_parse_values_and_accept_underscore_spelling():
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("outptu: x\n", "Unknown config key 'outptu' in .*did you mean 'output'.*valid keys: batch_size"),
+        (
+            "outptu: x\n",
+            "Unknown config key 'outptu' in .*did you mean 'output'.*valid keys: allow_insecure_http, allow_ops, batch_size",
+        ),
         ("batch_size: many\n", "batch_size must be an integer, got 'many'"),
         ("batch_size: true\n", "batch_size must be an integer, got True"),
         ("overwrite: 'yes'\n", "overwrite must be true or false"),

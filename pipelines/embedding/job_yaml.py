@@ -29,9 +29,10 @@ def _refuse_anchors(path: str, data: bytes) -> None:
         anchor = getattr(event, "anchor", None)
         if anchor is not None:
             alias = isinstance(event, yaml.AliasEvent)
+            line = event.start_mark.line + 1 if event.start_mark else "?"
             raise JobYamlError(
                 f"Config file {path!r} uses {'an alias' if alias else 'an anchor'} ({'*' if alias else '&'}{anchor}) "
-                f"at line {event.start_mark.line + 1}; anchors and aliases are not allowed in job files (write each "
+                f"at line {line}; anchors and aliases are not allowed in job files (write each "
                 f"value out)."
             )
 

@@ -156,7 +156,7 @@ class TransformerBlock(tf.Module):
         return self.output_norm(x + out)
 
     def hf_weights(self, prefix: str) -> dict[str, tuple[tf.Variable, bool]]:
-        parts = {
+        parts: dict[str, Any] = {
             "attention.self.query": self.query,
             "attention.self.key": self.key,
             "attention.self.value": self.value,

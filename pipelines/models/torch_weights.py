@@ -32,7 +32,7 @@ import numpy as np
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 # torch.<Name>Storage -> element dtype (little-endian, as every torch.save file on x86/ARM).
-STORAGE_DTYPES = {
+STORAGE_DTYPES: dict[str, np.dtype] = {
     "DoubleStorage": np.dtype("<f8"),
     "FloatStorage": np.dtype("<f4"),
     "HalfStorage": np.dtype("<f2"),
