@@ -172,7 +172,8 @@ def safe_extract(tar_path: str, dest: str, source: str | None = None, limits: Li
       ArchiveError: the file is not a readable archive, is empty, or holds an
         unsafe entry.
       LimitExceeded: the archive goes over one of `limits`.
-      Both stop the extraction at once; the caller removes `dest`.
+
+    Either error stops the extraction at once; the caller removes `dest`.
     """
     source = source or tar_path
     with open(tar_path, "rb") as raw_file, ConfinedDir(dest) as confined:

@@ -47,7 +47,8 @@ def run_guarded(transfer: Callable[[Progress], T], timeout_s: float) -> T:
 
     Raises:
       Stalled: no progress for `timeout_s` seconds.
-      Whatever `transfer` raised.
+
+    Whatever `transfer` raises is raised again here.
     """
     progress = Progress()
     outcome: dict[str, object] = {}

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from pipelines.embedding import job_yaml
 from pipelines.embedding.config import DEFAULT_MODULE  # stdlib + PyYAML only: cheap at parse time
 from pipelines.embedding.paths import BEAM_PATH_OPTIONS, absolute
 from pipelines.hub.redaction import redact
@@ -183,9 +184,8 @@ def discover(folder: str | None = None) -> list[ScheduledJob]:
 
 def _read_job(path: str) -> ScheduledJob | None:
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as e:
+        data = job_yaml.read(path)
+    except (OSError, yaml.YAMLError, job_yaml.JobYamlError) as e:
         raise ConfigDiscoveryError(f"{path}: cannot be read as YAML: {e}") from None
     if not isinstance(data, dict) or "schedule" not in data:
         return None

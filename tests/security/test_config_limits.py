@@ -10,6 +10,7 @@ import time
 import pytest
 
 from pipelines.embedding import config, job_yaml
+from pipelines.orchestration import discovery
 from tests.fixtures import reliability as rel
 
 
@@ -102,3 +103,14 @@ def test_the_message_names_the_line_not_its_text(tmp_path):
     with pytest.raises(config.ConfigError) as e:
         config.load(["--config", str(path)])
     assert "line 1" in str(e.value) and "s3cret" not in str(e.value)
+
+
+def test_dag_discovery_reads_scheduled_configs_within_the_same_bounds(tmp_path):
+    """The DAG processor parses every config of the folder: a bomb there is an import error at once, not minutes."""
+    (tmp_path / "bomb.yaml").write_text(alias_bomb() + "schedule:\n  cron: '@daily'\n")
+    started = time.monotonic()
+    with pytest.raises(
+        discovery.ConfigDiscoveryError, match=r"bomb\.yaml: cannot be read as YAML: .*anchors and aliases"
+    ):
+        discovery.discover(str(tmp_path))
+    assert time.monotonic() - started < 1.0
