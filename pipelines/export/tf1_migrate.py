@@ -18,6 +18,7 @@ from typing import Any
 
 from pipelines.export import tf1_graphs
 from pipelines.export.comparison import max_abs_diff
+from pipelines.export.random_ops import STATEFUL_RANDOM_OPS
 from pipelines.export.tf1_graphs import INFERENCE_TAGS, TRAIN_TAGS, MigrationError, check_module_def, is_tf1_hub_module
 from pipelines.hub import fingerprints, loading
 
@@ -33,21 +34,6 @@ __all__ = [
     "module_class",
 ]
 
-# Stateful random ops (dropout): a graph with them gives other outputs on every call.
-_RANDOM_OPS = frozenset(
-    {
-        "Multinomial",
-        "ParameterizedTruncatedNormal",
-        "RandomGamma",
-        "RandomPoisson",
-        "RandomPoissonV2",
-        "RandomShuffle",
-        "RandomStandardNormal",
-        "RandomUniform",
-        "RandomUniformInt",
-        "TruncatedNormal",
-    }
-)
 _ANCHOR = "tf1_migrate_anchor"
 
 
@@ -370,7 +356,7 @@ class _GraphHolder:
 
 def _random_ops(fn: Any) -> list[str]:
     """Names of the stateful random ops in a pruned signature function."""
-    return sorted(op.name for op in fn.graph.get_operations() if op.type in _RANDOM_OPS)
+    return sorted(op.name for op in fn.graph.get_operations() if op.type in STATEFUL_RANDOM_OPS)
 
 
 @functools.lru_cache(maxsize=1)

@@ -5,25 +5,10 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from pipelines.export.random_ops import STATEFUL_RANDOM_OPS
 from pipelines.finetune.errors import FinetuneError
 from pipelines.hub import module_info
 from pipelines.hub.redaction import redact
-
-# Stateful random ops: with `seed` and `seed2` both 0 in a saved graph they draw from a random seed.
-_STATEFUL_RANDOM_OPS = frozenset(
-    {
-        "Multinomial",
-        "ParameterizedTruncatedNormal",
-        "RandomGamma",
-        "RandomPoisson",
-        "RandomPoissonV2",
-        "RandomShuffle",
-        "RandomStandardNormal",
-        "RandomUniform",
-        "RandomUniformInt",
-        "TruncatedNormal",
-    }
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +73,6 @@ def unseeded_random_ops(path: str) -> list[str]:
     for meta_graph in saved_model.meta_graphs:
         graph = meta_graph.graph_def
         for node in [*graph.node, *(n for function in graph.library.function for n in function.node_def)]:
-            if node.op in _STATEFUL_RANDOM_OPS and node.attr["seed"].i == 0 and node.attr["seed2"].i == 0:
+            if node.op in STATEFUL_RANDOM_OPS and node.attr["seed"].i == 0 and node.attr["seed2"].i == 0:
                 found.append(node.name)
     return found
