@@ -8,7 +8,6 @@ which no output may show.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -32,7 +31,7 @@ from pipelines.publish.options import PublishConfig, PublishOptions
 from pipelines.publish.plan import prepare
 from pipelines.publish.publishing import build_publish_pipeline, publish_table, run
 from tests.fixtures import tiny_modules as tm
-from tests.fixtures.postgres import PASSWORD, PUBLISHER, embed_table, session_server
+from tests.fixtures.postgres import PASSWORD, PUBLISHER, Db, embed_table, session_server
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXTS = [f"sentence {i} about {'apples and pears' if i % 3 else 'cars and trucks'} number {i * 7}" for i in range(61)]
@@ -60,42 +59,6 @@ def tables(tiny, tmp_path_factory):
             root / "per-token", tiny.text, V1, extra=("--signature", "tokens", "--output-key", "elmo")
         ),
     )
-
-
-@dataclasses.dataclass
-class Db:
-    """A fresh database of the session's server, reached as the password-protected publisher."""
-
-    server: object
-    name: str
-
-    @property
-    def uri(self) -> str:
-        return self.server.uri(self.name, PUBLISHER, PASSWORD)
-
-    def query(self, statement: str, params=None) -> list[tuple]:
-        return self.server.query(self.name, statement, params)
-
-    def rows(self, collection: str = "docs") -> dict[str, tuple]:
-        found = self.query(f"SELECT id, content_hash, embedding, lang, source_run_id FROM {collection}")
-        return {r[0]: (r[1], np.asarray(r[2].to_numpy(), np.float32).tobytes(), r[3], r[4]) for r in found}
-
-    def xmins(self, collection: str = "docs") -> dict[str, str]:
-        return dict(self.query(f"SELECT id, xmin::text FROM {collection}"))
-
-    def entry(self, collection: str = "docs") -> dict | None:
-        found = self.query("SELECT row_to_json(c) FROM hub_embed_catalogue c WHERE collection = %s", [collection])
-        return found[0][0] if found else None
-
-    def relations(self) -> list[str]:
-        return [
-            r[0]
-            for r in self.query("SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace ORDER BY 1")
-        ]
-
-    def work_left(self) -> list:
-        names = [n for n in self.relations() if n.startswith(("hub_embed_build_", "hub_embed_stage_"))]
-        return names + self.query("SELECT * FROM hub_embed_staged_chunks")
 
 
 @pytest.fixture
@@ -515,3 +478,25 @@ def test_a_publish_killed_at_any_point_leaves_the_collection_as_it_was_and_a_rer
     if point == "after-commit":
         assert changes(db) == {"mode": "merge", "inserted": 0, "updated": 0, "deleted": 0, "unchanged": 60}
     assert db.work_left() == []
+
+
+@pytest.mark.slow
+def test_the_publish_benchmark_runs_at_a_small_size(tiny, postgres, tmp_path):
+    from benchmarks import publish as benchmark
+
+    report_path = tmp_path / "publish.json"
+    argv = ["--rows", "300", "--queries", "5", "--baseline-rows", "100", "--module", tiny.text]
+    argv += ["--to", postgres.uri(postgres.database()), "--workdir", str(tmp_path / "work"), "--json", str(report_path)]
+    assert benchmark.main(argv) == 0
+    report = json.loads(report_path.read_text())
+    assert report["benchmark"] == "publish" and report["meta"]["command"].startswith("python -m benchmarks.publish")
+    incremental = report["publishes"]["incremental"]
+    assert (incremental["mode"], incremental["deleted"], incremental["updated"], incremental["inserted"]) == (
+        "merge",
+        3,
+        3,
+        3,
+    )
+    assert report["publishes"]["full"]["rows"] == 300 and report["baselines"]["executemany"]["rows"] == 100
+    assert "skipped" in report["baselines"]["langchain"] and report["metrics"]["load_speedup_vs_langchain"] is None
+    assert 0 < report["metrics"]["recall_at_10"] <= 1 and set(report["targets"]) == {k for k, _, _ in benchmark.TARGETS}

@@ -48,7 +48,7 @@ class PublishResult:
       source_run_id: the published table's run id.
       rows: the collection's rows after it.
       inserted: rows inserted (a build: all of them).
-      updated: rows whose content hash, vector or passthrough values changed.
+      updated: rows whose content hash or passthrough values changed (with them, their vector).
       deleted: rows whose id the table no longer has.
       unchanged: rows left as they were.
       index: the index (`IndexSpec.to_dict()`), None without one.
@@ -98,7 +98,7 @@ class PublishResult:
 
 
 def commit(
-    conn: psycopg.Connection[Any], plan: PublishPlan, seen: np.ndarray | None = None, snapshot: Snapshot | None = None
+    conn: psycopg.Connection[Any], plan: PublishPlan, seen: np.ndarray | None = None, base: Snapshot | None = None
 ) -> PublishResult:
     """Makes the staged work the collection (see the module docstring); returns what changed.
 
@@ -106,7 +106,7 @@ def commit(
       conn: a connection from `database.connect`.
       plan: the publish.
       seen: the digests of the table's ids (a merge: ids the table lacks are deleted).
-      snapshot: the collection's snapshot the merge staged against (spares the scan for ids when none is missing).
+      base: the collection's snapshot the merge staged against (read again when absent).
 
     Raises:
       PublishFailed: chunks are missing, rows do not add up, or the collection changed since the publish was planned.
@@ -122,7 +122,7 @@ def commit(
     try:
         if plan.mode == BUILD:
             return _build(conn, plan)
-        return _merge(conn, plan, np.zeros(0, "S16") if seen is None else seen, snapshot)
+        return _merge(conn, plan, np.zeros(0, snapshot.DIGEST_DTYPE) if seen is None else seen, base)
     except BaseChanged:
         if plan.mode != BUILD:  # a merge's staged differences are of no use to a publish planned from now on
             with conn.transaction():

@@ -76,7 +76,7 @@ class _Commit(beam.DoFn):
     def process(self, _: Any, staged: list[StagedChunk], base: Snapshot | None) -> Iterator[PublishResult]:
         plan = self._plan
         _LOG.info("%d chunks staged (%d rows to write); committing", len(staged), sum(s.changed for s in staged))
-        seen = np.concatenate([s.seen for s in staged if s.seen is not None] or [np.zeros(0, "S16")])
+        seen = np.concatenate([s.seen for s in staged if s.seen is not None] or [np.zeros(0, snapshot.DIGEST_DTYPE)])
         with database.connect(plan.cfg.target, plan.cfg.options.connect_timeout_s) as conn:
             try:
                 yield commit(conn, plan, np.unique(seen), base)
