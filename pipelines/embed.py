@@ -4,20 +4,27 @@ With no arguments it embeds the bundled sample corpus (400 sentences) with the
 default all-MiniLM-L6-v2 module into `output/sample/`. See `config` for the
 flags and YAML keys; flags it does not define are Beam pipeline options.
 
-Exit status: 0 committed, 1 the run failed (nothing committed), 2 invalid
-config, input, output or module (checked before anything runs), or another
-run committed to the output while this one ran (this one committed nothing).
+With a `publish:` section in its job file, the committed table is then
+published into that pgvector collection (`pipelines.publish`).
+
+Exit status: 0 committed (and published), 1 the run failed (nothing
+committed), 2 invalid config, input, output or module (checked before
+anything runs), another run committed to the output while this one ran (this
+one committed nothing), or the publish after the commit failed (the table
+stays committed).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
@@ -28,6 +35,10 @@ from pipelines.embedding.model_handler import MODEL_LOAD_METRIC
 from pipelines.embedding.paths import display, is_local
 from pipelines.embedding.records import METRICS_NAMESPACE
 from pipelines.hub.errors import HandleError, ModuleError
+from pipelines.publish import publishing
+from pipelines.publish.__main__ import summary as publish_summary
+from pipelines.publish.errors import PublishError, PublishFailed
+from pipelines.publish.options import PublishConfig
 
 _LOG = logging.getLogger("hub_embed")
 _ERROR_LINE = re.compile(r"^\s*[\w.]*(Error|Exception): ")
@@ -92,9 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The launcher's own file-system calls (paths, reuse table, manifest) use the job's options too.
         FileSystems.set_options(PipelineOptions(list(cfg.beam_args)))
         config.check_paths(cfg)
+        publish = _publish_config(cfg)
         job = pipeline.prepare(cfg)
         commit.mark_run(cfg.sink, job.run_id)  # until the run is over: no other run's commit removes its files
-    except (config.ConfigError, HandleError, ModuleError, output_locks.OutputLockError) as e:
+    except (config.ConfigError, HandleError, ModuleError, output_locks.OutputLockError, PublishError) as e:
         print(f"hub-embed: error: {e}", file=sys.stderr)
         return 2
     options = PipelineOptions(list(cfg.beam_args))
@@ -112,9 +124,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     start = time.monotonic()
     try:
-        return _run(cfg, job, options, start)
+        status = _run(cfg, job, options, start)
+        if status == 0 and publish is not None and not options.view_as(TestOptions).dry_run:
+            status = _publish(publish)
+        return status
     finally:  # the run is over, whatever its end: another run's commit may remove what it left
         commit.release_run(cfg.sink, job.run_id)
+
+
+def _publish_config(cfg: config.EmbedConfig) -> PublishConfig | None:
+    """The publish of the table after its commit, checked before the run (None without a `publish:` section).
+
+    Raises:
+      ConfigError: the section names an Airflow connection, or its variable is unset.
+      PublishError: the database's connection string cannot be parsed.
+    """
+    if cfg.publish is None:
+        return None
+    uri = cfg.publish.database_uri(os.environ)
+    options = cfg.publish.options(cfg.beam_args)
+    return PublishConfig.create(cfg.sink.output_dir, uri, cfg.publish.collection, options)
+
+
+def _publish(publish: PublishConfig) -> int:
+    """Publishes the committed table; returns 0, or 2 with one line when the publish fails (the table stays)."""
+    _LOG.info("Publishing %s into collection %s at %s", publish.table, publish.collection, publish.target.display)
+    start = time.monotonic()
+    try:
+        result = publishing.run(publish)
+    except (PublishError, PublishFailed, psycopg.Error) as e:
+        reason = " ".join(publish.target.scrub(str(e)).split())
+        print(f"hub-embed: error: the table is committed, but publishing it failed: {reason}", file=sys.stderr)
+        return 2
+    print(publish_summary(result, display(publish.table), publish.target.display, time.monotonic() - start))
+    return 0
 
 
 def _run(cfg: config.EmbedConfig, job: pipeline.Job, options: PipelineOptions, start: float) -> int:

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import typing
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -180,6 +181,147 @@ class SinkConfig:
         return self.output
 
 
+# Where a `publish:` section may name its database: exactly one of them.
+PUBLISH_DATABASE_KEYS = ("conn_id", "to_env", "to")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CONNINFO_PASSWORD = re.compile(r"(^|\s)(ssl)?password\s*=")
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishSection:
+    """A job's `publish:` section: the pgvector collection its committed table is published into.
+
+    The database is named by exactly one of `conn_id`, `to_env` and `to`; a password is never in the job file.
+
+    Attributes:
+      collection: the collection's name, a plain lowercase identifier.
+      schema: the collection's schema; None: the database's default.
+      index: "hnsw", "ivfflat" or "none".
+      halfvec: store 16-bit floats (`halfvec`) instead of `vector`.
+      keep_missing: keep rows whose id the table no longer has.
+      replace: build the collection anew and swap it in (another module, columns or vector type).
+      conn_id: an Airflow connection holding the database (read by the DAG's publish task only).
+      to_env: the name of an environment variable holding the database's connection URI.
+      to: the database's connection URI without a password (libpq reads it from PGPASSWORD, ~/.pgpass or
+        a service file).
+    """
+
+    collection: str
+    schema: str | None = None
+    index: str = "hnsw"
+    halfvec: bool = False
+    keep_missing: bool = False
+    replace: bool = False
+    conn_id: str | None = None
+    to_env: str | None = None
+    to: str | None = None
+
+    def database_uri(self, environ: Mapping[str, str]) -> str:
+        """The connection URI of `to`, or of the variable `to_env` names in `environ`.
+
+        Raises:
+          ConfigError: the section names an Airflow connection, or the variable is unset or empty.
+        """
+        if self.to is not None:
+            return self.to
+        if self.to_env is not None:
+            uri = environ.get(self.to_env, "").strip()
+            if not uri:
+                raise ConfigError(
+                    f"publish.to_env names the environment variable {self.to_env!r}, which is not set or empty."
+                )
+            return uri
+        raise ConfigError(
+            f"publish.conn_id names the Airflow connection {self.conn_id!r}, which only the DAG's publish task reads; "
+            "to publish from the command, name the variable holding the database URI in publish.to_env."
+        )
+
+    def options(self, beam_args: Sequence[str] = (), replace: bool = False) -> Any:
+        """The `pipelines.publish.options.PublishOptions` of this section (`replace` also when asked).
+
+        Raises:
+          ConfigError: an invalid schema, index or combination of options.
+        """
+        # The publish package brings psycopg: the DAGs import this module while Airflow parses them.
+        from pipelines.publish.errors import PublishError
+        from pipelines.publish.options import PublishOptions
+
+        try:
+            return PublishOptions(
+                schema=self.schema,
+                halfvec=self.halfvec,
+                index=self.index,
+                keep_missing=self.keep_missing,
+                replace=self.replace or replace,
+                beam_args=tuple(beam_args),
+            )
+        except PublishError as e:
+            raise ConfigError(f"publish: {e}") from None
+
+
+def publish_section(values: Any, where: str = "") -> PublishSection:
+    """A `publish:` mapping of a job file as a `PublishSection`, its keys, types and database checked.
+
+    Checks what needs no database library (the DAG files call it while Airflow parses them);
+    `_validate` checks the collection's name and the options as the publish does.
+
+    Args:
+      values: the section's mapping.
+      where: the job file, for messages.
+
+    Raises:
+      ConfigError: not a mapping, an unknown key, a wrong type, not exactly one database, or a `to`
+        holding a password.
+    """
+    at = f" in {where}" if where else ""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"'publish'{at} must be a mapping with keys {', '.join(_PUBLISH_TYPES)}.")
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    for key, value in values.items():
+        if key not in _PUBLISH_TYPES:
+            raise ConfigError(
+                f"Unknown publish key {key!r}{at}; {_suggest(key, list(_PUBLISH_TYPES))}"
+                f"valid keys: {', '.join(_PUBLISH_TYPES)}."
+            )
+        expected = _PUBLISH_TYPES[key]
+        if not (value is None and key != "collection") and (
+            not isinstance(value, expected) or (isinstance(value, str) and not value.strip())
+        ):
+            raise _type_error(f"publish.{key}", "true or false" if expected is bool else "a non-empty string", value)
+    if "collection" not in values:
+        raise ConfigError(f"publish{at} needs 'collection', the name of the collection to publish into.")
+    named = [key for key in PUBLISH_DATABASE_KEYS if values.get(key) is not None]
+    if len(named) != 1:
+        raise ConfigError(
+            f"publish{at} must name its database with exactly one of {', '.join(PUBLISH_DATABASE_KEYS)}"
+            f"{', not ' + ' and '.join(named) if named else ''}: conn_id (an Airflow connection, for the DAGs), "
+            "to_env (an environment variable holding the URI) or to (a URI without a password)."
+        )
+    if values.get("to_env") is not None and not _ENV_NAME.match(values["to_env"]):
+        raise ConfigError(f"publish.to_env must be an environment variable name, got {values['to_env']!r}.")
+    if values.get("to") is not None and _holds_password(values["to"]):
+        raise ConfigError(
+            f"publish.to{at} holds a password: a job file is no place for one. Name an environment variable "
+            "holding the URI in publish.to_env, an Airflow connection in publish.conn_id, or leave the password "
+            "to PGPASSWORD, ~/.pgpass or a PGSERVICE entry."
+        )
+    return PublishSection(**values)
+
+
+_PUBLISH_TYPES: dict[str, type] = {
+    field.name: bool if field.type in (bool, "bool") else str for field in dataclasses.fields(PublishSection)
+}
+
+
+def _holds_password(conninfo: str) -> bool:
+    """Whether a connection string holds a password: `user:password@` or `?password=` in a URI, `password=` else."""
+    if "://" not in conninfo:
+        return _CONNINFO_PASSWORD.search(conninfo) is not None
+    parts = urllib.parse.urlsplit(conninfo)
+    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+    return ":" in parts.netloc.rpartition("@")[0] or any(key in query for key in ("password", "sslpassword"))
+
+
 @dataclasses.dataclass(frozen=True)
 class EmbedConfig:
     """A validated embedding job.
@@ -190,6 +332,7 @@ class EmbedConfig:
       model: module handle, signature, output key, batch size.
       sink: output directory, overwrite, error budget.
       beam_args: Beam pipeline options, as command-line flags.
+      publish: the collection the committed table is published into, if any (not part of `to_dict`).
     """
 
     source: SourceConfig = SourceConfig()
@@ -197,6 +340,7 @@ class EmbedConfig:
     model: ModelConfig = ModelConfig()
     sink: SinkConfig = SinkConfig()
     beam_args: tuple[str, ...] = ()
+    publish: PublishSection | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The flat key -> value view (YAML keys), with secrets dropped from the module handle."""
@@ -314,8 +458,8 @@ def flag_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_yaml(path: str) -> tuple[dict[str, Any], list[str]]:
-    """Returns the flat keys and the Beam flags (from `beam:`) of a YAML job file."""
+def _read_yaml(path: str) -> tuple[dict[str, Any], list[str], PublishSection | None]:
+    """Returns the flat keys, the Beam flags (from `beam:`) and the `publish:` section of a YAML job file."""
     try:
         data = job_yaml.read(path)  # size capped, anchors and aliases refused (a "billion laughs" file)
     except OSError as e:
@@ -325,7 +469,7 @@ def _read_yaml(path: str) -> tuple[dict[str, Any], list[str]]:
     except yaml.YAMLError as e:
         raise ConfigError(f"Config file {path!r} is not valid YAML: {e}") from None
     if data is None:
-        return {}, []
+        return {}, [], None
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {path!r} must hold a mapping of keys to values, got {type(data).__name__}.")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
@@ -336,7 +480,8 @@ def _read_yaml(path: str) -> tuple[dict[str, Any], list[str]]:
     beam = data.pop("beam", None) or {}
     if not isinstance(beam, dict):
         raise ConfigError(f"'beam' in {path!r} must be a mapping of Beam option names to values.")
-    return data, _beam_flags(beam)
+    publish = data.pop("publish", None)
+    return data, _beam_flags(beam), publish_section(publish, path) if publish is not None else None
 
 
 def _beam_flags(options: Mapping[str, Any]) -> list[str]:
@@ -395,8 +540,9 @@ def load(argv: Sequence[str] = ()) -> EmbedConfig:
         raise ConfigError(str(e)) from None
     values: dict[str, Any] = {}
     beam_args: list[str] = []
+    publish = None
     if flags.config:
-        values, beam_args = _read_yaml(flags.config)
+        values, beam_args, publish = _read_yaml(flags.config)
         _check_keys(values, where=f"in {flags.config}")
         values = {k: _coerce(k, v, from_flag=False) for k, v in values.items()}
     for key, value in vars(flags).items():
@@ -404,7 +550,7 @@ def load(argv: Sequence[str] = ()) -> EmbedConfig:
             values[key] = _coerce(key, value, from_flag=True)
     beam_args += rest
     _check_beam_flags(beam_args)
-    return _build(values, beam_args)
+    return _build(values, beam_args, publish)
 
 
 def _check_keys(values: Mapping[str, Any], where: str) -> None:
@@ -412,28 +558,34 @@ def _check_keys(values: Mapping[str, Any], where: str) -> None:
         if key not in _KEYS:
             raise ConfigError(
                 f"Unknown config key {key!r} {where}; {_suggest(key, list(_KEYS))}"
-                f"valid keys: {', '.join(sorted(_KEYS))}, beam, schedule."
+                f"valid keys: {', '.join(sorted(_KEYS))}, beam, publish, schedule."
             )
 
 
-def from_dict(values: Mapping[str, Any], beam_args: Sequence[str] = ()) -> EmbedConfig:
+def from_dict(
+    values: Mapping[str, Any], beam_args: Sequence[str] = (), publish: PublishSection | None = None
+) -> EmbedConfig:
     """Builds a validated config from flat keys (the YAML keys), as tests and DAGs do.
 
     Raises:
       ConfigError: an unknown key, a wrong type, or an invalid value.
     """
     _check_keys(values, where="")
-    return _build({k: _coerce(k, v, from_flag=False) for k, v in values.items()}, beam_args)
+    return _build({k: _coerce(k, v, from_flag=False) for k, v in values.items()}, beam_args, publish)
 
 
-def _build(values: Mapping[str, Any], beam_args: Sequence[str]) -> EmbedConfig:
+def _build(values: Mapping[str, Any], beam_args: Sequence[str], publish: PublishSection | None) -> EmbedConfig:
     """The validated config from checked, typed flat values."""
     if values.get("module_from_env") is not None:
         values = {**values, "module": _module_from_env(values)}
     groups: dict[type, dict[str, Any]] = {group: {} for group in SECTIONS}
     for key, value in values.items():
         groups[_KEYS[key][0]][key] = value
-    cfg = EmbedConfig(**{name: group(**groups[group]) for group, name in SECTIONS.items()}, beam_args=tuple(beam_args))
+    cfg = EmbedConfig(
+        **{name: group(**groups[group]) for group, name in SECTIONS.items()},
+        beam_args=tuple(beam_args),
+        publish=publish,
+    )
     return _validate(cfg)
 
 
@@ -528,6 +680,8 @@ def _validate(cfg: EmbedConfig) -> EmbedConfig:
     if not 0.0 <= sink.max_error_fraction <= 1.0:
         raise ConfigError(f"max_error_fraction must be between 0 and 1, got {sink.max_error_fraction}.")
     _check_output_outside_input(source.input, output)
+    if cfg.publish is not None:
+        _check_publish(cfg.publish, output)
     # Local paths are made absolute here, once: the job then means the same files on every worker,
     # wherever it was started (a portable runner's workers run in their own directory).
     reuse = absolute(sink.reuse) if sink.reuse is not None else None
@@ -538,6 +692,23 @@ def _validate(cfg: EmbedConfig) -> EmbedConfig:
         sink=dataclasses.replace(sink, output=absolute(output), overwrite=overwrite, reuse=reuse),
         beam_args=absolute_beam_paths(cfg.beam_args),
     )
+
+
+def _check_publish(publish: PublishSection, table: str) -> None:
+    """Checks a `publish:` section's collection name and options by the publish's own rules.
+
+    The database is not known yet (it may be an Airflow connection): an empty `Target` stands for it.
+    """
+    # The publish package brings psycopg: the DAGs import this module while Airflow parses them.
+    from pipelines.publish.errors import PublishError
+    from pipelines.publish.options import PublishConfig
+    from pipelines.publish.target import Target
+
+    options = publish.options()
+    try:
+        PublishConfig(table, Target(conninfo="", display=""), publish.collection, options)
+    except PublishError as e:
+        raise ConfigError(f"publish: {e}") from None
 
 
 def _positive(key: str, value: int) -> None:
