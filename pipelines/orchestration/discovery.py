@@ -14,7 +14,12 @@ from typing import Any
 import yaml
 
 from pipelines.embedding import job_yaml
-from pipelines.embedding.config import DEFAULT_MODULE  # stdlib + PyYAML only: cheap at parse time
+from pipelines.embedding.config import (  # stdlib + PyYAML only: cheap at parse time
+    DEFAULT_MODULE,
+    ConfigError,
+    PublishSection,
+    publish_section,
+)
 from pipelines.embedding.paths import BEAM_PATH_OPTIONS, absolute
 from pipelines.hub.redaction import redact
 from pipelines.orchestration.credentials import HTTP_SCHEMES, SECRET_BEAM_OPTIONS, find_secrets
@@ -77,6 +82,7 @@ class ScheduledJob:
       dataflow_options: further Beam options from `schedule.dataflow` (e.g. temp_location).
       module_conn_id: the Airflow connection whose credentials the module handle is sent with, if any.
       module_from_env: the variable of the workers' environment that holds the module handle, if any.
+      publish: its `publish:` section: the collection the `publish` task loads each committed table into.
     """
 
     name: str
@@ -91,6 +97,7 @@ class ScheduledJob:
     dataflow_options: Mapping[str, Any]
     module_conn_id: str | None = None
     module_from_env: str | None = None
+    publish: PublishSection | None = None
 
     @property
     def dag_id(self) -> str:
@@ -197,6 +204,11 @@ def _read_job(path: str) -> ScheduledJob | None:
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
     schedule = data.pop("schedule") or {}
     beam = dict(data.pop("beam", None) or {})
+    publish = data.pop("publish", None)
+    try:  # checked apart from other values: its database is named, never given with a password
+        section = publish_section(publish, path) if publish is not None else None
+    except ConfigError as e:
+        raise ConfigDiscoveryError(str(e)) from None
     if not isinstance(schedule, dict):
         raise ConfigDiscoveryError(f"{path}: 'schedule' must be a mapping with keys {', '.join(SCHEDULE_KEYS)}.")
     unknown = sorted(set(schedule) - set(SCHEDULE_KEYS))
@@ -233,6 +245,7 @@ def _read_job(path: str) -> ScheduledJob | None:
         dataflow_options=options,
         module_conn_id=module_conn_id,
         module_from_env=module_from_env,
+        publish=section,
     )
 
 

@@ -1,7 +1,8 @@
-"""The tasks of the embedding DAGs: plan a run, embed (the Beam pipeline), record the table's Asset event."""
+"""The tasks of the embedding DAGs: plan a run, embed (the Beam pipeline), record the table's Asset event, publish."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,6 +13,7 @@ from pipelines.hub.redaction import redact
 from pipelines.orchestration import assets, credentials, plans, project
 from pipelines.orchestration.discovery import ScheduledJob
 from pipelines.orchestration.operators import EmbedPipelineOperator
+from pipelines.orchestration.publish_tasks import publish
 
 
 @task
@@ -107,8 +109,11 @@ def record_table(plan: Mapping[str, str]) -> dict[str, Any]:
     return extra
 
 
-def embed_job(job: ScheduledJob, plan: Any) -> None:
-    """Adds `embed` (the Beam pipeline, `python -m pipelines.embed`) and `record_table` after a plan task.
+def embed_job(job: ScheduledJob, plan: Any, replace: bool = False) -> None:
+    """Adds `embed` (the Beam pipeline, `python -m pipelines.embed`), `record_table` and `publish` after a plan task.
+
+    `publish` is there when the job has a `publish:` section; it loads the committed table into the
+    section's collection after `embed`.
 
     The plan's module is a credential-free handle (or None with
     `module_from_env`); the operator adds the credentials of the job's
@@ -117,6 +122,7 @@ def embed_job(job: ScheduledJob, plan: Any) -> None:
     Args:
       job: the scheduled config.
       plan: the plan task's output, `{"module": ..., "output": ..., "reuse": ...}` (an XComArg).
+      replace: publish with `replace` (the collection built anew and swapped in), whatever the section says.
     """
     plan_id = plan.operator.task_id
     pulled = "{{{{ ti.xcom_pull(task_ids='{}')['{}'] }}}}"
@@ -135,6 +141,8 @@ def embed_job(job: ScheduledJob, plan: Any) -> None:
         module_from_env=job.module_from_env,
     )
     plan >> embed >> record_table.override(outlets=[assets.table_asset(job.name, job.output_base)])(plan)
+    if job.publish is not None:
+        embed >> publish(plan, dataclasses.asdict(job.publish), replace)
 
 
 def scheduled_embedding(job: ScheduledJob) -> None:
@@ -143,11 +151,13 @@ def scheduled_embedding(job: ScheduledJob) -> None:
 
 
 def reembedding(job: ScheduledJob, updates: Any) -> None:
-    """A task group re-running one job with an updated module: plan -> embed -> record_table.
+    """A task group re-running one job with an updated module: plan -> embed -> record_table (and publish).
+
+    Its publish replaces the collection: the updated module's vectors are another vector space.
 
     Args:
       job: a scheduled config; one whose module name is unknown is always skipped.
       updates: the `module_updates` task's output (an XComArg).
     """
     with TaskGroup(group_id=job.name):
-        embed_job(job, plan_reembed.override(task_id="plan")(updates, job.module_name, job.output_base))
+        embed_job(job, plan_reembed.override(task_id="plan")(updates, job.module_name, job.output_base), replace=True)
