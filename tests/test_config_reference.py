@@ -78,7 +78,7 @@ def test_the_tables_render_as_html_tables_of_one_row_per_flag_and_key(page):
     assert html.count("<table>") == 2
     flags = [action for action in config.flag_parser()._actions if action.option_strings]
     rows = html.count("<tr>") - 2  # the two header rows
-    assert rows == len(flags) + len(_fields()) + 2  # and the `beam` and `schedule` mappings
+    assert rows == len(flags) + len(_fields()) + 3  # and the `beam`, `schedule` and `publish` mappings
     assert "&lt;file&gt;:&lt;line or record number&gt;" in html  # escaped, not swallowed as an HTML tag
 
 

@@ -87,11 +87,13 @@ def test_a_bad_publish_section_is_a_config_error(tmp_path, section, message):
 
 
 def test_a_publish_section_is_read_and_leaves_the_table_content_alone(tmp_path):
-    from pipelines.embedding import config
+    from pipelines.embedding import config, publish_section
 
     section = {"collection": "docs", "to": "postgresql://reader@db.example.com/vectors?sslmode=require"}
     cfg = config.load(["--config", job_file(tmp_path, {**section, "index": "ivfflat", "halfvec": True})])
-    assert cfg.publish == config.PublishSection(collection="docs", index="ivfflat", halfvec=True, to=section["to"])
+    assert cfg.publish == publish_section.PublishSection(
+        collection="docs", index="ivfflat", halfvec=True, to=section["to"]
+    )
     plain = config.load(["--config", write_config(tmp_path, "plain", **{**_job_keys(tmp_path)})])
     assert "publish" not in cfg.to_dict() and cfg.config_hash() == plain.config_hash()
     assert cfg.publish.options().vector_type == "halfvec"

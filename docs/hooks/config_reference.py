@@ -13,6 +13,7 @@ import typing
 from typing import Any
 
 from pipelines.embedding import config as job_config
+from pipelines.embedding.publish_section import PublishSection
 
 MARKER = "<!-- config-reference -->"
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,6 +27,13 @@ _MAPPINGS = (
         "a list repeats the flag, a mapping is passed as JSON",
     ),
     ("schedule", "mapping", "read by the Airflow DAGs only (when and how they run this job); the command ignores it"),
+    (
+        "publish",
+        "mapping",
+        "publishes the committed table into a PostgreSQL + pgvector collection (see Publishing and search); keys: "
+        + ", ".join(f"`{field.name}`" for field in dataclasses.fields(PublishSection))
+        + "; exactly one of `conn_id` (Airflow only), `to_env` or a password-free `to`",
+    ),
 )
 
 

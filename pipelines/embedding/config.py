@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import hashlib
 import importlib.resources
 import json
 import os
 import re
 import typing
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,7 +23,9 @@ import yaml
 
 from pipelines import console
 from pipelines.embedding import job_yaml
+from pipelines.embedding.config_errors import ConfigError, suggest, type_error
 from pipelines.embedding.paths import absolute, absolute_beam_paths, is_local, normalize
+from pipelines.embedding.publish_section import PublishSection, publish_section
 from pipelines.hub.errors import HandleError
 from pipelines.hub.flags import HELP as HUB_HELP
 from pipelines.hub.flags import OP_NAME
@@ -59,10 +59,6 @@ ERRORS_DIR = "errors"
 TMP_PREFIX = ".tmp-"
 # The output's commit lock, held while a run commits (see `output_locks.commit_lock`); removed by its holder.
 COMMIT_LOCK = ".commit.lock"
-
-
-class ConfigError(ValueError):
-    """An invalid job configuration; the message names the value and the valid ones."""
 
 
 def _option(default: Any, help: str) -> Any:
@@ -182,146 +178,6 @@ class SinkConfig:
 
 
 # Where a `publish:` section may name its database: exactly one of them.
-PUBLISH_DATABASE_KEYS = ("conn_id", "to_env", "to")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_CONNINFO_PASSWORD = re.compile(r"(^|\s)(ssl)?password\s*=")
-
-
-@dataclasses.dataclass(frozen=True)
-class PublishSection:
-    """A job's `publish:` section: the pgvector collection its committed table is published into.
-
-    The database is named by exactly one of `conn_id`, `to_env` and `to`; a password is never in the job file.
-
-    Attributes:
-      collection: the collection's name, a plain lowercase identifier.
-      schema: the collection's schema; None: the database's default.
-      index: "hnsw", "ivfflat" or "none".
-      halfvec: store 16-bit floats (`halfvec`) instead of `vector`.
-      keep_missing: keep rows whose id the table no longer has.
-      replace: build the collection anew and swap it in (another module, columns or vector type).
-      conn_id: an Airflow connection holding the database (read by the DAG's publish task only).
-      to_env: the name of an environment variable holding the database's connection URI.
-      to: the database's connection URI without a password (libpq reads it from PGPASSWORD, ~/.pgpass or
-        a service file).
-    """
-
-    collection: str
-    schema: str | None = None
-    index: str = "hnsw"
-    halfvec: bool = False
-    keep_missing: bool = False
-    replace: bool = False
-    conn_id: str | None = None
-    to_env: str | None = None
-    to: str | None = None
-
-    def database_uri(self, environ: Mapping[str, str]) -> str:
-        """The connection URI of `to`, or of the variable `to_env` names in `environ`.
-
-        Raises:
-          ConfigError: the section names an Airflow connection, or the variable is unset or empty.
-        """
-        if self.to is not None:
-            return self.to
-        if self.to_env is not None:
-            uri = environ.get(self.to_env, "").strip()
-            if not uri:
-                raise ConfigError(
-                    f"publish.to_env names the environment variable {self.to_env!r}, which is not set or empty."
-                )
-            return uri
-        raise ConfigError(
-            f"publish.conn_id names the Airflow connection {self.conn_id!r}, which only the DAG's publish task reads; "
-            "to publish from the command, name the variable holding the database URI in publish.to_env."
-        )
-
-    def options(self, beam_args: Sequence[str] = (), replace: bool = False) -> Any:
-        """The `pipelines.publish.options.PublishOptions` of this section (`replace` also when asked).
-
-        Raises:
-          ConfigError: an invalid schema, index or combination of options.
-        """
-        # The publish package brings psycopg: the DAGs import this module while Airflow parses them.
-        from pipelines.publish.errors import PublishError
-        from pipelines.publish.options import PublishOptions
-
-        try:
-            return PublishOptions(
-                schema=self.schema,
-                halfvec=self.halfvec,
-                index=self.index,
-                keep_missing=self.keep_missing,
-                replace=self.replace or replace,
-                beam_args=tuple(beam_args),
-            )
-        except PublishError as e:
-            raise ConfigError(f"publish: {e}") from None
-
-
-def publish_section(values: Any, where: str = "") -> PublishSection:
-    """A `publish:` mapping of a job file as a `PublishSection`, its keys, types and database checked.
-
-    Checks what needs no database library (the DAG files call it while Airflow parses them);
-    `_validate` checks the collection's name and the options as the publish does.
-
-    Args:
-      values: the section's mapping.
-      where: the job file, for messages.
-
-    Raises:
-      ConfigError: not a mapping, an unknown key, a wrong type, not exactly one database, or a `to`
-        holding a password.
-    """
-    at = f" in {where}" if where else ""
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"'publish'{at} must be a mapping with keys {', '.join(_PUBLISH_TYPES)}.")
-    values = {str(k).replace("-", "_"): v for k, v in values.items()}
-    for key, value in values.items():
-        if key not in _PUBLISH_TYPES:
-            raise ConfigError(
-                f"Unknown publish key {key!r}{at}; {_suggest(key, list(_PUBLISH_TYPES))}"
-                f"valid keys: {', '.join(_PUBLISH_TYPES)}."
-            )
-        expected = _PUBLISH_TYPES[key]
-        if not (value is None and key != "collection") and (
-            not isinstance(value, expected) or (isinstance(value, str) and not value.strip())
-        ):
-            raise _type_error(f"publish.{key}", "true or false" if expected is bool else "a non-empty string", value)
-    if "collection" not in values:
-        raise ConfigError(f"publish{at} needs 'collection', the name of the collection to publish into.")
-    named = [key for key in PUBLISH_DATABASE_KEYS if values.get(key) is not None]
-    if len(named) != 1:
-        raise ConfigError(
-            f"publish{at} must name its database with exactly one of {', '.join(PUBLISH_DATABASE_KEYS)}"
-            f"{', not ' + ' and '.join(named) if named else ''}: conn_id (an Airflow connection, for the DAGs), "
-            "to_env (an environment variable holding the URI) or to (a URI without a password)."
-        )
-    if values.get("to_env") is not None and not _ENV_NAME.match(values["to_env"]):
-        raise ConfigError(f"publish.to_env must be an environment variable name, got {values['to_env']!r}.")
-    if values.get("to") is not None and _holds_password(values["to"]):
-        raise ConfigError(
-            f"publish.to{at} holds a password: a job file is no place for one. Name an environment variable "
-            "holding the URI in publish.to_env, an Airflow connection in publish.conn_id, or leave the password "
-            "to PGPASSWORD, ~/.pgpass or a PGSERVICE entry."
-        )
-    return PublishSection(**values)
-
-
-_PUBLISH_TYPES: dict[str, type] = {
-    field.name: bool if field.type in (bool, "bool") else str for field in dataclasses.fields(PublishSection)
-}
-
-
-def _holds_password(conninfo: str) -> bool:
-    """Whether a connection string holds a password: `user:password@` or `?password=` in a URI, `password=` else."""
-    if "://" not in conninfo:
-        return _CONNINFO_PASSWORD.search(conninfo) is not None
-    parts = urllib.parse.urlsplit(conninfo)
-    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
-    return ":" in parts.netloc.rpartition("@")[0] or any(key in query for key in ("password", "sslpassword"))
-
-
 @dataclasses.dataclass(frozen=True)
 class EmbedConfig:
     """A validated embedding job.
@@ -368,16 +224,7 @@ _KEYS: dict[str, tuple[type, dataclasses.Field, Any]] = {
 }
 
 
-def _suggest(value: str, valid: Sequence[str]) -> str:
-    close = difflib.get_close_matches(value, valid, n=1)
-    return f"did you mean {close[0]!r}? " if close else ""
-
-
 # --------------------------------------------------------------------------- types
-
-
-def _type_error(key: str, expected: str, value: Any) -> ConfigError:
-    return ConfigError(f"{key} must be {expected}, got {value!r} ({type(value).__name__}).")
 
 
 def _coerce(key: str, value: Any, from_flag: bool) -> Any:
@@ -387,30 +234,30 @@ def _coerce(key: str, value: Any, from_flag: bool) -> Any:
     if value is None:
         if type(None) in args:
             return None
-        raise _type_error(key, "set", value)
+        raise type_error(key, "set", value)
     base = next((a for a in args if a is not type(None)), hint) if type(None) in args else hint
     origin = typing.get_origin(base)
     if base is bool:
         if isinstance(value, bool):
             return value
-        raise _type_error(key, "true or false", value)
+        raise type_error(key, "true or false", value)
     if base in (int, float):
         if from_flag and isinstance(value, str):
             try:
                 return base(value)
             except ValueError:
-                raise _type_error(key, f"a{'n integer' if base is int else ' number'}", value) from None
+                raise type_error(key, f"a{'n integer' if base is int else ' number'}", value) from None
         if isinstance(value, bool) or not isinstance(value, (int, float) if base is float else int):
-            raise _type_error(key, "an integer" if base is int else "a number", value)
+            raise type_error(key, "an integer" if base is int else "a number", value)
         return base(value)
     if base is str:
         if isinstance(value, str):
             return value
-        raise _type_error(key, "a string", value)
+        raise type_error(key, "a string", value)
     if origin is tuple and typing.get_args(base)[-1] is Ellipsis:  # tuple[str, ...]
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
-            raise _type_error(key, "a list of strings or a comma-separated string", value)
+            raise type_error(key, "a list of strings or a comma-separated string", value)
         return tuple(i.strip() for i in items if i.strip())
     if origin is tuple:  # tuple[int, int]: image size
         return _image_size(key, value)
@@ -426,10 +273,10 @@ def _image_size(key: str, value: Any) -> tuple[int, int]:
         if isinstance(item, str) and item.strip().isdigit():
             item = int(item)
         if isinstance(item, bool) or not isinstance(item, int):
-            raise _type_error(key, "HEIGHT,WIDTH (or one size for both)", value)
+            raise type_error(key, "HEIGHT,WIDTH (or one size for both)", value)
         sizes.append(item)
     if len(sizes) not in (1, 2):
-        raise _type_error(key, "HEIGHT,WIDTH (or one size for both)", value)
+        raise type_error(key, "HEIGHT,WIDTH (or one size for both)", value)
     return (sizes[0], sizes[-1])
 
 
@@ -517,7 +364,7 @@ def _check_beam_flags(flags: Sequence[str]) -> None:
         name = unknown[0]
         raise ConfigError(
             f"Unknown flag --{name}: not a hub-embed flag nor a Beam pipeline option; "
-            f"{_suggest(name.replace('_', '-'), ours) or _suggest(name, list(known))}"
+            f"{suggest(name.replace('_', '-'), ours) or suggest(name, list(known))}"
             f"hub-embed flags: {', '.join('--' + k for k in ours)}."
         )
 
@@ -557,7 +404,7 @@ def _check_keys(values: Mapping[str, Any], where: str) -> None:
     for key in values:
         if key not in _KEYS:
             raise ConfigError(
-                f"Unknown config key {key!r} {where}; {_suggest(key, list(_KEYS))}"
+                f"Unknown config key {key!r} {where}; {suggest(key, list(_KEYS))}"
                 f"valid keys: {', '.join(sorted(_KEYS))}, beam, publish, schedule."
             )
 
@@ -627,7 +474,7 @@ def _validate(cfg: EmbedConfig) -> EmbedConfig:
         )
     if input_format not in FORMATS:
         raise ConfigError(
-            f"input_format {input_format!r} is not supported; {_suggest(input_format, FORMATS)}"
+            f"input_format {input_format!r} is not supported; {suggest(input_format, FORMATS)}"
             f"valid formats: {', '.join(FORMATS)}."
         )
     source = dataclasses.replace(source, input_format=input_format)

@@ -14,13 +14,10 @@ from typing import Any
 import yaml
 
 from pipelines.embedding import job_yaml
-from pipelines.embedding.config import (  # stdlib + PyYAML only: cheap at parse time
-    DEFAULT_MODULE,
-    ConfigError,
-    PublishSection,
-    publish_section,
-)
+from pipelines.embedding.config import DEFAULT_MODULE  # stdlib + PyYAML only: cheap at parse time
+from pipelines.embedding.config_errors import ConfigError
 from pipelines.embedding.paths import BEAM_PATH_OPTIONS, absolute
+from pipelines.embedding.publish_section import PublishSection, publish_section
 from pipelines.hub.redaction import redact
 from pipelines.orchestration.credentials import HTTP_SCHEMES, SECRET_BEAM_OPTIONS, find_secrets
 from pipelines.orchestration.defaults import DEFAULT_START_DATE

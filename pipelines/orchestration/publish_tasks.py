@@ -16,7 +16,8 @@ from airflow.sdk import task
 from airflow.sdk.exceptions import AirflowFailException
 from airflow.sdk.log import mask_secret
 
-from pipelines.embedding.config import ConfigError, PublishSection, publish_section
+from pipelines.embedding.config_errors import ConfigError
+from pipelines.embedding.publish_section import PublishSection, publish_section
 
 # The Airflow connection's extras passed on to libpq (others are the hook's own settings).
 LIBPQ_EXTRAS = (
