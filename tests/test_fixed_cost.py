@@ -19,6 +19,7 @@ import tensorflow as tf
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines import inspect as inspect_cli
 from pipelines.embedding import config, loaded_modules, model_handler, model_spec, pipeline, sinks
 from pipelines.embedding.records import METRICS_NAMESPACE
 from pipelines.hub import binding, cache_files, description, loading, module_info, registry
@@ -153,8 +154,8 @@ def test_prepare_probes_an_open_dimension_once(tmp_path, loads):
 
 
 def test_describing_a_cached_module_does_not_import_tensorflow(tiny, module_cache):
-    """`python -m pipelines.inspect` on a module described before: no TensorFlow, no SavedModel load."""
-    description.describe(tiny.text)
+    """`python -m pipelines.inspect` on a module described (and its ops gated) before: no TensorFlow, no SavedModel load."""
+    assert inspect_cli.main([tiny.text]) == 0  # describes it and stores the op gate's verdict under its fingerprint
     script = (
         "import sys; from pipelines import inspect; inspect.main([sys.argv[1]]); print('tensorflow' in sys.modules)"
     )
