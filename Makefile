@@ -11,13 +11,14 @@ MINILM := build/modules/all-minilm-l6-v2/1
 MINILM_BF16 := build/modules/all-minilm-l6-v2-bf16/1
 EFFICIENTNET := build/modules/efficientnet-lite0/1
 EFFICIENTNET_WEIGHTS := $(VENV)/.efficientnet-weights
+CHROMIUM := $(VENV)/.chromium
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 export NO_MKDOCS_2_WARNING ?= 1
 
 .PHONY: setup run test test-fast lint docs docs-serve bench bench-images soak lock clean module
 
-setup: $(STAMP) $(PILLOW_SIMD) $(MINILM)/module.json $(MINILM_BF16)/module.json $(EFFICIENTNET)/module.json
+setup: $(STAMP) $(PILLOW_SIMD) $(CHROMIUM) $(MINILM)/module.json $(MINILM_BF16)/module.json $(EFFICIENTNET)/module.json
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +39,18 @@ $(PILLOW_SIMD): $(STAMP)
 	  || { echo "Pillow-SIMD $(PILLOW_SIMD_VERSION) did not install (see $(VENV)/pillow-simd.log): images are resized by Pillow $(PILLOW_VERSION), about 0.8 ms slower per image"; \
 	       $(UV) pip install -q --python $(PY) --no-deps pillow==$(PILLOW_VERSION); }
 	$(PY) -c "import PIL.Image; print('images are decoded by PIL', PIL.__version__, '(Pillow-SIMD when it ends in .postN)')"
+	touch $@
+
+# Headless Chromium for the report and projector tests: playwright cannot download its own browser here, so it
+# drives Debian's `chromium` (installed with apt-get as root when missing; elsewhere install it yourself, or point
+# HUB_EMBED_CHROMIUM at a Chromium binary).
+$(CHROMIUM): $(STAMP)
+	@if [ -n "$$HUB_EMBED_CHROMIUM" ] || command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium for the browser tests (log: $(VENV)/chromium.log)"; \
+	  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } > $(VENV)/chromium.log 2>&1 \
+	    || { echo "apt-get install chromium failed (see $(VENV)/chromium.log)"; exit 1; }; \
+	else echo "the browser tests need Chromium: apt-get install chromium (as root), or set HUB_EMBED_CHROMIUM"; exit 1; fi
 	touch $@
 
 # The export tool, which writes every built module (its output changes with it).

@@ -85,3 +85,12 @@ def _gcs_server():
 @pytest.fixture
 def gcs_server(_gcs_server, monkeypatch):
     return _with_env(_gcs_server, monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A headless Chromium (Debian's, through playwright) shared by the HTML tests of a session."""
+    from tests.fixtures.browser import chromium
+
+    with chromium() as session:
+        yield session
