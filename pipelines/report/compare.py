@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -18,6 +17,7 @@ from pipelines.report.errors import ReportError
 from pipelines.report.lineage import ModuleLineage, module_lineage
 from pipelines.report.neighbour_overlap import nearest_neighbours, overlap
 from pipelines.report.table_sample import TableSample, read_sample
+from pipelines.report.texts import excerpt, row_texts
 
 DEFAULT_K = 10
 CHANGED_ROWS = 10
@@ -72,7 +72,7 @@ class TableComparison:
       ids: the sampled ids that the other table holds too: the rows compared.
       overlap: per row of `ids`, the share of its `k` nearest neighbours (among `ids`) the tables agree on.
       changed: the rows whose neighbourhoods changed most, lowest overlap first.
-      text_field: the column the excerpts come from, or None.
+      texts_shown: whether the rows' texts could be shown (a text column, or a txt input still readable).
       dimension: this table's vector dimension.
       other_dimension: the other table's.
       lineage: this table's module lineage.
@@ -88,7 +88,7 @@ class TableComparison:
     ids: tuple[str, ...]
     overlap: tuple[float, ...]
     changed: tuple[ChangedRow, ...]
-    text_field: str | None
+    texts_shown: bool
     dimension: int
     other_dimension: int
     lineage: ModuleLineage
@@ -142,11 +142,12 @@ def compare_tables(
     near = nearest_neighbours(common, vectors, k)
     other_near = nearest_neighbours(common, other_vectors, k)
     shared = overlap(near, other_near).tolist()
-    field = text_field(mine.table)
-    texts = _texts(mine, field, rows_here)
-    other_texts = _texts(theirs, text_field(theirs.table), np.arange(len(common)))
+    worst = sorted(range(len(common)), key=lambda i: (shared[i], common[i]))[:CHANGED_ROWS]
+    shown = sorted({j for i in worst for j in (i, *near[i].tolist(), *other_near[i].tolist())})
+    texts = dict(zip(shown, _texts(mine, rows_here[shown])))
+    other_texts = dict(zip(shown, _texts(theirs, np.array(shown))))
     changed = []
-    for i in sorted(range(len(common)), key=lambda i: (shared[i], common[i]))[:CHANGED_ROWS]:
+    for i in worst:
         both = set(near[i].tolist()) & set(other_near[i].tolist())
         changed.append(
             ChangedRow(
@@ -167,7 +168,7 @@ def compare_tables(
         ids=tuple(common),
         overlap=tuple(shared),
         changed=tuple(changed),
-        text_field=field,
+        texts_shown=any(text is not None for text in texts.values()),
         dimension=mine.table.dimension,
         other_dimension=theirs.table.dimension,
         lineage=module_lineage(mine.table),
@@ -175,22 +176,8 @@ def compare_tables(
     )
 
 
-def text_field(table: SourceTable) -> str | None:
-    """The passthrough column that holds the rows' text: the job's `text_field` when it is kept, else None."""
-    name = table.config.get("text_field") or "text"
-    return name if name in table.passthrough else None
-
-
-def excerpt(value: object, chars: int = EXCERPT_CHARS) -> str | None:
-    """The start of a text value on one line (whitespace collapsed), `…` when cut; None for a missing value."""
-    if value is None:
-        return None
-    text = " ".join(str(value).split())
-    return text if len(text) <= chars else text[: chars - 1] + "…"
-
-
-def _texts(sample: TableSample, field: str | None, rows: Sequence[int] | np.ndarray) -> list[str | None]:
-    if field is None or field not in sample.fields:
-        return [None] * len(rows)
-    values = sample.fields[field]
-    return [excerpt(values[int(i)]) for i in rows]
+def _texts(sample: TableSample, rows: np.ndarray) -> list[str | None]:
+    """Short excerpts of the texts of the sample's rows at `rows`."""
+    ids = [sample.ids[i] for i in rows.tolist()]
+    fields = {name: [values[i] for i in rows.tolist()] for name, values in sample.fields.items()}
+    return [excerpt(text, EXCERPT_CHARS) for text in row_texts(sample.table, ids, fields)]

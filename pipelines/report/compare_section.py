@@ -101,8 +101,8 @@ def _parent(lineage: ModuleLineage) -> str | None:
     return f"{p.get('name')} v{p.get('version')} ({p.get('fingerprint')})"
 
 
-def _number(value: float | None) -> str | None:
-    return None if value is None else f"{value:.4g}"
+def _number(value: float | None) -> str:
+    return "none" if value is None else f"{value:.4g}"
 
 
 def _cell(value: object) -> str:
@@ -117,7 +117,7 @@ def _changed_table(c: TableComparison) -> str:
     body = "".join(_changed_row(row) for row in c.changed)
     note = (
         "<p>Neighbours in <strong>bold</strong> are among the row's neighbours in both tables."
-        + ("" if c.text_field else " The table keeps no text column, so rows show their ids only.")
+        + ("" if c.texts_shown else " The table keeps no text, so rows show their ids only.")
         + "</p>"
     )
     return f'{note}<table class="compare-changed">{head}<tbody>{body}</tbody></table>'
