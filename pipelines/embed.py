@@ -4,6 +4,10 @@ With no arguments it embeds the bundled sample corpus (400 sentences) with the
 default all-MiniLM-L6-v2 module into `output/sample/`. See `config` for the
 flags and YAML keys; flags it does not define are Beam pipeline options.
 
+After the commit it writes the table's HTML report, `OUTPUT/_report.html`
+(`pipelines.report`; `--no-report` skips it). A report that fails is one
+warning line: the table stays committed and the exit status is 0.
+
 With a `publish:` section in its job file, the committed table is then
 published into that pgvector collection (`pipelines.publish`).
 
@@ -39,6 +43,10 @@ from pipelines.publish import publishing
 from pipelines.publish.__main__ import summary as publish_summary
 from pipelines.publish.errors import PublishError, PublishFailed
 from pipelines.publish.options import PublishConfig
+from pipelines.report.build import write_report
+from pipelines.report.compare import compare_tables
+from pipelines.report.compare_section import comparison_html
+from pipelines.report.options import ReportOptions
 
 _LOG = logging.getLogger("hub_embed")
 _ERROR_LINE = re.compile(r"^\s*[\w.]*(Error|Exception): ")
@@ -188,7 +196,27 @@ def _run(cfg: config.EmbedConfig, job: pipeline.Job, options: PipelineOptions, s
         print(f"hub-embed: run ended in state {result.state} without committing {cfg.sink.output}.", file=sys.stderr)
         return 1
     print(_summary(cfg, manifest, time.monotonic() - start, _model_load_s(result)))
+    if cfg.sink.report:
+        _report(cfg, manifest, time.monotonic() - start)
     return 0
+
+
+def _report(cfg: config.EmbedConfig, manifest: dict, wall_s: float) -> None:
+    """Writes the committed table's report and prints `report: <path>`; a failure is one warning line, not an error."""
+    if manifest["table"].get("sequence"):
+        print("report: none (the table holds per-token vectors; a report covers one vector per row)")
+        return
+    try:
+        options = ReportOptions(color_by=cfg.sink.report_color_by, wall_s=wall_s)
+        sections = []
+        if cfg.sink.report_compare is not None:
+            sections.append(comparison_html(compare_tables(cfg.sink.output_dir, cfg.sink.report_compare)))
+        written = write_report(cfg.sink.output_dir, options, sections=sections)
+    except Exception as e:  # noqa: BLE001 - the table is committed whatever happens to its report
+        reason = " ".join(f"{type(e).__name__}: {e}".split())
+        print(f"hub-embed: warning: the table is committed, but its report was not written: {reason}", file=sys.stderr)
+        return
+    print(f"report: {display(written.path)}  ({written.seconds:.1f}s)")
 
 
 if __name__ == "__main__":

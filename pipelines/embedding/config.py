@@ -166,6 +166,15 @@ class SinkConfig:
         "a committed table (local, gs://, s3://) whose vectors this run takes for unchanged contents instead of "
         "computing them; used only when it was written with the same module, signature, output and preprocessing",
     )
+    report: bool = _option(
+        True,
+        "after the commit, write the table's HTML report to OUTPUT/_report.html (a sample's map, near-duplicates, "
+        "neighbours, dead letters); a report that fails is a warning, the table stays committed",
+    )
+    report_compare: str | None = _option(
+        None, "a committed table (e.g. the previous module version's) the report compares this one with"
+    )
+    report_color_by: str | None = _option(None, "the passthrough column colouring the report's map")
 
     @property
     def output_dir(self) -> str:
@@ -526,19 +535,37 @@ def _validate(cfg: EmbedConfig) -> EmbedConfig:
         raise ConfigError("reuse must name a committed table directory, got ''.")
     if not 0.0 <= sink.max_error_fraction <= 1.0:
         raise ConfigError(f"max_error_fraction must be between 0 and 1, got {sink.max_error_fraction}.")
+    _check_report(sink, source)
     _check_output_outside_input(source.input, output)
     if cfg.publish is not None:
         _check_publish(cfg.publish, output)
     # Local paths are made absolute here, once: the job then means the same files on every worker,
     # wherever it was started (a portable runner's workers run in their own directory).
     reuse = absolute(sink.reuse) if sink.reuse is not None else None
+    compare = absolute(sink.report_compare) if sink.report_compare is not None else None
     return dataclasses.replace(
         cfg,
         source=dataclasses.replace(source, input=absolute(source.input)),
         model=dataclasses.replace(model, module=absolute(model.module)),
-        sink=dataclasses.replace(sink, output=absolute(output), overwrite=overwrite, reuse=reuse),
+        sink=dataclasses.replace(
+            sink, output=absolute(output), overwrite=overwrite, reuse=reuse, report_compare=compare
+        ),
         beam_args=absolute_beam_paths(cfg.beam_args),
     )
+
+
+def _check_report(sink: SinkConfig, source: SourceConfig) -> None:
+    """The report's keys: a comparison only with a report, a colour only from a column the table will hold."""
+    if not sink.report and (sink.report_compare is not None or sink.report_color_by is not None):
+        raise ConfigError("report_compare and report_color_by go with report: true (the report is off).")
+    if sink.report_compare is not None and not sink.report_compare.strip():
+        raise ConfigError("report_compare must name a committed table directory, got ''.")
+    columns = [*source.passthrough, "content_hash"]
+    if sink.report_color_by is not None and sink.report_color_by not in columns:
+        raise ConfigError(
+            f"report_color_by {sink.report_color_by!r} is not a column of the table; "
+            f"{suggest(sink.report_color_by, columns)}its columns to colour by: {', '.join(columns)}."
+        )
 
 
 def _check_publish(publish: PublishSection, table: str) -> None:
