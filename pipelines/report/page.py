@@ -30,11 +30,11 @@ code { font-size: 12px; background: #f6f8fa; padding: 1px 4px; border-radius: 4p
 .warn { color: #9a6700; font-weight: 600; }
 .bad { color: #cf222e; font-weight: 600; }
 .ok { color: #1a7f37; }
-.grid { display: flex; flex-wrap: wrap; gap: 16px; }
-.grid > div { flex: 1 1 480px; min-width: 0; }
-.map { display: flex; gap: 16px; align-items: flex-start; }
-.map > .plot { flex: 1 1 auto; min-width: 0; }
-.hover-card { flex: 0 0 220px; border: 1px solid #d0d7de; border-radius: 6px; padding: 8px; font-size: 13px;
+.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 16px; }
+.grid > div { min-width: 0; overflow: hidden; }
+.map { display: grid; grid-template-columns: minmax(0, 1fr) 240px; gap: 16px; align-items: start; }
+.map > .plot { min-width: 0; overflow: hidden; }
+.hover-card { border: 1px solid #d0d7de; border-radius: 6px; padding: 8px; font-size: 13px;
               min-height: 120px; word-break: break-word; }
 .hover-card img { max-width: 200px; image-rendering: auto; display: block; margin-bottom: 6px; }
 img.thumb { width: 48px; height: 48px; object-fit: cover; border-radius: 3px; vertical-align: middle; }

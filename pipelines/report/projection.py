@@ -36,9 +36,9 @@ def project(vectors: np.ndarray, method: str = "pca") -> np.ndarray:
 
         reducer = umap.UMAP(n_components=2, metric="cosine", random_state=SEED, n_neighbors=min(15, max(n - 1, 2)))
         return np.asarray(reducer.fit_transform(unit), np.float32)
-    centred = unit - unit.mean(axis=0)
-    _, _, components = np.linalg.svd(centred.astype(np.float64), full_matrices=False)
-    components = components[:2]
+    centred = (unit - unit.mean(axis=0)).astype(np.float64)
+    _, eigenvectors = np.linalg.eigh(centred.T @ centred)  # ascending: the last two are the principal axes
+    components = eigenvectors[:, ::-1][:, :2].T
     signs = np.sign(components[np.arange(len(components)), np.abs(components).argmax(axis=1)])
     coords = centred @ (components * signs[:, None]).T
     if coords.shape[1] < 2:  # one dimension, or one row: the second axis is flat

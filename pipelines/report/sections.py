@@ -128,8 +128,8 @@ def vector_section(stats: VectorStats, nearest: figures.Histogram | None) -> str
     )
     return (
         '<section id="vectors"><h2>Vectors</h2>'
-        f"<p>{stats.rows:,} vectors of dimension {stats.dimension}; norms from {stats.norm_min:.4g} to "
-        f"{stats.norm_max:.4g} (median {stats.norm_median:.4g}).</p><ul>{''.join(flags)}</ul>"
+        f"<p>{stats.rows:,} vectors of dimension {stats.dimension}; norms from {stats.norm_min:.6g} to "
+        f"{stats.norm_max:.6g} (median {stats.norm_median:.6g}).</p><ul>{''.join(flags)}</ul>"
         f'<div class="grid"><div>{norms}</div><div>{similarity}</div></div></section>'
     )
 
