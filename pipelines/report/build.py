@@ -23,12 +23,12 @@ from pipelines.report import sections as blocks
 from pipelines.report.dead_letters import read_dead_letters
 from pipelines.report.errors import ReportError
 from pipelines.report.near_duplicates import near_duplicates
-from pipelines.report.neighbours import nearest_neighbours
+from pipelines.report.neighbours import NeighbourSearch
 from pipelines.report.options import DEFAULT_OPTIONS, ReportOptions
 from pipelines.report.projection import check_method, project
 from pipelines.report.run_facts import run_facts
 from pipelines.report.table_sample import read_sample
-from pipelines.report.texts import row_texts, source_lines
+from pipelines.report.texts import row_texts, source_lines, text_column
 from pipelines.report.thumbnails import thumbnail
 from pipelines.report.vector_stats import vector_stats
 from pipelines.report.writing import write_text
@@ -89,7 +89,10 @@ def build_report(
     facts = run_facts(table, options.wall_s)
     dead = read_dead_letters(table)
     sample = read_sample(table, rows=options.sample_rows)
-    stats_table = vector_stats(table)
+    queries = list(range(min(options.neighbour_rows, len(sample))))
+    column = text_column(table)
+    search = NeighbourSearch([sample.ids[i] for i in queries], sample.vectors[queries], options.neighbours, column)
+    stats_table = vector_stats(table, search, [column] if column else [])
     texts = row_texts(table, sample.ids, sample.fields) if not image else [None] * len(sample)
     thumbs: dict[int, str | None] = {}
 
@@ -116,10 +119,7 @@ def build_report(
     for group in found.groups[: blocks.GROUPS_SHOWN]:
         for i in group.members[: blocks.GROUP_ROWS]:
             thumb(i)
-    queries = list(range(min(options.neighbour_rows, len(sample))))
-    neighbour_lists = nearest_neighbours(
-        table, [sample.ids[i] for i in queries], sample.vectors[queries], options.neighbours
-    )
+    neighbour_lists = search.results()
     neighbour_ids = [n.id for entry in neighbour_lists for n in entry.neighbours]
     other_texts = source_lines(neighbour_ids) if table.config.get("input_format") == "txt" else {}
     entries = [

@@ -48,6 +48,8 @@ def project(vectors: np.ndarray, method: str = "pca") -> np.ndarray:
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
     """`vectors` scaled to unit length (zero rows stay zero; non-finite values become zero)."""
-    clean = np.nan_to_num(np.asarray(vectors, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    norms = np.linalg.norm(clean, axis=1, keepdims=True)
+    clean = np.asarray(vectors, np.float32)
+    if not np.isfinite(clean).all():
+        clean = np.nan_to_num(clean, nan=0.0, posinf=0.0, neginf=0.0)
+    norms = np.sqrt(np.einsum("ij,ij->i", clean, clean))[:, None]
     return clean / np.where(norms == 0, 1, norms)

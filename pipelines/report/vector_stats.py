@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +17,8 @@ from pipelines.publish.source import SourceTable
 BATCH_ROWS = 8192
 BINS = 40
 FLAGGED_EXAMPLES = 10
+# Called with each record batch read and its vectors (`[rows, d]` float32), e.g. to search neighbours in the same pass.
+BatchVisitor = Callable[[pa.RecordBatch, np.ndarray], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +55,15 @@ class VectorStats:
         return self.rows - self.distinct_contents
 
 
-def vector_stats(table: SourceTable) -> VectorStats:
-    """Reads every row's vector and content hash once, one record batch at a time."""
+def vector_stats(table: SourceTable, visit: BatchVisitor | None = None, columns: Sequence[str] = ()) -> VectorStats:
+    """Reads every row's vector and content hash once, one record batch at a time.
+
+    Args:
+      table: the table.
+      visit: called with every batch and its vectors as well.
+      columns: more columns to read into the batches `visit` sees.
+    """
+    read = list(dict.fromkeys(["id", "embedding", "content_hash", *columns]))
     norms: list[np.ndarray] = []
     zero_ids: list[str] = []
     bad_ids: list[str] = []
@@ -61,10 +71,12 @@ def vector_stats(table: SourceTable) -> VectorStats:
     hashes: list[pa.Array] = []
     for part in table.parts:
         with FileSystems.open(part.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            for batch in pq.ParquetFile(f).iter_batches(BATCH_ROWS, columns=["id", "embedding", "content_hash"]):
+            for batch in pq.ParquetFile(f).iter_batches(BATCH_ROWS, columns=read):
                 column = batch.column("embedding")
                 vectors = np.asarray(column.flatten().to_numpy(zero_copy_only=False), np.float32)
                 vectors = vectors.reshape(len(column), table.dimension)
+                if visit is not None:
+                    visit(batch, vectors)
                 finite = np.isfinite(vectors).all(axis=1)
                 is_zero = finite & ~vectors.any(axis=1)
                 if not finite.all() or is_zero.any():
@@ -73,7 +85,8 @@ def vector_stats(table: SourceTable) -> VectorStats:
                     zero_ids += [ids[i] for i in np.flatnonzero(is_zero)][: FLAGGED_EXAMPLES - len(zero_ids)]
                 bad += int((~finite).sum())
                 zero += int(is_zero.sum())
-                norms.append(np.linalg.norm(vectors[finite].astype(np.float64), axis=1))
+                kept = vectors if finite.all() else vectors[finite]
+                norms.append(np.sqrt(np.einsum("ij,ij->i", kept, kept, dtype=np.float64)))
                 hashes.append(pc.unique(batch.column("content_hash")))
     all_norms = np.concatenate(norms) if norms else np.zeros(0)
     distinct = len(pc.unique(pa.chunked_array(hashes, pa.string()))) if hashes else 0
