@@ -10,7 +10,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -164,6 +166,10 @@ def test_embedding_tasks_are_wired_from_the_config(job_configs):
         "hub-module://tiny/",
     ]
     assert "task_ids='tiny.plan'" in reembed.get_task("tiny.embed").pipeline_options["module"]
+    # A re-embedding's report compares with the plan's previous table; a scheduled run's compares with nothing.
+    compare = reembed.get_task("tiny.embed").pipeline_options["report_compare"]
+    assert "ti.xcom_pull(task_ids='tiny.plan')['previous'] or ''" in compare
+    assert "report_compare" not in embed.pipeline_options
 
 
 def test_bad_scheduled_config_is_an_import_error_naming_the_file(configs):
@@ -334,12 +340,57 @@ def test_plans_offer_only_their_own_folder_for_reuse(tmp_path):
         "reuse": str(base / "20240101T000000"),
     }
     plan = plans.reembed_plan(update, "tiny", str(base), "20240103T000000")
-    assert plan == {"module": "/modules/tiny/3", "output": str(base / "tiny-v3" / "20240103T000000"), "reuse": None}
+    assert plan == {
+        "module": "/modules/tiny/3",
+        "output": str(base / "tiny-v3" / "20240103T000000"),
+        "reuse": None,
+        "previous": None,  # `commit` writes manifests without table metadata: nothing to compare with
+    }
     commit(base, "tiny-v3/20240102T000000")
     assert plans.reembed_plan(update, "tiny", str(base), "20240103T000000")["reuse"] == str(
         base / "tiny-v3" / "20240102T000000"
     )
     assert plans.scheduled_plan(str(base), "/m", "20240103T000000")["reuse"] == str(base / "20240101T000000")
+
+
+def commit_table(folder, name: str, module_name: str | None, version: int | None, **table) -> None:
+    """Makes `<folder>/<name>/` look like a committed table of `module_name` v`version` (its manifest's table entry)."""
+    os.makedirs(os.path.join(folder, name), exist_ok=True)
+    entry = {"fingerprint": f"sha256:{name}", "dimension": 8, "module_name": module_name, "module_version": version}
+    with open(os.path.join(folder, name, "_SUCCESS"), "w") as f:
+        json.dump({"files": [], "table": {**entry, **table}}, f)
+
+
+def test_reembed_compares_with_the_newest_table_of_an_earlier_version(tmp_path):
+    """The plan's `previous`: the newest run before this one whose module version is earlier (or unknown)."""
+    from pipelines.orchestration import plans
+
+    base = tmp_path / "tables"
+    update = {"name": "tiny", "version": 3, "handle": "/modules/tiny/3"}
+
+    def previous(stamp: str = "20240110T000000", version: int = 3) -> str | None:
+        assert plans.reembed_plan({**update, "version": version}, "tiny", str(base), stamp)["previous"] == (
+            found := plans.previous_version_table(str(base), "tiny", version, stamp)
+        )
+        return found
+
+    assert previous() is None  # no folder yet
+    commit_table(base, "20240101T000000", "tiny", 1)
+    assert previous() == str(base / "20240101T000000")
+    commit_table(base, "tiny-v2/20240102T000000", "tiny", 2)
+    assert previous() == str(base / "tiny-v2" / "20240102T000000")
+    commit_table(base, "20240103T000000", "tiny", 3)  # a scheduled run already on v3 (handle `latest`)
+    commit_table(base, "tiny-v3/20240104T000000", "tiny", 3)  # this version's own earlier run: reuse, not previous
+    commit_table(base, "tiny-v4/20240105T000000", "tiny", 4)  # a later version
+    commit_table(base, "20240106T000000", "tiny", 2, sequence=True)  # per-token vectors: no neighbours to compare
+    commit(base, "20240107T000000")  # a manifest without table metadata
+    assert previous() == str(base / "tiny-v2" / "20240102T000000")
+    commit_table(base, "20240108T000000", "other", 9)  # another module's table: its version says nothing
+    commit_table(base, "20240109T000000", None, None)  # a module without a module.json
+    assert previous() == str(base / "20240109T000000")
+    assert previous("20240109T000000") == str(base / "20240108T000000")  # only runs before this one
+    assert previous("20240101T000000") is None
+    assert previous("20240106T000000", version=5) == str(base / "tiny-v4" / "20240105T000000")
 
 
 # --------------------------------------------------------------------------- dag.test(): embedding
@@ -539,9 +590,16 @@ def test_module_event_triggers_reembedding_in_a_running_airflow(airflow_db, tmp_
         batch_size=4,
         schedule={"cron": None},
     )
-    old_table = base / "20240101T000000"
-    old_table.mkdir(parents=True)
-    (old_table / "_SUCCESS").write_text("{}")  # an earlier table: must stay as it is
+    old_table = base / "20240101T000000"  # an earlier table: the report compares with it; it must stay as it is
+    from pipelines import embed
+
+    assert (
+        embed.main(
+            ["--input", str(tmp_path / "in.txt"), "--module", tiny.text, "--output", str(old_table), "--no-report"]
+        )
+        == 0
+    )
+    old_files = {name: (old_table / name).read_bytes() for name in os.listdir(old_table)}
     airflow = airflow_env.AirflowProcesses(str(home), {"HUB_EMBED_CONFIGS_DIR": str(configs), "HUB_EMBED_RETRIES": "0"})
     deadline = time.monotonic() + 240
 
@@ -574,7 +632,29 @@ def test_module_event_triggers_reembedding_in_a_running_airflow(airflow_db, tmp_
     (success,) = glob.glob(str(base / "tiny-v7" / "*" / "_SUCCESS"))
     from pipelines.embedding import sinks
 
-    manifest = sinks.read_table_manifest(os.path.dirname(success))
+    table = os.path.dirname(success)
+    manifest = sinks.read_table_manifest(table)
     assert manifest["counts"]["rows_embedded"] == len(TEXTS)
     assert manifest["table"]["module"] == tiny.text
-    assert os.listdir(old_table) == ["_SUCCESS"] and (old_table / "_SUCCESS").read_text() == "{}"
+    assert {name: (old_table / name).read_bytes() for name in os.listdir(old_table)} == old_files
+
+    # The plan named the old table as the previous one; the report compares with it; its path is in XCom and logs.
+    report = os.path.join(table, "_report.html")
+    with open(report) as f:
+        assert f"<h2>Compared with <code>{old_table}</code></h2>" in f.read()
+    with sqlite3.connect(home / "airflow.db") as db:
+        xcoms = {
+            task: json.loads(value)
+            for task, value in db.execute("SELECT task_id, value FROM xcom WHERE key = 'return_value'")
+        }
+    assert xcoms["tiny.plan"]["previous"] == str(old_table)
+    assert xcoms["tiny.record_table"]["report"] == report
+    logs = {
+        task: "".join(
+            open(path, errors="replace").read()
+            for path in glob.glob(str(home / "logs" / "**" / f"task_id={task}" / "*.log"), recursive=True)
+        )
+        for task in ("tiny.embed", "tiny.record_table")
+    }
+    assert re.search(r"report: \S*_report\.html", logs["tiny.embed"]), logs["tiny.embed"][-3000:]
+    assert f"report: {report}" in logs["tiny.record_table"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +15,8 @@ from pipelines.orchestration import assets, credentials, plans, project
 from pipelines.orchestration.discovery import ScheduledJob
 from pipelines.orchestration.operators import EmbedPipelineOperator
 from pipelines.orchestration.publish_tasks import publish
+
+_LOG = logging.getLogger(__name__)
 
 
 @task
@@ -29,7 +32,11 @@ def plan_output(output_base: str, module: str | None) -> dict[str, str | None]:
 def plan_reembed(
     updates: Mapping[str, Mapping[str, Any]], module_name: str | None, output_base: str
 ) -> dict[str, str | None]:
-    """This run's `reembed_plan` (`<output>/<module>-v<version>/<run stamp>`); skips the job when its module did not change."""
+    """This run's `reembed_plan` (`<output>/<module>-v<version>/<run stamp>`); skips the job when its module did not change.
+
+    The plan's `previous` is the job's newest table of an earlier module version (None if it has none): the
+    embed task's report compares the new table with it.
+    """
     if not module_name or not updates.get(module_name):
         return {}
     return plans.reembed_plan(
@@ -77,10 +84,15 @@ def record_table(plan: Mapping[str, str]) -> dict[str, Any]:
     took from `reused_from` ({"table", "run_id"} of the reused table, None when
     nothing was reused; `reuse_refused` then says why, if a table was offered).
     A manifest without `rows_written` or `rows_reused` counts every written row
-    as embedded.
+    as embedded. `report` is the table's HTML report (`<table>/_report.html`),
+    None when the run wrote none; the task's log says it too.
     """
-    # The sink brings Beam and PyArrow: imported when the task runs, never while a DAG file is parsed.
+    # The sink brings Beam and PyArrow, the report's module Plotly: imported when the task runs, never while a
+    # DAG file is parsed.
+    from apache_beam.io.filesystems import FileSystems
+
     from pipelines.embedding import sinks
+    from pipelines.report.build import report_path
 
     manifest = sinks.read_table_manifest(plan["output"])
     if manifest is None:
@@ -102,14 +114,16 @@ def record_table(plan: Mapping[str, str]) -> dict[str, Any]:
         "module_version": table.get("module_version"),
         "fingerprint": table.get("fingerprint"),
         "run_id": manifest.get("run_id"),
+        "report": report if FileSystems.exists(report := report_path(plan["output"])) else None,
     }
+    _LOG.info("report: %s", extra["report"] or "none written")
     context = get_current_context()
     for asset in context["task"].outlets:
         context["outlet_events"][asset].extra = extra
     return extra
 
 
-def embed_job(job: ScheduledJob, plan: Any, replace: bool = False) -> None:
+def embed_job(job: ScheduledJob, plan: Any, replace: bool = False, compare: bool = False) -> None:
     """Adds `embed` (the Beam pipeline, `python -m pipelines.embed`), `record_table` and `publish` after a plan task.
 
     `publish` is there when the job has a `publish:` section; it loads the committed table into the
@@ -123,18 +137,23 @@ def embed_job(job: ScheduledJob, plan: Any, replace: bool = False) -> None:
       job: the scheduled config.
       plan: the plan task's output, `{"module": ..., "output": ..., "reuse": ...}` (an XComArg).
       replace: publish with `replace` (the collection built anew and swapped in), whatever the section says.
+      compare: the plan names a `previous` table; the report compares the new table with it
+        (`--report-compare`), when there is one.
     """
     plan_id = plan.operator.task_id
     pulled = "{{{{ ti.xcom_pull(task_ids='{}')['{}'] }}}}"
     module = f"{{{{ ti.xcom_pull(task_ids='{plan_id}')['module'] or '' }}}}"
     reuse = f"{{{{ ti.xcom_pull(task_ids='{plan_id}')['reuse'] or '' }}}}"
+    options = job.pipeline_options(module, pulled.format(plan_id, "output"), reuse)
+    if compare:
+        options["report_compare"] = f"{{{{ ti.xcom_pull(task_ids='{plan_id}')['previous'] or '' }}}}"
     embed = EmbedPipelineOperator(
         task_id="embed",
         py_file="pipelines.embed",
         py_options=["-m"],
         py_interpreter=project.python(),
         runner=job.runner,
-        pipeline_options=job.pipeline_options(module, pulled.format(plan_id, "output"), reuse),
+        pipeline_options=options,
         dataflow_config=dict(job.dataflow_config) or None,
         gcp_conn_id=job.dataflow_config.get("gcp_conn_id", "google_cloud_default"),
         module_conn_id=job.module_conn_id,
@@ -153,11 +172,17 @@ def scheduled_embedding(job: ScheduledJob) -> None:
 def reembedding(job: ScheduledJob, updates: Any) -> None:
     """A task group re-running one job with an updated module: plan -> embed -> record_table (and publish).
 
-    Its publish replaces the collection: the updated module's vectors are another vector space.
+    Its publish replaces the collection: the updated module's vectors are another vector space. Its report
+    compares the new table with the job's previous one (the plan's `previous`).
 
     Args:
       job: a scheduled config; one whose module name is unknown is always skipped.
       updates: the `module_updates` task's output (an XComArg).
     """
     with TaskGroup(group_id=job.name):
-        embed_job(job, plan_reembed.override(task_id="plan")(updates, job.module_name, job.output_base), replace=True)
+        embed_job(
+            job,
+            plan_reembed.override(task_id="plan")(updates, job.module_name, job.output_base),
+            replace=True,
+            compare=True,
+        )

@@ -41,7 +41,7 @@ class EmbedPipelineOperator(beam_operators.BeamRunPythonPipelineOperator, _Googl
       **kwargs: `BeamRunPythonPipelineOperator`'s arguments.
     """
 
-    OPTIONAL_OPTIONS = ("reuse",)
+    OPTIONAL_OPTIONS = ("reuse", "report_compare")
 
     def __init__(self, *, module_conn_id: str | None = None, module_from_env: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
