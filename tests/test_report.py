@@ -252,3 +252,14 @@ def test_no_report_skips_it(tiny, tmp_path):
     )
     assert run.rc == 0 and "report:" not in run.out
     assert not (tmp_path / "t" / REPORT_FILE).exists()
+
+
+def test_the_command_writes_projector_files_beside_the_report(text_table, tmp_path, capsys):
+    output, projector = tmp_path / "report.html", tmp_path / "projector"
+    args = [text_table.path, "-o", str(output), "--projector", str(projector), "--projector-rows", "20"]
+    assert report_main(args) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith(f"projector: {projector / 'projector_config.pbtxt'}")
+    assert output.exists() and len((projector / "tensors.tsv").read_text().splitlines()) == 20
+    (tmp_path / "a-file").write_text("")
+    assert report_main([text_table.path, "-o", str(tmp_path / "x.html"), "--projector", str(tmp_path / "a-file")]) == 2
+    assert "is not a directory" in capsys.readouterr().err and not (tmp_path / "x.html").exists()

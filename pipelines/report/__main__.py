@@ -2,6 +2,7 @@
 
     python -m pipelines.report output/sample
     python -m pipelines.report TABLE -o report.html --color-by lang --compare OLD_TABLE
+    python -m pipelines.report TABLE --projector runs/projector   # then: tensorboard --logdir runs/projector
 
 The page (by default `TABLE/_report.html`; Parquet readers skip `_` files) inlines its scripts and data,
 so it opens offline. Other flags are Beam file-system options (for gs:// and s3:// tables).
@@ -26,6 +27,8 @@ from pipelines.report.compare import DEFAULT_K, compare_tables
 from pipelines.report.compare_section import comparison_html
 from pipelines.report.errors import ReportError
 from pipelines.report.options import MAP_METHODS, ReportOptions
+from pipelines.report.projector import DEFAULT_ROWS as PROJECTOR_ROWS
+from pipelines.report.projector import write_projector
 from pipelines.report.writing import write_text
 
 
@@ -59,6 +62,18 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--compare-k", type=int, default=DEFAULT_K, metavar="K", help=f"neighbours compared (default: {DEFAULT_K})"
     )
+    parser.add_argument(
+        "--projector",
+        metavar="DIR",
+        help="also write TensorBoard Embedding Projector files for a sample into this local directory",
+    )
+    parser.add_argument(
+        "--projector-rows",
+        type=int,
+        default=PROJECTOR_ROWS,
+        metavar="N",
+        help=f"rows sampled for the projector (default: {PROJECTOR_ROWS})",
+    )
     console.add_verbose_flag(parser)
     return parser
 
@@ -81,12 +96,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             comparison = compare_tables(table, absolute(args.compare), k=args.compare_k, rows=options.sample_rows)
             extra.append(comparison_html(comparison))
         text = build_report(table, options, extra)
+        projector = (
+            write_projector(table.path, absolute(args.projector), rows=args.projector_rows) if args.projector else None
+        )
     except ReportError as e:
         print(f"hub-embed report: error: {e}", file=sys.stderr)
         return 2
     path = absolute(args.output) if args.output else report_path(table.path)
     write_text(path, text)
     print(f"report: {redact(path)}")
+    if projector:
+        print(f"projector: {projector} (tensorboard --logdir {absolute(args.projector)})")
     return 0
 
 
