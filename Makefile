@@ -107,6 +107,12 @@ docs: setup
 docs-serve: setup
 	$(PY) -m mkdocs serve
 
+# The docs' screenshots (docs/img/*.png), taken in headless Chromium by the tests of the report, its comparison and
+# the projector.
+.PHONY: screenshots
+screenshots: setup
+	HUB_EMBED_SCREENSHOTS=$(CURDIR)/docs/img $(PY) -m pytest tests/test_report.py tests/test_report_compare.py tests/test_projector.py -q
+
 soak: setup
 	$(PY) -m pytest tests -m soak -s
 
