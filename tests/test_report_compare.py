@@ -54,7 +54,7 @@ def tables(parent_root, tmp_path_factory):
     for name, module in (("parent", parent), ("child", child), ("wide", wide)):
         out[name] = str(root / "tables" / name)
         args = ["--input", str(source), "--id-field", "id", "--passthrough", "text", "--module", module]
-        assert embed.main([*args, "--output", out[name]]) == 0
+        assert embed.main([*args, "--output", out[name], "--no-report"]) == 0
     return out
 
 
@@ -187,3 +187,26 @@ def test_the_section_renders_its_histogram_offline_in_chromium(tables, browser, 
             page.screenshot(path=os.path.join(os.environ["HUB_EMBED_SCREENSHOTS"], "compare.png"), clip=clip)
         assert log.console_errors == [] and log.page_errors == []
         assert log.network_requests() == []
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def test_the_report_command_compares_and_writes_the_projector(tables, tmp_path, capsys):
+    from pipelines.report.__main__ import main
+
+    page, logdir = tmp_path / "report.html", tmp_path / "projector"
+    args = [tables["child"], "-o", str(page), "--compare", tables["parent"], "--projector", str(logdir)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"report: {page}" in out and f"projector: {logdir / 'projector_config.pbtxt'}" in out
+    text = page.read_text()
+    assert f"<h2>Compared with <code>{tables['parent']}</code></h2>" in text and "compare-overlap-histogram" in text
+    assert sorted(os.listdir(logdir)) == ["metadata.tsv", "projector_config.pbtxt", "tensors.tsv"]
+
+    assert (
+        main([tables["child"], "-o", str(tmp_path / "no.html"), "--compare", tables["parent"], "--compare-k", "150"])
+        == 2
+    )
+    assert "share 150 of the 150 ids sampled; comparing 150 neighbours needs at least 151" in capsys.readouterr().err
+    assert not (tmp_path / "no.html").exists()
