@@ -14,7 +14,9 @@
    `--langchain-batch`, from `--langchain-python`, a venv with langchain-postgres) of its first
    `--baseline-rows` rows into the same database.
 3. Incremental: `changed` published over `full`'s collection, against a full publish of `changed`;
-   then both again without a vector index, to show what maintaining the index costs.
+   then both again without a vector index, to show what maintaining the index costs. Each publish
+   reports its rows staged and its seconds per phase (`pipelines.publish.commit.PHASES`; `rest`:
+   the checks and the pipeline's start).
 4. Search: the held-out queries through the collection's index and exactly over its table (`--table`):
    recall@10 (a hit counts when its exact score reaches the exact 10th best, so equal vectors tie)
    and queries/s of each.
@@ -183,6 +185,9 @@ def publish(table: str, uri: str, collection: str, **options: Any) -> dict[str, 
         "index_build_s": round(result.index_build_s, 3),
         "load_s": round(load, 3),
         "load_rows_per_s": round(result.inserted / load, 1) if result.mode == "build" else None,
+        "staged": result.staged,
+        # Per phase (`pipelines.publish.commit.PHASES`); the rest of the wall is the checks and the pipeline's start.
+        "seconds": {**result.seconds, "rest": round(wall - result.index_build_s - sum(result.seconds.values()), 3)},
     }
 
 
@@ -331,6 +336,8 @@ def run(args: argparse.Namespace, uri: str, workdir: str) -> dict[str, Any]:
         "full_publish_of_changed_wall_s": changed_full["wall_s"],
         "incremental_speedup": harness.ratio(changed_full["wall_s"], incremental["wall_s"]),
         "incremental_speedup_vs_load_only": harness.ratio(changed_full["load_s"], incremental["wall_s"]),
+        "incremental_rows_staged": incremental["staged"],
+        **{f"incremental_{phase}_s": s for phase, s in sorted(incremental["seconds"].items())},
         "incremental_without_index_wall_s": plain["incremental"]["wall_s"],
         "full_publish_without_index_wall_s": plain["full"]["wall_s"],
         "recall_at_10": found["recall_at_10"],

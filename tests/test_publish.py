@@ -19,14 +19,17 @@ import time
 import types
 
 import numpy as np
+import psycopg
+import pyarrow as pa
 import pytest
 
 from pipelines.embedding import sinks
 from pipelines.embedding.pipeline import new_pipeline
-from pipelines.publish import catalogue, source
+from pipelines.publish import catalogue, snapshot, source
 from pipelines.publish.__main__ import main as publish_main
 from pipelines.publish.errors import PublishError, PublishFailed
 from pipelines.publish.index import index_spec
+from pipelines.publish.layout import Layout
 from pipelines.publish.options import PublishConfig, PublishOptions
 from pipelines.publish.plan import prepare
 from pipelines.publish.publishing import build_publish_pipeline, publish_table, run
@@ -82,7 +85,7 @@ def publish(table: str, uri: str, *flags: str, capsys=None) -> types.SimpleNames
 
 
 def changes(db: Db) -> dict:
-    return {k: v for k, v in db.entry()["last_changes"].items() if k != "index_build_s"}
+    return {k: v for k, v in db.entry()["last_changes"].items() if k not in ("index_build_s", "seconds")}
 
 
 # --------------------------------------------------------------------------- exact and incremental
@@ -105,7 +108,8 @@ def test_a_table_is_published_exactly_and_the_catalogue_says_what_it_holds(db, t
     )
     assert entry["index"]["method"] == "hnsw" and entry["index"]["build_params"] == {"m": 16, "ef_construction": 64}
     assert entry["source_run_id"] == metadata["run_id"] and entry["source_table"] == tables.v1
-    assert changes(db) == {"mode": "build", "inserted": 60, "updated": 0, "deleted": 0, "unchanged": 0}
+    assert changes(db) == {"mode": "build", "inserted": 60, "updated": 0, "deleted": 0, "unchanged": 0, "staged": 60}
+    assert set(entry["last_changes"]["seconds"]) == {"stage", "key", "commit"}
     assert (
         "USING hnsw (embedding vector_cosine_ops)"
         in db.query("SELECT indexdef FROM pg_indexes WHERE indexname = 'docs_embedding_idx'")[0][0]
@@ -118,7 +122,7 @@ def test_the_same_table_twice_changes_nothing(db, tables):
     assert publish(tables.v1, db.uri).rc == 0
     before = db.xmins()
     assert publish(tables.v1, db.uri).rc == 0
-    assert changes(db) == {"mode": "merge", "inserted": 0, "updated": 0, "deleted": 0, "unchanged": 60}
+    assert changes(db) == {"mode": "merge", "inserted": 0, "updated": 0, "deleted": 0, "unchanged": 60, "staged": 0}
     assert db.xmins() == before  # not one row rewritten
     assert db.rows() == expected(tables.v1) and db.work_left() == []
 
@@ -127,7 +131,11 @@ def test_a_new_table_inserts_updates_and_deletes_only_what_changed(db, tables):
     assert publish(tables.v1, db.uri).rc == 0
     before = db.xmins()
     assert publish(tables.v2, db.uri).rc == 0
-    assert changes(db) == {"mode": "merge", "inserted": 1, "updated": 2, "deleted": 1, "unchanged": 57}
+    # Only the 3 rows that differ were staged (COPYed) by the workers, not the table's 60.
+    assert changes(db) == {"mode": "merge", "inserted": 1, "updated": 2, "deleted": 1, "unchanged": 57, "staged": 3}
+    seconds = db.entry()["last_changes"]["seconds"]
+    assert set(seconds) == {"snapshot", "stage", "delete", "update", "insert", "commit"}
+    assert all(s >= 0 for s in seconds.values())
     rows, v1, v2 = db.rows(), expected(tables.v1), expected(tables.v2)
     assert set(rows) == set(v2)
     for row_id, (content_hash, vector, lang, run_id) in rows.items():
@@ -138,10 +146,24 @@ def test_a_new_table_inserts_updates_and_deletes_only_what_changed(db, tables):
     assert rows["t1"][0] != v1["t1"][0] and rows["t2"][2] == "fr"
 
 
+def test_workers_digest_rows_as_the_server_does_non_ascii_and_null_values_included(db):
+    layout = Layout("public", "digests", "vector", 2, ("lang", "note"))
+    db.query("CREATE TABLE digests (id text, content_hash text, embedding vector(2), lang text, note text)")
+    rows = [("t1", "h1", "en", None), ("é☃-2", "h2", None, ""), ("x" * 300, "h3", "ü", "a\x01b")]
+    for row in rows:
+        db.query("INSERT INTO digests VALUES (%s, %s, '[1,2]', %s, %s)", row)
+    columns = [pa.array([row[i] for row in rows], pa.string()) for i in range(4)]
+    with psycopg.connect(db.server.uri(db.name)) as conn:
+        server = snapshot.read(conn, layout)
+    workers = snapshot.Snapshot.of(snapshot.id_digests(columns[0]), snapshot.content_digests(columns[1], columns[2:]))
+    assert server.ids.tobytes() == workers.ids.tobytes() and server.contents.tobytes() == workers.contents.tobytes()
+    assert server.unchanged(workers.ids, workers.contents).all()
+
+
 def test_keep_missing_keeps_rows_the_table_no_longer_has(db, tables):
     assert publish(tables.v1, db.uri).rc == 0
     assert publish(tables.v2, db.uri, "--keep-missing").rc == 0
-    assert changes(db) == {"mode": "merge", "inserted": 1, "updated": 2, "deleted": 0, "unchanged": 57}
+    assert changes(db) == {"mode": "merge", "inserted": 1, "updated": 2, "deleted": 0, "unchanged": 57, "staged": 3}
     assert set(db.rows()) == set(expected(tables.v2)) | {"t0"}
 
 
@@ -375,7 +397,7 @@ def test_publish_table_and_build_publish_pipeline_are_the_entry_points(db, table
     p = new_pipeline(PipelineOptions())
     build_publish_pipeline(p, cfg)
     p.run().wait_until_finish()
-    assert changes(db) == {"mode": "merge", "inserted": 1, "updated": 2, "deleted": 0, "unchanged": 57}
+    assert changes(db) == {"mode": "merge", "inserted": 1, "updated": 2, "deleted": 0, "unchanged": 57, "staged": 3}
     with pytest.raises(PublishError, match="unknown publish option"):
         PublishOptions.from_dict({"indexes": "hnsw"})
     with pytest.raises(PublishError, match="keep-missing"):
@@ -476,7 +498,9 @@ def test_a_publish_killed_at_any_point_leaves_the_collection_as_it_was_and_a_rer
     if point == "staging":
         assert "2 of 4 chunks were staged by an earlier run of this publish" in caplog.text
     if point == "after-commit":
-        assert changes(db) == {"mode": "merge", "inserted": 0, "updated": 0, "deleted": 0, "unchanged": 60}
+        assert changes(db) == {
+            "mode": "merge", "inserted": 0, "updated": 0, "deleted": 0, "unchanged": 60, "staged": 0
+        }  # fmt: skip
     assert db.work_left() == []
 
 
@@ -497,6 +521,7 @@ def test_the_publish_benchmark_runs_at_a_small_size(tiny, postgres, tmp_path):
         3,
         3,
     )
+    assert incremental["staged"] == 6 and report["metrics"]["incremental_rows_staged"] == 6
     assert report["publishes"]["full"]["rows"] == 300 and report["baselines"]["executemany"]["rows"] == 100
     assert "skipped" in report["baselines"]["langchain"] and report["metrics"]["load_speedup_vs_langchain"] is None
     assert 0 < report["metrics"]["recall_at_10"] <= 1 and set(report["targets"]) == {k for k, _, _ in benchmark.TARGETS}

@@ -71,7 +71,7 @@ class CatalogueEntry:
       publish_run: the publish that last changed it.
       published_at: when.
       row_count: its rows after that publish.
-      last_changes: that publish's rows inserted, updated, deleted and unchanged.
+      last_changes: that publish's rows inserted, updated, deleted, unchanged and staged, and its seconds per phase.
     """
 
     collection: str
@@ -85,7 +85,7 @@ class CatalogueEntry:
     publish_run: str
     published_at: datetime.datetime | None = None
     row_count: int = 0
-    last_changes: dict[str, int] = dataclasses.field(default_factory=dict)
+    last_changes: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def table(schema: str, name: str) -> sql.Composed:

@@ -16,9 +16,11 @@ publish run in the catalogue and does nothing more.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -53,6 +55,8 @@ class PublishResult:
       unchanged: rows left as they were.
       index: the index (`IndexSpec.to_dict()`), None without one.
       index_build_s: seconds spent building the index (0 when it was kept).
+      staged: rows the workers staged (a build: all of them; a merge: those that differ from the collection).
+      seconds: where the publish's time went, per phase (see `PHASES`).
     """
 
     collection: str
@@ -66,6 +70,8 @@ class PublishResult:
     unchanged: int
     index: dict[str, Any] | None
     index_build_s: float
+    staged: int = 0
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def changes(self) -> dict[str, Any]:
         """The catalogue's `last_changes`."""
@@ -76,6 +82,8 @@ class PublishResult:
             "deleted": self.deleted,
             "unchanged": self.unchanged,
             "index_build_s": round(self.index_build_s, 3),
+            "staged": self.staged,
+            "seconds": {phase: round(s, 3) for phase, s in self.seconds.items()},
         }
 
     @classmethod
@@ -94,11 +102,17 @@ class PublishResult:
             unchanged=int(changes.get("unchanged", 0)),
             index=entry.index.to_dict() if entry.index else None,
             index_build_s=float(changes.get("index_build_s", 0.0)),
+            staged=int(changes.get("staged", 0)),
+            seconds={str(k): float(v) for k, v in (changes.get("seconds") or {}).items()},
         )
 
 
 def commit(
-    conn: psycopg.Connection[Any], plan: PublishPlan, seen: np.ndarray | None = None, base: Snapshot | None = None
+    conn: psycopg.Connection[Any],
+    plan: PublishPlan,
+    seen: np.ndarray | None = None,
+    base: Snapshot | None = None,
+    before: Mapping[str, float] | None = None,
 ) -> PublishResult:
     """Makes the staged work the collection (see the module docstring); returns what changed.
 
@@ -107,6 +121,7 @@ def commit(
       plan: the publish.
       seen: the digests of the table's ids (a merge: ids the table lacks are deleted).
       base: the collection's snapshot the merge staged against (read again when absent).
+      before: seconds of the phases before the commit (`snapshot`, `stage`), recorded with the commit's own.
 
     Raises:
       PublishFailed: chunks are missing, rows do not add up, or the collection changed since the publish was planned.
@@ -117,17 +132,51 @@ def commit(
     conn.rollback()
     if entry is not None and entry.publish_run == plan.publish_run:  # a retried commit: it is done
         return PublishResult.from_entry(entry, schema)
-    work.check_complete(conn, plan)
+    staged = work.check_complete(conn, plan)
     conn.rollback()
+    clock = _Clock(dict(before or {}))
     try:
         if plan.mode == BUILD:
-            return _build(conn, plan)
-        return _merge(conn, plan, np.zeros(0, snapshot.DIGEST_DTYPE) if seen is None else seen, base)
+            return _build(conn, plan, staged, clock)
+        return _merge(conn, plan, np.zeros(0, snapshot.DIGEST_DTYPE) if seen is None else seen, base, staged, clock)
     except BaseChanged:
         if plan.mode != BUILD:  # a merge's staged differences are of no use to a publish planned from now on
             with conn.transaction():
                 work.drop(conn, plan, plan.work_table)
         raise
+
+
+# The phases a publish times: before the commit (Beam steps), and in it.
+PHASES = {
+    "snapshot": "reading the collection's digests (a merge)",
+    "stage": "staging chunks, summed over the workers (reading, comparing, COPY)",
+    "key": "adding the work table's primary key (a build)",
+    "delete": "deleting the rows the table lacks (a merge)",
+    "update": "updating the staged rows whose id the collection holds (a merge; index upkeep included)",
+    "insert": "inserting the other staged rows (a merge; index upkeep included)",
+    "commit": "the rest of the commit: locks, checks, ANALYZE, the swap or the stage table's drop, the catalogue",
+}
+
+
+class _Clock:
+    """Seconds per phase (`PHASES`), added up as the commit runs."""
+
+    def __init__(self, seconds: dict[str, float]):
+        self.seconds = seconds
+        self._start = time.monotonic()
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - start
+
+    def done(self, index_s: float) -> dict[str, float]:
+        """The phases' seconds, `commit` being the commit's time not spent in another phase or the index build."""
+        timed = sum(v for k, v in self.seconds.items() if k in ("key", "delete", "update", "insert"))
+        return {**self.seconds, "commit": max(0.0, time.monotonic() - self._start - timed - index_s)}
 
 
 class BaseChanged(PublishFailed):
@@ -172,10 +221,10 @@ def _create_index(conn: psycopg.Connection[Any], plan: PublishPlan, table: str, 
     return seconds
 
 
-def _build(conn: psycopg.Connection[Any], plan: PublishPlan) -> PublishResult:
+def _build(conn: psycopg.Connection[Any], plan: PublishPlan, staged: int, clock: _Clock) -> PublishResult:
     layout, work_table = plan.layout, plan.work_table
     key, index_name = f"{work_table}_pkey", f"{work_table}_idx"
-    with conn.transaction():
+    with clock.phase("key"), conn.transaction():
         has_key = conn.execute(
             "SELECT 1 FROM pg_constraint WHERE conname = %s AND connamespace = %s::regnamespace",
             [key, f'"{layout.schema}"'],
@@ -207,46 +256,33 @@ def _build(conn: psycopg.Connection[Any], plan: PublishPlan) -> PublishResult:
         result = PublishResult(
             plan.collection, BUILD, plan.publish_run, plan.table.run_id, plan.table.rows,
             inserted=plan.table.rows, updated=0, deleted=0, unchanged=0,
-            index=_index_dict(plan.index), index_build_s=index_s,
+            index=_index_dict(plan.index), index_build_s=index_s, staged=staged, seconds=clock.done(index_s),
         )  # fmt: skip
         catalogue.write(conn, layout.schema, _entry(plan, result))
     return result
 
 
-def _merge(conn: psycopg.Connection[Any], plan: PublishPlan, seen: np.ndarray, base: Snapshot | None) -> PublishResult:
-    layout, stage = plan.layout, plan.layout.table(plan.work_table)
-    collection, run_id = layout.table(), plan.table.run_id
+def _merge(
+    conn: psycopg.Connection[Any],
+    plan: PublishPlan,
+    seen: np.ndarray,
+    base: Snapshot | None,
+    staged: int,
+    clock: _Clock,
+) -> PublishResult:
+    layout, stage, run_id = plan.layout, plan.layout.table(plan.work_table), plan.table.run_id
     values = ("content_hash", "embedding", *layout.passthrough)
     with conn.transaction():
         entry = _lock_and_check_base(conn, plan)
         conn.execute(sql.SQL("ANALYZE {}").format(stage))
         deleted = 0
-        if not plan.cfg.options.keep_missing:
-            deleted = snapshot.delete(conn, layout, (base or snapshot.read(conn, layout)).missing(seen))
-        updated = conn.execute(
-            sql.SQL(
-                "UPDATE {} c SET {}, source_run_id = %s FROM {} s WHERE c.id = s.id AND ({}) IS DISTINCT FROM ({})"
-            ).format(
-                collection,
-                sql.SQL(", ").join(sql.SQL("{0} = s.{0}").format(sql.Identifier(v)) for v in values),
-                stage,
-                layout.identifiers(values, "c"),
-                layout.identifiers(values, "s"),
-            ),
-            [run_id],
-        ).rowcount
-        inserted = conn.execute(
-            sql.SQL(
-                "INSERT INTO {} ({}, source_run_id) SELECT {}, %s FROM {} s WHERE NOT EXISTS (SELECT 1 FROM {} c WHERE c.id = s.id)"
-            ).format(
-                collection,
-                layout.identifiers(("id", *values)),
-                layout.identifiers(("id", *values), "s"),
-                stage,
-                collection,
-            ),
-            [run_id],
-        ).rowcount
+        with clock.phase("delete"):
+            if not plan.cfg.options.keep_missing:
+                deleted = snapshot.delete(conn, layout, (base or snapshot.read(conn, layout)).missing(seen))
+        with clock.phase("update"):
+            updated = _update(conn, plan, values)
+        with clock.phase("insert"):
+            inserted = _insert(conn, plan, values)
         index_s = _replace_index(conn, plan, entry.index if entry else None)
         rows = (entry.row_count if entry else 0) - deleted + inserted
         work.drop(conn, plan, plan.work_table)
@@ -254,10 +290,48 @@ def _merge(conn: psycopg.Connection[Any], plan: PublishPlan, seen: np.ndarray, b
             plan.collection, plan.mode, plan.publish_run, run_id, rows,
             inserted=inserted, updated=updated, deleted=deleted,
             unchanged=plan.table.rows - inserted - updated,
-            index=_index_dict(plan.index), index_build_s=index_s,
+            index=_index_dict(plan.index), index_build_s=index_s, staged=staged, seconds=clock.done(index_s),
         )  # fmt: skip
         catalogue.write(conn, layout.schema, _entry(plan, result))
     return result
+
+
+def _update(conn: psycopg.Connection[Any], plan: PublishPlan, values: tuple[str, ...]) -> int:
+    """Updates the collection's rows that the stage table holds with other values; returns how many."""
+    layout, stage = plan.layout, plan.layout.table(plan.work_table)
+    return int(
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} c SET {}, source_run_id = %s FROM {} s WHERE c.id = s.id AND ({}) IS DISTINCT FROM ({})"
+            ).format(
+                layout.table(),
+                sql.SQL(", ").join(sql.SQL("{0} = s.{0}").format(sql.Identifier(v)) for v in values),
+                stage,
+                layout.identifiers(values, "c"),
+                layout.identifiers(values, "s"),
+            ),
+            [plan.table.run_id],
+        ).rowcount
+    )
+
+
+def _insert(conn: psycopg.Connection[Any], plan: PublishPlan, values: tuple[str, ...]) -> int:
+    """Inserts the stage table's rows whose id the collection lacks; returns how many."""
+    layout, stage = plan.layout, plan.layout.table(plan.work_table)
+    return int(
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} ({}, source_run_id) SELECT {}, %s FROM {} s WHERE NOT EXISTS (SELECT 1 FROM {} c WHERE c.id = s.id)"
+            ).format(
+                layout.table(),
+                layout.identifiers(("id", *values)),
+                layout.identifiers(("id", *values), "s"),
+                stage,
+                layout.table(),
+            ),
+            [plan.table.run_id],
+        ).rowcount
+    )
 
 
 def _replace_index(conn: psycopg.Connection[Any], plan: PublishPlan, built: IndexSpec | None) -> float:

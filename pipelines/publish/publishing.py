@@ -77,9 +77,10 @@ class _Commit(beam.DoFn):
         plan = self._plan
         _LOG.info("%d chunks staged (%d rows to write); committing", len(staged), sum(s.changed for s in staged))
         seen = np.concatenate([s.seen for s in staged if s.seen is not None] or [np.zeros(0, snapshot.DIGEST_DTYPE)])
+        before = {"stage": sum(s.seconds for s in staged), **({"snapshot": base.read_s} if base else {})}
         with database.connect(plan.cfg.target, plan.cfg.options.connect_timeout_s) as conn:
             try:
-                yield commit(conn, plan, np.unique(seen), base)
+                yield commit(conn, plan, np.unique(seen), base, before)
             except Exception as e:
                 if isinstance(e, PublishFailed):
                     raise

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import operator
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
 from psycopg import sql
 
 from pipelines.publish.layout import Layout
@@ -25,23 +29,33 @@ from pipelines.publish.layout import Layout
 DIGEST_BYTES = 16
 DIGEST_DTYPE = f"S{DIGEST_BYTES}"
 _FETCH_ROWS = 100_000
+_DIGEST = operator.methodcaller("digest")
+# How a passthrough value is framed in a content digest: 0x01, its UTF-8 bytes, 0x02; NULL: 0x00.
+_OPEN, _CLOSE, _NULL = b"\x01", b"\x02", b"\x00"
 
 
-def id_digest(row_id: str) -> bytes:
-    """The digest of a row's id."""
-    return hashlib.sha256(row_id.encode()).digest()[:DIGEST_BYTES]
+def _digests(payloads: Iterable[bytes]) -> np.ndarray:
+    """The first `DIGEST_BYTES` of the SHA-256 of each payload, as a byte-string array (no Python loop per row)."""
+    joined = b"".join(map(_DIGEST, map(hashlib.sha256, payloads)))
+    full = np.frombuffer(joined, np.uint8).reshape(-1, hashlib.sha256().digest_size)
+    return np.ascontiguousarray(full[:, :DIGEST_BYTES]).view(DIGEST_DTYPE).ravel()
 
 
-def content_digest(content_hash: str, passthrough: Sequence[str | None]) -> bytes:
-    """The digest of what decides whether a row changed: its content hash and passthrough values."""
-    data = [content_hash.encode()]
-    data += [b"\x00" if value is None else b"\x01" + value.encode() + b"\x02" for value in passthrough]
-    return hashlib.sha256(b"".join(data)).digest()[:DIGEST_BYTES]
+def id_digests(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The digests of a column of ids, as a byte-string array."""
+    return _digests(ids.cast(pa.binary()).to_pylist())
 
 
-def id_digests(ids: Iterable[str]) -> np.ndarray:
-    """The digests of `ids`, as a byte-string array."""
-    return np.array([id_digest(i) for i in ids], dtype=DIGEST_DTYPE)
+def content_digests(
+    content_hashes: pa.Array | pa.ChunkedArray, passthrough: Sequence[pa.Array | pa.ChunkedArray]
+) -> np.ndarray:
+    """The digests of what decides whether a row changed: its content hash and passthrough values, per row."""
+    parts = [content_hashes.cast(pa.binary())]
+    for column in passthrough:
+        framed = pc.binary_join_element_wise(_OPEN, column.cast(pa.string()).cast(pa.binary()), _CLOSE, b"")
+        parts.append(pc.fill_null(framed, _NULL))
+    payloads = pc.binary_join_element_wise(*parts, b"") if passthrough else parts[0]
+    return _digests(payloads.to_pylist())
 
 
 def _sql_id_digest() -> sql.Composable:
@@ -63,16 +77,23 @@ def _sql_content_digest(passthrough: Sequence[str]) -> sql.Composable:
 
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
-    """The collection's rows, as sorted id digests and their content digests (same order)."""
+    """The collection's rows, as sorted id digests and their content digests (same order).
+
+    Attributes:
+      ids: the id digests, sorted.
+      contents: their content digests.
+      read_s: the seconds reading it took.
+    """
 
     ids: np.ndarray
     contents: np.ndarray
+    read_s: float = 0.0
 
     @classmethod
-    def of(cls, ids: np.ndarray, contents: np.ndarray) -> Snapshot:
+    def of(cls, ids: np.ndarray, contents: np.ndarray, read_s: float = 0.0) -> Snapshot:
         """A snapshot of unsorted digests."""
         order = np.argsort(ids, kind="stable")
-        return cls(ids[order], contents[order])
+        return cls(ids[order], contents[order], read_s)
 
     def unchanged(self, ids: np.ndarray, contents: np.ndarray) -> np.ndarray:
         """Which of the rows (id and content digests) the collection holds as they are."""
@@ -91,7 +112,7 @@ def read(conn: psycopg.Connection[Any], layout: Layout) -> Snapshot:
     statement = sql.SQL("SELECT {} || {} FROM {}").format(
         _sql_id_digest(), _sql_content_digest(layout.passthrough), layout.table()
     )
-    chunks = []
+    start, chunks = time.monotonic(), []
     with conn.transaction(), conn.cursor(name="hub_embed_snapshot", binary=True) as cursor:
         cursor.itersize = _FETCH_ROWS
         cursor.execute(statement)
@@ -101,7 +122,7 @@ def read(conn: psycopg.Connection[Any], layout: Layout) -> Snapshot:
     pairs = both.view(np.uint8).reshape(len(both), 2 * DIGEST_BYTES)
     ids = np.ascontiguousarray(pairs[:, :DIGEST_BYTES]).view(DIGEST_DTYPE).ravel()
     contents = np.ascontiguousarray(pairs[:, DIGEST_BYTES:]).view(DIGEST_DTYPE).ravel()
-    return Snapshot.of(ids, contents)
+    return Snapshot.of(ids, contents, time.monotonic() - start)
 
 
 def delete(conn: psycopg.Connection[Any], layout: Layout, digests: np.ndarray) -> int:

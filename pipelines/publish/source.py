@@ -13,6 +13,7 @@ import posixpath
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
@@ -207,3 +208,28 @@ def read_chunk(chunk: Chunk, columns: Sequence[str]) -> Iterator[pa.RecordBatch]
         parquet = pq.ParquetFile(f)
         for group in range(chunk.first_row_group, chunk.first_row_group + chunk.row_groups):
             yield from parquet.read_row_group(group, columns=list(columns)).to_batches()
+
+
+def read_rows(chunk: Chunk, columns: Sequence[str], rows: np.ndarray) -> pa.Table:
+    """Some rows of a chunk, with `columns` only, reading only the row groups that hold them.
+
+    Args:
+      chunk: the chunk.
+      columns: the columns to read.
+      rows: the rows' positions within the chunk, ascending.
+
+    Returns:
+      The rows, in the order of `rows`.
+    """
+    with FileSystems.open(chunk.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        parquet = pq.ParquetFile(f)
+        groups = range(chunk.first_row_group, chunk.first_row_group + chunk.row_groups)
+        starts = np.cumsum([0] + [parquet.metadata.row_group(g).num_rows for g in groups])
+        held = np.searchsorted(starts, rows, side="right") - 1  # the chunk's row group holding each row
+        wanted = np.unique(held)
+        table = pa.concat_tables(
+            [parquet.read_row_group(chunk.first_row_group + int(g), columns=list(columns)) for g in wanted]
+        )
+    read_starts = np.cumsum([0] + [int(starts[g + 1] - starts[g]) for g in wanted])
+    positions = rows - starts[held] + read_starts[np.searchsorted(wanted, held)]
+    return table.take(pa.array(positions))

@@ -8,7 +8,8 @@ leaves neither the record nor the rows.
 
 * build: every row of the chunk, as the collection will hold it.
 * merge: only the rows the collection's snapshot does not hold as they are (new ids, other content
-  hash or passthrough values; see `pipelines.publish.snapshot`); their vectors are read only then.
+  hash or passthrough values; see `pipelines.publish.snapshot`); their vectors are read only then,
+  from the row groups that hold them.
   Every chunk also reports the digests of its ids, so that the commit can tell the ids the table
   no longer has.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,8 +32,8 @@ from pipelines.publish import catalogue, database
 from pipelines.publish.errors import PublishFailed
 from pipelines.publish.layout import Layout
 from pipelines.publish.plan import BUILD, PublishPlan
-from pipelines.publish.snapshot import Snapshot, content_digest, id_digests
-from pipelines.publish.source import Chunk, read_chunk
+from pipelines.publish.snapshot import Snapshot, content_digests, id_digests
+from pipelines.publish.source import Chunk, read_chunk, read_rows
 from pipelines.publish.vectors import vector_value
 
 METRICS_NAMESPACE = "hub_embed_publish"
@@ -48,6 +50,7 @@ class StagedChunk:
       changed: its rows staged (build: all of them; merge: those that differ from the collection).
       skipped: it had been staged already.
       seen: the digests of its ids (merge only).
+      seconds: the seconds staging it took.
     """
 
     chunk: str
@@ -55,10 +58,11 @@ class StagedChunk:
     changed: int
     skipped: bool
     seen: np.ndarray | None = None
+    seconds: float = 0.0
 
 
-def _columns(batch: pa.RecordBatch, passthrough: tuple[str, ...]) -> tuple[list, list, list]:
-    """A record batch's ids, content hashes and passthrough rows."""
+def _columns(batch: pa.RecordBatch | pa.Table, passthrough: tuple[str, ...]) -> tuple[list, list, list]:
+    """A record batch's (or table's) ids, content hashes and passthrough rows."""
     others = [batch.column(name).to_pylist() for name in passthrough]
     return (
         batch.column("id").to_pylist(),
@@ -67,9 +71,11 @@ def _columns(batch: pa.RecordBatch, passthrough: tuple[str, ...]) -> tuple[list,
     )
 
 
-def _vectors(batch: pa.RecordBatch) -> np.ndarray:
-    """A record batch's `[N, D]` float32 vectors."""
+def _vectors(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+    """A record batch's (or table's) `[N, D]` float32 vectors."""
     column = batch.column("embedding")
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
     return np.asarray(column.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(len(batch), -1)
 
 
@@ -127,22 +133,17 @@ def stage_chunk(
                 _copy(conn, layout, plan.work_table, layout.columns, rows)
         return StagedChunk(chunk.key, chunk.rows, chunk.rows, skipped=False)
     assert snapshot is not None
-    batches = list(read_chunk(chunk, ["id", "content_hash", *layout.passthrough]))
-    keys = [_columns(batch, layout.passthrough) for batch in batches]
-    ids = [i for batch_ids, _, _ in keys for i in batch_ids]
-    seen = id_digests(ids)
-    contents = np.array(
-        [content_digest(h, o) for _, hashes, others in keys for h, o in zip(hashes, others)], dtype=seen.dtype
-    )
+    keys = pa.Table.from_batches(list(read_chunk(chunk, ["id", "content_hash", *layout.passthrough])))
+    seen = id_digests(keys.column("id"))
+    contents = content_digests(keys.column("content_hash"), [keys.column(name) for name in layout.passthrough])
     changed = np.flatnonzero(~snapshot.unchanged(seen, contents))
     with conn.transaction():
         if not _claim(conn, plan, chunk, len(changed)):
             return StagedChunk(chunk.key, chunk.rows, len(changed), skipped=True, seen=seen)
-        if len(changed):
-            vectors = np.concatenate([_vectors(b) for b in read_chunk(chunk, ["embedding"])])
-            hashes = [h for _, batch_hashes, _ in keys for h in batch_hashes]
-            others = [o for _, _, batch_others in keys for o in batch_others]
-            rows = ((ids[n], hashes[n], vector_value(vector_type, vectors[n]), *others[n]) for n in changed)
+        if len(changed):  # only these rows' vectors are read, from the row groups that hold them
+            vectors = _vectors(read_rows(chunk, ["embedding"], changed))
+            ids, hashes, others = _columns(keys.take(pa.array(changed)), layout.passthrough)
+            rows = ((ids[n], hashes[n], vector_value(vector_type, vectors[n]), *others[n]) for n in range(len(ids)))
             _copy(conn, layout, plan.work_table, layout.stage_columns(), rows)
     return StagedChunk(chunk.key, chunk.rows, len(changed), skipped=False, seen=seen)
 
@@ -162,7 +163,7 @@ class StageChunks(beam.DoFn):
         self._changed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "rows_staged")
 
     def process(self, chunk: Chunk, snapshot: Snapshot | None) -> Iterator[StagedChunk]:
-        target = self._plan.cfg.target
+        target, start = self._plan.cfg.target, time.monotonic()
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = database.connect(target, self._plan.cfg.options.connect_timeout_s)
@@ -170,6 +171,7 @@ class StageChunks(beam.DoFn):
         except psycopg.Error as e:
             self._close()
             raise PublishFailed(target.scrub(f"staging {chunk.key} into {self._plan.collection} failed: {e}")) from None
+        staged = dataclasses.replace(staged, seconds=time.monotonic() - start)
         if not staged.skipped:
             self._rows.inc(staged.rows)
             self._changed.inc(staged.changed)

@@ -64,10 +64,13 @@ def staged_chunks(conn: psycopg.Connection[Any], plan: PublishPlan) -> dict[str,
     return {chunk: int(n) for chunk, n in rows}
 
 
-def check_complete(conn: psycopg.Connection[Any], plan: PublishPlan) -> None:
+def check_complete(conn: psycopg.Connection[Any], plan: PublishPlan) -> int:
     """Checks that every chunk of the table is staged once and the work table holds exactly the rows staged.
 
     A build stages every row of the table; a merge, the rows that differ from the collection.
+
+    Returns:
+      The rows staged.
 
     Raises:
       PublishFailed: a chunk is missing, or the rows do not add up (nothing is committed).
@@ -87,3 +90,4 @@ def check_complete(conn: psycopg.Connection[Any], plan: PublishPlan) -> None:
         raise PublishFailed(
             f"{plan.collection}: the work table holds {count} rows, {rows} were staged; nothing was committed."
         )
+    return count
