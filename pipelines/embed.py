@@ -92,6 +92,16 @@ def _summary(cfg: config.EmbedConfig, manifest: dict, seconds: float, load_s: fl
     return "\n".join(lines)
 
 
+def _remove_stale_report(output: str) -> None:
+    """Deletes the output's report, if any (best effort: a report left behind is named by its own run id)."""
+    path = FileSystems.join(output, config.REPORT_FILE)
+    try:
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+    except Exception as e:  # noqa: BLE001 - the table is committed; an old report is only stale
+        _LOG.warning("Could not remove the replaced table's report %s: %s", display(path), e)
+
+
 def _root_cause(error: BaseException) -> str:
     """The last `SomeError: message` line of a failure (runners wrap worker errors in long traces)."""
     text = f"{type(error).__name__}: {error}"
@@ -196,15 +206,19 @@ def _run(cfg: config.EmbedConfig, job: pipeline.Job, options: PipelineOptions, s
         print(f"hub-embed: run ended in state {result.state} without committing {cfg.sink.output}.", file=sys.stderr)
         return 1
     print(_summary(cfg, manifest, time.monotonic() - start, _model_load_s(result)))
-    if cfg.sink.report:
-        _report(cfg, manifest, time.monotonic() - start)
+    _report(cfg, manifest, time.monotonic() - start)
     return 0
 
 
 def _report(cfg: config.EmbedConfig, manifest: dict, wall_s: float) -> None:
-    """Writes the committed table's report and prints `report: <path>`; a failure is one warning line, not an error."""
-    if manifest["table"].get("sequence"):
-        print("report: none (the table holds per-token vectors; a report covers one vector per row)")
+    """Writes the committed table's report and prints `report: <path>`; a failure is one warning line, not an error.
+
+    Without a new report, the one a replaced table left is removed: it describes a table that is gone.
+    """
+    if not cfg.sink.report or manifest["table"].get("sequence"):
+        _remove_stale_report(cfg.sink.output_dir)
+        if cfg.sink.report:
+            print("report: none (the table holds per-token vectors; a report covers one vector per row)")
         return
     try:
         options = ReportOptions(color_by=cfg.sink.report_color_by, wall_s=wall_s)
@@ -215,6 +229,7 @@ def _report(cfg: config.EmbedConfig, manifest: dict, wall_s: float) -> None:
     except Exception as e:  # noqa: BLE001 - the table is committed whatever happens to its report
         reason = " ".join(f"{type(e).__name__}: {e}".split())
         print(f"hub-embed: warning: the table is committed, but its report was not written: {reason}", file=sys.stderr)
+        _remove_stale_report(cfg.sink.output_dir)
         return
     print(f"report: {display(written.path)}  ({written.seconds:.1f}s)")
 

@@ -244,14 +244,15 @@ def test_bad_requests_exit_2_naming_the_bad_value_and_write_nothing(text_table, 
         assert not output.exists()
 
 
-def test_no_report_skips_it(tiny, tmp_path):
+def test_no_report_skips_it_and_removes_the_replaced_tables(tiny, tmp_path):
     source = tmp_path / "few.txt"
     source.write_text("one line\nanother line\n")
-    run = _embed(
-        ["--input", str(source), "--module", tiny.text, "--output", str(tmp_path / "t"), "--no-report"], tmp_path
-    )
+    args = ["--input", str(source), "--module", tiny.text, "--output", str(tmp_path / "t")]
+    assert _embed(args, tmp_path).rc == 0
+    assert (tmp_path / "t" / REPORT_FILE).exists()
+    run = _embed([*args, "--overwrite", "--no-report"], tmp_path)
     assert run.rc == 0 and "report:" not in run.out
-    assert not (tmp_path / "t" / REPORT_FILE).exists()
+    assert not (tmp_path / "t" / REPORT_FILE).exists()  # it described the table this run replaced
 
 
 def test_the_command_writes_projector_files_beside_the_report(text_table, tmp_path, capsys):

@@ -55,6 +55,8 @@ SAMPLE_OUTPUT = "output/sample"
 DEFAULT_BATCH_SIZE = {"text": 256, "image": 32}
 TABLE_COLUMNS = ("id", "embedding", "content_hash")
 SUCCESS_FILE = "_SUCCESS"
+# The table's HTML report, written beside it after its commit (`pipelines.report`; readers skip `_` files).
+REPORT_FILE = "_report.html"
 ERRORS_DIR = "errors"
 TMP_PREFIX = ".tmp-"
 # The output's commit lock, held while a run commits (see `output_locks.commit_lock`); removed by its holder.
@@ -682,7 +684,7 @@ def _check_local_output(output: str, overwrite: bool) -> None:
 
 def _is_table_entry(name: str) -> bool:
     return (
-        name in (SUCCESS_FILE, ERRORS_DIR, COMMIT_LOCK)
+        name in (SUCCESS_FILE, REPORT_FILE, ERRORS_DIR, COMMIT_LOCK)
         or name.startswith(TMP_PREFIX)
         or (name.startswith("part-") and name.endswith(".parquet"))
     )

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.embedding.config import REPORT_FILE
 from pipelines.publish.errors import PublishError
 from pipelines.publish.source import SourceTable, open_table
 from pipelines.report import figures, page
@@ -33,7 +34,6 @@ from pipelines.report.thumbnails import thumbnail
 from pipelines.report.vector_stats import vector_stats
 from pipelines.report.writing import write_text
 
-REPORT_FILE = "_report.html"
 _TAG = re.compile(r"<[^>]*>")
 _SECTION_ID = re.compile(r"<section\b[^>]*\bid=\"([^\"]*)\"")
 
