@@ -13,6 +13,7 @@ import io
 import json
 import os
 import pathlib
+import shutil
 import types
 
 import numpy as np
@@ -264,3 +265,17 @@ def test_the_command_writes_projector_files_beside_the_report(text_table, tmp_pa
     (tmp_path / "a-file").write_text("")
     assert report_main([text_table.path, "-o", str(tmp_path / "x.html"), "--projector", str(tmp_path / "a-file")]) == 2
     assert "is not a directory" in capsys.readouterr().err and not (tmp_path / "x.html").exists()
+
+
+def test_the_page_shows_no_credentials_from_the_manifest(text_table, tmp_path, capsys):
+    table = tmp_path / "copied"
+    shutil.copytree(text_table.path, table)
+    manifest = json.loads((table / "_SUCCESS").read_text())
+    manifest["table"]["module"] = "https://hub.example.com/m.tar.gz?token=s3cr3t-token"
+    manifest["config"]["reuse"] = "gs://reader:pa55word@bucket/old"
+    manifest["reuse"] = {"used": False, "table": "s3://key:pa55word@bucket/old", "run_id": None, "reason": "none"}
+    (table / "_SUCCESS").write_text(json.dumps(manifest))
+    assert report_main([str(table), "-o", str(tmp_path / "r.html")]) == 0
+    html = (tmp_path / "r.html").read_text()
+    assert "https://hub.example.com/m.tar.gz" in html and "gs://bucket/old" in html and "s3://bucket/old" in html
+    assert "s3cr3t" not in html and "pa55word" not in html
