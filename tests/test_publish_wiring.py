@@ -7,7 +7,9 @@ connection in an `AIRFLOW_CONN_*` variable, and its password must reach no log, 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import io
 import json
 import os
 import sqlite3
@@ -162,7 +164,16 @@ def test_a_failed_publish_is_exit_2_in_one_line_and_the_table_stays_committed(
 # --------------------------------------------------------------------------- the DAG
 
 
-def test_the_dag_publishes_from_an_airflow_connection_and_the_password_stays_out(tmp_path, tiny, db, monkeypatch):
+class _Printed(io.StringIO):
+    """What a DAG run prints; kept after the run, which closes the streams it logged to."""
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_dag_publishes_from_an_airflow_connection_and_the_password_stays_out(
+    tmp_path, tiny, db, monkeypatch, caplog
+):
     """The `publish` task after `embed` (marked done over a table embedded here) loads the run's table."""
     from airflow.utils.state import DagRunState
 
@@ -196,7 +207,9 @@ def test_the_dag_publishes_from_an_airflow_connection_and_the_password_stays_out
 
     output.mkdir(parents=True)
     table = embed_table(output / "20240301T000000", tiny.text, ROWS)  # what the marked-done embed task writes
-    run = dag.test(logical_date=datetime.datetime(2024, 3, 1, tzinfo=datetime.UTC), mark_success_pattern="embed")
+    printed = _Printed()  # the DAG run's output: `dag.test` runs the tasks here and prints their logs
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed), caplog.at_level("INFO"):
+        run = dag.test(logical_date=datetime.datetime(2024, 3, 1, tzinfo=datetime.UTC), mark_success_pattern="embed")
     assert run.state == DagRunState.SUCCESS
     assert set(db.rows("docs")) == table_ids(table)
     tis = {ti.task_id: ti for ti in run.get_task_instances()}
@@ -209,6 +222,11 @@ def test_the_dag_publishes_from_an_airflow_connection_and_the_password_stays_out
         stored += [str(row) for row in con.execute("SELECT * FROM rendered_task_instance_fields")]
     assert any("public.docs" in row for row in stored)
     assert PASSWORD not in "\n".join(stored), "the password reached an XCom or a rendered field"
+    # `dag.test` writes no task log file (the walk below would check it): the publish task's log as Airflow
+    # shows it is what the run printed, and what it logged through `logging`.
+    task_log = printed.getvalue() + caplog.text
+    assert "task_id='publish'" in task_log and "'collection': 'public.docs'" in task_log
+    assert PASSWORD not in task_log, "the password reached the publish task's log"
     for folder, _, names in os.walk(airflow_env.activate()):  # the Airflow home: its logs and its metadata DB
         for name in names:
             with open(os.path.join(folder, name), "rb") as f:
