@@ -1,8 +1,8 @@
 """A table's report: its facts read, its sample's map, near-duplicates and neighbours computed, one page written.
 
-Cost: the whole table is read twice (its ids for the sample, then its vectors and content hashes for the
-norms, the exact duplicates and the neighbours' search); the map, the near-duplicates and the neighbour
-rows come from the sample (`ReportOptions.sample_rows`), so they cost the same on any table.
+Cost: the `id` column is read to pick the sample, the sampled rows' row groups to read them, and every
+vector and content hash once more for the norms, the exact duplicates and the neighbours' search; the
+map and the near-duplicates come from the sample (`ReportOptions.sample_rows`), whatever the table's size.
 """
 
 from __future__ import annotations
