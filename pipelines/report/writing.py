@@ -9,6 +9,7 @@ import urllib.parse
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.embedding.config import TMP_PREFIX
 from pipelines.embedding.paths import is_local
 
 
@@ -23,7 +24,8 @@ def write_text(path: str, text: str) -> None:
         path = urllib.parse.urlsplit(path).path if path.startswith("file://") else path
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".tmp", dir=directory)
+        # Named as a run's temporary files are: a process killed mid-write leaves what the next commit removes.
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}report-", suffix=".html", dir=directory)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
