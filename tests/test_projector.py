@@ -23,6 +23,9 @@ from pipelines.report.errors import ReportError
 from pipelines.report.projector import metadata_tsv, write_projector
 from pipelines.report.sprites import thumbnail_size
 
+# The tests share a module fixture of real tables: under `--dist loadgroup` one worker builds it once.
+pytestmark = pytest.mark.xdist_group("projector")
+
 TEXTS = [f"text {i}:\twith a tab\nand a newline, about {'cars' if i % 2 else 'pears'}" for i in range(30)]
 
 
@@ -69,6 +72,7 @@ def read_config(path: str) -> projector_config_pb2.ProjectorConfig:
         return text_format.Parse(f.read(), projector_config_pb2.ProjectorConfig())
 
 
+@pytest.mark.slow
 def test_text_table_files_hold_the_sample_with_escaped_metadata(tables, tmp_path):
     out = tmp_path / "logdir"
     config_path = write_projector(tables["text"], str(out), fields=["text", "lang"])
@@ -95,6 +99,7 @@ def test_text_table_files_hold_the_sample_with_escaped_metadata(tables, tmp_path
     np.testing.assert_allclose(tensors, np.stack([vectors[row[0]] for row in rows]), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_bad_fields_and_directories_are_refused_before_anything_is_written(tables, tmp_path):
     out = tmp_path / "logdir"
     with pytest.raises(
@@ -154,6 +159,7 @@ def get(url: str) -> bytes:
         return response.read()
 
 
+@pytest.mark.slow
 def test_tensorboard_serves_the_image_table_and_chromium_shows_its_points(tables, browser, tmp_path):
     logdir = tmp_path / "logdir"
     write_projector(tables["image"], str(logdir))

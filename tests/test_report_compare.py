@@ -24,6 +24,9 @@ from pipelines.report.neighbour_overlap import nearest_neighbours, neighbour_ove
 from tests.fixtures import release
 from tests.fixtures import tiny_modules as tm
 
+# The tests share a module fixture of real tables: under `--dist loadgroup` one worker builds it once.
+pytestmark = pytest.mark.xdist_group("report_compare")
+
 WORDS = ["apple", "pear", "banana", "juice", "car", "truck", "road", "engine", "tire", "bread", "tree", "oil"]
 K = 10
 
@@ -97,6 +100,7 @@ def test_neighbours_do_not_depend_on_row_order_and_ties_go_to_the_smaller_id():
 # --------------------------------------------------------------------------- tables
 
 
+@pytest.mark.slow
 def test_a_table_compared_with_itself_keeps_every_neighbourhood(tables):
     same = compare_tables(tables["child"], tables["child"], k=K)
     assert len(same.ids) == same.sampled == 150 and set(same.overlap) == {1.0}
@@ -104,6 +108,7 @@ def test_a_table_compared_with_itself_keeps_every_neighbourhood(tables):
     assert all(n.in_both for row in same.changed for n in (*row.neighbours, *row.other_neighbours))
 
 
+@pytest.mark.slow
 def test_the_fine_tuned_child_compared_with_its_parent(tables):
     """Overlap as computed here from both tables' rows; the child's lineage names its parent and release metrics."""
     comparison = compare_tables(tables["child"], tables["parent"], k=K)
@@ -132,6 +137,7 @@ def test_the_fine_tuned_child_compared_with_its_parent(tables):
     assert parent.parent is None and parent.metrics == () and parent.unavailable is None
 
 
+@pytest.mark.slow
 def test_tables_of_different_dimensions_compare_within_their_own_spaces(tables):
     comparison = compare_tables(tables["wide"], tables["parent"], k=K)
     assert (comparison.dimension, comparison.other_dimension) == (16, 8)
@@ -143,6 +149,7 @@ def test_tables_of_different_dimensions_compare_within_their_own_spaces(tables):
     assert comparison.lineage.unavailable == "not available: the module has no module.json"
 
 
+@pytest.mark.slow
 def test_tables_sharing_too_few_ids_and_bad_arguments_are_refused(tables, tmp_path):
     with pytest.raises(
         ReportError, match=r"share 150 of the 150 ids sampled; comparing 200 neighbours needs at least 201"
@@ -158,6 +165,7 @@ def test_tables_sharing_too_few_ids_and_bad_arguments_are_refused(tables, tmp_pa
 # --------------------------------------------------------------------------- the section in a browser
 
 
+@pytest.mark.slow
 def test_the_section_renders_its_histogram_offline_in_chromium(tables, browser, tmp_path):
     comparison = compare_tables(tables["child"], tables["parent"], k=K)
     fragment = comparison_html(comparison)
@@ -192,6 +200,7 @@ def test_the_section_renders_its_histogram_offline_in_chromium(tables, browser, 
 # --------------------------------------------------------------------------- the command line
 
 
+@pytest.mark.slow
 def test_the_report_command_compares_and_writes_the_projector(tables, tmp_path, capsys):
     from pipelines.report.__main__ import main
 
