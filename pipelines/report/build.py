@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.embedding import sinks
 from pipelines.embedding.config import REPORT_FILE
 from pipelines.publish.errors import PublishError
 from pipelines.publish.source import SourceTable, open_table
@@ -189,10 +190,18 @@ def write_report(
     output: str | None = None,
     sections: Sequence[str] = (),
 ) -> WrittenReport:
-    """Builds the report and writes it atomically to `output` (default `report_path`); see `build_report`."""
+    """Builds the report and writes it atomically to `output` (default `report_path`); see `build_report`.
+
+    Raises:
+      ReportError: see `open_checked`; or another run committed to the table while its report was made (a
+        page of the table it replaced is not written over the new table's).
+    """
     start = time.monotonic()
     opened = open_checked(table, options)
     path = output or report_path(opened.path)
     text = build_report(opened, options, sections)
+    current = sinks.read_table_manifest(opened.path) or {}
+    if current.get("run_id") != opened.run_id:  # another run committed meanwhile: this page is of a table gone
+        raise ReportError(f"table {opened.display!r} was replaced while its report was made; nothing written.")
     write_text(path, text)
     return WrittenReport(path, min(options.sample_rows, opened.rows), time.monotonic() - start)
