@@ -189,10 +189,6 @@ def test_the_section_renders_its_histogram_offline_in_chromium(tables, browser, 
         assert heading == f"Compared with {comparison.other}"
         assert page.locator(".compare-changed tbody tr").count() == len(comparison.changed)
         assert page.locator(".compare-lineage").inner_text().count("tiny") >= 2
-        if os.environ.get("HUB_EMBED_SCREENSHOTS"):
-            box = page.locator("#compare").bounding_box()
-            clip = {"x": box["x"], "y": box["y"], "width": box["width"], "height": min(box["height"], 1300)}
-            page.screenshot(path=os.path.join(os.environ["HUB_EMBED_SCREENSHOTS"], "compare.png"), clip=clip)
         assert log.console_errors == [] and log.page_errors == []
         assert log.network_requests() == []
 
@@ -201,7 +197,7 @@ def test_the_section_renders_its_histogram_offline_in_chromium(tables, browser, 
 
 
 @pytest.mark.slow
-def test_the_report_command_compares_and_writes_the_projector(tables, tmp_path, capsys):
+def test_the_report_command_compares_and_writes_the_projector(tables, tmp_path, capsys, browser):
     from pipelines.report.__main__ import main
 
     page, logdir = tmp_path / "report.html", tmp_path / "projector"
@@ -212,6 +208,14 @@ def test_the_report_command_compares_and_writes_the_projector(tables, tmp_path, 
     text = page.read_text()
     assert f"<h2>Compared with <code>{tables['parent']}</code></h2>" in text and "compare-overlap-histogram" in text
     assert sorted(os.listdir(logdir)) == ["metadata.tsv", "projector_config.pbtxt", "tensors.tsv"]
+    with browser.open(page.as_uri()) as (opened, log):  # the section in the report page as users see it
+        opened.wait_for_selector("#compare-overlap-histogram .bars path")
+        if os.environ.get("HUB_EMBED_SCREENSHOTS"):
+            top = opened.evaluate("document.getElementById('compare').getBoundingClientRect().top + window.scrollY")
+            clip = {"x": 0, "y": top - 10, "width": 1400, "height": 1300}
+            path = os.path.join(os.environ["HUB_EMBED_SCREENSHOTS"], "compare.png")
+            opened.screenshot(path=path, full_page=True, clip=clip)
+        assert log.console_errors == [] and log.page_errors == [] and log.network_requests() == []
 
     assert (
         main([tables["child"], "-o", str(tmp_path / "no.html"), "--compare", tables["parent"], "--compare-k", "150"])
