@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+BLOCK_ROWS = 1024
+
 
 def nearest_neighbours(ids: Sequence[str], vectors: np.ndarray, k: int) -> np.ndarray:
     """Each row's `k` nearest other rows by cosine similarity, closest first.
@@ -27,10 +29,12 @@ def nearest_neighbours(ids: Sequence[str], vectors: np.ndarray, k: int) -> np.nd
         raise ValueError(f"k={k} neighbours need at least {k + 1} rows; there are {n}.")
     by_id = np.argsort(np.asarray(ids, dtype=object), kind="stable")
     unit = _unit(np.asarray(vectors, np.float64)[by_id])
-    similarity = unit @ unit.T
-    np.fill_diagonal(similarity, -np.inf)
-    # Rows sorted by id and a stable sort: among equal similarities the smaller id comes first.
-    nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+    nearest = np.empty((n, k), np.int64)
+    for start in range(0, n, BLOCK_ROWS):  # a block of rows at a time: memory grows with n, not n squared
+        similarity = unit[start : start + BLOCK_ROWS] @ unit.T
+        rows = np.arange(len(similarity))
+        similarity[rows, start + rows] = -np.inf
+        nearest[start : start + BLOCK_ROWS] = _smallest(-similarity, k)
     out = np.empty((n, k), np.int64)
     out[by_id] = by_id[nearest]
     return out
@@ -58,6 +62,21 @@ def overlap(neighbours_a: np.ndarray, neighbours_b: np.ndarray) -> np.ndarray:
     """Per row, the share of the neighbours in `neighbours_a` (`[n, k]` indices) that `neighbours_b` has too."""
     k = neighbours_a.shape[1]
     return np.array([len(set(a) & set(b)) / k for a, b in zip(neighbours_a.tolist(), neighbours_b.tolist())])
+
+
+def _smallest(values: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the column indices of its `k` smallest values, smallest first, ties to the lower index.
+
+    The rows' columns are in id order, so ties go to the smaller id. A partition finds each row's `k`
+    smallest in linear time; the few rows with a tie across the `k`-th value are sorted in full.
+    """
+    picked = np.sort(np.argpartition(values, k - 1, axis=1)[:, :k], axis=1)
+    picked_values = np.take_along_axis(values, picked, 1)
+    picked = np.take_along_axis(picked, np.argsort(picked_values, axis=1, kind="stable"), 1)
+    tied = np.flatnonzero((values <= picked_values.max(1, keepdims=True)).sum(1) > k)
+    if len(tied):
+        picked[tied] = np.argsort(values[tied], axis=1, kind="stable")[:, :k]
+    return picked
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
