@@ -97,6 +97,18 @@ def test_neighbours_do_not_depend_on_row_order_and_ties_go_to_the_smaller_id():
         nearest_neighbours(ids, vectors, 4)
 
 
+def test_neighbours_of_a_sample_larger_than_a_block_with_many_ties_match_a_plain_sort():
+    rng = np.random.default_rng(3)
+    ids = [f"r{i:04d}" for i in rng.permutation(1500)]  # more rows than one block
+    vectors = rng.normal(size=(30, 4))[rng.integers(0, 30, size=1500)]  # 30 vectors, each repeated: many exact ties
+    near = nearest_neighbours(ids, vectors, 7)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    for i in rng.choice(1500, size=40, replace=False).tolist():
+        similarity = unit @ unit[i]
+        expected = sorted((j for j in range(1500) if j != i), key=lambda j: (-similarity[j], ids[j]))[:7]
+        assert near[i].tolist() == expected
+
+
 # --------------------------------------------------------------------------- tables
 
 
