@@ -390,7 +390,7 @@ def test_commit_refuses_to_clobber_overwrites_on_request_and_recovers_from_a_kil
     args = ("--input", str(src), "--module", tiny.text)
     assert run(*args, output=out) == 0
     first = sinks.read_table_manifest(str(out))
-    assert sorted(os.listdir(out)) == ["_SUCCESS", first["files"][0]["path"]]
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "_report.html", first["files"][0]["path"]]
     assert len(table_by_id(out)) == len(TEXTS)
 
     assert run(*args, output=out) == 2
@@ -398,7 +398,7 @@ def test_commit_refuses_to_clobber_overwrites_on_request_and_recovers_from_a_kil
     assert run(*args, "--overwrite", output=out) == 0
     second = sinks.read_table_manifest(str(out))
     assert second["run_id"] != first["run_id"]
-    assert sorted(os.listdir(out)) == ["_SUCCESS", second["files"][0]["path"]]
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "_report.html", second["files"][0]["path"]]
     assert len(table_by_id(out)) == len(TEXTS)
 
 
