@@ -404,6 +404,12 @@ def vectors(table_dir: str) -> dict[str, list[float]]:
     return dict(zip(table.column("id").to_pylist(), table.column("embedding").to_pylist()))
 
 
+def record_table_report(run) -> str | None:
+    """The `report` of the run's record_table XCom."""
+    (ti,) = [ti for ti in run.get_task_instances() if ti.task_id == "record_table"]
+    return ti.xcom_pull(task_ids="record_table")["report"]
+
+
 @pytest.mark.slow
 def test_scheduled_runs_write_tables_and_reuse_the_previous_one(airflow_db, configs, tmp_path, tiny):
     """Two scheduled runs: the first embeds everything (no --reuse); the second reuses the first's vectors."""
@@ -444,6 +450,8 @@ def test_scheduled_runs_write_tables_and_reuse_the_previous_one(airflow_db, conf
         event["rows_failed"],
     ) == (len(TEXTS), len(TEXTS), len(TEXTS), 0, 0)
     assert event["reused_from"] is None and event["fingerprint"] == manifest["table"]["fingerprint"]
+    assert event["report"] == os.path.join(first_dir, "_report.html") and os.path.isfile(event["report"])
+    assert record_table_report(first) == event["report"]  # record_table's XCom
 
     write_lines(source, TEXTS + ["a sentence the first run never saw"])
     second = dagbag().dags["embed__tiny"].test(logical_date=day + datetime.timedelta(days=1))
