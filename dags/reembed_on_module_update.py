@@ -4,8 +4,9 @@
 events; each scheduled config that embeds with an updated module re-runs
 (`<config>.plan` -> `<config>.embed` -> `<config>.record_table`) with the
 event's handle, into `<output>/<module>-v<version>/<run stamp>`, reusing only
-an earlier committed run of that same folder. Configs of other modules are
-skipped; earlier tables are never touched.
+an earlier committed run of that same folder. The new table's report
+compares it with the job's newest table of an earlier module version. Configs
+of other modules are skipped; earlier tables are never touched.
 """
 
 from __future__ import annotations
