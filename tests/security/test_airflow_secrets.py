@@ -364,7 +364,7 @@ def test_a_private_module_embeds_and_no_credential_reaches_airflow(
         status, body = airflow.api("POST", "assets/events", {"asset_id": asset_id, "extra": extra})
         assert status == 200, body
         runs = {
-            dag_id: airflow.wait_for(f"a run of {dag_id}", finished(dag_id), deadline, interval=3)
+            dag_id: airflow.wait_for(f"a run of {dag_id}", finished(dag_id), deadline)
             for dag_id in ("embed__conn", "embed__env", "reembed_on_module_update")
         }
         logs = "\n".join(airflow.logs(n) for n in airflow.COMPONENTS)
