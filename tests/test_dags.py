@@ -632,7 +632,7 @@ def test_module_event_triggers_reembedding_in_a_running_airflow(airflow_db, tmp_
         extra = {"name": "tiny", "version": 7, "fingerprint": "sha256:test", "handle": tiny.text}
         status, event = airflow.api("POST", "assets/events", {"asset_id": asset_id, "extra": extra})
         assert status == 200, event
-        run = airflow.wait_for("the re-embedding run", finished_run, deadline, interval=3)
+        run = airflow.wait_for("the re-embedding run", finished_run, deadline)
         assert run["state"] == "success", "\n".join(airflow.logs(n) for n in airflow.COMPONENTS)
     finally:
         airflow.stop()
