@@ -84,12 +84,21 @@ module: $(MINILM)/module.json $(MINILM_BF16)/module.json $(EFFICIENTNET)/module.
 run: setup
 	$(PY) -m pipelines.embed
 
-# The whole suite, slow tests included; only the long soak run is left to `make soak`.
+# The whole suite, slow tests included; only the long soak run is left to `make soak`. Two pytest-xdist workers
+# (TEST_WORKERS) run it, then the tests marked `serial` (timings a busy neighbour would skew) run alone, collected
+# from the files that have any (collecting the whole suite again would take longer than they do); pytest's exit
+# status 5 says that none was selected.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL := $(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadgroup
+SERIAL_FILES = $(shell grep -rlE --include='test_*.py' 'mark\.serial' tests)
+
 test: setup
-	$(PY) -m pytest tests -m "not soak" --durations=15
+	$(PYTEST_PARALLEL) -m "not soak and not serial" --durations=15
+	$(if $(SERIAL_FILES),$(PY) -m pytest $(SERIAL_FILES) -m "serial and not soak" --durations=5 || test $$? = 5)
 
 test-fast: setup
-	$(PY) -m pytest tests -m "not slow and not soak"
+	$(PYTEST_PARALLEL) -m "not slow and not soak and not serial"
+	$(if $(SERIAL_FILES),$(PY) -m pytest $(SERIAL_FILES) -m "serial and not slow and not soak" || test $$? = 5)
 
 # Lint, format, types, the benchmark page against its result files, and the docs site (strict).
 LINT_PATHS := pipelines dags benchmarks tests examples docs/hooks

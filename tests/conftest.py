@@ -9,6 +9,23 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Test files whose tests share an expensive module-scoped fixture (a fine-tune, a built module, a worker venv built
+# from the working tree): under pytest-xdist each file's tests run on one worker, so the fixture is built once.
+ONE_WORKER_FILES = frozenset({"test_finetune.py", "test_portable.py"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first, so that two xdist workers share them out before the quick ones fill the gaps.
+
+    Also pins the tests of each file in ONE_WORKER_FILES to one worker (an `xdist_group` read by `--dist loadgroup`).
+    The order is the same in every worker, as xdist requires.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise
+    for item in items:
+        if item.path.name in ONE_WORKER_FILES:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
 
 @pytest.fixture(autouse=True)
 def module_cache(tmp_path, monkeypatch):

@@ -200,6 +200,7 @@ PARSE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.serial  # a time limit on parsing, which a busy parallel neighbour would skew
 def test_parsing_is_fast_and_imports_no_tensorflow(job_configs):
     """A fresh interpreter (Airflow imported first) parses the whole folder in < 2 s without TF or Beam."""
     out = subprocess.run(
