@@ -235,3 +235,14 @@ def test_the_report_command_compares_and_writes_the_projector(tables, tmp_path, 
     )
     assert "share 150 of the 150 ids sampled; comparing 150 neighbours needs at least 151" in capsys.readouterr().err
     assert not (tmp_path / "no.html").exists()
+
+    chosen = tmp_path / "chosen"
+    assert (
+        main([tables["child"], "-o", str(page), "--projector", str(chosen), "--projector-fields", "content_hash"]) == 0
+    )
+    header, first = (chosen / "metadata.tsv").read_text().splitlines()[:2]
+    assert header == "id\tcontent_hash" and len(first.split("\t")[1]) > 0
+    refused = tmp_path / "refused"
+    assert main([tables["child"], "-o", str(page), "--projector", str(refused), "--projector-fields", "lang"]) == 2
+    assert "projector field 'lang' is not a column" in capsys.readouterr().err
+    assert not refused.exists()

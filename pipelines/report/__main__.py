@@ -74,6 +74,11 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"rows sampled for the projector (default: {PROJECTOR_ROWS})",
     )
+    parser.add_argument(
+        "--projector-fields",
+        metavar="FIELD,...",
+        help="the columns labelling the projector's points beside the id (default: every passthrough column)",
+    )
     console.add_verbose_flag(parser)
     return parser
 
@@ -97,7 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra.append(comparison_html(comparison))
         text = build_report(table, options, extra)
         projector = (
-            write_projector(table.path, absolute(args.projector), rows=args.projector_rows) if args.projector else None
+            write_projector(
+                table.path, absolute(args.projector), fields=_fields(args.projector_fields), rows=args.projector_rows
+            )
+            if args.projector
+            else None
         )
     except ReportError as e:
         print(f"hub-embed report: error: {e}", file=sys.stderr)
@@ -108,6 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if projector:
         print(f"projector: {projector} (tensorboard --logdir {absolute(args.projector)})")
     return 0
+
+
+def _fields(flag: str | None) -> list[str] | None:
+    """`--projector-fields`' comma-separated names, or None for the default."""
+    return None if flag is None else [name.strip() for name in flag.split(",") if name.strip()]
 
 
 if __name__ == "__main__":
