@@ -111,9 +111,19 @@ def _write_jsonl(path: str, rows: list[tuple[str, str, str]]) -> str:
     return path
 
 
+def module_fingerprint(module: str) -> str | None:
+    """The fingerprint a built module's `module.json` records (None without one): a rebuilt module makes other tables."""
+    try:
+        with open(os.path.join(module, "module.json"), encoding="utf-8") as f:
+            return json.load(f).get("fingerprint")
+    except (OSError, ValueError):
+        return None
+
+
 def table_key(rows: list[tuple[str, str, str]], module: str, reuse: str | None) -> str:
-    """What a table is made of, hashed: its rows, its module, and the table it reuses vectors from."""
-    return hashlib.sha256(json.dumps([TABLES_VERSION, rows, os.path.abspath(module), reuse]).encode()).hexdigest()
+    """What a table is made of, hashed: its rows, its module (path and fingerprint), and the table it reuses vectors from."""
+    parts = [TABLES_VERSION, rows, os.path.abspath(module), module_fingerprint(module), reuse]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def _embed(workdir: str, name: str, rows: list[tuple[str, str, str]], module: str, reuse: str | None = None) -> str:
