@@ -6,6 +6,7 @@ import os
 import types
 
 import pytest
+from _pytest.nodeid import coerce_node_id
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -25,6 +26,25 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in ONE_WORKER_FILES:
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    if getattr(config.option, "loadgroup", False):  # set in xdist workers under --dist loadgroup
+        for item in items:
+            _tag_with_group(item)
+
+
+def _tag_with_group(item: pytest.Item) -> None:
+    """Suffixes the node id with its `xdist_group`s, the tag `--dist loadgroup` schedules by.
+
+    pytest-xdist 3.8 writes the tag to `item._nodeid`, which pytest 9 no longer reads (the node id lives in
+    `item._id`), so without this every group's tests would be spread over both workers.
+    """
+    groups = sorted(
+        {
+            str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+            for mark in item.iter_markers("xdist_group")
+        }
+    )
+    if groups and "@" not in item.nodeid:
+        item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(groups)}")
 
 
 @pytest.fixture(autouse=True)

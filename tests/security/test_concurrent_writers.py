@@ -98,9 +98,10 @@ def test_two_runs_into_one_new_output_exactly_one_commits(tiny, tmp_path):
     assert manifest["run_id"] == winner and manifest["counts"]["rows_in"] == ROWS
     assert all(f["path"].endswith(f"-{winner}.parquet") for f in manifest["files"])
     assert sinks.read_table(out).num_rows == manifest["counts"]["rows_written"] == ROWS
-    assert sorted(os.listdir(out)) == ["_SUCCESS", *sorted(f["path"] for f in manifest["files"])], (
-        "the loser left files, or took the winner's"
-    )
+    parts = sorted(f["path"] for f in manifest["files"])
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "_report.html", *parts], "the loser left files, or took the winner's"
+    with open(os.path.join(out, "_report.html"), encoding="utf-8") as f:
+        assert winner in f.read(), "the table's report is not the winner's"
 
 
 def test_a_run_with_overwrite_loses_to_a_table_committed_after_its_launch(tmp_path):
