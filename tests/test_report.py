@@ -26,6 +26,7 @@ from pipelines.publish.source import open_table
 from pipelines.report.__main__ import main as report_main
 from pipelines.report.build import REPORT_FILE
 from pipelines.report.dead_letters import read_dead_letters
+from pipelines.report.projection import project
 from pipelines.report.vector_stats import vector_stats
 
 pytestmark = pytest.mark.xdist_group("test_report")  # one worker builds the module's tables once
@@ -238,8 +239,8 @@ def test_bad_requests_exit_2_naming_the_bad_value_and_write_nothing(text_table, 
     assert "1.5" in capsys.readouterr().err
     umap_installed = importlib.util.find_spec("umap") is not None
     rc = report_main([text_table.path, "-o", str(output), "--map", "umap"])
-    if umap_installed:
-        assert rc == 0
+    if umap_installed:  # umap-learn is a dev dependency: the map is UMAP's
+        assert rc == 0 and "UMAP of" in output.read_text()
     else:
         assert rc == 2 and "umap-learn" in capsys.readouterr().err
         assert not output.exists()
@@ -279,3 +280,15 @@ def test_the_page_shows_no_credentials_from_the_manifest(text_table, tmp_path, c
     html = (tmp_path / "r.html").read_text()
     assert "https://hub.example.com/m.tar.gz" in html and "gs://bucket/old" in html and "s3://bucket/old" in html
     assert "s3cr3t" not in html and "pa55word" not in html
+
+
+def test_umap_maps_separate_clusters_apart_and_the_same_vectors_the_same_way():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(2, 16)) * 5
+    vectors = np.concatenate([c + rng.normal(scale=0.1, size=(40, 16)) for c in centres]).astype(np.float32)
+    first, second = project(vectors, "umap"), project(vectors, "umap")
+    assert first.shape == (80, 2) and np.isfinite(first).all()
+    np.testing.assert_array_equal(first, second)
+    a, b = first[:40], first[40:]
+    spread = max(np.linalg.norm(a - a.mean(0), axis=1).max(), np.linalg.norm(b - b.mean(0), axis=1).max())
+    assert np.linalg.norm(a.mean(0) - b.mean(0)) > spread
