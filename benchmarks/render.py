@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks import cpu, harness, images, incremental, text_report
+from benchmarks import cpu, harness, images, incremental, report, text_report
 from benchmarks.probes import int8_tables, op_profile
 from benchmarks.tables import fmt, markdown_table, verdict
 
@@ -60,6 +60,7 @@ SECTIONS = {
     "op_profile": Section(op_profile.markdown, "make bench-op-profile"),
     "int8_probe": Section(int8_tables.markdown, "make bench-int8"),
     "publish": Section(figures_tables, "python -m benchmarks.publish"),
+    "report": Section(report.markdown, "make bench-report"),
 }
 
 
