@@ -161,7 +161,6 @@ bench: setup $(BENCH_STAMP) $(BENCH_ONNX_STAMP)
 bench-images: setup
 	$(PY) -m benchmarks.images --images 1000 --repeats 3
 
-# A second run that reuses the first run's table, against a full run.
 # LangChain's PGVector, the publish benchmark's contender, in a venv of its own (it needs pgvector<0.4).
 BENCH_LANGCHAIN_VENV := .venv-bench-langchain
 BENCH_LANGCHAIN_STAMP := $(BENCH_LANGCHAIN_VENV)/.installed
@@ -180,6 +179,7 @@ bench-publish: setup $(BENCH_LANGCHAIN_STAMP)
 bench-report: setup
 	$(PY) -m benchmarks.report
 
+# A second run that reuses the first run's table, against a full run.
 bench-incremental: setup
 	$(PY) -m benchmarks.incremental --corpus benchmarks/data/docstrings.jsonl --rows 50000 --small-rows 10000
 
