@@ -194,9 +194,12 @@ def test_the_section_renders_its_histogram_offline_in_chromium(tables, browser, 
         f"<script>{plotly.offline.get_plotlyjs()}</script></head><body>{fragment}</body></html>"
     )
     with browser.open(page_file.as_uri(), height=1600) as (page, log):
-        page.wait_for_selector("#compare-overlap-histogram .bars path")
-        bars = page.locator("#compare-overlap-histogram .bars path").count()
-        assert bars == len(set(comparison.overlap))  # one bar per overlap value present
+        page.wait_for_selector("#compare-overlap-histogram .bars path", state="attached")
+        drawn = page.evaluate("document.getElementById('compare-overlap-histogram').data[0]")
+        expected = [sum(1 for o in comparison.overlap if round(o * K) == j) for j in range(K + 1)]
+        assert drawn["y"] == expected and sum(expected) == len(comparison.ids)  # one bar per overlap value
+        assert drawn["x"] == pytest.approx([j / K for j in range(K + 1)])
+        assert page.locator("#compare-overlap-histogram .bars path").count() == K + 1
         heading = page.locator("#compare h2").inner_text()
         assert heading == f"Compared with {comparison.other}"
         assert page.locator(".compare-changed tbody tr").count() == len(comparison.changed)
@@ -221,7 +224,7 @@ def test_the_report_command_compares_and_writes_the_projector(tables, tmp_path, 
     assert f"<h2>Compared with <code>{tables['parent']}</code></h2>" in text and "compare-overlap-histogram" in text
     assert sorted(os.listdir(logdir)) == ["metadata.tsv", "projector_config.pbtxt", "tensors.tsv"]
     with browser.open(page.as_uri()) as (opened, log):  # the section in the report page as users see it
-        opened.wait_for_selector("#compare-overlap-histogram .bars path")
+        opened.wait_for_selector("#compare-overlap-histogram .bars path", state="attached")
         if os.environ.get("HUB_EMBED_SCREENSHOTS"):
             top = opened.evaluate("document.getElementById('compare').getBoundingClientRect().top + window.scrollY")
             clip = {"x": 0, "y": top - 10, "width": 1400, "height": 1300}

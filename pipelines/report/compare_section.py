@@ -8,8 +8,9 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
-import plotly.graph_objects as go
+import numpy as np
 
+from pipelines.report import figures
 from pipelines.report.compare import ChangedRow, Neighbour, TableComparison
 from pipelines.report.lineage import ModuleLineage
 
@@ -47,26 +48,16 @@ def comparison_html(comparison: TableComparison) -> str:
 
 
 def _histogram(c: TableComparison) -> str:
-    figure = go.Figure(
-        go.Histogram(
-            x=list(c.overlap),
-            xbins={"start": -0.5 / c.k, "end": 1 + 0.5 / c.k, "size": 1 / c.k},
-            marker_color="#4c78a8",
-            hovertemplate=f"overlap@{c.k} %{{x:.1f}}: %{{y}} rows<extra></extra>",
-        )
+    """One bar per possible overlap value (0, 1/k, ..., 1): the rows that have it."""
+    edges = (np.arange(c.k + 2) - 0.5) / c.k
+    counts, _ = np.histogram(np.asarray(c.overlap, np.float64), bins=edges)
+    return figures.histogram(
+        edges,
+        counts,
+        f"Neighbour overlap@{c.k} per row ({len(c.ids)} rows)",
+        f"overlap@{c.k} (share of the {c.k} nearest neighbours in both tables)",
+        "compare-overlap-histogram",
     )
-    figure.update_layout(
-        title=f"Neighbour overlap@{c.k} per row ({len(c.ids)} rows)",
-        xaxis={
-            "title": f"overlap@{c.k} (share of the {c.k} nearest neighbours in both tables)",
-            "range": [-0.06, 1.06],
-        },
-        yaxis={"title": "rows"},
-        bargap=0.05,
-        height=360,
-        margin={"l": 60, "r": 20, "t": 50, "b": 50},
-    )
-    return figure.to_html(full_html=False, include_plotlyjs=False, div_id="compare-overlap-histogram")
 
 
 def _lineage_table(c: TableComparison) -> str:
