@@ -11,6 +11,8 @@ import html
 import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import plotly.offline
@@ -249,3 +251,16 @@ def test_the_report_command_compares_and_writes_the_projector(tables, tmp_path, 
     assert main([tables["child"], "-o", str(page), "--projector", str(refused), "--projector-fields", "lang"]) == 2
     assert "projector field 'lang' is not a column" in capsys.readouterr().err
     assert not refused.exists()
+
+
+@pytest.mark.slow
+def test_a_comparing_report_loads_no_plotly_validators(tables, tmp_path):
+    """Plotly's Python validators (`plotly.graph_objects`) cost seconds to import; the report draws without them."""
+    page = tmp_path / "report.html"
+    command = [sys.executable, "-X", "importtime", "-m", "pipelines.report", tables["child"], "-o", str(page)]
+    done = subprocess.run([*command, "--compare", tables["parent"]], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "pipelines.report.compare_section" in imported and "plotly.io" in imported
+    assert not {name for name in imported if name.startswith(("plotly.graph_objects", "plotly.validators"))}
+    assert "compare-overlap-histogram" in page.read_text()
