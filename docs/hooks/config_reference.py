@@ -12,7 +12,7 @@ import os
 import typing
 from typing import Any
 
-from pipelines.embedding import config as job_config
+from pipelines.embedding import config as embedding_config
 from pipelines.embedding.publish_section import PublishSection
 
 MARKER = "<!-- config-reference -->"
@@ -64,7 +64,7 @@ def _fields() -> list[tuple[str, dataclasses.Field, Any]]:
     """Every config field: (section, field, type hint), in the order the parser adds their flags."""
     return [
         (section, field, typing.get_type_hints(group)[field.name])
-        for group, section in job_config.SECTIONS.items()
+        for group, section in embedding_config.SECTIONS.items()
         for field in dataclasses.fields(group)
     ]
 
@@ -73,7 +73,7 @@ def flags_table() -> str:
     """A Markdown table of every flag the command's parser defines: flag, default, help."""
     defaults = {field.name: field.default for _, field, _ in _fields()}
     rows = ["| flag | default | description |", "| --- | --- | --- |"]
-    for action in job_config.flag_parser()._actions:
+    for action in embedding_config.flag_parser()._actions:
         takes = "" if action.nargs == 0 else f" {action.metavar or action.dest.upper()}"
         flags = ", ".join(f"`{flag}{takes}`" for flag in action.option_strings)
         default = _value(defaults[action.dest]) if action.dest in defaults else _NONE

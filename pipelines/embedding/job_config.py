@@ -169,7 +169,6 @@ class SinkConfig:
         return self.output
 
 
-# Where a `publish:` section may name its database: exactly one of them.
 @dataclasses.dataclass(frozen=True)
 class EmbedConfig:
     """A validated embedding job.

@@ -91,7 +91,7 @@ def publish_section(values: Any, where: str = "") -> PublishSection:
     """A `publish:` mapping of a job file as a `PublishSection`, its keys, types and database checked.
 
     Checks what needs no database library (the DAG files call it while Airflow parses them);
-    `_validate` checks the collection's name and the options as the publish does.
+    `config_checks.validate` checks the collection's name and the options as the publish does.
 
     Args:
       values: the section's mapping.
