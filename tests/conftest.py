@@ -124,6 +124,15 @@ def gcs_server(_gcs_server, monkeypatch):
     return _with_env(_gcs_server, monkeypatch)
 
 
+@pytest.fixture
+def configs(tmp_path, monkeypatch):
+    """An empty configs folder the DAGs read (HUB_EMBED_CONFIGS_DIR)."""
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    monkeypatch.setenv("HUB_EMBED_CONFIGS_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def browser():
     """A headless Chromium (Debian's, through playwright) shared by the HTML tests of a session."""

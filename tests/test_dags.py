@@ -79,15 +79,6 @@ def airflow_db():
 
 
 @pytest.fixture
-def configs(tmp_path, monkeypatch):
-    """An empty configs folder the DAGs read (HUB_EMBED_CONFIGS_DIR)."""
-    folder = tmp_path / "configs"
-    folder.mkdir()
-    monkeypatch.setenv("HUB_EMBED_CONFIGS_DIR", str(folder))
-    return folder
-
-
-@pytest.fixture
 def job_configs(configs, tmp_path):
     """A local DirectRunner job for module `tiny` and a Dataflow job, both scheduled."""
     write_config(

@@ -87,24 +87,20 @@ class Layout:
 
     def create_build_table(self, name: str) -> sql.Composed:
         """A table shaped as the collection, without its primary key (added once it is loaded)."""
-        passthrough = [sql.SQL("{} text").format(sql.Identifier(c)) for c in self.passthrough]
-        columns = [
-            sql.SQL("id text NOT NULL"),
-            sql.SQL("content_hash text NOT NULL"),
-            sql.SQL("embedding {} NOT NULL").format(self.vector_column_type()),
-            *passthrough,
-            sql.SQL("source_run_id text NOT NULL"),
-        ]
-        return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(self.table(name), sql.SQL(", ").join(columns))
+        return self._create_table(name, with_run_id=True)
 
     def create_stage_table(self, name: str) -> sql.Composed:
         """The merge's staging table: the rows to insert or update, shaped as the collection without its run id."""
+        return self._create_table(name, with_run_id=False)
+
+    def _create_table(self, name: str, with_run_id: bool) -> sql.Composed:
         passthrough = [sql.SQL("{} text").format(sql.Identifier(c)) for c in self.passthrough]
         columns = [
             sql.SQL("id text NOT NULL"),
             sql.SQL("content_hash text NOT NULL"),
             sql.SQL("embedding {} NOT NULL").format(self.vector_column_type()),
             *passthrough,
+            *([sql.SQL("source_run_id text NOT NULL")] if with_run_id else []),
         ]
         return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(self.table(name), sql.SQL(", ").join(columns))
 

@@ -162,15 +162,6 @@ def every_file_under(*roots: str) -> dict[str, bytes]:
 # --------------------------------------------------------------------------- refused while the DAGs are parsed
 
 
-@pytest.fixture
-def configs(tmp_path, monkeypatch):
-    """An empty configs folder the DAGs read (HUB_EMBED_CONFIGS_DIR)."""
-    folder = tmp_path / "configs"
-    folder.mkdir()
-    monkeypatch.setenv("HUB_EMBED_CONFIGS_DIR", str(folder))
-    return folder
-
-
 @pytest.mark.parametrize(
     "job, where",
     [
