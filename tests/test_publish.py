@@ -27,6 +27,7 @@ from pipelines.embedding import sinks
 from pipelines.embedding.pipeline import new_pipeline
 from pipelines.publish import catalogue, snapshot, source
 from pipelines.publish.__main__ import main as publish_main
+from pipelines.publish.__main__ import parser as publish_parser
 from pipelines.publish.errors import PublishError, PublishFailed
 from pipelines.publish.index import index_spec
 from pipelines.publish.layout import Layout
@@ -84,8 +85,8 @@ def publish(table: str, uri: str, *flags: str, capsys=None) -> types.SimpleNames
     return types.SimpleNamespace(rc=rc, out=out.out, err=out.err)
 
 
-def changes(db: Db) -> dict:
-    return {k: v for k, v in db.entry()["last_changes"].items() if k not in ("index_build_s", "seconds")}
+def changes(db: Db, collection: str = "docs") -> dict:
+    return {k: v for k, v in db.entry(collection)["last_changes"].items() if k not in ("index_build_s", "seconds")}
 
 
 # --------------------------------------------------------------------------- exact and incremental
@@ -167,7 +168,8 @@ def test_keep_missing_keeps_rows_the_table_no_longer_has(db, tables):
     assert set(db.rows()) == set(expected(tables.v2)) | {"t0"}
 
 
-def test_readers_see_the_old_collection_or_the_new_one_never_a_mix(db, tables):
+@pytest.mark.parametrize("flags", [(), ("--rebuild-above", "0")], ids=["in-place", "beside"])
+def test_readers_see_the_old_collection_or_the_new_one_never_a_mix(db, tables, flags):
     assert publish(tables.v1, db.uri).rc == 0
     new_run = sinks.read_table_manifest(tables.v2)["run_id"]
     seen, errors, done = set(), [], threading.Event()
@@ -186,12 +188,101 @@ def test_readers_see_the_old_collection_or_the_new_one_never_a_mix(db, tables):
     reader = threading.Thread(target=read)
     reader.start()
     try:
-        assert publish(tables.v2, db.uri).rc == 0
+        assert publish(tables.v2, db.uri, *flags).rc == 0
         time.sleep(0.2)
     finally:
         done.set()
         reader.join()
     assert not errors and seen <= {(60, 0), (60, 3)} and (60, 3) in seen
+    assert changes(db).get("rebuilt", False) == bool(flags)
+
+
+# --------------------------------------------------------------------------- a merge that writes many rows
+
+
+def _role(db: Db, name: str) -> str:
+    """A role of the cluster (roles outlive a test's database), created once."""
+    if not db.query("SELECT 1 FROM pg_roles WHERE rolname = %s", [name]):
+        db.query(f"CREATE ROLE {name}")
+    return name
+
+
+def test_a_merge_over_the_share_builds_beside_with_the_result_of_one_in_place(db, tables, capsys):
+    reader = _role(db, "docs_reader")
+    for collection in ("docs", "beside"):
+        assert publish_main([tables.v1, "--to", db.uri, "--collection", collection]) == 0
+    db.query(f"GRANT SELECT ON beside TO {reader}")
+    capsys.readouterr()
+    assert publish_main([tables.v2, "--to", db.uri, "--collection", "docs", "--rebuild-above", "never"]) == 0
+    # 3 staged rows of 60: over a share of 0.04, the merge builds beside.
+    assert publish_main([tables.v2, "--to", db.uri, "--collection", "beside", "--rebuild-above", "0.04"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("merge (rebuilt beside the old collection): 1 inserted, 2 updated, 1 deleted") == 1
+    assert changes(db, "beside") == {**changes(db, "docs"), "rebuilt": True}
+    assert changes(db, "docs") == {
+        "mode": "merge",
+        "inserted": 1,
+        "updated": 2,
+        "deleted": 1,
+        "unchanged": 57,
+        "staged": 3,
+    }
+    assert set(db.entry("beside")["last_changes"]["seconds"]) == {
+        "snapshot",
+        "stage",
+        "copy",
+        "delete",
+        "key",
+        "commit",
+    }
+    assert db.rows("beside") == db.rows("docs")  # unchanged rows keep the run that wrote them
+    assert sorted(n for n in db.relations() if n.startswith("beside")) == [
+        "beside",
+        "beside_embedding_idx",
+        "beside_pkey",
+    ]
+    indexdef = db.query("SELECT indexdef FROM pg_indexes WHERE indexname = 'beside_embedding_idx'")[0][0]
+    assert "USING hnsw (embedding vector_cosine_ops) WITH (m='16', ef_construction='64')" in indexdef
+    assert db.query("SELECT has_table_privilege(%s, 'beside', 'SELECT')", [reader]) == [(True,)]
+    assert db.entry("beside")["row_count"] == 60 and db.work_left() == []
+    # The same table again stages nothing: in place, nothing rewritten.
+    before = db.xmins("beside")
+    assert publish_main([tables.v2, "--to", db.uri, "--collection", "beside", "--rebuild-above", "0"]) == 0
+    assert "rebuilt" not in changes(db, "beside") and db.xmins("beside") == before
+
+
+def test_a_view_on_the_collection_keeps_the_merge_in_place(db, tables, caplog):
+    assert publish(tables.v1, db.uri).rc == 0
+    db.query("CREATE VIEW docs_langs AS SELECT id, lang FROM docs")
+    before = db.xmins()
+    with caplog.at_level("INFO", logger="hub_embed"):
+        assert publish(tables.v2, db.uri, "--rebuild-above", "0").rc == 0
+    assert "merging in place, since a view or rule depends on it" in caplog.text
+    assert changes(db) == {"mode": "merge", "inserted": 1, "updated": 2, "deleted": 1, "unchanged": 57, "staged": 3}
+    assert {i: r[:3] for i, r in db.rows().items()} == {i: r[:3] for i, r in expected(tables.v2).items()}
+    assert sum(db.xmins()[i] == before[i] for i in before if i in db.xmins()) == 57  # in place: 57 untouched
+    assert db.query("SELECT lang FROM docs_langs WHERE id = 't2'") == [("fr",)]
+
+
+@pytest.mark.parametrize("share", ["-0.1", "1e400"])
+def test_a_bad_rebuild_share_is_refused_before_any_write(db, tables, share, capsys):
+    result = publish(tables.v1, db.uri, "--rebuild-above", share, capsys=capsys)
+    assert result.rc == 2 and "rebuild_above must be a share" in result.err
+    assert "docs" not in db.relations()
+
+
+def test_the_rebuild_share_takes_never_and_refuses_what_is_not_a_share(capsys):
+    assert (
+        publish_parser().parse_args(["t", "--to", "x", "--collection", "c", "--rebuild-above", "never"]).rebuild_above
+        is None
+    )
+    with pytest.raises(SystemExit):
+        publish_parser().parse_args(["t", "--to", "x", "--collection", "c", "--rebuild-above", "half"])
+    assert "'half' is not a share (such as 0.15) or 'never'" in capsys.readouterr().err
+    assert PublishOptions.from_dict({"rebuild_above": None}).rebuild_above is None
+    for bad in (True, "0.2", -1):
+        with pytest.raises(PublishError, match="rebuild_above"):
+            PublishOptions.from_dict({"rebuild_above": bad})
 
 
 # --------------------------------------------------------------------------- one vector space per collection
@@ -443,9 +534,9 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def _killed_publish(table: str, uri: str, point: str, db: Db | None = None) -> int:
+def _killed_publish(table: str, uri: str, point: str, db: Db | None = None, flags: tuple[str, ...] = ()) -> int:
     proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED_PUBLISH, table, "--to", uri, "--collection", "docs"],
+        [sys.executable, "-c", KILLED_PUBLISH, table, "--to", uri, "--collection", "docs", *flags],
         cwd=REPO, env={**os.environ, "PUBLISH_KILL_AT": point}, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -474,24 +565,28 @@ def _killed_publish(table: str, uri: str, point: str, db: Db | None = None) -> i
         ("merge", "staging"),
         ("merge", "commit"),
         ("merge", "after-commit"),
+        ("beside", "index"),
+        ("beside", "commit"),
     ],
 )
 def test_a_publish_killed_at_any_point_leaves_the_collection_as_it_was_and_a_rerun_completes_it(
     db, tables, mode, point, caplog, monkeypatch
 ):
     monkeypatch.setattr(source, "CHUNK_ROWS", 16)  # as the killed run's
-    if mode == "merge":
+    flags = ("--rebuild-above", "0") if mode == "beside" else ()  # "beside": a merge built beside the collection
+    if mode != "build":
         assert publish(tables.v1, db.uri).rc == 0
-    before, entry = (db.rows(), db.entry()) if mode == "merge" else ({}, None)
-    assert _killed_publish(tables.v2, db.uri, point, db) == -signal.SIGKILL
+    before, entry = (db.rows(), db.entry()) if mode != "build" else ({}, None)
+    assert _killed_publish(tables.v2, db.uri, point, db, flags) == -signal.SIGKILL
     if point == "after-commit":
         assert {i: r[:3] for i, r in db.rows().items()} == {i: r[:3] for i, r in expected(tables.v2).items()}
-    elif mode == "merge":
+    elif mode != "build":
         assert db.rows() == before and db.entry() == entry
     else:
         assert "docs" not in db.relations() and db.entry() is None
     with caplog.at_level("INFO", logger="hub_embed"):
-        assert publish(tables.v2, db.uri).rc == 0
+        assert publish(tables.v2, db.uri, *flags).rc == 0
+    assert changes(db).get("rebuilt", False) == (mode == "beside") or point == "after-commit"
     rows = db.rows()
     assert set(rows) == set(expected(tables.v2)) and db.query("SELECT count(*) FROM docs") == [(60,)]
     assert {i: r[:3] for i, r in rows.items()} == {i: r[:3] for i, r in expected(tables.v2).items()}

@@ -20,7 +20,13 @@ import psycopg
 from pipelines import console
 from pipelines.publish.commit import PublishResult
 from pipelines.publish.errors import PublishError, PublishFailed
-from pipelines.publish.options import INDEX_METHODS, METRICS, PublishConfig, PublishOptions
+from pipelines.publish.options import (
+    DEFAULT_REBUILD_ABOVE,
+    INDEX_METHODS,
+    METRICS,
+    PublishConfig,
+    PublishOptions,
+)
 from pipelines.publish.publishing import run
 
 _LOG = logging.getLogger("hub_embed")
@@ -46,6 +52,14 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--ivfflat-lists", type=int, help="IVFFlat lists (default: rows / 1000)")
     parser.add_argument("--keep-missing", action="store_true", help="keep rows whose id the table no longer has")
     parser.add_argument(
+        "--rebuild-above",
+        type=_share,
+        default=DEFAULT_REBUILD_ABOVE,
+        metavar="SHARE",
+        help="a merge into an HNSW collection that would write more than this share of its rows builds the merged "
+        "collection beside the old one and swaps it in; 'never': always update in place (default: %(default)s)",
+    )
+    parser.add_argument(
         "--replace",
         action="store_true",
         help="build the collection anew beside the old one and swap it in (needed for another module or columns)",
@@ -53,6 +67,16 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--connect-timeout", type=int, default=10, metavar="S", help="seconds to wait for the database")
     console.add_verbose_flag(parser)
     return parser
+
+
+def _share(value: str) -> float | None:
+    """`--rebuild-above`'s value: a share (0 or more), or "never"."""
+    if value.strip().lower() == "never":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a share (such as 0.15) or 'never'") from None
 
 
 def summary(result: PublishResult, table: str, target: str, seconds: float) -> str:
@@ -64,10 +88,11 @@ def summary(result: PublishResult, table: str, target: str, seconds: float) -> s
         params = ", ".join(f"{k}={v}" for k, v in index["build_params"].items())
         built = f"built in {result.index_build_s:.1f}s" if result.index_build_s else "kept"
         index_line = f"{index['method']} index ({params}, {index['opclass']}), {built}"
+    mode = f"{result.mode} (rebuilt beside the old collection)" if result.rebuilt else result.mode
     return "\n".join(
         [
             f"Published {table} (run {result.source_run_id}) into {result.collection} at {target}",
-            f"  {result.mode}: {result.inserted} inserted, {result.updated} updated, {result.deleted} deleted, "
+            f"  {mode}: {result.inserted} inserted, {result.updated} updated, {result.deleted} deleted, "
             f"{result.unchanged} unchanged; {result.rows} rows in the collection",
             f"  {index_line}",
             f"  publish run {result.publish_run}, {seconds:.1f}s",
@@ -93,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             hnsw_ef_construction=args.hnsw_ef_construction,
             ivfflat_lists=args.ivfflat_lists,
             keep_missing=args.keep_missing,
+            rebuild_above=args.rebuild_above,
             replace=args.replace,
             connect_timeout_s=args.connect_timeout,
             beam_args=tuple(beam_args),

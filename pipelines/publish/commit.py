@@ -7,6 +7,9 @@
   `keep_missing`), updates the staged rows whose id it holds, inserts the others, rebuilds the
   index if another was asked for, drops the stage table and writes the catalogue. Its work is
   proportional to the rows that changed, not to the collection.
+  When the collection has an HNSW index and more than `rebuild_above` of its rows are staged,
+  the same transaction instead copies the unchanged rows and the staged ones into a new table,
+  builds its key and index there, and swaps it in: cheaper than that many inserts into the graph.
 
 Both first take the collection's commit lock and check that its catalogue entry is still the one
 the publish was planned against: a publish committed by someone else in between fails this one
@@ -27,7 +30,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from pipelines.publish import catalogue, snapshot, work
+from pipelines.publish import catalogue, snapshot, table_extras, work
 from pipelines.publish.catalogue import CatalogueEntry
 from pipelines.publish.errors import PublishFailed
 from pipelines.publish.index import IndexSpec
@@ -57,6 +60,7 @@ class PublishResult:
       index_build_s: seconds spent building the index (0 when it was kept).
       staged: rows the workers staged (a build: all of them; a merge: those that differ from the collection).
       seconds: where the publish's time went, per phase (see `PHASES`).
+      rebuilt: a merge that built the merged collection beside the old one (see `rebuild_above`).
     """
 
     collection: str
@@ -72,9 +76,10 @@ class PublishResult:
     index_build_s: float
     staged: int = 0
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    rebuilt: bool = False
 
     def changes(self) -> dict[str, Any]:
-        """The catalogue's `last_changes`."""
+        """The catalogue's `last_changes` (`rebuilt` only when true)."""
         return {
             "mode": self.mode,
             "inserted": self.inserted,
@@ -84,6 +89,7 @@ class PublishResult:
             "index_build_s": round(self.index_build_s, 3),
             "staged": self.staged,
             "seconds": {phase: round(s, 3) for phase, s in self.seconds.items()},
+            **({"rebuilt": True} if self.rebuilt else {}),
         }
 
     @classmethod
@@ -104,6 +110,7 @@ class PublishResult:
             index_build_s=float(changes.get("index_build_s", 0.0)),
             staged=int(changes.get("staged", 0)),
             seconds={str(k): float(v) for k, v in (changes.get("seconds") or {}).items()},
+            rebuilt=bool(changes.get("rebuilt", False)),
         )
 
 
@@ -154,6 +161,7 @@ PHASES = {
     "delete": "deleting the rows the table lacks (a merge)",
     "update": "updating the staged rows whose id the collection holds (a merge; index upkeep included)",
     "insert": "inserting the other staged rows (a merge; index upkeep included)",
+    "copy": "copying the unchanged and the staged rows into the new table (a merge rebuilt beside the old one)",
     "commit": "the rest of the commit: locks, checks, ANALYZE, the swap or the stage table's drop, the catalogue",
 }
 
@@ -175,7 +183,7 @@ class _Clock:
 
     def done(self, index_s: float) -> dict[str, float]:
         """The phases' seconds, `commit` being the commit's time not spent in another phase or the index build."""
-        timed = sum(v for k, v in self.seconds.items() if k in ("key", "delete", "update", "insert"))
+        timed = sum(v for k, v in self.seconds.items() if k in ("key", "delete", "update", "insert", "copy"))
         return {**self.seconds, "commit": max(0.0, time.monotonic() - self._start - timed - index_s)}
 
 
@@ -221,6 +229,34 @@ def _create_index(conn: psycopg.Connection[Any], plan: PublishPlan, table: str, 
     return seconds
 
 
+def _swap_in(conn: psycopg.Connection[Any], plan: PublishPlan, table: str, drop_old: bool) -> None:
+    """Makes `table` (with its `<table>_pkey` and `<table>_idx`) the collection (in the caller's transaction)."""
+    layout = plan.layout
+    if drop_old:
+        conn.execute(sql.SQL("DROP TABLE {}").format(layout.table()))
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(layout.table(table), sql.Identifier(layout.collection)))
+    renames = [(f"{table}_pkey", layout.key_name)]
+    renames += [(f"{table}_idx", layout.index_name)] if plan.index.method != "none" else []
+    for old, new in renames:
+        conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(layout.table(old), sql.Identifier(new)))
+
+
+def _add_key(conn: psycopg.Connection[Any], plan: PublishPlan, table: str) -> None:
+    """Adds `table`'s primary key on id (in the caller's transaction).
+
+    Raises:
+      PublishFailed: the rows hold an id twice.
+    """
+    try:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY (id)").format(
+                plan.layout.table(table), sql.Identifier(f"{table}_pkey")
+            )
+        )
+    except psycopg.errors.UniqueViolation:
+        raise PublishFailed(f"{plan.table.display} holds an id twice; nothing was committed.") from None
+
+
 def _build(conn: psycopg.Connection[Any], plan: PublishPlan, staged: int, clock: _Clock) -> PublishResult:
     layout, work_table = plan.layout, plan.work_table
     key, index_name = f"{work_table}_pkey", f"{work_table}_idx"
@@ -230,28 +266,14 @@ def _build(conn: psycopg.Connection[Any], plan: PublishPlan, staged: int, clock:
             [key, f'"{layout.schema}"'],
         ).fetchone()
         if not has_key:
-            try:
-                conn.execute(
-                    sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY (id)").format(
-                        layout.table(work_table), sql.Identifier(key)
-                    )
-                )
-            except psycopg.errors.UniqueViolation:
-                raise PublishFailed(f"{plan.table.display} holds an id twice; nothing was committed.") from None
+            _add_key(conn, plan, work_table)
     with conn.transaction():
         index_s = _create_index(conn, plan, work_table, index_name)
     conn.execute(sql.SQL("ANALYZE {}").format(layout.table(work_table)))
     conn.commit()
     with conn.transaction():
         _lock_and_check_base(conn, plan)
-        if plan.base is not None:
-            conn.execute(sql.SQL("DROP TABLE {}").format(layout.table()))
-        conn.execute(
-            sql.SQL("ALTER TABLE {} RENAME TO {}").format(layout.table(work_table), sql.Identifier(layout.collection))
-        )
-        renames = [(key, layout.key_name)] + ([(index_name, layout.index_name)] if plan.index.method != "none" else [])
-        for old, new in renames:
-            conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(layout.table(old), sql.Identifier(new)))
+        _swap_in(conn, plan, work_table, drop_old=plan.base is not None)
         work.drop(conn, plan, work_table)  # the chunk records (the table is the collection now)
         result = PublishResult(
             plan.collection, BUILD, plan.publish_run, plan.table.run_id, plan.table.rows,
@@ -275,6 +297,11 @@ def _merge(
     with conn.transaction():
         entry = _lock_and_check_base(conn, plan)
         conn.execute(sql.SQL("ANALYZE {}").format(stage))
+        if rebuild_cheaper(plan, entry, staged):
+            blockers = table_extras.swap_blockers(conn, layout)
+            if not blockers:
+                return _merge_beside(conn, plan, entry, seen, base, staged, clock)
+            _LOG.info("%s: %d rows staged; merging in place, since %s", plan.collection, staged, "; ".join(blockers))
         deleted = 0
         with clock.phase("delete"):
             if not plan.cfg.options.keep_missing:
@@ -293,6 +320,80 @@ def _merge(
             index=_index_dict(plan.index), index_build_s=index_s, staged=staged, seconds=clock.done(index_s),
         )  # fmt: skip
         catalogue.write(conn, layout.schema, _entry(plan, result))
+    return result
+
+
+def rebuild_cheaper(plan: PublishPlan, entry: CatalogueEntry | None, staged: int) -> bool:
+    """Whether a merge builds the merged collection beside the old one rather than writing rows in place.
+
+    True when the collection is to have an HNSW index and more than `rebuild_above` of its rows are
+    staged: each staged row costs an insert into the graph on disk, several times a row of a build.
+    """
+    share = plan.cfg.options.rebuild_above
+    if share is None or entry is None or plan.index.method != "hnsw" or not staged:
+        return False
+    return staged > share * entry.row_count
+
+
+def _merge_beside(
+    conn: psycopg.Connection[Any],
+    plan: PublishPlan,
+    entry: CatalogueEntry | None,
+    seen: np.ndarray,
+    base: Snapshot | None,
+    staged: int,
+    clock: _Clock,
+) -> PublishResult:
+    """A merge, in the caller's transaction, that builds the merged collection beside the old one and swaps it in.
+
+    The new table gets the collection's rows the stage table does not replace (their run id kept),
+    less those the table lacks (unless `keep_missing`), then the staged rows; then its key and index.
+    Its counts are those of an in-place merge of the same stage table.
+    """
+    layout, stage = plan.layout, plan.layout.table(plan.work_table)
+    beside = layout.work_table("build", plan.work_table.removeprefix(layout.work_prefix("stage")))
+    columns = layout.identifiers(layout.columns)
+    staged_columns = layout.identifiers(layout.stage_columns())
+    with clock.phase("copy"):
+        conn.execute(layout.create_build_table(beside))
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} ({}) SELECT {} FROM {} c WHERE NOT EXISTS (SELECT 1 FROM {} s WHERE s.id = c.id)"
+            ).format(layout.table(beside), columns, layout.identifiers(layout.columns, "c"), layout.table(), stage)
+        )
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM {} s WHERE EXISTS (SELECT 1 FROM {} c WHERE c.id = s.id)").format(
+                stage, layout.table()
+            )
+        ).fetchone()
+        updated = int(row[0]) if row else 0
+        conn.execute(
+            sql.SQL("INSERT INTO {} ({}, source_run_id) SELECT {}, %s FROM {}").format(
+                layout.table(beside), staged_columns, staged_columns, stage
+            ),
+            [plan.table.run_id],
+        )
+    deleted = 0
+    with clock.phase("delete"):
+        if not plan.cfg.options.keep_missing:
+            missing = (base or snapshot.read(conn, layout)).missing(seen)
+            deleted = snapshot.delete(conn, layout, missing, table=beside)
+    with clock.phase("key"):
+        _add_key(conn, plan, beside)
+    index_s = _create_index(conn, plan, beside, f"{beside}_idx")
+    conn.execute(sql.SQL("ANALYZE {}").format(layout.table(beside)))
+    table_extras.grant_again(conn, layout, beside)
+    _swap_in(conn, plan, beside, drop_old=True)
+    work.drop(conn, plan, plan.work_table)
+    inserted = staged - updated
+    result = PublishResult(
+        plan.collection, plan.mode, plan.publish_run, plan.table.run_id,
+        (entry.row_count if entry else 0) - deleted + inserted,
+        inserted=inserted, updated=updated, deleted=deleted, unchanged=plan.table.rows - inserted - updated,
+        index=_index_dict(plan.index), index_build_s=index_s, staged=staged, seconds=clock.done(index_s), rebuilt=True,
+    )  # fmt: skip
+    catalogue.write(conn, layout.schema, _entry(plan, result))
+    _LOG.info("%s: %d rows staged; merged beside the old collection and swapped in", plan.collection, staged)
     return result
 
 

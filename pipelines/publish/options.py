@@ -22,6 +22,10 @@ RESERVED_PREFIX = "hub_embed_"
 MAX_COLLECTION_CHARS = 45
 MAX_IDENTIFIER_CHARS = 63
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+# A merge into an HNSW collection rebuilds it beside the old one when more than this share of its rows
+# would get new vectors: an HNSW insert on disk costs several times a row of a build (see the
+# architecture page; the publish benchmark measures where the two meet).
+DEFAULT_REBUILD_ABOVE = 0.15
 
 
 def check_identifier(kind: str, name: str, max_chars: int = MAX_IDENTIFIER_CHARS) -> str:
@@ -56,6 +60,9 @@ class PublishOptions:
       hnsw_ef_construction: HNSW's candidate list while building (pgvector's default 64).
       ivfflat_lists: IVFFlat's lists; None: rows / 1000 (at least 1), sqrt(rows) above a million rows.
       keep_missing: keep rows whose id the table no longer has (default: delete them).
+      rebuild_above: a merge into a collection with an HNSW index whose staged rows (new or changed)
+        exceed this share of the collection's rows builds the merged collection beside the old one,
+        with a new index, and swaps it in, instead of updating rows in place; None: always in place.
       replace: build the collection anew beside the old one and swap it in; required when the table's
         module, signature, output, dimension, columns or vector type differ from the collection's.
       connect_timeout_s: seconds to wait for the database to answer a connection.
@@ -70,6 +77,7 @@ class PublishOptions:
     hnsw_ef_construction: int = 64
     ivfflat_lists: int | None = None
     keep_missing: bool = False
+    rebuild_above: float | None = DEFAULT_REBUILD_ABOVE
     replace: bool = False
     connect_timeout_s: int = 10
     beam_args: tuple[str, ...] = ()
@@ -91,6 +99,15 @@ class PublishOptions:
         if self.hnsw_ef_construction < 2 * self.hnsw_m:
             raise PublishError(
                 f"hnsw_ef_construction must be at least 2 * hnsw_m = {2 * self.hnsw_m}, got {self.hnsw_ef_construction}."
+            )
+        if self.rebuild_above is not None and (
+            isinstance(self.rebuild_above, bool)
+            or not isinstance(self.rebuild_above, (int, float))
+            or not 0 <= self.rebuild_above < float("inf")
+        ):
+            raise PublishError(
+                f"rebuild_above must be a share of the collection's rows, 0 or more (or none: always in place), "
+                f"got {self.rebuild_above!r}."
             )
         if self.replace and self.keep_missing:
             raise PublishError("--replace rebuilds the collection from the table alone; it cannot --keep-missing.")

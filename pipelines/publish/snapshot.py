@@ -125,11 +125,18 @@ def read(conn: psycopg.Connection[Any], layout: Layout) -> Snapshot:
     return Snapshot.of(ids, contents, time.monotonic() - start)
 
 
-def delete(conn: psycopg.Connection[Any], layout: Layout, digests: np.ndarray) -> int:
-    """Deletes the collection's rows whose id digests are `digests` (in the caller's transaction); returns how many."""
+def delete(conn: psycopg.Connection[Any], layout: Layout, digests: np.ndarray, table: str | None = None) -> int:
+    """Deletes the rows whose id digests are `digests` (in the caller's transaction); returns how many.
+
+    Args:
+      conn: the connection.
+      layout: the collection's layout.
+      digests: the id digests.
+      table: the table to delete from (default: the collection).
+    """
     if not len(digests):
         return 0
-    statement = sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(layout.table(), _sql_id_digest())
+    statement = sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(layout.table(table), _sql_id_digest())
     # From the array's buffer: a numpy bytes scalar drops trailing zero bytes, a digest may end with some.
     raw = [row.tobytes() for row in np.ascontiguousarray(digests).view(np.uint8).reshape(len(digests), DIGEST_BYTES)]
     return conn.execute(statement, [raw]).rowcount
