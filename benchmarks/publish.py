@@ -16,7 +16,10 @@
 3. Incremental: `changed` published over `full`'s collection, against a full publish of `changed`;
    then both again without a vector index, to show what maintaining the index costs. Each publish
    reports its rows staged and its seconds per phase (`pipelines.publish.commit.PHASES`; `rest`:
-   the checks and the pipeline's start).
+   the checks and the pipeline's start). Then the same change (back from `changed` to `full`)
+   merged beside the collection (`rebuild_above=0`): with the in-place merge's seconds per staged
+   row, where the two cost the same (`rebuild_break_even_share`, the share of the collection's
+   rows staged; the default `rebuild_above` is set from it).
 4. Search: the held-out queries through the collection's index and exactly over its table (`--table`):
    recall@10 (a hit counts when its exact score reaches the exact 10th best, so equal vectors tie)
    and queries/s of each.
@@ -196,6 +199,7 @@ def publish(table: str, uri: str, collection: str, **options: Any) -> dict[str, 
         "load_s": round(load, 3),
         "load_rows_per_s": round(result.inserted / load, 1) if result.mode == "build" else None,
         "staged": result.staged,
+        "rebuilt": result.rebuilt,
         # Per phase (`pipelines.publish.commit.PHASES`); the rest of the wall is the checks and the pipeline's start.
         "seconds": {**result.seconds, "rest": round(wall - result.index_build_s - sum(result.seconds.values()), 3)},
     }
@@ -317,6 +321,7 @@ def run(args: argparse.Namespace, uri: str, workdir: str) -> dict[str, Any]:
     full = publish(tables["full"], uri, "bench_full", **beam)
     changed_full = publish(tables["changed"], uri, "bench_changed_full", **beam)
     incremental = publish(tables["changed"], uri, "bench_full", **beam)
+    beside = publish(tables["full"], uri, "bench_changed_full", rebuild_above=0.0, **beam)
     plain = {  # the same two publishes without a vector index: what the index costs an incremental publish
         "full": publish(tables["full"], uri, "bench_no_index", index="none", **beam),
         "incremental": publish(tables["changed"], uri, "bench_no_index", index="none", **beam),
@@ -329,6 +334,7 @@ def run(args: argparse.Namespace, uri: str, workdir: str) -> dict[str, Any]:
     }
     found = search(tables["changed"], uri, "bench_full", query_vectors(tables["changed"], held_out))
     # The three full loads of 200,000 rows (the first also starts the process's first pipeline): their median.
+    in_place_row_s = (incremental["seconds"]["update"] + incremental["seconds"]["insert"]) / incremental["staged"]
     load_rate = harness.median(
         [full["load_rows_per_s"], changed_full["load_rows_per_s"], plain["full"]["load_rows_per_s"]]
     )
@@ -348,6 +354,9 @@ def run(args: argparse.Namespace, uri: str, workdir: str) -> dict[str, Any]:
         "incremental_speedup_vs_load_only": harness.ratio(changed_full["load_s"], incremental["wall_s"]),
         "incremental_rows_staged": incremental["staged"],
         **{f"incremental_{phase}_s": s for phase, s in sorted(incremental["seconds"].items())},
+        "beside_merge_wall_s": beside["wall_s"],
+        "in_place_ms_per_staged_row": 1000 * in_place_row_s,
+        "rebuild_break_even_share": break_even_share(incremental, beside, in_place_row_s, args.rows),
         "incremental_without_index_wall_s": plain["incremental"]["wall_s"],
         "full_publish_without_index_wall_s": plain["full"]["wall_s"],
         "recall_at_10": found["recall_at_10"],
@@ -360,12 +369,23 @@ def run(args: argparse.Namespace, uri: str, workdir: str) -> dict[str, Any]:
             "full": full,
             "changed_full": changed_full,
             "incremental": incremental,
+            "beside": beside,
             "full_without_index": plain["full"],
             "incremental_without_index": plain["incremental"],
         },
         "baselines": baselines,
         "search": found,
     }
+
+
+def break_even_share(in_place: dict[str, Any], beside: dict[str, Any], row_s: float, rows: int) -> float:
+    """The share of a collection's rows staged at which an in-place merge costs what a merge beside it costs.
+
+    An in-place merge costs its fixed part plus `row_s` per staged row; a merge beside costs about the
+    same whatever the rows staged (a build of the whole collection).
+    """
+    fixed = in_place["wall_s"] - in_place["staged"] * row_s
+    return max(0.0, beside["wall_s"] - fixed) / (row_s * rows)
 
 
 def _server(shared_buffers: str) -> tuple[str, Any]:

@@ -617,6 +617,9 @@ def test_the_publish_benchmark_runs_at_a_small_size(tiny, postgres, tmp_path):
         3,
     )
     assert incremental["staged"] == 6 and report["metrics"]["incremental_rows_staged"] == 6
+    beside = report["publishes"]["beside"]  # the same change backwards, merged beside the collection
+    assert (beside["rebuilt"], beside["deleted"], beside["updated"], beside["inserted"]) == (True, 3, 3, 3)
+    assert not incremental["rebuilt"] and report["metrics"]["rebuild_break_even_share"] >= 0
     assert report["publishes"]["full"]["rows"] == 300 and report["baselines"]["executemany"]["rows"] == 100
     assert "skipped" in report["baselines"]["langchain"] and report["metrics"]["load_speedup_vs_langchain"] is None
     assert 0 < report["metrics"]["recall_at_10"] <= 1 and set(report["targets"]) == {k for k, _, _ in benchmark.TARGETS}
