@@ -77,6 +77,9 @@ def table_ids(table: str) -> set[str]:
         ({"collection": "hub_embed_docs", "to_env": "PG_URI"}, "hub-embed's own"),
         ({"collection": "docs", "to_env": "PG_URI", "index": "flat"}, "index 'flat' is not one of"),
         ({"collection": "docs", "to_env": "PG_URI", "replace": True, "keep_missing": True}, "cannot --keep-missing"),
+        ({"collection": "docs", "to_env": "PG_URI", "rebuild_above": "half"}, "publish.rebuild_above must be a share"),
+        ({"collection": "docs", "to_env": "PG_URI", "rebuild_above": True}, "publish.rebuild_above must be a share"),
+        ({"collection": "docs", "to_env": "PG_URI", "rebuild_above": -0.5}, "rebuild_above must be a share"),
         ("docs", "'publish' .* must be a mapping"),
     ],
 )
@@ -90,6 +93,7 @@ def test_a_bad_publish_section_is_a_config_error(tmp_path, section, message):
 
 def test_a_publish_section_is_read_and_leaves_the_table_content_alone(tmp_path):
     from pipelines.embedding import config, publish_section
+    from pipelines.publish.options import PublishOptions
 
     section = {"collection": "docs", "to": "postgresql://reader@db.example.com/vectors?sslmode=require"}
     cfg = config.load(["--config", job_file(tmp_path, {**section, "index": "ivfflat", "halfvec": True})])
@@ -99,6 +103,10 @@ def test_a_publish_section_is_read_and_leaves_the_table_content_alone(tmp_path):
     plain = config.load(["--config", write_config(tmp_path, "plain", **{**_job_keys(tmp_path)})])
     assert "publish" not in cfg.to_dict() and cfg.config_hash() == plain.config_hash()
     assert cfg.publish.options().vector_type == "halfvec"
+    assert cfg.publish.options().rebuild_above == PublishOptions().rebuild_above == 0.15
+    for given, meant in (("never", None), (0.3, 0.3), (1, 1.0)):
+        read = config.load(["--config", job_file(tmp_path, {**section, "rebuild_above": given})])
+        assert read.publish.options().rebuild_above == meant
 
 
 def _job_keys(tmp_path) -> dict:

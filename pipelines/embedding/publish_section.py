@@ -12,6 +12,7 @@ from pipelines.embedding.config_errors import ConfigError, suggest, type_error
 
 PUBLISH_DATABASE_KEYS = ("conn_id", "to_env", "to")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NEVER = "never"
 _CONNINFO_PASSWORD = re.compile(r"(^|\s)(ssl)?password\s*=")
 
 
@@ -28,6 +29,8 @@ class PublishSection:
       halfvec: store 16-bit floats (`halfvec`) instead of `vector`.
       keep_missing: keep rows whose id the table no longer has.
       replace: build the collection anew and swap it in (another module, columns or vector type).
+      rebuild_above: the share of an HNSW collection's rows above which a merge builds beside it, or
+        "never"; None: the publish's default.
       conn_id: an Airflow connection holding the database (read by the DAG's publish task only).
       to_env: the name of an environment variable holding the database's connection URI.
       to: the database's connection URI without a password (libpq reads it from PGPASSWORD, ~/.pgpass or
@@ -40,6 +43,7 @@ class PublishSection:
     halfvec: bool = False
     keep_missing: bool = False
     replace: bool = False
+    rebuild_above: float | str | None = None
     conn_id: str | None = None
     to_env: str | None = None
     to: str | None = None
@@ -75,7 +79,7 @@ class PublishSection:
         from pipelines.publish.options import PublishOptions
 
         try:
-            return PublishOptions(
+            options = PublishOptions(
                 schema=self.schema,
                 halfvec=self.halfvec,
                 index=self.index,
@@ -83,6 +87,9 @@ class PublishSection:
                 replace=self.replace or replace,
                 beam_args=tuple(beam_args),
             )
+            if self.rebuild_above is not None:  # else the publish's default
+                options = dataclasses.replace(options, rebuild_above=_share(self.rebuild_above))
+            return options
         except PublishError as e:
             raise ConfigError(f"publish: {e}") from None
 
@@ -111,6 +118,12 @@ def publish_section(values: Any, where: str = "") -> PublishSection:
                 f"Unknown publish key {key!r}{at}; {suggest(key, list(_PUBLISH_TYPES))}"
                 f"valid keys: {', '.join(_PUBLISH_TYPES)}."
             )
+        if key == "rebuild_above":
+            if value is not None and (
+                value != _NEVER and (isinstance(value, bool) or not isinstance(value, int | float))
+            ):
+                raise type_error("publish.rebuild_above", f"a share such as 0.15, or {_NEVER!r}", value)
+            continue
         expected = _PUBLISH_TYPES[key]
         if not (value is None and key != "collection") and (
             not isinstance(value, expected) or (isinstance(value, str) and not value.strip())
@@ -139,6 +152,11 @@ def publish_section(values: Any, where: str = "") -> PublishSection:
 _PUBLISH_TYPES: dict[str, type] = {
     field.name: bool if field.type in (bool, "bool") else str for field in dataclasses.fields(PublishSection)
 }
+
+
+def _share(value: float | str) -> float | None:
+    """`rebuild_above`'s value for `PublishOptions`: a share, or None for "never"."""
+    return None if value == _NEVER else float(value)
 
 
 def _holds_password(conninfo: str) -> bool:
