@@ -22,9 +22,9 @@ RESERVED_PREFIX = "hub_embed_"
 MAX_COLLECTION_CHARS = 45
 MAX_IDENTIFIER_CHARS = 63
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
-# A merge into an HNSW collection rebuilds it beside the old one when more than this share of its rows
-# would get new vectors: an HNSW insert on disk costs several times a row of a build (see the
-# architecture page; the publish benchmark measures where the two meet).
+# A merge into an HNSW collection builds it beside the old one when it would write more than this share
+# of its rows: an HNSW insert on disk costs several times a row of a build (see the architecture page;
+# the publish benchmark measures where the two meet).
 DEFAULT_REBUILD_ABOVE = 0.15
 
 
