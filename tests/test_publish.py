@@ -347,6 +347,8 @@ def test_other_columns_or_vector_type_are_refused_without_replace(db, tables, ca
 
 def test_replace_builds_beside_and_swaps_atomically(db, tables):
     assert publish(tables.v1, db.uri).rc == 0
+    app_role = _role(db, "docs_reader")
+    db.query(f"GRANT SELECT ON docs TO {app_role}")
     old_run, new_run = (sinks.read_table_manifest(t)["run_id"] for t in (tables.v1, tables.other))
     seen, errors, done = set(), [], threading.Event()
 
@@ -370,6 +372,7 @@ def test_replace_builds_beside_and_swaps_atomically(db, tables):
     assert db.entry()["fingerprint"] == sinks.read_table_manifest(tables.other)["table"]["fingerprint"]
     assert sorted(n for n in db.relations() if n.startswith("docs")) == ["docs", "docs_embedding_idx", "docs_pkey"]
     assert "ivfflat" in db.query("SELECT indexdef FROM pg_indexes WHERE indexname = 'docs_embedding_idx'")[0][0]
+    assert db.query("SELECT has_table_privilege(%s, 'docs', 'SELECT')", [app_role]) == [(True,)]  # carried over
     assert db.work_left() == []
 
 

@@ -1,8 +1,8 @@
 """The publish's commit: one transaction that makes the staged work the collection, so readers see old or new.
 
 * build: the work table gets its primary key and vector index first (outside the swap, which then
-  takes a moment), then one transaction drops the old collection if any, renames the work table and
-  its indexes into place, and writes the catalogue.
+  takes a moment), then one transaction grants it the old collection's table grants, drops the old
+  collection if any, renames the work table and its indexes into place, and writes the catalogue.
 * merge: one transaction deletes the collection's rows whose id the table lacks (unless
   `keep_missing`), updates the staged rows whose id it holds, inserts the others, rebuilds the
   index if another was asked for, drops the stage table and writes the catalogue. Its work is
@@ -273,6 +273,8 @@ def _build(conn: psycopg.Connection[Any], plan: PublishPlan, staged: int, clock:
     conn.commit()
     with conn.transaction():
         _lock_and_check_base(conn, plan)
+        if plan.base is not None:
+            table_extras.grant_again(conn, layout, work_table)
         _swap_in(conn, plan, work_table, drop_old=plan.base is not None)
         work.drop(conn, plan, work_table)  # the chunk records (the table is the collection now)
         result = PublishResult(
