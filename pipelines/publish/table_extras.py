@@ -1,9 +1,9 @@
 """A collection's extras: its grants, carried over to a table swapped in, and what keeps a merge in place.
 
-A merge that builds the merged collection beside the old one drops the old table at its swap. Table
-grants are granted again on the new table; anything else that would be lost or would block the drop
-(a view or rule on it, a trigger, a row-security policy, a publication, another index, column
-grants, another owner) keeps the merge in place instead.
+A table swapped in for a collection (a merge built beside it, or `--replace`) drops the old table. Its
+table grants are granted again on the new one. For a merge, anything else that would be lost or
+would block the drop (a view or rule on it, a trigger, a row-security policy, a publication, another
+index, column grants, another owner) keeps the merge in place instead.
 """
 
 from __future__ import annotations
