@@ -171,6 +171,7 @@ class _Clock:
 
     def __init__(self, seconds: dict[str, float]):
         self.seconds = seconds
+        self._timed_here: set[str] = set()  # the phases timed during the commit (not those before it)
         self._start = time.monotonic()
 
     @contextlib.contextmanager
@@ -180,10 +181,11 @@ class _Clock:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - start
+            self._timed_here.add(name)
 
     def done(self, index_s: float) -> dict[str, float]:
         """The phases' seconds, `commit` being the commit's time not spent in another phase or the index build."""
-        timed = sum(v for k, v in self.seconds.items() if k in ("key", "delete", "update", "insert", "copy"))
+        timed = sum(self.seconds[name] for name in self._timed_here)
         return {**self.seconds, "commit": max(0.0, time.monotonic() - self._start - timed - index_s)}
 
 
@@ -304,10 +306,7 @@ def _merge(
             if not blockers:
                 return _merge_beside(conn, plan, entry, seen, base, staged, clock)
             _LOG.info("%s: %d rows staged; merging in place, since %s", plan.collection, staged, "; ".join(blockers))
-        deleted = 0
-        with clock.phase("delete"):
-            if not plan.cfg.options.keep_missing:
-                deleted = snapshot.delete(conn, layout, (base or snapshot.read(conn, layout)).missing(seen))
+        deleted = _delete_missing(conn, plan, seen, base, clock)
         with clock.phase("update"):
             updated = _update(conn, plan, values)
         with clock.phase("insert"):
@@ -375,11 +374,7 @@ def _merge_beside(
             ),
             [plan.table.run_id],
         )
-    deleted = 0
-    with clock.phase("delete"):
-        if not plan.cfg.options.keep_missing:
-            missing = (base or snapshot.read(conn, layout)).missing(seen)
-            deleted = snapshot.delete(conn, layout, missing, table=beside)
+    deleted = _delete_missing(conn, plan, seen, base, clock, table=beside)
     with clock.phase("key"):
         _add_key(conn, plan, beside)
     index_s = _create_index(conn, plan, beside, f"{beside}_idx")
@@ -397,6 +392,22 @@ def _merge_beside(
     catalogue.write(conn, layout.schema, _entry(plan, result))
     _LOG.info("%s: %d rows staged; merged beside the old collection and swapped in", plan.collection, staged)
     return result
+
+
+def _delete_missing(
+    conn: psycopg.Connection[Any],
+    plan: PublishPlan,
+    seen: np.ndarray,
+    base: Snapshot | None,
+    clock: _Clock,
+    table: str | None = None,
+) -> int:
+    """Deletes from `table` (default: the collection) the collection's ids the table lacks, unless `keep_missing`."""
+    with clock.phase("delete"):
+        if plan.cfg.options.keep_missing:
+            return 0
+        missing = (base or snapshot.read(conn, plan.layout)).missing(seen)
+        return snapshot.delete(conn, plan.layout, missing, table=table)
 
 
 def _update(conn: psycopg.Connection[Any], plan: PublishPlan, values: tuple[str, ...]) -> int:
