@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny real modules, an isolated module cache, local servers."""
+"""Shared fixtures: tiny real modules, an isolated module cache, local servers, a PostgreSQL with pgvector."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import types
 
 import pytest
 from _pytest.nodeid import coerce_node_id
+
+from tests.fixtures.postgres import Db, PostgresServer, session_server
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -140,3 +142,15 @@ def browser():
 
     with chromium() as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL with pgvector per test session (per xdist worker), started on first use."""
+    yield from session_server()
+
+
+@pytest.fixture
+def db(postgres: PostgresServer) -> Db:
+    """A fresh database with the `vector` extension on the session's server."""
+    return Db(postgres, postgres.database())

@@ -35,18 +35,13 @@ from pipelines.publish.options import PublishConfig, PublishOptions
 from pipelines.publish.plan import prepare
 from pipelines.publish.publishing import build_publish_pipeline, publish_table, run
 from tests.fixtures import tiny_modules as tm
-from tests.fixtures.postgres import PASSWORD, PUBLISHER, Db, embed_table, session_server
+from tests.fixtures.postgres import PASSWORD, PUBLISHER, Db, embed_table
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXTS = [f"sentence {i} about {'apples and pears' if i % 3 else 'cars and trucks'} number {i * 7}" for i in range(61)]
 V1 = [(f"t{i}", TEXTS[i], "en") for i in range(60)]
 # t0 removed, t1's text and t2's lang changed, t60 new; t3..t59 unchanged.
 V2 = [("t1", TEXTS[1] + " (edited)", "en"), ("t2", TEXTS[2], "fr"), *V1[3:], ("t60", TEXTS[60], "de")]
-
-
-@pytest.fixture(scope="session")
-def postgres():
-    yield from session_server()
 
 
 @pytest.fixture(scope="session")
@@ -63,11 +58,6 @@ def tables(tiny, tmp_path_factory):
             root / "per-token", tiny.text, V1, extra=("--signature", "tokens", "--output-key", "elmo")
         ),
     )
-
-
-@pytest.fixture
-def db(postgres) -> Db:
-    return Db(postgres, postgres.database())
 
 
 def expected(table: str) -> dict[str, tuple]:

@@ -18,23 +18,13 @@ import pytest
 
 from tests.fixtures import airflow_env
 from tests.fixtures.airflow_env import dagbag, write_config
-from tests.fixtures.postgres import PASSWORD, PUBLISHER, Db, embed_table, session_server, write_jsonl
+from tests.fixtures.postgres import PASSWORD, PUBLISHER, Db, embed_table, write_jsonl
 
 airflow_env.activate()  # before anything imports airflow
 
 pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
 
 ROWS = [(f"r{i}", f"sentence {i} about {'apples' if i % 2 else 'cars'}", "en" if i % 3 else "fr") for i in range(20)]
-
-
-@pytest.fixture(scope="session")
-def postgres():
-    yield from session_server()
-
-
-@pytest.fixture
-def db(postgres) -> Db:
-    return Db(postgres, postgres.database())
 
 
 def job_file(tmp_path, publish: dict, **values) -> str:

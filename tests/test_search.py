@@ -22,16 +22,11 @@ from pipelines.search.__main__ import main as search_main
 from pipelines.search.exact import scores
 from pipelines.search.queries import QueryEncoder
 from tests.fixtures import tiny_modules as tm
-from tests.fixtures.postgres import PASSWORD, PUBLISHER, embed_table, session_server
+from tests.fixtures.postgres import PASSWORD, PUBLISHER, embed_table
 
 TEXTS = [f"sentence {i} about {'apples and pears' if i % 3 else 'cars and trucks'} number {i * 7}" for i in range(60)]
 ROWS = [(f"t{i}", TEXTS[i], "en" if i % 2 else "fr") for i in range(60)]
 COLORS = {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 30, 210), "gray": (128, 128, 128)}
-
-
-@pytest.fixture(scope="session")
-def postgres():
-    yield from session_server()
 
 
 @pytest.fixture(scope="session")
