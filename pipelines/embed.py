@@ -34,11 +34,12 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
 from pipelines import console
-from pipelines.embedding import commit, config, output_locks, pipeline, sinks
+from pipelines.embedding import commit, config, pipeline, sinks
 from pipelines.embedding.model_handler import MODEL_LOAD_METRIC
 from pipelines.embedding.paths import display, is_local
 from pipelines.embedding.records import METRICS_NAMESPACE
 from pipelines.hub.errors import HandleError, ModuleError
+from pipelines.hub.locks import LockError
 from pipelines.publish import publishing
 from pipelines.publish.__main__ import summary as publish_summary
 from pipelines.publish.errors import PublishError, PublishFailed
@@ -124,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         publish = _publish_config(cfg)
         job = pipeline.prepare(cfg)
         commit.mark_run(cfg.sink, job.run_id)  # until the run is over: no other run's commit removes its files
-    except (config.ConfigError, HandleError, ModuleError, output_locks.OutputLockError, PublishError) as e:
+    except (config.ConfigError, HandleError, ModuleError, LockError, PublishError) as e:
         print(f"hub-embed: error: {e}", file=sys.stderr)
         return 2
     options = PipelineOptions(list(cfg.beam_args))

@@ -99,7 +99,7 @@ def mark_run(cfg: SinkConfig, run_id: str) -> None:
     no longer held (`output_locks.is_gone`). Nothing to do on `gs://` or `s3://`.
 
     Raises:
-      OutputLockError: a lock file in the output is unsafe, or the commit lock was not free in time.
+      pipelines.hub.locks.LockError: a lock file in the output is unsafe, or the commit lock was not free in time.
     """
     if not is_local(cfg.output_dir):
         return

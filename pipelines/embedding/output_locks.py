@@ -11,12 +11,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import socket
-import stat
-import time
 from collections.abc import Iterator
 
 from pipelines.embedding.config import COMMIT_LOCK
+from pipelines.hub import locks
 
 # Inside a run's temp directory: held by the run's launcher from graph construction until it exits.
 LIVE_MARK = ".live.lock"
@@ -25,32 +23,6 @@ COMMIT_LOCK_WAIT_S = 600.0
 
 # Temp directory -> descriptor of its live mark, for the runs this process launched.
 _HELD: dict[str, int] = {}
-
-
-class OutputLockError(OSError):
-    """A lock file in the output is unsafe (a link, or not a plain file), or the commit lock was not free in time."""
-
-
-def _open_lock_file(path: str, create: bool) -> int:
-    """Opens a lock file read-write without following a link; refuses one that is not a plain file of its own."""
-    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
-    try:
-        fd = os.open(path, flags, 0o600)
-    except OSError as e:
-        if os.path.islink(path):
-            raise OutputLockError(f"The lock file {path} is a symbolic link; locks never follow links.") from e
-        raise
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-        os.close(fd)
-        raise OutputLockError(f"The lock file {path} is not a plain file with one name; it is not used.")
-    return fd
-
-
-def _stamp(fd: int) -> None:
-    """Writes the holder's host and pid into a held lock file (for whoever debugs a wait)."""
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{socket.gethostname()} pid={os.getpid()}\n".encode())
 
 
 @contextlib.contextmanager
@@ -63,24 +35,15 @@ def commit_lock(output: str, timeout_s: float = COMMIT_LOCK_WAIT_S) -> Iterator[
     it, and locks the path afresh.
 
     Raises:
-      OutputLockError: the lock file is unsafe, or another commit held it for more than `timeout_s`.
+      locks.UnsafeLockFile: the lock file is a link or not a plain file.
+      locks.LockTimeout: another commit held it for more than `timeout_s`.
     """
     os.makedirs(output, exist_ok=True)
     path = os.path.join(output, COMMIT_LOCK)
-    deadline = time.monotonic() + timeout_s
     while True:
-        fd = _open_lock_file(path, create=True)
+        fd = locks.open_lock_file(path)
         try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise OutputLockError(
-                            f"Another run held the commit lock {path} for more than {timeout_s:.0f}s."
-                        ) from None
-                    time.sleep(0.05)
+            locks.lock(fd, path, timeout_s, what="commit lock", poll_s=0.05)
             held = os.fstat(fd)
             try:
                 named = os.stat(path, follow_symlinks=False)
@@ -93,7 +56,7 @@ def commit_lock(output: str, timeout_s: float = COMMIT_LOCK_WAIT_S) -> Iterator[
             break
         os.close(fd)  # its holder removed the file we locked: lock the one the path names now
     try:
-        _stamp(fd)
+        locks.stamp(fd)
         yield
     finally:
         try:
@@ -109,10 +72,10 @@ def mark_live(tmp_dir: str) -> None:
     into `tmp_dir`: a commit then never sees the directory without its mark.
     """
     os.makedirs(tmp_dir, exist_ok=True)
-    fd = _open_lock_file(os.path.join(tmp_dir, LIVE_MARK), create=True)
+    fd = locks.open_lock_file(os.path.join(tmp_dir, LIVE_MARK))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file in a new directory: nobody else holds it
-        _stamp(fd)
+        locks.stamp(fd)
     except BaseException:
         os.close(fd)
         raise
@@ -134,7 +97,7 @@ def is_gone(tmp_dir: str) -> bool:
     A mark that cannot be opened safely (a link, say) counts as held.
     """
     try:
-        fd = _open_lock_file(os.path.join(tmp_dir, LIVE_MARK), create=False)
+        fd = locks.open_lock_file(os.path.join(tmp_dir, LIVE_MARK), create=False)
     except FileNotFoundError:
         return True
     except OSError:

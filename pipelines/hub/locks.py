@@ -1,4 +1,4 @@
-"""Inter-process file locks: one `fcntl.flock` helper for the cache, exports and publishing."""
+"""Inter-process file locks: one `fcntl.flock` helper for the cache, exports, publishing and the output's commit."""
 
 from __future__ import annotations
 
@@ -11,18 +11,31 @@ import time
 from collections.abc import Iterator
 
 
-class LockTimeout(TimeoutError):
+class LockError(OSError):
+    """A lock file is unsafe to use, or its lock was not free in time."""
+
+
+class LockTimeout(LockError, TimeoutError):
     """Another process held the lock for longer than the caller was willing to wait."""
 
 
-class UnsafeLockFile(OSError):
+class UnsafeLockFile(LockError):
     """The lock path is a symbolic link, a hard link to another file, or not a regular file: it is not used."""
 
 
-def _open_lock_file(path: str) -> int:
-    """Opens (creating) the lock file without following a link, and refuses one that is not a plain file of its own."""
+def open_lock_file(path: str, create: bool = True) -> int:
+    """Opens a lock file read-write without following a link; returns its descriptor.
+
+    Args:
+      path: the lock file.
+      create: create it if missing (otherwise a missing file raises FileNotFoundError).
+
+    Raises:
+      UnsafeLockFile: `path` is a symbolic link, a hard link, or not a regular file.
+    """
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, flags, 0o644)
     except OSError as e:
         if os.path.islink(path):
             raise UnsafeLockFile(
@@ -35,6 +48,32 @@ def _open_lock_file(path: str) -> int:
         what = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"a hard link ({st.st_nlink} names)"
         raise UnsafeLockFile(f"The lock file {path} is {what}; it is not used (remove it if you did not make it).")
     return fd
+
+
+def lock(fd: int, path: str, timeout_s: float | None, what: str = "lock", poll_s: float = 0.1) -> None:
+    """Takes an exclusive `flock` on an open lock file, waiting at most `timeout_s` (None: as long as it takes).
+
+    Raises:
+      LockTimeout: another process held it for longer than `timeout_s`; the message names `what` and `path`.
+    """
+    if timeout_s is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise LockTimeout(f"Another process held the {what} {path} for more than {timeout_s:.0f}s.") from None
+            time.sleep(poll_s)
+
+
+def stamp(fd: int) -> None:
+    """Writes the holder's host and pid into a held lock file (for whoever debugs a wait)."""
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{socket.gethostname()} pid={os.getpid()}\n".encode())
 
 
 @contextlib.contextmanager
@@ -57,22 +96,10 @@ def file_lock(path: str, timeout_s: float | None = None) -> Iterator[None]:
       LockTimeout: the lock was not acquired within `timeout_s`.
       UnsafeLockFile: `path` is a symbolic link, a hard link, or not a regular file.
     """
-    fd = _open_lock_file(path)
+    fd = open_lock_file(path)
     try:
-        if timeout_s is None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        else:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise LockTimeout(f"Timed out after {timeout_s:.0f}s waiting for the lock {path}.") from None
-                    time.sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{socket.gethostname()} pid={os.getpid()}\n".encode())
+        lock(fd, path, timeout_s)
+        stamp(fd)
         yield
     finally:
         os.close(fd)

@@ -16,6 +16,7 @@ import pytest
 
 from pipelines.embedding import commit, manifest_store, output_locks, sinks
 from pipelines.embedding.config import COMMIT_LOCK, SinkConfig
+from pipelines.hub import locks
 from tests import test_sinks
 from tests.fixtures import reliability as rel
 
@@ -183,14 +184,14 @@ def test_a_planted_commit_lock_link_is_refused_and_its_target_untouched(tmp_path
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     os.symlink(victim, out / COMMIT_LOCK)
-    with pytest.raises(output_locks.OutputLockError, match="symbolic link"), output_locks.commit_lock(str(out)):
+    with pytest.raises(locks.UnsafeLockFile, match="symbolic link"), output_locks.commit_lock(str(out)):
         pass
     assert victim.read_text() == "precious"
 
 
 def test_the_commit_lock_is_one_holder_at_a_time_and_leaves_no_file(tmp_path):
     out = str(tmp_path / "out")
-    held = pytest.raises(output_locks.OutputLockError, match="held the commit lock")
+    held = pytest.raises(locks.LockTimeout, match="held the commit lock")
     with output_locks.commit_lock(out), held, output_locks.commit_lock(out, timeout_s=0.2):
         pass
     assert os.listdir(out) == []
