@@ -13,14 +13,13 @@ from pipelines.publish.__main__ import main as publish_main
 from pipelines.publish.__main__ import parser as publish_parser
 from pipelines.publish.errors import PublishError
 from pipelines.publish.options import PublishOptions
-from tests.fixtures.publish_cases import _role, changes, expected, publish
-from tests.fixtures.publish_cases import tables as tables  # the session fixture, found by pytest by this name
+from tests.fixtures.publish_cases import changes, expected, publish, role
 
 # --------------------------------------------------------------------------- a merge that writes many rows
 
 
 def test_a_merge_over_the_share_builds_beside_with_the_result_of_one_in_place(db, tables, capsys):
-    reader = _role(db, "docs_reader")
+    reader = role(db, "docs_reader")
     for collection in ("docs", "beside"):
         assert publish_main([tables.v1, "--to", db.uri, "--collection", collection]) == 0
     db.query(f"GRANT SELECT ON beside TO {reader}")
@@ -97,7 +96,7 @@ EXTRAS = {
 
 @pytest.mark.parametrize("reason", list(EXTRAS))
 def test_what_a_swap_would_lose_keeps_the_merge_in_place(db, tables, reason, caplog):
-    _role(db, "docs_reader")
+    role(db, "docs_reader")
     assert publish(tables.v1, db.uri).rc == 0
     create, check = EXTRAS[reason]
     for statement in create:

@@ -26,7 +26,6 @@ from pipelines.publish.plan import prepare
 from pipelines.publish.publishing import run
 from tests.fixtures.postgres import PASSWORD, PUBLISHER
 from tests.fixtures.publish_cases import REPO, expected, publish
-from tests.fixtures.publish_cases import tables as tables  # the session fixture, found by pytest by this name
 
 # --------------------------------------------------------------------------- one vector space per collection
 

@@ -17,7 +17,6 @@ import pytest
 from pipelines.publish import source
 from tests.fixtures.postgres import Db
 from tests.fixtures.publish_cases import REPO, changes, expected, publish
-from tests.fixtures.publish_cases import tables as tables  # the session fixture, found by pytest by this name
 
 # --------------------------------------------------------------------------- killed at any point, then run again
 

@@ -3,8 +3,8 @@
 A real PostgreSQL 18 with pgvector 0.8 (`tests/fixtures/postgres.py`), real tables written by the real
 embedding pipeline with the tiny modules (`tests/fixtures/publish_cases.py`), and the real command line
 (`pipelines.publish.__main__.main`, in-process); the Python entry points, and the publish benchmark at a
-small size. A merge built beside the collection is tested in `test_publish_rebuild.py`, what a publish
-refuses in `test_publish_refusals.py`, a killed publish in `test_publish_kills.py`.
+small size. A merge built beside the collection is tested in `test_rebuild.py`, what a publish
+refuses in `test_refusals.py`, a killed publish in `test_kills.py`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from pipelines.publish.layout import Layout
 from pipelines.publish.options import PublishConfig, PublishOptions
 from pipelines.publish.publishing import build_publish_pipeline, publish_table
 from tests.fixtures.postgres import PASSWORD
-from tests.fixtures.publish_cases import _role, changes, expected, publish
-from tests.fixtures.publish_cases import tables as tables  # the session fixture, found by pytest by this name
+from tests.fixtures.publish_cases import changes, expected, publish, role
 
 # --------------------------------------------------------------------------- exact and incremental
 
@@ -142,7 +141,7 @@ def test_readers_see_the_old_collection_or_the_new_one_never_a_mix(db, tables, f
 
 def test_replace_builds_beside_and_swaps_atomically(db, tables):
     assert publish(tables.v1, db.uri).rc == 0
-    app_role = _role(db, "docs_reader")
+    app_role = role(db, "docs_reader")
     db.query(f"GRANT SELECT ON docs TO {app_role}")
     old_run, new_run = (sinks.read_table_manifest(t)["run_id"] for t in (tables.v1, tables.other))
     seen, errors, done = set(), [], threading.Event()
