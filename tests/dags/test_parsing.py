@@ -15,16 +15,13 @@ import textwrap
 
 import pytest
 
-from tests.fixtures import airflow_env, dag_jobs
+from tests.fixtures import airflow_env
 from tests.fixtures.airflow_env import dagbag, write_config
 
 airflow_env.activate()  # before anything imports airflow
 
 pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
 
-# The shared fixtures, under the names the tests ask for.
-airflow_db = dag_jobs.airflow_db
-job_configs = dag_jobs.job_configs
 
 EXPECTED_TASKS = {
     "embed__tiny": {"plan", "embed", "record_table"},
