@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import types
 
 import pytest
@@ -55,6 +56,21 @@ def module_cache(tmp_path, monkeypatch):
     path = tmp_path / "module-cache"
     monkeypatch.setenv("HUB_EMBED_CACHE_DIR", str(path))
     return path
+
+
+@pytest.fixture(autouse=True)
+def beam_filesystem_options():
+    """Gives each test back Beam's file-system options as it found them.
+
+    `FileSystems.set_options` is process-global: a job run in-process with `--s3_endpoint_url` would
+    otherwise point every later test's `s3://` reads at that endpoint.
+    """
+    module = sys.modules.get("apache_beam.io.filesystems")
+    before = getattr(module.FileSystems, "_pipeline_options", None) if module else None
+    yield
+    module = sys.modules.get("apache_beam.io.filesystems")  # imported by the test, perhaps
+    if module is not None:
+        module.FileSystems._pipeline_options = before
 
 
 @pytest.fixture(scope="session")
