@@ -279,13 +279,9 @@ def _build(conn: psycopg.Connection[Any], plan: PublishPlan, staged: int, clock:
             table_extras.grant_again(conn, layout, work_table)
         _swap_in(conn, plan, work_table, drop_old=plan.base is not None)
         work.drop(conn, plan, work_table)  # the chunk records (the table is the collection now)
-        result = PublishResult(
-            plan.collection, BUILD, plan.publish_run, plan.table.run_id, plan.table.rows,
-            inserted=plan.table.rows, updated=0, deleted=0, unchanged=0,
-            index=_index_dict(plan.index), index_build_s=index_s, staged=staged, seconds=clock.done(index_s),
-        )  # fmt: skip
-        catalogue.write(conn, layout.schema, _entry(plan, result))
-    return result
+        return _record(
+            conn, plan, staged, clock, index_s, rows_before=0, inserted=plan.table.rows, updated=0, deleted=0
+        )
 
 
 def _merge(
@@ -296,7 +292,7 @@ def _merge(
     staged: int,
     clock: _Clock,
 ) -> PublishResult:
-    layout, stage, run_id = plan.layout, plan.layout.table(plan.work_table), plan.table.run_id
+    layout, stage = plan.layout, plan.layout.table(plan.work_table)
     values = ("content_hash", "embedding", *layout.passthrough)
     with conn.transaction():
         entry = _lock_and_check_base(conn, plan)
@@ -312,16 +308,11 @@ def _merge(
         with clock.phase("insert"):
             inserted = _insert(conn, plan, values)
         index_s = _replace_index(conn, plan, entry.index if entry else None)
-        rows = (entry.row_count if entry else 0) - deleted + inserted
         work.drop(conn, plan, plan.work_table)
-        result = PublishResult(
-            plan.collection, plan.mode, plan.publish_run, run_id, rows,
-            inserted=inserted, updated=updated, deleted=deleted,
-            unchanged=plan.table.rows - inserted - updated,
-            index=_index_dict(plan.index), index_build_s=index_s, staged=staged, seconds=clock.done(index_s),
+        return _record(
+            conn, plan, staged, clock, index_s,
+            rows_before=entry.row_count if entry else 0, inserted=inserted, updated=updated, deleted=deleted,
         )  # fmt: skip
-        catalogue.write(conn, layout.schema, _entry(plan, result))
-    return result
 
 
 def rebuild_cheaper(plan: PublishPlan, entry: CatalogueEntry | None, staged: int) -> bool:
@@ -382,14 +373,11 @@ def _merge_beside(
     table_extras.grant_again(conn, layout, beside)
     _swap_in(conn, plan, beside, drop_old=True)
     work.drop(conn, plan, plan.work_table)
-    inserted = staged - updated
-    result = PublishResult(
-        plan.collection, plan.mode, plan.publish_run, plan.table.run_id,
-        (entry.row_count if entry else 0) - deleted + inserted,
-        inserted=inserted, updated=updated, deleted=deleted, unchanged=plan.table.rows - inserted - updated,
-        index=_index_dict(plan.index), index_build_s=index_s, staged=staged, seconds=clock.done(index_s), rebuilt=True,
+    result = _record(
+        conn, plan, staged, clock, index_s,
+        rows_before=entry.row_count if entry else 0, inserted=staged - updated, updated=updated, deleted=deleted,
+        rebuilt=True,
     )  # fmt: skip
-    catalogue.write(conn, layout.schema, _entry(plan, result))
     _LOG.info("%s: %d rows staged; merged beside the old collection and swapped in", plan.collection, staged)
     return result
 
@@ -461,6 +449,34 @@ def _replace_index(conn: psycopg.Connection[Any], plan: PublishPlan, built: Inde
             sql.SQL("ALTER INDEX {} RENAME TO {}").format(layout.table(fresh), sql.Identifier(layout.index_name))
         )
     return seconds
+
+
+def _record(
+    conn: psycopg.Connection[Any],
+    plan: PublishPlan,
+    staged: int,
+    clock: _Clock,
+    index_s: float,
+    *,
+    rows_before: int,
+    inserted: int,
+    updated: int,
+    deleted: int,
+    rebuilt: bool = False,
+) -> PublishResult:
+    """What the publish did, written to the catalogue in the commit's transaction; returns it.
+
+    The collection ends with `rows_before - deleted + inserted` rows (a build starts from none), and
+    the table's rows neither inserted nor updated are unchanged.
+    """
+    result = PublishResult(
+        plan.collection, plan.mode, plan.publish_run, plan.table.run_id, rows_before - deleted + inserted,
+        inserted=inserted, updated=updated, deleted=deleted, unchanged=plan.table.rows - inserted - updated,
+        index=_index_dict(plan.index), index_build_s=index_s, staged=staged, seconds=clock.done(index_s),
+        rebuilt=rebuilt,
+    )  # fmt: skip
+    catalogue.write(conn, plan.layout.schema, _entry(plan, result))
+    return result
 
 
 def _index_dict(index: IndexSpec) -> dict[str, Any] | None:
