@@ -18,8 +18,6 @@ import pytest
 from tests.fixtures import airflow_env
 from tests.fixtures.airflow_env import dagbag, write_config
 
-airflow_env.activate()  # before anything imports airflow
-
 pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
 
 

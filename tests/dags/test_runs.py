@@ -21,8 +21,6 @@ from tests.fixtures import airflow_env
 from tests.fixtures.airflow_env import dagbag, write_config, write_lines
 from tests.fixtures.dag_jobs import TEXTS, commit
 
-airflow_env.activate()  # before anything imports airflow
-
 pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
 
 
