@@ -145,13 +145,17 @@ PLAIN_DAGBAG_SCRIPT = textwrap.dedent(
 )
 
 
-def test_a_plain_dagbag_in_a_fresh_process_parses_the_folder(job_configs, tmp_path):
-    """The usual DAG-integrity test: `DagBag(dag_folder)` with nothing put on sys.path, and a foreign `common` on it."""
+def _with_a_foreign_common(tmp_path) -> dict[str, str]:
+    """The environment with only a folder holding another project's `common` module on PYTHONPATH."""
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "common.py").write_text("raise ImportError('another project's common module')\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["PYTHONPATH"] = str(foreign)
+    return {**os.environ, "PYTHONPATH": str(foreign)}
+
+
+def test_a_plain_dagbag_in_a_fresh_process_parses_the_folder(job_configs, tmp_path):
+    """The usual DAG-integrity test: `DagBag(dag_folder)` with nothing put on sys.path, and a foreign `common` on it."""
+    env = _with_a_foreign_common(tmp_path)
     out = subprocess.run(
         [sys.executable, "-c", PLAIN_DAGBAG_SCRIPT, airflow_env.DAGS_FOLDER],
         capture_output=True,
@@ -169,10 +173,7 @@ def test_a_plain_dagbag_in_a_fresh_process_parses_the_folder(job_configs, tmp_pa
 
 def test_the_airflow_cli_parses_the_folder(airflow_db, job_configs, tmp_path):
     """`airflow dags list --local` (the CLI's own DagBag, as `airflow dags test` uses) with a foreign `common` on PYTHONPATH."""
-    foreign = tmp_path / "foreign"
-    foreign.mkdir()
-    (foreign / "common.py").write_text("raise ImportError('another project's common module')\n")
-    env = {**os.environ, "PYTHONPATH": str(foreign)}
+    env = _with_a_foreign_common(tmp_path)
     airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
     out = subprocess.run(
         [airflow, "dags", "list", "--local", "-o", "json"],
