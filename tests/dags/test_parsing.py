@@ -145,24 +145,19 @@ PLAIN_DAGBAG_SCRIPT = textwrap.dedent(
 )
 
 
-def _with_a_foreign_common(tmp_path) -> dict[str, str]:
-    """The environment with only a folder holding another project's `common` module on PYTHONPATH."""
+def _run_beside_a_foreign_common(command: list[str], tmp_path, timeout_s: int) -> subprocess.CompletedProcess:
+    """Runs `command` in `tmp_path` with only a folder holding another project's `common` module on PYTHONPATH."""
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "common.py").write_text("raise ImportError('another project's common module')\n")
-    return {**os.environ, "PYTHONPATH": str(foreign)}
+    env = {**os.environ, "PYTHONPATH": str(foreign)}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env, cwd=tmp_path)
 
 
 def test_a_plain_dagbag_in_a_fresh_process_parses_the_folder(job_configs, tmp_path):
     """The usual DAG-integrity test: `DagBag(dag_folder)` with nothing put on sys.path, and a foreign `common` on it."""
-    env = _with_a_foreign_common(tmp_path)
-    out = subprocess.run(
-        [sys.executable, "-c", PLAIN_DAGBAG_SCRIPT, airflow_env.DAGS_FOLDER],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=tmp_path,
+    out = _run_beside_a_foreign_common(
+        [sys.executable, "-c", PLAIN_DAGBAG_SCRIPT, airflow_env.DAGS_FOLDER], tmp_path, 120
     )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
@@ -173,16 +168,8 @@ def test_a_plain_dagbag_in_a_fresh_process_parses_the_folder(job_configs, tmp_pa
 
 def test_the_airflow_cli_parses_the_folder(airflow_db, job_configs, tmp_path):
     """`airflow dags list --local` (the CLI's own DagBag, as `airflow dags test` uses) with a foreign `common` on PYTHONPATH."""
-    env = _with_a_foreign_common(tmp_path)
     airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
-    out = subprocess.run(
-        [airflow, "dags", "list", "--local", "-o", "json"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-        cwd=tmp_path,
-    )
+    out = _run_beside_a_foreign_common([airflow, "dags", "list", "--local", "-o", "json"], tmp_path, 180)
     assert out.returncode == 0, out.stderr
     listed = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("[")))
     assert sorted(d["dag_id"] for d in listed) == sorted(EXPECTED_TASKS), out.stdout
